@@ -1,0 +1,228 @@
+"""The only encoder/decoder of signed bytes.
+
+Reading payload (all integers little-endian), signed as-is with Ed25519:
+
+    magic            20  b"gridmeter/reading/v1"  (domain separation + version)
+    meter_id         u8 len + UTF-8 (<= 32)
+    key_id           8   first 8 bytes of sha256(device public key)
+    seq              u64 strictly increasing per meter, from 1
+    read_at_ms       u64 unix ms when the registers were read
+    clock_synced     u8  0 / 1
+    quality          u16 protocol.reading.Quality flags
+    energy_import_wh u64 cumulative
+    energy_export_wh u64 cumulative
+    profile_id       u8 len + UTF-8 (<= 64)
+    present          u16 bit i set = Instantaneous field i present (declaration order)
+    values           i32 per present field, in declaration order
+
+Batch message (what goes over MQTT; a single reading is a batch of one):
+
+    magic  18 b"gridmeter/batch/v1", count u16 (1..MAX_BATCH_READINGS),
+    then per reading: u16 payload length + payload + 64-byte signature.
+
+Ack message (gateway -> agent, signed by the gateway key):
+
+    magic 16 b"gridmeter/ack/v1", meter_id (u8 len + UTF-8), acked_seq u64 (highest contiguous
+    seq durably stored), issued_at_ms u64; then the 64-byte signature over everything before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from protocol.errors import (
+    DecodeError,
+    InvalidFieldError,
+    OversizedError,
+    ProtocolError,
+    UnsupportedVersionError,
+)
+from protocol.reading import (
+    KEY_ID_BYTES,
+    MAX_METER_ID_BYTES,
+    MAX_PROFILE_ID_BYTES,
+    Instantaneous,
+    Quality,
+    Reading,
+    SignedReading,
+    validate_meter_id,
+)
+from protocol.signing import SIGNATURE_BYTES, SigningKey, VerifyKey
+from protocol.wire import Reader, Writer
+
+READING_MAGIC = b"gridmeter/reading/v1"
+BATCH_MAGIC = b"gridmeter/batch/v1"
+ACK_MAGIC = b"gridmeter/ack/v1"
+_FAMILY = b"gridmeter/"
+
+MAX_READING_BYTES = 256  # largest possible payload is 20+33+8+8+8+1+2+8+8+65+2+36 = 199
+MAX_BATCH_READINGS = 1000
+MAX_BATCH_BYTES = len(BATCH_MAGIC) + 2 + MAX_BATCH_READINGS * (2 + MAX_READING_BYTES + SIGNATURE_BYTES)
+_INSTANT_FIELDS = Instantaneous.names()
+
+
+def _check_magic(r: Reader, magic: bytes, what: str) -> None:
+    head = r.take(what, len(magic))
+    if head != magic:
+        if head.startswith(_FAMILY) or magic.startswith(head[: len(_FAMILY)]):
+            raise UnsupportedVersionError(f"{what}: unsupported format/version {head!r} (expected {magic!r})")
+        raise DecodeError(f"{what}: not a gridmeter message (prefix {head[:12]!r})")
+
+
+def encode_reading(reading: Reading) -> bytes:
+    w = Writer().raw(READING_MAGIC)
+    w.str8("meter_id", reading.meter_id, MAX_METER_ID_BYTES).raw(reading.key_id)
+    w.u64("seq", reading.seq).u64("read_at_ms", reading.read_at_ms)
+    w.u8("clock_synced", 1 if reading.clock_synced else 0).u16("quality", int(reading.quality))
+    w.u64("energy_import_wh", reading.energy_import_wh).u64("energy_export_wh", reading.energy_export_wh)
+    w.str8("profile_id", reading.profile_id, MAX_PROFILE_ID_BYTES)
+    present = 0
+    values: list[tuple[str, int]] = []
+    for i, name in enumerate(_INSTANT_FIELDS):
+        v = getattr(reading.instant, name)
+        if v is not None:
+            present |= 1 << i
+            values.append((name, v))
+    w.u16("present", present)
+    for name, v in values:
+        w.i32(name, v)
+    return w.getvalue()
+
+
+def decode_reading(payload: bytes) -> Reading:
+    """Decode payload bytes; raises a ProtocolError subclass (never anything else) on bad input."""
+    if len(payload) > MAX_READING_BYTES:
+        raise OversizedError(f"reading: {len(payload)} bytes exceeds {MAX_READING_BYTES}")
+    try:
+        r = Reader(payload)
+        _check_magic(r, READING_MAGIC, "reading")
+        meter_id = r.str8("meter_id", MAX_METER_ID_BYTES)
+        key_id = r.take("key_id", KEY_ID_BYTES)
+        seq, read_at = r.u64("seq"), r.u64("read_at_ms")
+        synced = r.u8("clock_synced")
+        if synced > 1:
+            raise InvalidFieldError(f"clock_synced: must be 0 or 1 (got {synced})")
+        quality = r.u16("quality")
+        imp, exp = r.u64("energy_import_wh"), r.u64("energy_export_wh")
+        profile_id = r.str8("profile_id", MAX_PROFILE_ID_BYTES)
+        present = r.u16("present")
+        if present >> len(_INSTANT_FIELDS):
+            raise InvalidFieldError(f"present: unknown instantaneous field bits 0x{present:04x}")
+        inst = {name: r.i32(name) for i, name in enumerate(_INSTANT_FIELDS) if present & (1 << i)}
+        r.expect_end("reading")
+        unknown = quality & ~int(sum(Quality))
+        if unknown:
+            raise InvalidFieldError(f"quality: unknown flag bits 0x{unknown:04x}")
+        return Reading(
+            meter_id=meter_id,
+            key_id=key_id,
+            seq=seq,
+            read_at_ms=read_at,
+            clock_synced=bool(synced),
+            energy_import_wh=imp,
+            energy_export_wh=exp,
+            profile_id=profile_id,
+            quality=Quality(quality),
+            instant=Instantaneous(**inst),
+        )
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, OverflowError) as exc:  # defensive: never let a foreign error escape
+        raise DecodeError(f"reading: {exc}") from exc
+
+
+def sign_reading(reading: Reading, key: SigningKey) -> SignedReading:
+    if reading.key_id != key.key_id:
+        raise InvalidFieldError("key_id: reading names a different key than the one signing it")
+    payload = encode_reading(reading)
+    return SignedReading(payload=payload, signature=key.sign(payload), reading=reading)
+
+
+def verify_signed(signed: SignedReading, key: VerifyKey) -> None:
+    """Verify the exact received bytes. Raises BadSignatureError."""
+    key.verify(signed.payload, signed.signature)
+
+
+def encode_batch(items: list[SignedReading] | list[tuple[bytes, bytes]]) -> bytes:
+    if not 1 <= len(items) <= MAX_BATCH_READINGS:
+        raise InvalidFieldError(f"batch: 1..{MAX_BATCH_READINGS} readings (got {len(items)})")
+    w = Writer().raw(BATCH_MAGIC).u16("count", len(items))
+    for item in items:
+        payload, sig = (item.payload, item.signature) if isinstance(item, SignedReading) else item
+        if len(sig) != SIGNATURE_BYTES:
+            raise InvalidFieldError(f"signature: must be {SIGNATURE_BYTES} bytes")
+        w.bytes16("payload", payload, MAX_READING_BYTES).raw(sig)
+    return w.getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One entry of a batch: decoded reading, or the error that made it unreadable (kept for quarantine)."""
+
+    payload: bytes
+    signature: bytes
+    signed: SignedReading | None
+    error: ProtocolError | None
+
+
+def decode_batch(message: bytes) -> list[BatchItem]:
+    """Split a batch message. Framing errors raise; a bad reading inside good framing is returned as an
+    item with `error` set so the gateway can quarantine it alone."""
+    if len(message) > MAX_BATCH_BYTES:
+        raise OversizedError(f"batch: {len(message)} bytes exceeds {MAX_BATCH_BYTES}")
+    r = Reader(message)
+    _check_magic(r, BATCH_MAGIC, "batch")
+    count = r.u16("count")
+    if not 1 <= count <= MAX_BATCH_READINGS:
+        raise InvalidFieldError(f"batch count: 1..{MAX_BATCH_READINGS} (got {count})")
+    out: list[BatchItem] = []
+    for _ in range(count):
+        payload = r.bytes16("payload", MAX_READING_BYTES)
+        sig = r.take("signature", SIGNATURE_BYTES)
+        try:
+            reading = decode_reading(payload)
+            out.append(BatchItem(payload, sig, SignedReading(payload, sig, reading), None))
+        except ProtocolError as exc:
+            out.append(BatchItem(payload, sig, None, exc))
+    r.expect_end("batch")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    meter_id: str
+    acked_seq: int
+    issued_at_ms: int
+
+
+def encode_ack(ack: Ack, key: SigningKey) -> bytes:
+    validate_meter_id(ack.meter_id)
+    body = (
+        Writer()
+        .raw(ACK_MAGIC)
+        .str8("meter_id", ack.meter_id, MAX_METER_ID_BYTES)
+        .u64("acked_seq", ack.acked_seq)
+        .u64("issued_at_ms", ack.issued_at_ms)
+        .getvalue()
+    )
+    return body + key.sign(body)
+
+
+def decode_ack(message: bytes, key: VerifyKey) -> Ack:
+    """Decode and verify a gateway ack. Raises DecodeError / BadSignatureError."""
+    if len(message) > 16 + 33 + 16 + SIGNATURE_BYTES:
+        raise OversizedError(f"ack: {len(message)} bytes is too long")
+    if len(message) < SIGNATURE_BYTES:
+        raise DecodeError(f"ack: {len(message)} bytes is too short")
+    body, sig = message[:-SIGNATURE_BYTES], message[-SIGNATURE_BYTES:]
+    r = Reader(body)
+    _check_magic(r, ACK_MAGIC, "ack")
+    meter_id = r.str8("meter_id", MAX_METER_ID_BYTES)
+    acked, issued = r.u64("acked_seq"), r.u64("issued_at_ms")
+    r.expect_end("ack")
+    key.verify(body, sig)
+    return Ack(meter_id=validate_meter_id(meter_id), acked_seq=acked, issued_at_ms=issued)
+
+
+def instant_field_names() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(Instantaneous))

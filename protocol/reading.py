@@ -1,0 +1,104 @@
+"""The signed reading: what a meter said, when, and how much we trust it.
+
+Energy is integer watt-hours (u64); time is integer unix milliseconds. Instantaneous values are
+scaled integers (units in the field names). Nothing here is a float.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from enum import IntFlag
+
+from protocol.errors import InvalidFieldError
+from protocol.wire import I32_MAX, I32_MIN, U64_MAX, check_range
+
+MAX_METER_ID_BYTES = 32  # becomes an on-chain PDA seed: Solana caps a seed at 32 bytes
+MAX_PROFILE_ID_BYTES = 64
+KEY_ID_BYTES = 8
+# meter_id is also an MQTT topic level and a file name: letters, digits and . _ - only.
+METER_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+
+
+class Quality(IntFlag):
+    """Quality flags carried inside the signed bytes. A reading with any flag set is not 'good'."""
+
+    NONE = 0
+    GLITCH_SUSPECTED = 1 << 0  # counter decreased, read 0, sentinel, or jumped faster than rated power
+    CLOCK_UNSYNCED = 1 << 1  # wall clock not known to be synchronised when read
+    CLOCK_JUMPED = 1 << 2  # wall clock moved against the monotonic clock since the last reading
+    PARTIAL = 1 << 3  # some instantaneous registers failed; energy counters are intact
+    COUNTER_RESET = 1 << 4  # a provisioned meter replacement reset the counters
+
+
+def validate_meter_id(meter_id: str) -> str:
+    if not isinstance(meter_id, str) or not METER_ID_RE.match(meter_id):
+        raise InvalidFieldError(
+            f"meter_id: 1-{MAX_METER_ID_BYTES} characters of A-Z a-z 0-9 . _ - (got {meter_id!r})"
+        )
+    return meter_id
+
+
+@dataclass(frozen=True, slots=True)
+class Instantaneous:
+    """Optional instantaneous values, each a scaled integer or None when the meter lacks it."""
+
+    power_w: int | None = None
+    voltage_l1_dv: int | None = None  # decivolts (230.1 V -> 2301)
+    voltage_l2_dv: int | None = None
+    voltage_l3_dv: int | None = None
+    current_l1_ma: int | None = None  # milliamperes
+    current_l2_ma: int | None = None
+    current_l3_ma: int | None = None
+    frequency_mhz: int | None = None  # millihertz (50.00 Hz -> 50000)
+    power_factor_milli: int | None = None  # thousandths (-0.95 -> -950)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is not None:
+                check_range(f.name, v, I32_MIN, I32_MAX)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    meter_id: str
+    key_id: bytes
+    seq: int
+    read_at_ms: int
+    clock_synced: bool
+    energy_import_wh: int
+    energy_export_wh: int
+    profile_id: str
+    quality: Quality = Quality.NONE
+    instant: Instantaneous = field(default_factory=Instantaneous)
+
+    def __post_init__(self) -> None:
+        validate_meter_id(self.meter_id)
+        if len(self.key_id) != KEY_ID_BYTES:
+            raise InvalidFieldError(f"key_id: must be {KEY_ID_BYTES} bytes (got {len(self.key_id)})")
+        check_range("seq", self.seq, 1, U64_MAX)
+        check_range("read_at_ms", self.read_at_ms, 0, U64_MAX)
+        check_range("energy_import_wh", self.energy_import_wh, 0, U64_MAX)
+        check_range("energy_export_wh", self.energy_export_wh, 0, U64_MAX)
+        check_range("quality", int(self.quality), 0, 0xFFFF)
+        if len(self.profile_id.encode("utf-8")) > MAX_PROFILE_ID_BYTES:
+            raise InvalidFieldError(f"profile_id: at most {MAX_PROFILE_ID_BYTES} UTF-8 bytes")
+
+    @property
+    def good(self) -> bool:
+        """Good = clock synchronised and no quality flag: the only readings that may move money."""
+        return self.clock_synced and self.quality == Quality.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class SignedReading:
+    """The exact bytes that were signed plus the signature. `reading` is decoded from `payload`."""
+
+    payload: bytes
+    signature: bytes
+    reading: Reading
