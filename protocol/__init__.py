@@ -66,4 +66,5 @@ __all__ = [
     "sign_reading",
     "sign_registration",
     "validate_meter_id",
+    "verify_signed",
 ]

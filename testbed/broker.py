@@ -85,9 +85,10 @@ class Broker:
         log.close()
         try:
             wait_port(self.port, 10.0)
-        except TimeoutError:
+        except TimeoutError as exc:
             self.stop()
-            raise RuntimeError(f"mosquitto did not start: {(self.workdir / 'mosquitto.log').read_text()[-2000:]}")
+            log_tail = (self.workdir / "mosquitto.log").read_text()[-2000:]
+            raise RuntimeError(f"mosquitto did not start: {log_tail}") from exc
         return self
 
     def stop(self) -> None:

@@ -1,0 +1,433 @@
+"""The agent's one TOML config file: parsed once at start into frozen dataclasses, strictly.
+
+Unknown keys are rejected, every error names the key path and the value received
+(`buses[0].baudrate: must be one of 1200, 2400, ... (got 9601)`). Secrets may come from the environment
+(ENV_OVERRIDES) so they need not sit in a world-readable file. After load_config() the rest of the agent
+trusts the typed config and does no ad-hoc checks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from protocol.errors import InvalidFieldError
+from protocol.reading import validate_meter_id
+from protocol.signing import VerifyKey
+
+# Standard RS-485 meter rates; anything else is almost certainly a typo (9601).
+BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+# 10 s is the common meter-poll cadence (mbmd/evcc); faster than 1 s floods a 9600 baud bus.
+DEFAULT_POLL_INTERVAL_S = 10.0
+# A gateway normally acks within a second; 30 s avoids resending during a short gateway hiccup.
+DEFAULT_ACK_TIMEOUT_S = 30.0
+# 500 readings x ~230 bytes = ~115 kB per MQTT message: big enough for a fast drain, far below limits.
+DEFAULT_BATCH_MAX = 500
+# ~1M readings = 4 meters x 10 s polling for ~29 days offline; ~300 MB of SQLite on the SD card.
+DEFAULT_MAX_READINGS = 1_000_000
+# A wall-clock step of more than 2 s against the monotonic clock is a jump, not NTP slewing (<= 500 ppm).
+DEFAULT_CLOCK_JUMP_TOLERANCE_MS = 2000
+DEFAULT_STATUS_LISTEN = "127.0.0.1:9101"
+ENV_OVERRIDES = {
+    "GRIDMETER_MQTT_USERNAME": ("mqtt", "username"),
+    "GRIDMETER_MQTT_PASSWORD": ("mqtt", "password"),
+}
+_HOST_PORT_RE = re.compile(r"^(?P<host>[A-Za-z0-9.\-:\[\]]+):(?P<port>\d{1,5})$")
+
+
+class ConfigError(Exception):
+    """A bad config file. str() is one line per problem: `<key path>: <what is wrong> (got <value>)`."""
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    state_dir: Path
+    key_file: Path
+    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+
+
+@dataclass(frozen=True)
+class ClockSection:
+    require_sync: bool = True
+    check: str = "auto"  # auto | always-synced | file:/path
+    jump_tolerance_ms: int = DEFAULT_CLOCK_JUMP_TOLERANCE_MS
+
+
+@dataclass(frozen=True)
+class MqttSection:
+    gateway_public_key: bytes
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = ""
+    username: str = ""
+    password: str = ""
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    topic_prefix: str = "gridmeter/v1"
+    ack_timeout_s: float = DEFAULT_ACK_TIMEOUT_S
+    batch_max: int = DEFAULT_BATCH_MAX
+    keepalive_s: int = 30  # broker declares us dead (LWT) after 1.5x this
+    session_expiry_s: int = 7 * 24 * 3600  # broker keeps our session (ack subscription) a week offline
+    inflight_max: int = 64  # unacked PUBLISHes in flight: 1 would cap the drain at one batch per RTT
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+
+    def __repr__(self) -> str:  # never print the password
+        return f"MqttSection(host={self.host!r}, port={self.port}, client_id={self.client_id!r})"
+
+
+@dataclass(frozen=True)
+class StoreSection:
+    max_readings: int = DEFAULT_MAX_READINGS
+    overflow: Literal["drop_oldest", "stop_reading"] = "drop_oldest"
+    synchronous: Literal["normal", "full"] = "full"
+    flush_interval_ms: int = 1000  # readings are grouped per transaction for at most this long
+
+
+@dataclass(frozen=True)
+class StatusSection:
+    listen: str = DEFAULT_STATUS_LISTEN  # "" disables the endpoint
+
+    @property
+    def host_port(self) -> tuple[str, int] | None:
+        if not self.listen:
+            return None
+        m = _HOST_PORT_RE.match(self.listen)
+        assert m is not None  # validated at load
+        return m["host"].strip("[]"), int(m["port"])
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    name: str
+    kind: Literal["rtu", "tcp", "rtu-over-tcp"]
+    port: str | None = None
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+    host: str | None = None
+    tcp_port: int = 502
+    timeout_s: float = 1.0
+    retries: int = 2
+    turnaround_ms: int | None = None  # None: BusSpec default
+    inter_request_delay_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class MeterConfig:
+    meter_id: str
+    bus: str
+    unit_id: int
+    profile: str
+    key_file: Path | None = None  # None: [agent].key_file
+    rated_max_power_w: int | None = None  # None: the profile's rated limit
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    path: Path
+    agent: AgentSection
+    clock: ClockSection
+    mqtt: MqttSection
+    store: StoreSection
+    status: StatusSection
+    buses: tuple[BusConfig, ...]
+    meters: tuple[MeterConfig, ...]
+
+    def key_file_for(self, meter: MeterConfig) -> Path:
+        return meter.key_file or self.agent.key_file
+
+    @property
+    def db_path(self) -> Path:
+        return self.agent.state_dir / "agent.sqlite"
+
+
+class _Table:
+    """Reads typed values out of one TOML table, collecting errors with their key path."""
+
+    def __init__(self, data: Any, path: str, errors: list[str]) -> None:
+        self.path, self.errors = path, errors
+        if not isinstance(data, Mapping):
+            errors.append(f"{path}: must be a table (got {type(data).__name__})")
+            data = {}
+        self.data = dict(data)
+        self.seen: set[str] = set()
+
+    def _key(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str, msg: str, value: Any) -> None:
+        self.errors.append(f"{self._key(key)}: {msg} (got {value!r})")
+
+    def get(self, key: str, typ: type | tuple[type, ...], default: Any = ..., *, check: Any = None) -> Any:
+        self.seen.add(key)
+        if key not in self.data:
+            if default is ...:
+                self.errors.append(f"{self._key(key)}: required key is missing")
+                return None
+            return default
+        value = self.data[key]
+        types = typ if isinstance(typ, tuple) else (typ,)
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if float in types and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            names = " or ".join(t.__name__ for t in types)
+            self.fail(key, f"must be {names}", value)
+            return None if default is ... else default
+        if check is not None:
+            msg = check(value)
+            if msg:
+                self.fail(key, msg, value)
+                return None if default is ... else default
+        return value
+
+    def done(self) -> None:
+        for key in sorted(set(self.data) - self.seen):
+            self.errors.append(f"{self._key(key)}: unknown key")
+
+
+def _between(lo: float, hi: float) -> Any:
+    return lambda v: None if lo <= v <= hi else f"must be between {lo} and {hi}"
+
+
+def _one_of(*choices: Any) -> Any:
+    return lambda v: None if v in choices else "must be one of " + ", ".join(str(c) for c in choices)
+
+
+def _path_or_none(t: _Table, key: str, *, must_exist: bool) -> Path | None:
+    raw = t.get(key, str, "")
+    if not raw:
+        return None
+    p = Path(raw)
+    if must_exist and not p.is_file():
+        t.fail(key, "file does not exist", raw)
+    return p
+
+
+def _agent(t: _Table, base: Path) -> AgentSection:
+    state = t.get("state_dir", str, "/var/lib/gridmeter", check=lambda v: None if v else "must not be empty")
+    key = t.get("key_file", str, "/etc/gridmeter/device.key", check=lambda v: None if v else "must not be empty")
+    poll = t.get("poll_interval_s", float, DEFAULT_POLL_INTERVAL_S, check=_between(0.1, 3600))
+    t.done()
+    return AgentSection(base / (state or "."), base / (key or "."), poll)
+
+
+def _clock_check(v: str) -> str | None:
+    if v in ("auto", "always-synced") or (v.startswith("file:") and len(v) > 5):
+        return None
+    return 'must be "auto", "always-synced" or "file:/path"'
+
+
+def _clock(t: _Table) -> ClockSection:
+    c = ClockSection(
+        require_sync=t.get("require_sync", bool, True),
+        check=t.get("check", str, "auto", check=_clock_check),
+        jump_tolerance_ms=t.get(
+            "jump_tolerance_ms", int, DEFAULT_CLOCK_JUMP_TOLERANCE_MS, check=_between(100, 3_600_000)
+        ),
+    )
+    t.done()
+    return c
+
+
+def _gateway_key(v: str) -> str | None:
+    try:
+        VerifyKey(bytes.fromhex(v))
+    except (ValueError, InvalidFieldError):
+        return "must be 64 hex characters of the gateway's Ed25519 public key"
+    return None
+
+
+def _mqtt(t: _Table, env: Mapping[str, str]) -> MqttSection:
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if section == "mqtt" and var in env:
+            t.data[key] = env[var]
+    gw = t.get("gateway_public_key", str, check=_gateway_key)
+    host = t.get("host", str, "127.0.0.1", check=lambda v: None if v else "must not be empty")
+    prefix = t.get("topic_prefix", str, "gridmeter/v1", check=_topic_prefix)
+    cid = t.get("client_id", str, "", check=lambda v: None if len(v) <= 64 else "at most 64 characters")
+    m = MqttSection(
+        gateway_public_key=bytes.fromhex(gw) if gw else b"",
+        host=host,
+        port=t.get("port", int, 1883, check=_between(1, 65535)),
+        client_id=cid or f"gridmeter-agent-{os.uname().nodename}",
+        username=t.get("username", str, ""),
+        password=t.get("password", str, ""),
+        tls_ca=_path_or_none(t, "tls_ca", must_exist=True),
+        tls_cert=_path_or_none(t, "tls_cert", must_exist=True),
+        tls_key=_path_or_none(t, "tls_key", must_exist=True),
+        topic_prefix=prefix,
+        ack_timeout_s=t.get("ack_timeout_s", float, DEFAULT_ACK_TIMEOUT_S, check=_between(0.1, 86400)),
+        batch_max=t.get("batch_max", int, DEFAULT_BATCH_MAX, check=_between(1, 1000)),
+        keepalive_s=t.get("keepalive_s", int, 30, check=_between(5, 3600)),
+        session_expiry_s=t.get("session_expiry_s", int, 7 * 24 * 3600, check=_between(0, 0xFFFFFFFF)),
+        inflight_max=t.get("inflight_max", int, 64, check=_between(1, 1000)),
+        reconnect_min_s=t.get("reconnect_min_s", float, 1.0, check=_between(0.05, 600)),
+        reconnect_max_s=t.get("reconnect_max_s", float, 60.0, check=_between(0.05, 3600)),
+    )
+    if (m.tls_cert is None) != (m.tls_key is None):
+        t.errors.append(f"{t.path}.tls_cert/tls_key: give both or neither (got cert={m.tls_cert}, key={m.tls_key})")
+    t.done()
+    return m
+
+
+def _topic_prefix(v: str) -> str | None:
+    if not v or any(c in v for c in "+#\0") or v.startswith("/") or v.endswith("/"):
+        return "must be a non-empty MQTT topic without wildcards or leading/trailing '/'"
+    return None
+
+
+def _store(t: _Table) -> StoreSection:
+    s = StoreSection(
+        max_readings=t.get("max_readings", int, DEFAULT_MAX_READINGS, check=_between(100, 100_000_000)),
+        overflow=t.get("overflow", str, "drop_oldest", check=_one_of("drop_oldest", "stop_reading")),
+        synchronous=t.get("synchronous", str, "full", check=_one_of("normal", "full")),
+        flush_interval_ms=t.get("flush_interval_ms", int, 1000, check=_between(0, 60_000)),
+    )
+    t.done()
+    return s
+
+
+def _listen(v: str) -> str | None:
+    if v == "":
+        return None
+    m = _HOST_PORT_RE.match(v)
+    if m is None or not 1 <= int(m["port"]) <= 65535:
+        return 'must be "host:port" (or "" to disable)'
+    return None
+
+
+def _status(t: _Table) -> StatusSection:
+    s = StatusSection(listen=t.get("listen", str, DEFAULT_STATUS_LISTEN, check=_listen))
+    t.done()
+    return s
+
+
+_BUS_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+
+
+def _bus(t: _Table) -> BusConfig:
+    kind = t.get("kind", str, check=_one_of("rtu", "tcp", "rtu-over-tcp"))
+    b = BusConfig(
+        name=t.get("name", str, check=lambda v: None if _BUS_NAME_RE.match(v) else "1-32 of A-Z a-z 0-9 . _ -"),
+        kind=kind or "rtu",
+        port=t.get("port", str, None),
+        baudrate=t.get("baudrate", int, 9600, check=_one_of(*BAUDRATES)),
+        parity=t.get("parity", str, "N", check=_one_of("N", "E", "O")),
+        stopbits=t.get("stopbits", int, 1, check=_one_of(1, 2)),
+        bytesize=t.get("bytesize", int, 8, check=_one_of(7, 8)),
+        host=t.get("host", str, None),
+        tcp_port=t.get("tcp_port", int, 502, check=_between(1, 65535)),
+        timeout_s=t.get("timeout_s", float, 1.0, check=_between(0.05, 30)),
+        retries=t.get("retries", int, 2, check=_between(0, 10)),
+        turnaround_ms=t.get("turnaround_ms", int, None, check=_between(0, 5000)),
+        inter_request_delay_ms=t.get("inter_request_delay_ms", int, None, check=_between(0, 5000)),
+    )
+    if kind == "rtu" and not b.port:
+        t.errors.append(f"{t.path}.port: required for kind = \"rtu\" (serial device, e.g. /dev/ttyAMA0)")
+    if kind in ("tcp", "rtu-over-tcp") and not b.host:
+        t.errors.append(f"{t.path}.host: required for kind = {kind!r}")
+    t.done()
+    return b
+
+
+def _meter_id(v: str) -> str | None:
+    try:
+        validate_meter_id(v)
+    except InvalidFieldError:
+        return "1-32 characters of A-Z a-z 0-9 . _ -"
+    return None
+
+
+def _meter(t: _Table, base: Path) -> MeterConfig:
+    key = t.get("key_file", str, "")
+    m = MeterConfig(
+        meter_id=t.get("meter_id", str, check=_meter_id),
+        bus=t.get("bus", str),
+        unit_id=t.get("unit_id", int, check=_between(1, 247)),
+        profile=t.get("profile", str, check=lambda v: None if v else "must not be empty"),
+        key_file=base / key if key else None,
+        rated_max_power_w=t.get("rated_max_power_w", int, None, check=_between(1, 10_000_000)),
+    )
+    t.done()
+    return m
+
+
+def _array(data: Mapping[str, Any], key: str, errors: list[str]) -> list[tuple[Any, str]]:
+    raw = data.get(key, [])
+    if not isinstance(raw, list):
+        errors.append(f"{key}: must be an array of tables ([[{key}]]) (got {type(raw).__name__})")
+        return []
+    return [(item, f"{key}[{i}]") for i, item in enumerate(raw)]
+
+
+def _cross_check(buses: tuple[BusConfig, ...], meters: tuple[MeterConfig, ...], errors: list[str]) -> None:
+    names: dict[str, int] = {}
+    endpoints: dict[str, int] = {}
+    for i, b in enumerate(buses):
+        if b.name in names:
+            errors.append(f"buses[{i}].name: duplicate of buses[{names[b.name]}] (got {b.name!r})")
+        names.setdefault(b.name, i)
+        endpoint = b.port if b.kind == "rtu" else f"{b.host}:{b.tcp_port}"
+        if endpoint in endpoints:
+            errors.append(f"buses[{i}]: same device as buses[{endpoints[endpoint]}] (got {endpoint!r}); "
+                          "one bus per port, put all its meters on that bus")
+        endpoints.setdefault(endpoint, i)
+    if not meters:
+        errors.append("meters: at least one [[meters]] entry is required")
+    ids: dict[str, int] = {}
+    units: dict[tuple[str, int], int] = {}
+    for i, m in enumerate(meters):
+        if m.meter_id in ids:
+            errors.append(f"meters[{i}].meter_id: duplicate of meters[{ids[m.meter_id]}] (got {m.meter_id!r})")
+        ids.setdefault(m.meter_id, i)
+        if m.bus is not None and m.bus not in names:
+            errors.append(f"meters[{i}].bus: no [[buses]] entry with this name (got {m.bus!r})")
+        if (m.bus, m.unit_id) in units:
+            errors.append(f"meters[{i}].unit_id: same bus and unit id as meters[{units[(m.bus, m.unit_id)]}] "
+                          f"(got {m.unit_id!r})")
+        units.setdefault((m.bus, m.unit_id), i)
+
+
+def parse_config(data: Mapping[str, Any], *, path: Path, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Validate a parsed TOML document. Relative paths are relative to the config file's directory."""
+    env = os.environ if env is None else env
+    errors: list[str] = []
+    base = path.parent
+    root = _Table(data, "", errors)
+    sections = {k: _Table(root.get(k, dict, {}), k, errors) for k in ("agent", "clock", "mqtt", "store", "status")}
+    agent = _agent(sections["agent"], base)
+    clock = _clock(sections["clock"])
+    mqtt = _mqtt(sections["mqtt"], env)
+    store = _store(sections["store"])
+    status = _status(sections["status"])
+    root.seen |= {"buses", "meters"}
+    buses = tuple(_bus(_Table(d, p, errors)) for d, p in _array(data, "buses", errors))
+    meters = tuple(_meter(_Table(d, p, errors), base) for d, p in _array(data, "meters", errors))
+    root.done()
+    _cross_check(buses, meters, errors)
+    if errors:
+        raise ConfigError(f"{path}: invalid config:\n  " + "\n  ".join(errors))
+    return AgentConfig(path, agent, clock, mqtt, store, status, buses, meters)
+
+
+def load_config(path: Path, *, env: Mapping[str, str] | None = None) -> AgentConfig:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    return parse_config(data, path=path, env=env)

@@ -1,0 +1,129 @@
+"""The device's Ed25519 private key on disk.
+
+Format: 64 hex characters of the 32-byte Ed25519 seed followed by "\\n". The file must be mode 0600
+(no group/other bits): a key another local user can read lets them forge this meter's readings, so the
+agent refuses to start rather than warn. Files are written tmp + fsync + rename + fsync(dir) so a power
+cut leaves either no key or a whole key, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import stat
+from pathlib import Path
+
+from protocol.errors import InvalidFieldError
+from protocol.signing import SEED_BYTES, SigningKey
+
+KEY_FILE_MODE = 0o600
+KEY_HEX_CHARS = SEED_BYTES * 2
+# A key file is 65 bytes; anything far larger is not a key file (and we do not read it into memory).
+MAX_KEY_FILE_BYTES = 256
+
+
+class KeyFileError(Exception):
+    """A key file that is missing, unsafe or malformed. The message names the path, the problem and the fix."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes, owner: str | None, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise KeyFileError(f"{path}: already exists; refusing to overwrite a device key (pass overwrite=True)")
+    directory = path.parent
+    if not directory.is_dir():
+        raise KeyFileError(f"{path}: directory {directory} does not exist; create it first")
+    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
+        try:
+            os.fchmod(fd, KEY_FILE_MODE)  # the umask may have removed bits, never added: set exactly
+            if owner is not None:
+                pw = pwd.getpwnam(owner)
+                os.fchown(fd, pw.pw_uid, pw.pw_gid)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(directory)
+    except KeyError as exc:
+        raise KeyFileError(f"{path}: owner {owner!r} is not a known user") from exc
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot write key file ({exc.strerror or exc})") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def create_key_file(path: Path, *, owner: str | None = None, overwrite: bool = False) -> SigningKey:
+    """Generate a new key and write it to `path` (mode 0600, chown to `owner` if given)."""
+    path = Path(path)
+    key = SigningKey.generate()
+    _write_atomic(path, key.seed.hex().encode("ascii") + b"\n", owner, overwrite)
+    return key
+
+
+def load_key_file(path: Path) -> SigningKey:
+    """Load a key written by create_key_file. Refuses missing, group/other-accessible or malformed files."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise KeyFileError(
+            f"{path}: key file missing; create it with `gridmeter provision keygen` (or provision register)"
+        ) from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot open key file ({exc.strerror or exc})") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{path}: not a regular file")
+        if st.st_mode & 0o077:
+            raise KeyFileError(
+                f"{path}: key file is accessible by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                f"run `chmod 600 {path}` and check nobody copied it"
+            )
+        raw = os.read(fd, MAX_KEY_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    return _parse_key(path, raw)
+
+
+def _parse_key(path: Path, raw: bytes) -> SigningKey:
+    text = raw.strip()
+    if len(text) != KEY_HEX_CHARS:
+        raise KeyFileError(
+            f"{path}: expected {KEY_HEX_CHARS} hex characters of an Ed25519 seed (got {len(text)} characters)"
+        )
+    try:
+        seed = bytes.fromhex(text.decode("ascii"))
+        return SigningKey(seed)
+    except (ValueError, UnicodeDecodeError, InvalidFieldError) as exc:
+        raise KeyFileError(f"{path}: not a hex Ed25519 seed ({exc})") from exc
+
+
+def write_public_key(path: Path, key: SigningKey) -> None:
+    """Write the public key (64 hex + newline), world-readable: it is given to the gateway."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        tmp.write_bytes(key.public_key.hex().encode("ascii") + b"\n")
+        os.chmod(tmp, 0o644)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot write public key ({exc.strerror or exc})") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
