@@ -1,10 +1,90 @@
-"""`gridmeter agent` subcommands."""
+"""`gridmeter agent run | check-config | status`.
+
+Exit codes: 0 ok; 1 runtime failure (store cannot open, agent degraded for `status`); 2 bad config or key
+file (fix the file, restarting will not help: the systemd unit does not restart on 2);
+3 status endpoint unreachable.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_UNREACHABLE = 0, 1, 2, 3
+DEFAULT_STATUS_URL = "http://127.0.0.1:9101/health"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("agent", help="(under construction)")
-    p.set_defaults(func=lambda _args: p.print_help() or 2)
+    p = sub.add_parser("agent", help="edge agent: read meters, sign, store, publish",
+                       description="Edge agent: reads Modbus meters, signs readings, stores and publishes them.")
+    asub = p.add_subparsers(dest="agent_command", metavar="ACTION")
+    asub.required = True
+    run = asub.add_parser("run", help="run the agent (foreground; systemd Type=notify aware)")
+    run.add_argument("--config", required=True, metavar="FILE", help="agent TOML config")
+    run.set_defaults(func=_run)
+    chk = asub.add_parser("check-config", help="validate a config file, its profiles and key files; start nothing")
+    chk.add_argument("config", metavar="FILE")
+    chk.set_defaults(func=_check)
+    st = asub.add_parser("status", help="print the running agent's /health JSON")
+    st.add_argument("--url", default=DEFAULT_STATUS_URL, help=f"health URL (default {DEFAULT_STATUS_URL})")
+    st.set_defaults(func=_status)
+
+
+def _load(path: str):  # type: ignore[no-untyped-def]
+    from agent.config import ConfigError, load_config
+    from agent.keys import KeyFileError
+    from agent.service import build_service
+
+    try:
+        return build_service(load_config(path))
+    except (ConfigError, KeyFileError) as exc:
+        print(f"gridmeter agent: {exc}", file=sys.stderr)
+        return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from agent.store import StoreError
+
+    try:
+        service = _load(args.config)
+    except StoreError as exc:
+        print(f"gridmeter agent: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if service is None:
+        return EXIT_CONFIG
+    asyncio.run(service.run())
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    from agent.config import ConfigError, build_specs, load_config
+    from agent.keys import KeyFileError, load_key_file
+
+    try:
+        cfg = load_config(args.config)
+        _buses, meters = build_specs(cfg)
+        for m in cfg.meters:
+            load_key_file(cfg.key_file_for(m))
+    except (ConfigError, KeyFileError) as exc:
+        print(f"gridmeter agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.config}: OK ({len(cfg.buses)} buses, {len(meters)} meters: "
+          + ", ".join(f"{m.meter_id}={m.profile.id}@{m.bus}/{m.unit_id}" for m in meters) + ")")
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(args.url, timeout=5) as resp:
+            body = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"gridmeter agent: status endpoint {args.url} unreachable: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    print(json.dumps(body, indent=2, sort_keys=True))
+    return EXIT_OK if body.get("status") == "ok" else EXIT_FAILURE

@@ -86,7 +86,6 @@ class MqttSection:
 class StoreSection:
     max_readings: int = DEFAULT_MAX_READINGS
     overflow: Literal["drop_oldest", "stop_reading"] = "drop_oldest"
-    synchronous: Literal["normal", "full"] = "full"
     flush_interval_ms: int = 1000  # readings are grouped per transaction for at most this long
 
 
@@ -289,7 +288,6 @@ def _store(t: _Table) -> StoreSection:
     s = StoreSection(
         max_readings=t.get("max_readings", int, DEFAULT_MAX_READINGS, check=_between(100, 100_000_000)),
         overflow=t.get("overflow", str, "drop_oldest", check=_one_of("drop_oldest", "stop_reading")),
-        synchronous=t.get("synchronous", str, "full", check=_one_of("normal", "full")),
         flush_interval_ms=t.get("flush_interval_ms", int, 1000, check=_between(0, 60_000)),
     )
     t.done()
@@ -431,3 +429,39 @@ def load_config(path: Path, *, env: Mapping[str, str] | None = None) -> AgentCon
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
     return parse_config(data, path=path, env=env)
+
+
+def build_specs(cfg: AgentConfig, profiles: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], list[Any]]:
+    """BusSpec per bus name and MeterSpec per meter for agent.poller; profiles from firmware_config.loader.
+
+    Raises ConfigError naming `meters[i].profile` for an unknown or invalid profile.
+    """
+    from agent.bus import BusSpec
+    from agent.poller import MeterSpec
+    from firmware_config.loader import load_all
+    from firmware_config.schema import ProfileError
+
+    if profiles is None:
+        try:
+            profiles = load_all()
+        except ProfileError as exc:
+            raise ConfigError(f"{cfg.path}: the profile library does not load: {exc}") from exc
+    buses: dict[str, Any] = {}
+    for b in cfg.buses:
+        optional = {k: v for k, v in (("turnaround_ms", b.turnaround_ms),
+                                      ("inter_request_delay_ms", b.inter_request_delay_ms)) if v is not None}
+        buses[b.name] = BusSpec(name=b.name, kind=b.kind, port=b.port, baudrate=b.baudrate, parity=b.parity,
+                                stopbits=b.stopbits, bytesize=b.bytesize, host=b.host, tcp_port=b.tcp_port,
+                                timeout_s=b.timeout_s, retries=b.retries, **optional)
+    errors = [
+        f"meters[{i}].profile: unknown profile; known: {', '.join(sorted(profiles))} (got {m.profile!r})"
+        for i, m in enumerate(cfg.meters) if m.profile not in profiles
+    ]
+    if errors:
+        raise ConfigError(f"{cfg.path}: invalid config:\n  " + "\n  ".join(errors))
+    meters = [
+        MeterSpec(meter_id=m.meter_id, bus=m.bus, unit_id=m.unit_id, profile=profiles[m.profile],
+                  rated_max_power_w=m.rated_max_power_w)
+        for m in cfg.meters
+    ]
+    return buses, meters

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction
+from itertools import pairwise
 
 from protocol.reading import Instantaneous
 
@@ -253,7 +254,7 @@ def validate_profile(p: Profile) -> Profile:
 
 def _check_overlaps(p: Profile, src: str) -> None:
     order = sorted(range(len(p.registers)), key=lambda i: (p.registers[i].function_code, p.registers[i].address))
-    for a, b in zip(order, order[1:], strict=False):
+    for a, b in pairwise(order):
         ra, rb = p.registers[a], p.registers[b]
         if ra.function_code == rb.function_code and rb.address < ra.end:
             raise ProfileError(

@@ -1,10 +1,81 @@
-"""`gridmeter chain` subcommands."""
+"""`gridmeter chain` subcommands: serve a local oracle chain over Solana JSON-RPC."""
 
 from __future__ import annotations
 
 import argparse
 
+DEFAULT_PORT = 8899  # solana-test-validator's RPC port, so tools find it where they expect
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("chain", help="(under construction)")
-    p.set_defaults(func=lambda _args: p.print_help() or 2)
+    p = sub.add_parser("chain", help="local Solana chain with the oracle-compatible program (tests, demo)")
+    csub = p.add_subparsers(dest="chain_command", metavar="SUBCOMMAND")
+    csub.required = True
+    s = csub.add_parser(
+        "serve",
+        help="serve LiteSVM + the oracle program over Solana JSON-RPC",
+        description="Run a local chain: the oracle-compatible program loaded at the program ID and initialized "
+        "with CHAIN_BRIDGE as the only key allowed to submit readings, behind a Solana JSON-RPC endpoint "
+        "(point the gateway's chain.rpc_url at it). Slots and the clock follow wall time. Ctrl-C stops it "
+        "(and writes --state).",
+    )
+    s.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"listen port (default {DEFAULT_PORT})")
+    s.add_argument("--chain-bridge", required=True, metavar="PUBKEY",
+                   help="base58 public key of the gateway's authority (oracle chain_bridge); funded by airdrop")
+    s.add_argument("--program-id", default=None, metavar="ID",
+                   help="program ID to load the oracle at (default: the devnet oracle ID)")
+    s.add_argument("--state", default=None, metavar="FILE",
+                   help="persist chain state (accounts, history) to FILE and resume from it if it exists")
+    s.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+    from pathlib import Path
+
+    from solders.pubkey import Pubkey
+
+    from gateway.oracle_layout import DEVNET_PROGRAM_ID
+    from localchain.server import LocalChainServer
+    from localchain.svm import StateFileError
+
+    log = logging.getLogger("localchain")
+    try:
+        bridge = Pubkey.from_string(args.chain_bridge)
+        program_id = Pubkey.from_string(args.program_id or DEVNET_PROGRAM_ID)
+    except ValueError as e:
+        print(f"gridmeter chain serve: not a base58 public key: {e}")
+        return 2
+    if not 0 <= args.port <= 65535:
+        print("gridmeter chain serve: --port must be 0..65535")
+        return 2
+
+    async def run() -> int:
+        try:
+            server = LocalChainServer(bridge, program_id=program_id, host=args.host, port=args.port,
+                                      state_file=Path(args.state) if args.state else None)
+        except (StateFileError, FileNotFoundError) as e:
+            print(f"gridmeter chain serve: {e}")
+            return 1
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await server.start()
+        except OSError as e:
+            print(f"gridmeter chain serve: cannot listen on {args.host}:{args.port}: {e}")
+            return 1
+        log.info("serving %s: program %s, chain_bridge %s, admin %s", server.url, program_id, bridge,
+                 server.chain.admin.pubkey())
+        print(f"RPC {server.url}", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+        return 0
+
+    return asyncio.run(run())

@@ -1,0 +1,369 @@
+"""Wiring of the edge agent: pollers -> glitch filter + clock gating -> sign -> store -> publisher.
+
+One Poller per bus (agent.poller, one owner per port) calls on_sample/on_error. Every sample becomes a
+signed reading (seq from the store, key_id of the meter's key, read_at = the moment the registers were
+read, never rewritten) that is committed in batches before the publisher may see it. A failing device,
+a bad value or a full store is counted and logged, never fatal to the loop. SIGTERM/SIGINT stop cleanly
+(flush, offline status); sd_notify READY/WATCHDOG when NOTIFY_SOCKET is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from agent.clock import ClockProbe, clock_jumped, reading_clock_quality
+from agent.config import AgentConfig, build_specs
+from agent.keys import load_key_file
+from agent.plausibility import Baseline, check_counters
+from agent.publisher import Publisher, wall_ms
+from agent.status import Health, StatusServer
+from agent.store import LastGood, Store, StoreError, StoreFullError
+from protocol.canonical import sign_reading
+from protocol.errors import InvalidFieldError
+from protocol.reading import Instantaneous, Quality, Reading
+from protocol.signing import SigningKey, VerifyKey
+from protocol.wire import I32_MAX, I32_MIN
+
+if TYPE_CHECKING:
+    from agent.bus import Bus
+    from agent.poller import MeterReadError, MeterSample, MeterSpec, Poller
+
+log = logging.getLogger(__name__)
+
+# A crashed poller task is restarted after this delay (doubling, capped) instead of ending the agent.
+DEFAULT_POLLER_RESTART_S = 1.0
+MAX_POLLER_RESTART_S = 60.0
+# The watchdog is pinged only while pollers report (sample or error) at least this often: a wedged
+# poller then gets the service restarted by systemd instead of silently reading nothing.
+LIVENESS_MIN_S = 60.0
+# On SIGTERM, wait at most this long for the last readings to be acked (systemd TimeoutStopSec is 20 s).
+DEFAULT_STOP_DRAIN_S = 5.0
+_INSTANT_NAMES = Instantaneous.names()
+
+
+@dataclass
+class DeviceCounters:
+    stored: int = 0  # readings signed and queued for the store
+    read_errors: int = 0
+    glitches: int = 0
+    last_read_ms: int | None = None
+    last_error: str = ""
+    last_glitch: str = ""
+
+
+class AgentService:
+    def __init__(self, cfg: AgentConfig, keys: dict[str, SigningKey], meters: list[MeterSpec],
+                 buses: dict[str, Any]) -> None:
+        self.cfg, self.keys, self.meters, self.bus_specs = cfg, keys, meters, buses
+        self.store = Store(cfg.db_path, max_readings=cfg.store.max_readings, overflow=cfg.store.overflow)
+        self.clock = ClockProbe(cfg.clock.check, require_sync=cfg.clock.require_sync)
+        self.publisher = Publisher(cfg.mqtt, [m.meter_id for m in meters], self.store,
+                                   VerifyKey(cfg.mqtt.gateway_public_key))
+        self.devices = {m.meter_id: DeviceCounters() for m in meters}
+        self._baseline: dict[str, Baseline] = {
+            m: Baseline(g.import_wh, g.export_wh, g.read_at_ms) for m, g in self.store.last_good().items()
+        }
+        self._last_obs: dict[str, tuple[int, int]] = {}  # meter -> (wall ms, monotonic ms) of its last sample
+        self.clock_jumps = 0
+        self.last_read_ms: int | None = None
+        self.skipped_full = 0
+        self._full_since: float | None = None
+        self._activity = time.monotonic()
+        self._stop = asyncio.Event()
+        self._pollers: list[Poller] = []
+        self._bus_objs: list[Bus] = []
+        self.status: StatusServer | None = None
+
+    # -- per sample -----------------------------------------------------------------------------
+
+    async def on_sample(self, sample: MeterSample) -> None:
+        self._activity = time.monotonic()
+        dev = self.devices[sample.meter_id]
+        try:
+            self._handle_sample(sample, dev)
+        except StoreFullError:
+            self._note_full()
+        except (InvalidFieldError, KeyError, StoreError) as exc:
+            dev.read_errors += 1
+            dev.last_error = f"rejected sample: {exc}"
+            log.error("%s: sample not stored: %s", sample.meter_id, exc)
+        if self.cfg.store.flush_interval_ms == 0:
+            self._flush()
+
+    def _handle_sample(self, sample: MeterSample, dev: DeviceCounters) -> None:
+        meter = sample.meter_id
+        spec = self._spec(meter)
+        quality = Quality.PARTIAL if sample.errors else Quality.NONE
+        synced, clock_q = reading_clock_quality(self.clock.state().synced, self._jumped(sample))
+        quality |= clock_q
+        imp, exp = sample.values["energy_import_wh"], sample.values["energy_export_wh"]
+        rated = spec.rated_max_power_w or spec.profile.rated.max_power_w
+        verdict = check_counters(self._baseline.get(meter), imp, exp, monotonic_ms=sample.monotonic_ms,
+                                 read_at_ms=sample.read_at_ms, rated_max_power_w=rated)
+        if not verdict.good:
+            quality |= Quality.GLITCH_SUSPECTED
+            dev.glitches += 1
+            reasons = ",".join(verdict.reasons)
+            log.log(logging.DEBUG if reasons == dev.last_glitch else logging.WARNING,
+                    "%s: counters import=%d export=%d flagged GLITCH_SUSPECTED (%s)", meter, imp, exp, reasons)
+            dev.last_glitch = reasons
+        instant, dropped = _instant(sample.values)
+        if dropped:
+            quality |= Quality.PARTIAL
+        key = self.keys[meter]
+        draft = Reading(  # validated before a seq is allocated: a refused sample must not leave a seq gap
+            meter_id=meter, key_id=key.key_id, seq=1, read_at_ms=sample.read_at_ms,
+            clock_synced=synced, energy_import_wh=imp, energy_export_wh=exp, profile_id=sample.profile_id,
+            quality=quality, instant=instant,
+        )
+        reading = replace(draft, seq=self.store.allocate_seq(meter))
+        good = None
+        if verdict.good:
+            self._baseline[meter] = Baseline(imp, exp, sample.read_at_ms, sample.monotonic_ms)
+            good = LastGood(imp, exp, sample.read_at_ms)
+        self.store.append(sign_reading(reading, key), good=good)
+        dev.stored += 1
+        dev.last_read_ms = self.last_read_ms = sample.read_at_ms
+        if self._full_since is not None:
+            log.info("store has room again after %.0f s; reading resumed", time.monotonic() - self._full_since)
+            self._full_since = None
+
+    def _spec(self, meter_id: str) -> MeterSpec:
+        for m in self.meters:
+            if m.meter_id == meter_id:
+                return m
+        raise KeyError(meter_id)
+
+    def _jumped(self, sample: MeterSample) -> bool:
+        prev = self._last_obs.get(sample.meter_id)
+        self._last_obs[sample.meter_id] = (sample.read_at_ms, sample.monotonic_ms)
+        if prev is None or not clock_jumped(prev[0], prev[1], sample.read_at_ms, sample.monotonic_ms,
+                                            self.cfg.clock.jump_tolerance_ms):
+            return False
+        self.clock_jumps += 1
+        self.clock.invalidate()
+        log.warning("%s: wall clock jumped by %d ms against the monotonic clock", sample.meter_id,
+                    (sample.read_at_ms - prev[0]) - (sample.monotonic_ms - prev[1]))
+        return True
+
+    def _note_full(self) -> None:
+        self.skipped_full += 1
+        if self._full_since is None:
+            self._full_since = time.monotonic()
+            detail = f"store full ({self.store.max_readings} readings): stop_reading until acks free space"
+            log.error(detail)
+            self.store.record_event("overflow_stop_reading", None, detail, counter="stop_reading_episodes")
+
+    async def on_error(self, meter: MeterSpec, err: MeterReadError) -> None:
+        self._activity = time.monotonic()
+        dev = self.devices[meter.meter_id]
+        dev.read_errors += 1
+        if err.reason == "decode":  # an energy register read as a sentinel / NaN: a glitch, never published
+            dev.glitches += 1
+            dev.last_glitch = f"sentinel ({err.detail})"
+        if dev.last_error != str(err):
+            log.warning("%s: read failed: %s", meter.meter_id, err)
+        dev.last_error = str(err)
+
+    # -- loops ----------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        try:
+            if self.store.flush():
+                self.publisher.wake()
+        except StoreError as exc:  # disk full, I/O error: keep the readings pending, retry next tick
+            log.error("%s", exc)
+
+    async def _flush_loop(self) -> None:
+        interval = max(self.cfg.store.flush_interval_ms, 50) / 1000
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+            self._flush()
+
+    async def _supervise(self, poller: Poller, name: str) -> None:
+        delay = DEFAULT_POLLER_RESTART_S
+        while not self._stop.is_set():
+            try:
+                await poller.run(self.cfg.agent.poll_interval_s, self.on_sample, self.on_error)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("poller for bus %s crashed; restarting in %.0f s", name, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(delay * 2, MAX_POLLER_RESTART_S)
+
+    async def _watchdog_loop(self, notifier: Notifier, interval_s: float) -> None:
+        liveness = max(LIVENESS_MIN_S, 5 * self.cfg.agent.poll_interval_s)
+        while not self._stop.is_set():
+            if time.monotonic() - self._activity < liveness:
+                notifier.send("WATCHDOG=1")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval_s)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        from agent.bus import open_bus
+        from agent.poller import Poller
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        tasks: list[asyncio.Task[Any]] = []
+        notifier = Notifier.from_env()
+        try:
+            self.publisher.start()
+            tasks.append(asyncio.create_task(self.publisher.run(), name="publisher"))
+            hp = self.cfg.status.host_port
+            if hp is not None:
+                self.status = StatusServer(hp[0], hp[1], self.health)
+                await self.status.start()
+            for name, spec in self.bus_specs.items():
+                bus = await _maybe_await(open_bus(spec))
+                self._bus_objs.append(bus)
+                poller = Poller(bus, [m for m in self.meters if m.bus == name])
+                self._pollers.append(poller)
+                tasks.append(asyncio.create_task(self._supervise(poller, name), name=f"poller-{name}"))
+            tasks.append(asyncio.create_task(self._flush_loop(), name="flush"))
+            if notifier is not None:
+                notifier.send("READY=1")
+                wd = notifier.watchdog_interval_s()
+                if wd is not None:
+                    tasks.append(asyncio.create_task(self._watchdog_loop(notifier, wd), name="watchdog"))
+            log.info("agent running: %d meters on %d buses", len(self.meters), len(self.bus_specs))
+            await self._stop.wait()
+        finally:
+            await self._shutdown(tasks, notifier)
+
+    async def _shutdown(self, tasks: list[asyncio.Task[Any]], notifier: Notifier | None) -> None:
+        if notifier is not None:
+            notifier.send("STOPPING=1")
+        self._stop.set()
+        for t in tasks:
+            if t.get_name() != "publisher":
+                t.cancel()
+        await asyncio.gather(*[t for t in tasks if t.get_name() != "publisher"], return_exceptions=True)
+        self._flush()
+        self.publisher.wake()
+        await self._drain_before_stop()
+        await self.publisher.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for bus in self._bus_objs:
+            with contextlib.suppress(Exception):
+                await bus.close()
+        if self.status is not None:
+            await self.status.stop()
+        self.store.close()
+        log.info("agent stopped")
+
+    async def _drain_before_stop(self) -> None:
+        """While connected, give the publisher a few seconds to get the last readings acked: a clean stop
+        (update, reboot) then leaves nothing to resend. Anything left is simply re-sent after restart."""
+        deadline = time.monotonic() + DEFAULT_STOP_DRAIN_S
+        while self.store.count() and self.publisher.stats.connected and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def health(self) -> Health:
+        now = wall_ms()
+        oldest = self.store.oldest_read_at_ms()
+        clock = self.clock.state()
+        devices: dict[str, dict[str, Any]] = {m: dict(vars(c)) for m, c in self.devices.items()}
+        for poller in self._pollers:
+            for meter, st in poller.device_status().items():
+                devices.setdefault(meter, {}).update(st)
+        stats = self.publisher.stats
+        failing = [m for m, d in devices.items() if d.get("consecutive_errors", 0)]
+        ok = stats.connected and clock.synced and not failing and self._full_since is None
+        return {
+            "status": "ok" if ok else "degraded",
+            "now_ms": now,
+            "last_read_ms": self.last_read_ms,
+            "last_publish_ms": stats.last_publish_ms,
+            "last_ack_ms": stats.last_ack_ms,
+            "queue": {
+                "depth": self.store.count(),
+                "pending_commit": self.store.pending,
+                "oldest_read_at_ms": oldest,
+                "oldest_age_s": None if oldest is None else max(0, now - oldest) / 1000,
+                "per_meter": {m: n for m, (n, _lo, _hi) in self.store.backlog().items()},
+                "unacked_in_flight": self.publisher.unacked(),
+                "full": self._full_since is not None,
+                "skipped_full": self.skipped_full,
+            },
+            "mqtt": dict(vars(stats)),
+            "clock": {"synced": clock.synced, "source": clock.source, "detail": clock.detail,
+                      "jumps": self.clock_jumps},
+            "devices": devices,
+            "store": self.store.counters(),
+        }
+
+
+def _instant(values: dict[str, int]) -> tuple[Instantaneous, bool]:
+    """Instantaneous values that fit the wire format; True if any had to be left out."""
+    kept = {k: v for k, v in values.items() if k in _INSTANT_NAMES and I32_MIN <= v <= I32_MAX}
+    dropped = any(k in _INSTANT_NAMES and k not in kept for k in values)
+    return Instantaneous(**kept), dropped
+
+
+async def _maybe_await(value: Any) -> Any:
+    if asyncio.iscoroutine(value):
+        return await value
+    return value
+
+
+class Notifier:
+    """sd_notify over the plain NOTIFY_SOCKET datagram socket (no dependency)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = "\0" + address[1:] if address.startswith("@") else address
+
+    @classmethod
+    def from_env(cls) -> Notifier | None:
+        addr = os.environ.get("NOTIFY_SOCKET")
+        return cls(addr) if addr else None
+
+    def send(self, state: str) -> None:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                s.sendto(state.encode(), self.address)
+        except OSError as exc:
+            log.warning("sd_notify %s failed: %s", state, exc)
+
+    @staticmethod
+    def watchdog_interval_s() -> float | None:
+        usec = os.environ.get("WATCHDOG_USEC")
+        pid = os.environ.get("WATCHDOG_PID")
+        if not usec or (pid and pid != str(os.getpid())):
+            return None
+        try:
+            return int(usec) / 2_000_000  # ping at half the timeout, as sd_watchdog_enabled(3) advises
+        except ValueError:
+            return None
+
+
+def build_service(cfg: AgentConfig) -> AgentService:
+    """Load keys and profiles (KeyFileError / ConfigError propagate: exit code 2 in the CLI)."""
+    bus_specs, meter_specs = build_specs(cfg)
+    keys: dict[str, SigningKey] = {}
+    cache: dict[str, SigningKey] = {}
+    for m in cfg.meters:
+        path = cfg.key_file_for(m)
+        if str(path) not in cache:
+            cache[str(path)] = load_key_file(path)
+        keys[m.meter_id] = cache[str(path)]
+    return AgentService(cfg, keys, meter_specs, bus_specs)

@@ -1,0 +1,334 @@
+"""SQLite store-and-forward of signed readings.
+
+Durability order: a signed reading is committed here before anything publishes it, and deleted only when
+a gateway ack (verified by the publisher with the gateway key) covers its seq. The MQTT client's memory
+is never the store.
+
+Choices, with reasons:
+- WAL + synchronous=FULL. In WAL mode NORMAL may roll back the last transactions on power loss; those
+  readings may already have been published and their seqs would then be allocated again to different
+  readings, breaking "a seq is never reused". FULL fsyncs the WAL on every commit; the cost is paid once
+  per *batch* because readings are grouped into one transaction (flush()), which also spares SD cards.
+- One writer connection per process, busy_timeout so a concurrent reader (status, tests) never makes a
+  write fail with SQLITE_BUSY.
+- Seq allocation is persisted in its own table (`seqs.next_seq`), written in the same transaction as the
+  readings, so deleting acked readings never lets a seq be reused. A seq allocated but not yet committed
+  when the process dies was never published, so handing it out again after restart creates no duplicate.
+- "Sent" state lives in memory only (no SD write per publish): after a restart everything unacked is
+  simply re-sent and the gateway dedupes by (meter_id, seq).
+- Bounded by max_readings. drop_oldest deletes the oldest unacked readings (a visible seq gap at the
+  gateway); stop_reading refuses new readings until acks free space (no energy is lost: counters are
+  cumulative, only time resolution). Either way it is logged, counted (persisted) and recorded in `events`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NoReturn
+
+from protocol.canonical import decode_ack
+from protocol.errors import ProtocolError
+from protocol.reading import SignedReading
+from protocol.signing import VerifyKey
+
+log = logging.getLogger(__name__)
+
+# 5 s: longer than any of our own transactions (ms), short enough that a stuck reader surfaces as an error.
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    id          INTEGER PRIMARY KEY,         -- global arrival order (drop_oldest)
+    meter_id    TEXT    NOT NULL,
+    seq         INTEGER NOT NULL,
+    read_at_ms  INTEGER NOT NULL,
+    payload     BLOB    NOT NULL,            -- the exact signed bytes
+    signature   BLOB    NOT NULL,
+    UNIQUE (meter_id, seq)
+);
+CREATE TABLE IF NOT EXISTS seqs (
+    meter_id    TEXT PRIMARY KEY,
+    next_seq    INTEGER NOT NULL,            -- next seq to allocate: never goes down
+    acked_seq   INTEGER NOT NULL DEFAULT 0   -- highest seq a valid gateway ack covered
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, kind TEXT NOT NULL, meter_id TEXT, detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meter_state (      -- last GOOD counters, for the glitch filter across restarts
+    meter_id TEXT PRIMARY KEY, import_wh INTEGER NOT NULL, export_wh INTEGER NOT NULL, read_at_ms INTEGER NOT NULL
+);
+"""
+# Keep the event log bounded: it is a diagnostic trail, not a store.
+MAX_EVENTS = 10_000
+
+
+class StoreError(Exception):
+    """The store cannot be opened or written (disk full, corrupt file, permissions)."""
+
+
+class StoreFullError(StoreError):
+    """overflow = stop_reading and the store holds max_readings."""
+
+
+class AckRejectedError(Exception):
+    """An ack message that deletes nothing: malformed, forged (bad signature), or naming seqs we never made."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    meter_id: str
+    seq: int
+    read_at_ms: int
+    payload: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LastGood:
+    import_wh: int
+    export_wh: int
+    read_at_ms: int
+
+
+class Store:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_readings: int,
+        overflow: Literal["drop_oldest", "stop_reading"] = "drop_oldest",
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self.path, self.max_readings, self.overflow, self._wall_ms = Path(path), max_readings, overflow, wall_ms
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute(f"PRAGMA busy_timeout = {DEFAULT_BUSY_TIMEOUT_MS}")
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(f"{self.path}: cannot switch SQLite to WAL (journal_mode={mode})")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.executescript(_SCHEMA)
+            self._check_version()
+            self._next = dict(self._db.execute("SELECT meter_id, next_seq FROM seqs").fetchall())
+            self._count = self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open store ({exc})") from exc
+        self._pending: list[SignedReading] = []
+        self._dirty_seqs: set[str] = set()
+        self._pending_good: dict[str, LastGood] = {}
+
+    def _check_version(self) -> None:
+        v = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if v == 0:
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif v != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: store schema version {v}, this agent speaks {SCHEMA_VERSION}")
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def accepting(self) -> bool:
+        """False when overflow = stop_reading and the store is full: the caller must not read/sign."""
+        return self.overflow != "stop_reading" or self._count + len(self._pending) < self.max_readings
+
+    def allocate_seq(self, meter_id: str) -> int:
+        """Next seq for meter_id, strictly increasing; persisted with the next flush()."""
+        if not self.accepting():
+            self._bump("refused_full", 1)
+            raise StoreFullError(f"store holds {self._count} readings (max {self.max_readings}, stop_reading)")
+        seq = self._next.get(meter_id, 1)
+        self._next[meter_id] = seq + 1
+        self._dirty_seqs.add(meter_id)
+        return seq
+
+    def append(self, signed: SignedReading, *, good: LastGood | None = None) -> None:
+        """Queue a signed reading for the next flush(). `good`: new last-good counters for the glitch filter."""
+        r = signed.reading
+        if r.seq >= self._next.get(r.meter_id, 1):
+            raise StoreError(f"{r.meter_id} seq {r.seq} was not allocated by this store")
+        self._pending.append(signed)
+        if good is not None:
+            self._pending_good[r.meter_id] = good
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> int:
+        """Commit queued readings in one transaction; apply the overflow policy. Returns readings committed."""
+        if not self._pending and not self._dirty_seqs:
+            return 0
+        rows = [
+            (s.reading.meter_id, s.reading.seq, s.reading.read_at_ms, s.payload, s.signature) for s in self._pending
+        ]
+        try:
+            with self._tx():
+                self._db.executemany(
+                    "INSERT INTO readings (meter_id, seq, read_at_ms, payload, signature) VALUES (?,?,?,?,?)", rows
+                )
+                self._db.executemany(
+                    "INSERT INTO seqs (meter_id, next_seq) VALUES (?, ?) ON CONFLICT(meter_id) "
+                    "DO UPDATE SET next_seq = MAX(next_seq, excluded.next_seq)",
+                    [(m, self._next[m]) for m in self._dirty_seqs],
+                )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO meter_state VALUES (?,?,?,?)",
+                    [(m, g.import_wh, g.export_wh, g.read_at_ms) for m, g in self._pending_good.items()],
+                )
+                self._count += len(rows)
+                dropped = self._apply_overflow()
+        except sqlite3.Error as exc:
+            self._count = self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+            raise StoreError(f"{self.path}: cannot commit {len(rows)} readings ({exc})") from exc
+        self._pending.clear()
+        self._dirty_seqs.clear()
+        self._pending_good.clear()
+        if dropped:
+            log.warning("store full (%d readings): dropped %d oldest unacked readings", self.max_readings, dropped)
+        return len(rows)
+
+    def _apply_overflow(self) -> int:
+        excess = self._count - self.max_readings
+        if excess <= 0 or self.overflow != "drop_oldest":
+            return 0
+        victims = self._db.execute(
+            "SELECT meter_id, MIN(seq), MAX(seq), COUNT(*) FROM "
+            "(SELECT meter_id, seq FROM readings ORDER BY id LIMIT ?) GROUP BY meter_id",
+            (excess,),
+        ).fetchall()
+        self._db.execute("DELETE FROM readings WHERE id IN (SELECT id FROM readings ORDER BY id LIMIT ?)", (excess,))
+        for meter_id, lo, hi, n in victims:
+            self._event("overflow_drop_oldest", meter_id, f"dropped {n} unacked readings seq {lo}..{hi}")
+        self._count -= excess
+        self._bump("dropped_overflow", excess)
+        return excess
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def _bump(self, name: str, n: int) -> None:
+        self._db.execute(
+            "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, n),
+        )
+
+    def _event(self, kind: str, meter_id: str | None, detail: str) -> None:
+        self._db.execute(
+            "INSERT INTO events (at_ms, kind, meter_id, detail) VALUES (?,?,?,?)",
+            (self._wall_ms(), kind, meter_id, detail),
+        )
+        self._db.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (MAX_EVENTS,))
+
+    def record_event(self, kind: str, meter_id: str | None, detail: str, *, counter: str | None = None) -> None:
+        """Durably record something an operator must be able to find later (and count it)."""
+        with self._tx():
+            self._event(kind, meter_id, detail)
+            if counter:
+                self._bump(counter, 1)
+
+    # -- acks -----------------------------------------------------------------------------------
+
+    def apply_ack(self, meter_id: str, message: bytes, gateway_key: VerifyKey) -> int:
+        """Verify a gateway ack received on meter_id's ack topic and delete what it covers.
+
+        Raises AckRejectedError (recorded as an event, counted) for anything but a valid ack from the
+        gateway key for this meter covering only seqs this store allocated. Returns rows deleted.
+        """
+        try:
+            ack = decode_ack(message, gateway_key)
+        except ProtocolError as exc:
+            self._reject(meter_id, f"ack_{exc.reason}", f"ack rejected: {exc}")
+        if ack.meter_id != meter_id:
+            self._reject(meter_id, "ack_wrong_meter", f"ack for {ack.meter_id!r} arrived on {meter_id!r}'s topic")
+        if ack.acked_seq > self.last_allocated(meter_id):
+            self._reject(
+                meter_id, "ack_beyond_allocated",
+                f"ack covers seq {ack.acked_seq} but only {self.last_allocated(meter_id)} were allocated",
+            )
+        return self.ack(meter_id, ack.acked_seq)
+
+    def _reject(self, meter_id: str, reason: str, detail: str) -> NoReturn:
+        log.warning("%s: %s", meter_id, detail)
+        self.record_event(reason, meter_id, detail, counter="acks_rejected")
+        raise AckRejectedError(reason, detail)
+
+    def ack(self, meter_id: str, acked_seq: int) -> int:
+        """Delete meter_id's readings with seq <= acked_seq (the ack was verified). Returns rows deleted."""
+        with self._tx():
+            cur = self._db.execute("DELETE FROM readings WHERE meter_id = ? AND seq <= ?", (meter_id, acked_seq))
+            self._db.execute(
+                "UPDATE seqs SET acked_seq = MAX(acked_seq, ?) WHERE meter_id = ?", (acked_seq, meter_id)
+            )
+        self._count -= cur.rowcount
+        return cur.rowcount
+
+    def acked_seq(self, meter_id: str) -> int:
+        row = self._db.execute("SELECT acked_seq FROM seqs WHERE meter_id = ?", (meter_id,)).fetchone()
+        return row[0] if row else 0
+
+    def last_allocated(self, meter_id: str) -> int:
+        return self._next.get(meter_id, 1) - 1
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def fetch(self, meter_id: str, after_seq: int, limit: int) -> list[StoredReading]:
+        """Committed readings of meter_id with seq > after_seq, in seq order."""
+        rows = self._db.execute(
+            "SELECT seq, read_at_ms, payload, signature FROM readings WHERE meter_id = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (meter_id, after_seq, limit),
+        ).fetchall()
+        return [StoredReading(meter_id, s, r, p, g) for s, r, p, g in rows]
+
+    def backlog(self) -> dict[str, tuple[int, int, int]]:
+        """meter_id -> (count, min seq, max seq) of committed, unacked readings."""
+        rows = self._db.execute("SELECT meter_id, COUNT(*), MIN(seq), MAX(seq) FROM readings GROUP BY meter_id")
+        return {m: (n, lo, hi) for m, n, lo, hi in rows}
+
+    def count(self) -> int:
+        return self._count
+
+    def oldest_read_at_ms(self) -> int | None:
+        row = self._db.execute("SELECT MIN(read_at_ms) FROM readings").fetchone()
+        return row[0]
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+
+    def events(self, limit: int = 100) -> list[tuple[int, str, str | None, str]]:
+        return self._db.execute(
+            "SELECT at_ms, kind, meter_id, detail FROM events ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+
+    def last_good(self) -> dict[str, LastGood]:
+        rows = self._db.execute("SELECT meter_id, import_wh, export_wh, read_at_ms FROM meter_state")
+        return {m: LastGood(i, e, t) for m, i, e, t in rows}
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._db.close()
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception (autocommit connection)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

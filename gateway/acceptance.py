@@ -1,0 +1,232 @@
+"""Decides, for a group of received batch messages, what is accepted, held, dropped or quarantined.
+
+Transport-free (MQTT lives in intake.py): `process()` takes (topic, message bytes) pairs and returns
+the ack seq per meter AFTER everything is committed. Steps:
+  1. decode the batch framing (framing errors quarantine the whole message);
+  2. per-meter ingress token bucket, envelope checks against a cached view (cheap; before any crypto);
+  3. Ed25519 verification of the survivors in a thread pool (PyNaCl releases the GIL);
+  4. one SQLite transaction: progress re-read (another gateway process of the share group may have
+     moved it), envelope + progress checks in seq order, readings/rejections/gaps/progress written.
+The ack seq of a meter is its highest authenticated seq: everything at or below it is stored, quarantined,
+or a recorded gap that can no longer be filled, so the agent may delete it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from gateway.checks import (
+    Limits,
+    Outcome,
+    Progress,
+    Reason,
+    TokenBucket,
+    Verdict,
+    advance,
+    check_envelope,
+    check_progress,
+    verify_item,
+)
+from gateway.metrics import Metrics
+from gateway.registry import Meter, Registry
+from gateway.store import BatchWrite, ReadingRow, RejectionRow, Store
+from protocol import BatchItem, ProtocolError, Reading, decode_batch
+from protocol.topics import PREFIX, parse_meter_topic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VERIFY_CHUNK = 64  # items per pool task: amortises the executor overhead (~20 us per task)
+
+
+@dataclass
+class IngressLimit:
+    rate_per_s: float = 1000.0
+    burst: int = 10000
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)
+
+    def allow(self, meter_id: str, now_s: float) -> bool:
+        b = self.buckets.get(meter_id) or TokenBucket(float(self.burst), now_s)
+        b, ok = b.take(1, now_s, self.rate_per_s, self.burst)
+        self.buckets[meter_id] = b
+        return ok
+
+
+@dataclass
+class _Item:
+    topic_meter_id: str | None
+    item: BatchItem | None
+    raw: bytes  # the whole message when the framing failed
+    verdict: Verdict | None = None  # decided before the transaction (envelope / signature)
+
+
+class Acceptance:
+    def __init__(self, store: Store, registry: Registry, limits: Limits, ingress: IngressLimit, metrics: Metrics,
+                 pool: ThreadPoolExecutor | None = None, *, topic_prefix: str = PREFIX,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store, self.registry, self.limits, self.ingress = store, registry, limits, ingress
+        self.metrics, self.pool, self.prefix, self.clock = metrics, pool, topic_prefix, clock
+        self._meters: dict[str, Meter] = {}
+        self._registry_version: int | None = None
+        self._progress: dict[str, Progress] = {}
+
+    def meters(self) -> dict[str, Meter]:
+        v = self.registry.data_version()
+        if v != self._registry_version:
+            self._meters, self._registry_version = self.registry.snapshot(), v
+        return self._meters
+
+    def process(self, messages: Sequence[tuple[str, bytes]]) -> dict[str, int]:
+        now_s = self.clock()
+        meters = self.meters()
+        items = [it for topic, msg in messages for it in self._split(topic, msg)]
+        self.metrics.received.labels("mqtt").inc(len(items))
+        todo: list[tuple[_Item, Meter]] = []
+        for it in items:
+            if it.item is None:
+                continue
+            if it.topic_meter_id is not None and not self.ingress.allow(it.topic_meter_id, now_s):
+                it.verdict = Verdict(Outcome.REJECT, Reason.INGRESS_RATE, "per-meter ingress rate exceeded")
+                continue
+            meter = meters.get(it.topic_meter_id or "")
+            it.verdict = check_envelope(it.item, it.topic_meter_id or "", meter,
+                                        self._progress.get(it.topic_meter_id or "", Progress()), None)
+            if it.verdict is None and meter is not None:
+                todo.append((it, meter))
+        self._verify(todo)
+        return self._commit(items, meters, int(now_s * 1000))
+
+    def _split(self, topic: str, message: bytes) -> list[_Item]:
+        try:
+            mid = parse_meter_topic(topic, "readings", self.prefix)
+        except ProtocolError as exc:
+            return [_Item(None, None, message, Verdict(Outcome.REJECT, Reason.INVALID_FIELD, str(exc)))]
+        try:
+            return [_Item(mid, bi, b"") for bi in decode_batch(message)]
+        except ProtocolError as exc:
+            reason = exc.reason if exc.reason in Reason.__members__.values() else Reason.MALFORMED.value
+            return [_Item(mid, None, message, Verdict(Outcome.REJECT, Reason(reason), f"batch: {exc}"))]
+
+    def _verify(self, todo: list[tuple[_Item, Meter]]) -> None:
+        if not todo:
+            return
+        t0 = time.perf_counter()
+        if self.pool is None or len(todo) < DEFAULT_VERIFY_CHUNK:
+            results = [verify_item(it.item, m) for it, m in todo if it.item is not None]
+        else:
+            chunks = [todo[i : i + DEFAULT_VERIFY_CHUNK] for i in range(0, len(todo), DEFAULT_VERIFY_CHUNK)]
+            results = [v for part in self.pool.map(_verify_chunk, chunks) for v in part]
+        for (it, _), verdict in zip(todo, results, strict=True):
+            it.verdict = verdict  # None = signature good
+            if verdict is None:
+                it.verdict = _VERIFIED
+        self.metrics.verify_seconds.observe(time.perf_counter() - t0)
+
+    def _commit(self, items: list[_Item], meters: dict[str, Meter], now_ms: int) -> dict[str, int]:
+        t0 = time.perf_counter()
+        with self.store.transaction():
+            mids = {it.topic_meter_id for it in items if it.topic_meter_id}
+            progress = self.store.load_progress(mids)
+            w = _Writer(now_ms)
+            for it in items:
+                self._decide(it, meters, progress, w)
+            self.store.write_batch(BatchWrite(w.readings, w.rejections, w.gaps, w.touched(progress, meters), w.counts,
+                                              now_ms))
+        self.metrics.commit_seconds.observe(time.perf_counter() - t0)
+        self._progress.update(progress)
+        self._count(w)
+        return {m: progress[m].last_seq for m in w.ack if m in progress and progress[m].last_seq > 0}
+
+    def _decide(self, it: _Item, meters: dict[str, Meter], progress: dict[str, Progress], w: _Writer) -> None:
+        mid = it.topic_meter_id
+        if it.item is None or it.item.signed is None or mid is None:
+            w.reject(it, it.verdict or Verdict(Outcome.REJECT, Reason.MALFORMED, "undecodable"), False)
+            return
+        r = it.item.signed.reading
+        meter = meters.get(mid)
+        prog = progress.get(mid, Progress())
+        verdict = it.verdict
+        if verdict is _VERIFIED or verdict is None:
+            stored = w.payloads.get((mid, r.seq)) if r.seq <= prog.last_seq else None
+            if stored is None and r.seq <= prog.last_seq:
+                stored = self.store.handled_payload(mid, r.seq)
+            verdict = check_envelope(it.item, mid, meter, prog, stored)
+            if verdict is None and it.verdict is _VERIFIED and meter is not None:
+                verdict = check_progress(r, meter, prog, w.now_ms, self.limits)
+        if verdict is None or verdict is _VERIFIED:  # not verified (e.g. became known mid-batch): refuse
+            verdict = Verdict(Outcome.REJECT, Reason.UNKNOWN_METER, "meter registered while the batch was in flight")
+        if verdict.outcome is Outcome.DUPLICATE:
+            w.count(mid, "duplicates")
+            w.ack.add(mid)
+            return
+        if verdict.outcome is Outcome.REJECT:
+            w.reject(it, verdict, verdict.authenticated)
+        else:
+            w.store(it.item, r, verdict)
+        if verdict.authenticated:
+            w.ack.add(mid)
+            w.payloads[(mid, r.seq)] = it.item.payload
+            if verdict.gap:
+                w.gaps.append((mid, verdict.gap[0], verdict.gap[1], w.now_ms))
+                w.count(mid, "missing", verdict.gap[1] - verdict.gap[0] + 1)
+            progress[mid] = advance(prog, r, verdict)
+
+    def _count(self, w: _Writer) -> None:
+        m = self.metrics
+        for rej in w.rejections:
+            m.rejected.labels("mqtt", rej.reason).inc()
+        n_acc = sum(1 for r in w.readings if r.status == "accepted")
+        m.accepted.labels("mqtt").inc(n_acc)
+        m.held.inc(len(w.readings) - n_acc)
+        m.duplicates.inc(sum(c.get("duplicates", 0) for c in w.counts.values()))
+        m.gaps.inc(sum(c.get("missing", 0) for c in w.counts.values()))
+
+
+_VERIFIED = Verdict(Outcome.ACCEPT, None, "signature verified")
+
+
+def _verify_chunk(chunk: list[tuple[_Item, Meter]]) -> list[Verdict | None]:
+    return [verify_item(it.item, m) for it, m in chunk if it.item is not None]
+
+
+class _Writer:
+    """Rows collected for one transaction."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.now_ms = now_ms
+        self.readings: list[ReadingRow] = []
+        self.rejections: list[RejectionRow] = []
+        self.gaps: list[tuple[str, int, int, int]] = []
+        self.counts: dict[str, dict[str, int]] = {}
+        self.ack: set[str] = set()
+        self.payloads: dict[tuple[str, int], bytes] = {}
+
+    def count(self, mid: str, what: str, n: int = 1) -> None:
+        c = self.counts.setdefault(mid, {})
+        c[what] = c.get(what, 0) + n
+
+    def touched(self, progress: dict[str, Progress], meters: dict[str, Meter]) -> dict[str, Progress]:
+        """Progress rows to write: registered meters only (a flood of made-up topics adds no rows)."""
+        return {m: progress.get(m, Progress()) for m in self.counts if m in meters}
+
+    def reject(self, it: _Item, v: Verdict, authenticated: bool) -> None:
+        signed = it.item.signed if it.item else None
+        r = signed.reading if signed else None
+        payload = it.item.payload if it.item else it.raw
+        sig = it.item.signature if it.item else b""
+        self.rejections.append(RejectionRow(self.now_ms, "mqtt", it.topic_meter_id, r.meter_id if r else None,
+                                            r.seq if r else None, str(v.reason or Reason.MALFORMED), v.detail,
+                                            authenticated, payload, sig))
+        if it.topic_meter_id is not None:
+            self.count(it.topic_meter_id, "rejected")
+
+    def store(self, item: BatchItem, r: Reading, v: Verdict) -> None:
+        held = v.outcome is Outcome.HOLD
+        self.readings.append(ReadingRow(
+            r.meter_id, r.seq, r.read_at_ms, r.energy_import_wh, r.energy_export_wh, int(r.quality), r.clock_synced,
+            r.instant.power_w, "held" if held else "accepted", str(v.reason) if v.reason else None,
+            v.detail or None, v.rebaseline, item.payload, item.signature, self.now_ms))
+        self.count(r.meter_id, "held" if held else "accepted")

@@ -1,0 +1,219 @@
+"""Pure per-reading checks: what the gateway believes about one signed reading, and why.
+
+Order (cheap and unauthenticated first, then the signature, then checks on authenticated fields):
+  1. envelope  (before verify; only REJECTS, never trusts): malformed bytes, topic/payload meter_id
+     disagree, unknown / suspended / retired meter, key_id is not the registered key, and byte-identical
+     duplicates of a reading already handled (acked and dropped; no need to verify them again);
+  2. signature over the exact received bytes against the registered key (`verify_item`);
+  3. progress  (after verify): seq strictly increasing (gaps recorded), quality (not good -> HOLD: stored,
+     never submitted), read_at strictly increasing, not in the future beyond the skew, not older than the
+     window, not closer than the minimum spacing, counters never decreasing (unless a provisioned meter
+     replacement came in between), energy over the elapsed time not above the meter's rated power.
+Every verdict carries a stable reason code (the `Reason` values); those strings are stored and exported
+as metric labels, so they never change meaning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from gateway.registry import Meter, MeterStatus
+from protocol import BadSignatureError, BatchItem, InvalidFieldError, Quality, Reading, VerifyKey
+
+_MS_PER_HOUR = 3_600_000
+
+
+class Outcome(StrEnum):
+    ACCEPT = "accept"  # stored; its counters feed interval submissions
+    HOLD = "hold"  # stored with a reason; never submitted (quality not good)
+    DUPLICATE = "duplicate"  # byte-identical to one already handled: acked, dropped
+    REJECT = "reject"  # quarantined with reason + original signed bytes
+
+
+class Reason(StrEnum):
+    MALFORMED = "malformed"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    TRUNCATED = "truncated"
+    OVERSIZED = "oversized"
+    INVALID_FIELD = "invalid_field"
+    TOPIC_MISMATCH = "topic_mismatch"
+    UNKNOWN_METER = "unknown_meter"
+    METER_SUSPENDED = "meter_suspended"
+    METER_RETIRED = "meter_retired"
+    KEY_MISMATCH = "key_mismatch"
+    BAD_SIGNATURE = "bad_signature"
+    INGRESS_RATE = "ingress_rate_exceeded"
+    SEQ_NOT_INCREASING = "seq_not_increasing"
+    READ_AT_NOT_INCREASING = "read_at_not_increasing"
+    READ_AT_FUTURE = "read_at_future"
+    READ_AT_TOO_OLD = "read_at_too_old"
+    TOO_FREQUENT = "too_frequent"
+    COUNTER_DECREASED = "counter_decreased"
+    IMPLAUSIBLE_ENERGY = "implausible_energy"
+    QUALITY = "quality"  # HOLD; detail lists the flags
+
+
+_PROTOCOL_REASONS = {r.value for r in Reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The intake's own limits (config [limits]); the oracle's thresholds live in intervals.OracleLimits."""
+
+    future_skew_ms: int = 30_000
+    acceptance_window_ms: int = 7 * 86_400_000
+    min_read_spacing_ms: int = 1000
+    plausibility_margin_pct: int = 10
+    plausibility_slack_wh: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Per-meter state the checks compare against. Counters/read_at are those of the last ACCEPTED reading."""
+
+    last_seq: int = 0  # highest seq of an authenticated reading (accepted, held or rejected after verify)
+    last_read_at_ms: int | None = None
+    last_import_wh: int | None = None
+    last_export_wh: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    outcome: Outcome
+    reason: Reason | None = None
+    detail: str = ""
+    gap: tuple[int, int] | None = None  # first..last missing seq, when this reading skipped some
+    rebaseline: bool = False  # first reading after a meter replacement: a new baseline, no interval across
+
+    @property
+    def authenticated(self) -> bool:
+        """The reading's fields are trustworthy (its seq may advance the meter's progress)."""
+        return self.outcome in (Outcome.ACCEPT, Outcome.HOLD) or (
+            self.outcome is Outcome.REJECT and self.reason in _POST_VERIFY
+        )
+
+
+def _reject(reason: Reason, detail: str) -> Verdict:
+    return Verdict(Outcome.REJECT, reason, detail)
+
+
+def check_envelope(item: BatchItem, topic_meter_id: str, meter: Meter | None, progress: Progress,
+                   stored_payload: bytes | None) -> Verdict | None:
+    """Checks needing no trust in the payload. None = go on and verify. `stored_payload` = the payload
+    already handled for this (meter, seq), looked up by the caller when seq <= progress.last_seq."""
+    if item.error is not None or item.signed is None:
+        code = getattr(item.error, "reason", "malformed")
+        return _reject(Reason(code) if code in _PROTOCOL_REASONS else Reason.MALFORMED, str(item.error))
+    r = item.signed.reading
+    if r.meter_id != topic_meter_id:
+        return _reject(Reason.TOPIC_MISMATCH, f"payload meter_id {r.meter_id!r} on the topic of {topic_meter_id!r}")
+    if meter is None:
+        return _reject(Reason.UNKNOWN_METER, f"{r.meter_id} is not registered")
+    if meter.status is MeterStatus.RETIRED:
+        return _reject(Reason.METER_RETIRED, f"{r.meter_id} is retired")
+    if meter.status is MeterStatus.SUSPENDED:
+        return _reject(Reason.METER_SUSPENDED, f"{r.meter_id} is suspended")
+    if r.key_id != meter.key_id:
+        return _reject(Reason.KEY_MISMATCH, f"key_id {r.key_id.hex()} is not the registered {meter.key_id.hex()}")
+    if r.seq <= progress.last_seq and stored_payload is not None and stored_payload == item.payload:
+        return Verdict(Outcome.DUPLICATE, None, f"seq {r.seq} already handled")
+    return None
+
+
+def verify_item(item: BatchItem, meter: Meter) -> Verdict | None:
+    """Ed25519 over the exact received payload bytes. CPU-heavy, GIL-free: run it in a thread pool."""
+    try:
+        VerifyKey(meter.public_key).verify(item.payload, item.signature)
+    except (BadSignatureError, InvalidFieldError) as exc:
+        return _reject(Reason.BAD_SIGNATURE, str(exc))
+    return None
+
+
+def check_progress(r: Reading, meter: Meter, progress: Progress, now_ms: int, limits: Limits) -> Verdict:
+    """Checks on authenticated fields. Returns ACCEPT, HOLD or REJECT."""
+    if r.seq <= progress.last_seq:
+        return _reject(Reason.SEQ_NOT_INCREASING, f"seq {r.seq} <= last {progress.last_seq} (different bytes)")
+    gap = (progress.last_seq + 1, r.seq - 1) if r.seq > progress.last_seq + 1 else None
+    if not r.good:
+        flags = [f.name.lower() for f in Quality if f and f in r.quality] if r.quality else []
+        if not r.clock_synced:
+            flags.insert(0, "clock_unsynced")
+        return Verdict(Outcome.HOLD, Reason.QUALITY, ",".join(dict.fromkeys(flags)), gap)
+    verdict = _time_checks(r, progress, now_ms, limits) or _counter_checks(r, meter, progress, limits)
+    if verdict is not None:
+        return verdict
+    return Verdict(Outcome.ACCEPT, None, "", gap, rebaseline=_is_rebaseline(r, meter, progress))
+
+
+def _time_checks(r: Reading, progress: Progress, now_ms: int, limits: Limits) -> Verdict | None:
+    if r.read_at_ms > now_ms + limits.future_skew_ms:
+        return _reject(Reason.READ_AT_FUTURE, f"read_at {r.read_at_ms} is {r.read_at_ms - now_ms} ms ahead")
+    if r.read_at_ms < now_ms - limits.acceptance_window_ms:
+        return _reject(Reason.READ_AT_TOO_OLD, f"read_at {r.read_at_ms} is {now_ms - r.read_at_ms} ms old")
+    last = progress.last_read_at_ms
+    if last is not None and r.read_at_ms <= last:
+        return _reject(Reason.READ_AT_NOT_INCREASING, f"read_at {r.read_at_ms} <= last {last}")
+    if last is not None and r.read_at_ms - last < limits.min_read_spacing_ms:
+        return _reject(Reason.TOO_FREQUENT, f"{r.read_at_ms - last} ms after the last reading")
+    return None
+
+
+def _is_rebaseline(r: Reading, meter: Meter, progress: Progress) -> bool:
+    rep = meter.replaced_at_ms
+    return (progress.last_read_at_ms is not None and rep is not None and rep > progress.last_read_at_ms
+            and r.read_at_ms > rep)
+
+
+def _counter_checks(r: Reading, meter: Meter, progress: Progress, limits: Limits) -> Verdict | None:
+    if progress.last_import_wh is None or progress.last_export_wh is None or progress.last_read_at_ms is None:
+        return None  # first accepted reading: the baseline
+    if _is_rebaseline(r, meter, progress):
+        return None  # a provisioned replacement: counters restart
+    for name, new, old in (("import", r.energy_import_wh, progress.last_import_wh),
+                           ("export", r.energy_export_wh, progress.last_export_wh)):
+        if new < old:
+            return _reject(Reason.COUNTER_DECREASED, f"energy_{name}_wh {new} < last {old}")
+    dt_ms = r.read_at_ms - progress.last_read_at_ms
+    # delta_wh <= rated_w * dt_h * (1 + margin) + slack, in integers (x 100 * 3.6e6)
+    scale = 100 * _MS_PER_HOUR
+    allowed = meter.rated_max_power_w * dt_ms * (100 + limits.plausibility_margin_pct)
+    allowed += limits.plausibility_slack_wh * scale
+    for name, new, old in (("import", r.energy_import_wh, progress.last_import_wh),
+                           ("export", r.energy_export_wh, progress.last_export_wh)):
+        if (new - old) * scale > allowed:
+            mean_w = (new - old) * _MS_PER_HOUR // max(dt_ms, 1)
+            return _reject(Reason.IMPLAUSIBLE_ENERGY, f"energy_{name}_wh +{new - old} Wh in {dt_ms} ms = {mean_w} W "
+                                                      f"> rated {meter.rated_max_power_w} W")
+    return None
+
+
+_POST_VERIFY = frozenset({
+    Reason.SEQ_NOT_INCREASING, Reason.READ_AT_NOT_INCREASING, Reason.READ_AT_FUTURE, Reason.READ_AT_TOO_OLD,
+    Reason.TOO_FREQUENT, Reason.COUNTER_DECREASED, Reason.IMPLAUSIBLE_ENERGY,
+})
+
+
+def advance(progress: Progress, r: Reading, verdict: Verdict) -> Progress:
+    """Progress after handling an authenticated reading (pure)."""
+    if not verdict.authenticated:
+        return progress
+    p = replace(progress, last_seq=max(progress.last_seq, r.seq))
+    if verdict.outcome is Outcome.ACCEPT:
+        p = replace(p, last_read_at_ms=r.read_at_ms, last_import_wh=r.energy_import_wh,
+                    last_export_wh=r.energy_export_wh)
+    return p
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBucket:
+    """Per-meter ingress cap (pure): `take` returns the new bucket and whether `n` readings may pass."""
+
+    tokens: float
+    updated_s: float
+
+    def take(self, n: int, now_s: float, rate_per_s: float, burst: int) -> tuple[TokenBucket, bool]:
+        tokens = min(float(burst), self.tokens + max(0.0, now_s - self.updated_s) * rate_per_s)
+        if tokens >= n:
+            return TokenBucket(tokens - n, now_s), True
+        return TokenBucket(tokens, now_s), False

@@ -1,0 +1,290 @@
+"""Gateway configuration: one TOML file, validated once and strictly at startup.
+
+Unknown keys are rejected; every error names the key path and the value received
+(`limits.future_skew_s: must be in 0..59 (got 90)`). Secrets may come from the environment instead of
+the file (see ENV_OVERRIDES) so the TOML can be world-readable. After `load_config` returns, the rest of
+the gateway trusts the typed values and does no ad-hoc checks of its own.
+
+The oracle's thresholds (min/max energy, ratio, min_reading_interval) are NOT configuration: they are
+read from the OracleData account on chain at run time.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlparse
+
+import base58
+
+# The devnet deployment of the GridTokenX oracle (since 2026-06-07). It changed 19 times in the
+# program's history, so it is only a default: production sets chain.program_id.
+DEFAULT_PROGRAM_ID = "64Vgos61STZ8pW9NnHi2iGtXMTQr7NqBoMorK6Zg8RJU"
+DEFAULT_CONFIG_PATH = "/etc/gridmeter/gateway.toml"
+# Environment variables that override secrets from the file: (section, key) -> variable.
+ENV_OVERRIDES = {
+    ("mqtt", "password"): "GRIDMETER_GATEWAY_MQTT_PASSWORD",
+    ("dashboard", "token"): "GRIDMETER_GATEWAY_DASHBOARD_TOKEN",
+    ("dashboard", "password"): "GRIDMETER_GATEWAY_DASHBOARD_PASSWORD",
+    ("http", "api_keys"): "GRIDMETER_GATEWAY_INGEST_API_KEYS",  # comma-separated
+}
+
+
+class ConfigError(Exception):
+    """`path: problem (got value)`; raised for the first problem found."""
+
+    def __init__(self, path: str, problem: str, value: object = None) -> None:
+        got = "" if value is None else f" (got {value!r})"
+        super().__init__(f"{path}: {problem}{got}")
+        self.path = path
+        self.value = value
+
+
+Check = typing.Callable[[Any], "str | None"]
+
+
+def _range(lo: float, hi: float) -> Check:
+    return lambda v: None if lo <= v <= hi else f"must be in {lo}..{hi}"
+
+
+def _choice(*options: str) -> Check:
+    return lambda v: None if v in options else f"must be one of {', '.join(options)}"
+
+
+def _listen(v: str) -> str | None:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be HOST:PORT"
+    return None
+
+
+def _url(v: str) -> str | None:
+    u = urlparse(v)
+    return None if u.scheme in ("http", "https") and u.netloc else "must be an http(s):// URL"
+
+
+def _pubkey(v: str) -> str | None:
+    try:
+        ok = len(base58.b58decode(v)) == 32
+    except ValueError:
+        ok = False
+    return None if ok else "must be a base58 Solana public key (32 bytes)"
+
+
+def _nonempty(v: str) -> str | None:
+    return None if v.strip() else "must not be empty"
+
+
+@dataclass(frozen=True)
+class GatewaySection:
+    state_dir: str = "/var/lib/gridmeter-gateway"  # SQLite database lives here
+    ack_key_file: str = "/etc/gridmeter/gateway.key"  # Ed25519 seed (64 hex) signing the acks
+    verify_threads: int = 2  # PyNaCl releases the GIL: one verify thread per core
+    checks: ClassVar[dict[str, Check]] = {"state_dir": _nonempty, "ack_key_file": _nonempty,
+                                          "verify_threads": _range(1, 64)}
+
+
+@dataclass(frozen=True)
+class ChainSection:
+    enabled: bool = True
+    rpc_url: str = "http://127.0.0.1:8899"
+    program_id: str = DEFAULT_PROGRAM_ID
+    authority_key_file: str = "/etc/gridmeter/chain-bridge.json"  # the oracle's chain_bridge keypair
+    commitment: str = "confirmed"
+    submit_interval_s: float = 5.0  # how often the outbox is drained
+    config_refresh_s: float = 60.0  # OracleData thresholds are re-read at least this often
+    max_backoff_s: float = 60.0  # cap of the exponential backoff after RPC failures
+    checks: ClassVar[dict[str, Check]] = {
+        "rpc_url": _url, "program_id": _pubkey, "authority_key_file": _nonempty,
+        "commitment": _choice("processed", "confirmed", "finalized"),
+        "submit_interval_s": _range(0.05, 3600), "config_refresh_s": _range(1, 86400),
+        "max_backoff_s": _range(1, 3600),
+    }
+
+
+@dataclass(frozen=True)
+class MqttSection:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "gridmeter-gateway-1"  # unique per gateway process (persistent session)
+    share_group: str = "gridmeter-gateway"  # $share/<group>/...: processes of one group split the load
+    username: str = ""
+    password: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    topic_prefix: str = "gridmeter/v1"
+    session_expiry_s: int = 86400  # broker keeps our queue this long while we are down
+    max_pending_messages: int = 2000  # bound of the receive queue; paho stops reading beyond it
+    checks: ClassVar[dict[str, Check]] = {
+        "host": _nonempty, "port": _range(1, 65535), "client_id": _nonempty, "share_group": _nonempty,
+        "topic_prefix": _nonempty, "session_expiry_s": _range(0, 2**32 - 1),
+        "max_pending_messages": _range(1, 1_000_000),
+    }
+
+
+@dataclass(frozen=True)
+class HttpSection:
+    """GridTokenX-compatible ingest (POST /v1/private-network/ingest)."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:8081"
+    api_keys: list[str] = field(default_factory=list)
+    max_body_bytes: int = 16384  # a DLMS reading is < 1 KiB
+    checks: ClassVar[dict[str, Check]] = {"listen": _listen, "max_body_bytes": _range(256, 1 << 20)}
+
+
+@dataclass(frozen=True)
+class DashboardSection:
+    enabled: bool = True
+    listen: str = "127.0.0.1:8090"
+    token: str = ""  # bearer token (also accepted by /login?token=... for browsers)
+    username: str = ""  # HTTP basic auth, with password
+    password: str = ""
+    tls_cert: str = ""  # serve HTTPS directly when both are set; else put it behind a TLS reverse proxy
+    tls_key: str = ""
+    checks: ClassVar[dict[str, Check]] = {"listen": _listen}
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    # The oracle rejects reading_timestamp > chain clock + 60 s; a smaller skew leaves room for the
+    # gateway's and the validator's clocks to differ.
+    future_skew_s: int = 30
+    # Readings older than this are refused: 7 days covers a long outage backlog of an agent.
+    acceptance_window_s: int = 7 * 86400
+    # Two readings of one meter closer than this in signed time are refused (agents poll every ~10 s).
+    min_read_spacing_ms: int = 1000
+    # Per-meter ingress token bucket (readings): a week's backlog at 10 s polling drains in ~1 min.
+    ingress_rate_per_s: float = 1000.0
+    ingress_burst: int = 10000
+    # Energy over a reading gap may exceed rated power by this much (meter accuracy class, rounding
+    # of 1 Wh counters over short gaps) before it is called implausible.
+    plausibility_margin_pct: int = 10
+    plausibility_slack_wh: int = 2  # counters tick in whole Wh: allow this much rounding on short gaps
+    checks: ClassVar[dict[str, Check]] = {
+        "future_skew_s": _range(0, 59), "acceptance_window_s": _range(60, 10 * 365 * 86400),
+        "min_read_spacing_ms": _range(0, 3_600_000), "ingress_rate_per_s": _range(0.001, 1e7),
+        "ingress_burst": _range(1, 10_000_000), "plausibility_margin_pct": _range(0, 1000),
+        "plausibility_slack_wh": _range(0, 1_000_000),
+    }
+
+
+@dataclass(frozen=True)
+class IntervalsSection:
+    # GridTokenX clears the market in 15-minute epochs; submissions close on epoch boundaries.
+    epoch_s: int = 900
+    checks: ClassVar[dict[str, Check]] = {"epoch_s": _range(1, 86400)}
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    chain: ChainSection = field(default_factory=ChainSection)
+    mqtt: MqttSection = field(default_factory=MqttSection)
+    http: HttpSection = field(default_factory=HttpSection)
+    dashboard: DashboardSection = field(default_factory=DashboardSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    intervals: IntervalsSection = field(default_factory=IntervalsSection)
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.gateway.state_dir) / "gateway.sqlite"
+
+
+_SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(GatewayConfig)[f.name] for f in fields(GatewayConfig)}
+
+
+def _coerce(path: str, value: object, typ: object) -> object:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(path, "must be true or false", value)
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(path, "must be an integer", value)
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(path, "must be a number", value)
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(path, "must be a string", value)
+    if typing.get_origin(typ) is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(path, "must be a list of strings", value)
+    raise ConfigError(path, f"unsupported type {typ}")  # programming error in this module
+
+
+def _section(name: str, data: object) -> object:
+    cls = _SECTIONS[name]
+    if not isinstance(data, dict):
+        raise ConfigError(name, "must be a table", data)
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{name}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
+    values = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in data.items()}
+    for (sec, key), var in ENV_OVERRIDES.items():
+        if sec == name and var in os.environ:
+            raw = os.environ[var]
+            values[key] = [s.strip() for s in raw.split(",") if s.strip()] if hints[key] is not str else raw
+    checks: dict[str, Check] = getattr(cls, "checks", {})
+    for key, check in checks.items():
+        if key in values and (problem := check(values[key])):
+            raise ConfigError(f"{name}.{key}", problem, values[key])
+    return cls(**values)
+
+
+def parse_config(data: dict[str, Any]) -> GatewayConfig:
+    """Build a validated config from parsed TOML (a dict)."""
+    for key in data:
+        if key not in _SECTIONS:
+            raise ConfigError(key, f"unknown section (known: {', '.join(sorted(_SECTIONS))})")
+    cfg = GatewayConfig(**{name: _section(name, data.get(name, {})) for name in _SECTIONS})
+    return _cross_check(cfg)
+
+
+def _cross_check(cfg: GatewayConfig) -> GatewayConfig:
+    d = cfg.dashboard
+    if d.enabled and not d.token and not (d.username and d.password):
+        raise ConfigError("dashboard.token", "the dashboard needs a token or username + password (it shows fleet data)")
+    if bool(d.username) != bool(d.password):
+        raise ConfigError("dashboard.password", "username and password go together")
+    if bool(d.tls_cert) != bool(d.tls_key):
+        raise ConfigError("dashboard.tls_key", "tls_cert and tls_key go together")
+    if cfg.http.enabled and not cfg.http.api_keys:
+        raise ConfigError("http.api_keys", "the HTTP ingest needs at least one API key")
+    if bool(cfg.mqtt.tls_cert) != bool(cfg.mqtt.tls_key):
+        raise ConfigError("mqtt.tls_key", "tls_cert and tls_key go together")
+    return cfg
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(p), f"cannot read config file ({exc.strerror})") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(p), f"invalid TOML ({exc})") from exc
+    return parse_config(data)
+
+
+def with_overrides(cfg: GatewayConfig, **sections: dict[str, Any]) -> GatewayConfig:
+    """Copy of cfg with some section fields replaced (tests, bench)."""
+    out = cfg
+    for name, values in sections.items():
+        out = replace(out, **{name: replace(getattr(out, name), **values)})
+    return out

@@ -1,0 +1,186 @@
+"""MQTT intake: shared subscription to the agents' reading topics, durable commit, then signed acks.
+
+paho-mqtt 2.x (VERSION2 callbacks, MQTT v5), QoS 1, persistent session (clean_start=False with a session
+expiry) and MANUAL broker acks: a message is PUBACKed only after its readings are committed, so a
+gateway crash between receipt and commit makes the broker redeliver it. The receive queue is bounded:
+when the worker falls behind, paho's network thread blocks on it and stops reading the socket (TCP back
+pressure) instead of growing memory. One worker thread drains the queue in groups, hands them to
+`Acceptance.process`, then publishes one signed ack per meter (protocol.canonical.encode_ack) to
+gridmeter/v1/<meter_id>/ack and PUBACKs the messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from gateway.acceptance import Acceptance
+from gateway.config import MqttSection
+from gateway.metrics import Metrics
+from gateway.store import RejectionRow
+from protocol import Ack, SigningKey, encode_ack
+from protocol.topics import ack_topic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP_READINGS = 4000  # readings per commit: amortises fsync (~ms) over many readings
+DEFAULT_IDLE_POLL_S = 0.2  # worker wakes this often to notice stop()
+DEFAULT_RETRY_S = 1.0  # after a failed commit (disk full, locked DB) before trying again
+DEFAULT_KEEPALIVE_S = 30
+
+
+class BrokerUnavailableError(Exception):
+    pass
+
+
+class Intake:
+    def __init__(self, cfg: MqttSection, acceptance: Acceptance, ack_key: SigningKey, metrics: Metrics,
+                 *, on_batch: Callable[[dict[str, int]], None] | None = None) -> None:
+        self.cfg, self.acceptance, self.ack_key, self.metrics = cfg, acceptance, ack_key, metrics
+        self.on_batch = on_batch
+        self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=cfg.max_pending_messages)
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._subscribed = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.cfg.client_id,
+                        protocol=MQTTProtocolVersion.MQTTv5)
+        c.manual_ack_set(True)
+        c.max_inflight_messages_set(100)
+        if self.cfg.username:
+            c.username_pw_set(self.cfg.username, self.cfg.password or None)
+        if self.cfg.tls_ca:
+            c.tls_set(ca_certs=self.cfg.tls_ca, certfile=self.cfg.tls_cert or None, keyfile=self.cfg.tls_key or None)
+        c.reconnect_delay_set(1, 30)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_subscribe = self._on_subscribe
+        c.on_message = self._on_message
+        return c
+
+    # ---- paho callbacks (network thread) ---------------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, _ud: object, flags: mqtt.ConnectFlags, rc: mqtt.ReasonCode,
+                    _props: Properties | None) -> None:
+        if rc.is_failure:
+            log.error("MQTT connect refused by %s:%s: %s", self.cfg.host, self.cfg.port, rc)
+            return
+        log.info("MQTT connected to %s:%s (session present: %s)", self.cfg.host, self.cfg.port, flags.session_present)
+        self._connected.set()
+        flt = f"$share/{self.cfg.share_group}/{self.cfg.topic_prefix}/+/readings"
+        client.subscribe(flt, options=SubscribeOptions(qos=1))
+
+    def _on_subscribe(self, _c: mqtt.Client, _ud: object, _mid: int, codes: list[mqtt.ReasonCode],
+                      _props: Properties | None) -> None:
+        if any(c.is_failure for c in codes):
+            log.error("MQTT subscribe refused: %s", codes)
+        else:
+            self._subscribed.set()
+
+    def _on_disconnect(self, _c: mqtt.Client, _ud: object, _flags: mqtt.DisconnectFlags, rc: mqtt.ReasonCode,
+                       _props: Properties | None) -> None:
+        self._connected.clear()
+        self._subscribed.clear()
+        if not self._stop.is_set():
+            log.warning("MQTT disconnected (%s); paho reconnects", rc)
+
+    def _on_message(self, _c: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(msg, timeout=DEFAULT_IDLE_POLL_S)  # bounded: blocks paho = TCP back pressure
+                return
+            except queue.Full:
+                continue
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.cfg.session_expiry_s
+        self.client.connect_async(self.cfg.host, self.cfg.port, DEFAULT_KEEPALIVE_S, clean_start=False,
+                                  properties=props)
+        self.client.loop_start()
+        self._worker = threading.Thread(target=self._run, name="gateway-intake", daemon=True)
+        self._worker.start()
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        if not self._subscribed.wait(timeout_s):
+            raise BrokerUnavailableError(f"not subscribed to {self.cfg.host}:{self.cfg.port} after {timeout_s}s")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(10)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # ---- worker --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self._queue.get(timeout=DEFAULT_IDLE_POLL_S)
+            except queue.Empty:
+                continue
+            group = [first]
+            size = len(first.payload) // 100
+            while size < DEFAULT_GROUP_READINGS:
+                try:
+                    m = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                group.append(m)
+                size += len(m.payload) // 100
+            self._handle(group)
+
+    def _handle(self, group: list[mqtt.MQTTMessage]) -> None:
+        while not self._stop.is_set():
+            try:
+                acks = self.acceptance.process([(m.topic, m.payload) for m in group])
+                break
+            except Exception:
+                if len(group) > 1:
+                    log.exception("processing %d messages failed; retrying one by one", len(group))
+                    for m in group:
+                        self._handle([m])
+                    return
+                if self._quarantine_failed(group[0]):
+                    acks = {}
+                    break
+                time.sleep(DEFAULT_RETRY_S)
+        else:
+            return  # stopping: nothing PUBACKed, the broker redelivers
+        self._publish_acks(acks)
+        for m in group:
+            self.client.ack(m.mid, m.qos)
+        if self.on_batch is not None:
+            self.on_batch(acks)
+
+    def _quarantine_failed(self, m: mqtt.MQTTMessage) -> bool:
+        """A message that makes processing raise is stored with reason internal_error (never dropped)."""
+        log.exception("message on %s could not be processed; quarantined as internal_error", m.topic)
+        try:
+            self.acceptance.store.add_rejection(RejectionRow(
+                int(time.time() * 1000), "mqtt", None, None, None, "internal_error", f"topic {m.topic[:200]}",
+                False, bytes(m.payload), b""))
+            self.metrics.rejected.labels("mqtt", "internal_error").inc()
+            return True
+        except Exception:
+            log.exception("cannot even quarantine (database unavailable?); retrying")
+            return False
+
+    def _publish_acks(self, acks: dict[str, int]) -> None:
+        now_ms = int(time.time() * 1000)
+        for meter_id, seq in acks.items():
+            body = encode_ack(Ack(meter_id, seq, now_ms), self.ack_key)
+            self.client.publish(ack_topic(meter_id, self.cfg.topic_prefix), body, qos=1)
+            self.metrics.acks.inc()

@@ -1,0 +1,63 @@
+"""The gateway's Ed25519 ack-signing key file (same format as the agent's: 64 hex chars of the seed + "\\n").
+
+Agents pin the matching public key (agent config mqtt.gateway_public_key) and accept only acks signed
+by it, so this key decides what agents delete from their stores.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from protocol import SigningKey
+
+
+class KeyFileError(Exception):
+    """Names the path, what is wrong and what to do."""
+
+
+def load_key_file(path: str | Path) -> SigningKey:
+    p = Path(path)
+    try:
+        st = p.stat()
+        text = p.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        raise KeyFileError(f"{p}: key file missing (create it with `gridmeter gateway keygen {p}`)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"{p}: cannot read key file ({exc})") from exc
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(f"{p}: readable by group/other (mode {stat.S_IMODE(st.st_mode):o}); chmod 600 it")
+    try:
+        seed = bytes.fromhex(text)
+    except ValueError:
+        seed = b""
+    if len(seed) != 32:
+        raise KeyFileError(f"{p}: must hold 64 hex characters (an Ed25519 seed)")
+    return SigningKey(seed)
+
+
+def create_key_file(path: str | Path, *, overwrite: bool = False) -> SigningKey:
+    """Create a new key: O_EXCL temp file 0600, fsync, rename, fsync the directory."""
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise KeyFileError(f"{p}: already exists (refusing to overwrite a key)")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    key = SigningKey.generate()
+    tmp = p.with_name(p.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, (key.seed.hex() + "\n").encode("ascii"))
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, p)
+    dfd = os.open(p.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return key

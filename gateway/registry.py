@@ -1,0 +1,186 @@
+"""Enrolled meters: meter_id -> Ed25519 public key, zone, profile, role, status, rated power (SQLite).
+
+A meter enters the registry ONLY from a verified registration record (protocol.registration): its
+self-signature proves possession of the key. Never from a reading. Rules for a record whose meter_id is
+already registered:
+- same key, identical record             -> unchanged (idempotent)
+- same key, older or same created_at     -> refused (stale_record: an old record replayed)
+- same key, newer, same serial           -> metadata updated (zone, profile, role, rated power, installer)
+- same key, newer, different serial      -> meter replacement: counters may restart (replaced_at_ms)
+- different key                          -> only if the record also carries the CURRENT key's signature
+                                            (previous_public_key == current key): key rotation
+- retired meter                          -> refused (retired is final; register a new meter_id)
+A suspended meter stays suspended through updates; `resume` makes it active again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from gateway.database import Transaction, connect
+from protocol import MeterRole, ProtocolError, Registration, key_id, parse_registration
+
+
+class MeterStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    RETIRED = "retired"
+
+
+class RegistryError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    meter_id: str
+    public_key: bytes
+    key_id: bytes
+    zone_id: int
+    profile: str
+    role: MeterRole
+    status: MeterStatus
+    rated_max_power_w: int
+    serial_number: str
+    installer_id: str
+    registered_at_ms: int  # created_at_ms of the record in force
+    replaced_at_ms: int | None  # last meter replacement (counters may restart after it)
+    record: str  # the GMREG1 text in force (proof, kept for audit)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meters (
+    meter_id TEXT PRIMARY KEY,
+    public_key BLOB NOT NULL,
+    key_id BLOB NOT NULL,
+    zone_id INTEGER NOT NULL,
+    profile TEXT NOT NULL,
+    role INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('active', 'suspended', 'retired')),
+    rated_max_power_w INTEGER NOT NULL,
+    serial_number TEXT NOT NULL,
+    installer_id TEXT NOT NULL,
+    registered_at_ms INTEGER NOT NULL,
+    replaced_at_ms INTEGER,
+    record TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS registry_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    meter_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+"""
+_COLUMNS = ("meter_id, public_key, key_id, zone_id, profile, role, status, rated_max_power_w, serial_number, "
+            "installer_id, registered_at_ms, replaced_at_ms, record")
+
+
+def _row(r: tuple[object, ...]) -> Meter:
+    return Meter(r[0], r[1], r[2], r[3], r[4], MeterRole(r[5]), MeterStatus(r[6]), r[7], r[8], r[9],  # type: ignore[arg-type]
+                 r[10], r[11], r[12])  # type: ignore[arg-type]
+
+
+class Registry:
+    def __init__(self, path: str | Path) -> None:
+        self.conn = connect(path)
+        self.conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (e.g. the CLI) committed: time to reload a cache."""
+        v: int = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        return v
+
+    def get(self, meter_id: str) -> Meter | None:
+        r = self.conn.execute(f"SELECT {_COLUMNS} FROM meters WHERE meter_id = ?", (meter_id,)).fetchone()
+        return _row(r) if r else None
+
+    def all(self) -> list[Meter]:
+        return [_row(r) for r in self.conn.execute(f"SELECT {_COLUMNS} FROM meters ORDER BY meter_id")]
+
+    def snapshot(self) -> dict[str, Meter]:
+        return {m.meter_id: m for m in self.all()}
+
+    def add(self, record_text: str, now_ms: int) -> tuple[Meter, str]:
+        """Verify and apply a registration record; returns (meter, action). Raises RegistryError."""
+        try:
+            signed = parse_registration(record_text)
+        except ProtocolError as exc:
+            raise RegistryError(exc.reason, f"registration record refused: {exc}") from exc
+        reg = signed.registration
+        text = signed.to_text()
+        with Transaction(self.conn):
+            current = self.get(reg.meter_id)
+            action = self._decide(reg, current, text)
+            if action != "unchanged":
+                self._write(reg, current, text, action, now_ms)
+        meter = self.get(reg.meter_id)
+        assert meter is not None
+        return meter, action
+
+    @staticmethod
+    def _decide(reg: Registration, current: Meter | None, text: str) -> str:
+        mid = reg.meter_id
+        if current is None:
+            if reg.previous_public_key is not None:
+                raise RegistryError("rotation_for_unknown_meter",
+                                    f"{mid}: record rotates a key but the meter is not registered")
+            return "added"
+        if current.status is MeterStatus.RETIRED:
+            raise RegistryError("meter_retired", f"{mid}: retired meters cannot be re-registered")
+        if text == current.record:
+            return "unchanged"
+        if reg.created_at_ms <= current.registered_at_ms:
+            raise RegistryError("stale_record", f"{mid}: record created_at_ms {reg.created_at_ms} is not newer "
+                                                f"than the one in force ({current.registered_at_ms})")
+        if reg.public_key != current.public_key:
+            if reg.previous_public_key != current.public_key:
+                raise RegistryError("key_change_not_authorised",
+                                    f"{mid}: a new key must be vouched for by the current key (rotation record)")
+            return "rotated"
+        if reg.serial_number != current.serial_number:
+            return "replaced"
+        return "updated"
+
+    def _write(self, reg: Registration, current: Meter | None, text: str, action: str, now_ms: int) -> None:
+        status = current.status.value if current else MeterStatus.ACTIVE.value
+        replaced = current.replaced_at_ms if current else None
+        if action == "replaced":
+            replaced = reg.created_at_ms
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meters VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (reg.meter_id, reg.public_key, key_id(reg.public_key), reg.zone_id, reg.profile, int(reg.role), status,
+             reg.rated_max_power_w, reg.serial_number, reg.installer_id, reg.created_at_ms, replaced, text, now_ms),
+        )
+        self._log(reg.meter_id, action, f"key_id={key_id(reg.public_key).hex()} serial={reg.serial_number}", now_ms)
+
+    def _log(self, meter_id: str, action: str, detail: str, now_ms: int) -> None:
+        self.conn.execute("INSERT INTO registry_log (meter_id, action, detail, at_ms) VALUES (?,?,?,?)",
+                          (meter_id, action, detail, now_ms))
+
+    def set_status(self, meter_id: str, status: MeterStatus, now_ms: int) -> Meter:
+        with Transaction(self.conn):
+            current = self.get(meter_id)
+            if current is None:
+                raise RegistryError("unknown_meter", f"{meter_id}: not registered")
+            if current.status is MeterStatus.RETIRED and status is not MeterStatus.RETIRED:
+                raise RegistryError("meter_retired", f"{meter_id}: retired is final")
+            self.conn.execute("UPDATE meters SET status = ?, updated_at_ms = ? WHERE meter_id = ?",
+                              (status.value, now_ms, meter_id))
+            self._log(meter_id, status.value, f"status {current.status.value} -> {status.value}", now_ms)
+        meter = self.get(meter_id)
+        assert meter is not None
+        return meter
+
+
+def registry_path(state_dir: str | Path) -> Path:
+    """Its own file, so PRAGMA data_version tells the intake exactly when the registry changed."""
+    return Path(state_dir) / "registry.sqlite"

@@ -1,0 +1,275 @@
+"""Durable gateway state in SQLite (WAL): accepted readings, quarantine, per-meter progress, the outbox.
+
+Durability order: a batch of readings is committed in ONE transaction (readings, rejections, gaps,
+progress) before any ack is published, so an ack always describes what is on disk. (meter_id, seq) is
+the primary key of the readings, so a resend after a crash cannot double-count.
+
+Outbox states: pending -> sent -> confirmed | rejected; held = never sent (reason stored). `sent` is
+written BEFORE the RPC call: after a crash, a `sent` row may or may not be on chain, and the submitter
+reconciles it with the meter's on-chain last_reading_timestamp before resending anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.checks import Progress
+from gateway.database import Transaction, connect
+from gateway.intervals import Planned, PlanState, Point
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    meter_id TEXT NOT NULL, seq INTEGER NOT NULL, read_at_ms INTEGER NOT NULL,
+    import_wh INTEGER NOT NULL, export_wh INTEGER NOT NULL, quality INTEGER NOT NULL, clock_synced INTEGER NOT NULL,
+    power_w INTEGER, status TEXT NOT NULL CHECK (status IN ('accepted', 'held')), reason TEXT, detail TEXT,
+    rebaseline INTEGER NOT NULL DEFAULT 0, payload BLOB NOT NULL, signature BLOB NOT NULL,
+    received_at_ms INTEGER NOT NULL, PRIMARY KEY (meter_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, received_at_ms INTEGER NOT NULL, source TEXT NOT NULL,
+    topic_meter_id TEXT, meter_id TEXT, seq INTEGER, reason TEXT NOT NULL, detail TEXT NOT NULL,
+    authenticated INTEGER NOT NULL, payload BLOB NOT NULL, signature BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejections_meter ON rejections (meter_id, seq);
+CREATE TABLE IF NOT EXISTS gaps (
+    meter_id TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, detected_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS progress (
+    meter_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL, last_read_at_ms INTEGER, last_import_wh INTEGER,
+    last_export_wh INTEGER, last_seen_ms INTEGER NOT NULL, accepted INTEGER NOT NULL DEFAULT 0,
+    held INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0, duplicates INTEGER NOT NULL DEFAULT 0,
+    missing INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS plan_state (
+    meter_id TEXT PRIMARY KEY, baseline_set INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    anchor_read_at_ms INTEGER NOT NULL, sub_import_wh INTEGER NOT NULL, sub_export_wh INTEGER NOT NULL,
+    last_import_wh INTEGER NOT NULL, last_export_wh INTEGER NOT NULL, last_read_at_ms INTEGER NOT NULL,
+    last_ts INTEGER
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    key TEXT PRIMARY KEY, meter_id TEXT NOT NULL, zone_id INTEGER NOT NULL, produced_wh INTEGER NOT NULL,
+    consumed_wh INTEGER NOT NULL, reading_timestamp INTEGER NOT NULL, closing_seq INTEGER, part INTEGER NOT NULL,
+    parts INTEGER NOT NULL, source TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'confirmed', 'held', 'rejected')),
+    reason TEXT, signature TEXT, attempts INTEGER NOT NULL DEFAULT 0, created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_status ON outbox (status, meter_id, reading_timestamp);
+CREATE TABLE IF NOT EXISTS http_readings (
+    meter_id TEXT NOT NULL, timestamp_ms INTEGER NOT NULL, body BLOB NOT NULL, received_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (meter_id, timestamp_ms)
+) WITHOUT ROWID;
+"""
+_INSERT_READING = "INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_REJECTION = ("INSERT INTO rejections (received_at_ms, source, topic_meter_id, meter_id, seq, reason, detail,"
+                     " authenticated, payload, signature) VALUES (?,?,?,?,?,?,?,?,?,?)")
+OUTBOX_STATUSES = ("pending", "sent", "confirmed", "held", "rejected")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingRow:
+    """One stored (accepted or held) reading."""
+
+    meter_id: str
+    seq: int
+    read_at_ms: int
+    import_wh: int
+    export_wh: int
+    quality: int
+    clock_synced: bool
+    power_w: int | None
+    status: str
+    reason: str | None
+    detail: str | None
+    rebaseline: bool
+    payload: bytes
+    signature: bytes
+    received_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionRow:
+    received_at_ms: int
+    source: str
+    topic_meter_id: str | None
+    meter_id: str | None
+    seq: int | None
+    reason: str
+    detail: str
+    authenticated: bool
+    payload: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BatchWrite:
+    """Everything one intake batch changes, written in one transaction."""
+
+    readings: list[ReadingRow]
+    rejections: list[RejectionRow]
+    gaps: list[tuple[str, int, int, int]]  # meter_id, first, last, detected_at_ms
+    progress: dict[str, Progress]
+    counts: dict[str, dict[str, int]]  # meter_id -> {accepted, held, rejected, duplicates, missing}
+    seen_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    key: str
+    meter_id: str
+    zone_id: int
+    produced_wh: int
+    consumed_wh: int
+    reading_timestamp: int
+    status: str
+    reason: str | None
+    signature: str | None
+    attempts: int
+    source: str
+    created_at_ms: int
+
+
+_OUTBOX_COLS = ("key, meter_id, zone_id, produced_wh, consumed_wh, reading_timestamp, status, reason, signature,"
+                " attempts, source, created_at_ms")
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.conn = connect(path)
+        self.conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ---- intake -------------------------------------------------------------------------------
+    def load_progress(self, meter_ids: Iterable[str]) -> dict[str, Progress]:
+        ids = list(set(meter_ids))
+        out: dict[str, Progress] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            q = ("SELECT meter_id, last_seq, last_read_at_ms, last_import_wh, last_export_wh FROM progress "
+                 f"WHERE meter_id IN ({','.join('?' * len(chunk))})")
+            for m, seq, at, imp, exp in self.conn.execute(q, chunk):
+                out[m] = Progress(seq, at, imp, exp)
+        return out
+
+    def handled_payload(self, meter_id: str, seq: int) -> bytes | None:
+        """The payload already handled (stored, or rejected after verification) for this (meter, seq)."""
+        r = self.conn.execute("SELECT payload FROM readings WHERE meter_id = ? AND seq = ?", (meter_id, seq)).fetchone()
+        if r is None:
+            r = self.conn.execute("SELECT payload FROM rejections WHERE meter_id = ? AND seq = ? AND authenticated = 1"
+                                  " ORDER BY id LIMIT 1", (meter_id, seq)).fetchone()
+        return bytes(r[0]) if r else None
+
+    def write_batch(self, w: BatchWrite) -> None:
+        """Caller holds the transaction (see `transaction`)."""
+        c = self.conn
+        c.executemany(_INSERT_READING, [
+            (r.meter_id, r.seq, r.read_at_ms, r.import_wh, r.export_wh, r.quality, int(r.clock_synced), r.power_w,
+             r.status, r.reason, r.detail, int(r.rebaseline), r.payload, r.signature, r.received_at_ms)
+            for r in w.readings])
+        c.executemany(_INSERT_REJECTION, [
+            (r.received_at_ms, r.source, r.topic_meter_id, r.meter_id, r.seq, r.reason, r.detail,
+             int(r.authenticated), r.payload, r.signature) for r in w.rejections])
+        c.executemany("INSERT INTO gaps VALUES (?,?,?,?)", w.gaps)
+        rows = []
+        for m, p in w.progress.items():
+            n = w.counts.get(m, {})
+            rows.append((m, p.last_seq, p.last_read_at_ms, p.last_import_wh, p.last_export_wh, w.seen_ms,
+                         n.get("accepted", 0), n.get("held", 0), n.get("rejected", 0), n.get("duplicates", 0),
+                         n.get("missing", 0)))
+        c.executemany(
+            "INSERT INTO progress VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (meter_id) DO UPDATE SET "
+            "last_seq=excluded.last_seq, last_read_at_ms=excluded.last_read_at_ms, "
+            "last_import_wh=excluded.last_import_wh, last_export_wh=excluded.last_export_wh, "
+            "last_seen_ms=excluded.last_seen_ms, accepted=accepted+excluded.accepted, held=held+excluded.held, "
+            "rejected=rejected+excluded.rejected, duplicates=duplicates+excluded.duplicates, "
+            "missing=missing+excluded.missing", rows)
+
+    def add_rejection(self, r: RejectionRow) -> None:
+        with Transaction(self.conn):
+            self.write_batch(BatchWrite([], [r], [], {}, {}, r.received_at_ms))
+
+    def transaction(self) -> Transaction:
+        return Transaction(self.conn)
+
+    # ---- planner --------------------------------------------------------------------------------
+    def meters_to_plan(self) -> list[str]:
+        q = ("SELECT p.meter_id FROM progress p LEFT JOIN plan_state s ON s.meter_id = p.meter_id "
+             "WHERE p.last_read_at_ms IS NOT NULL AND (s.meter_id IS NULL OR s.last_seq < "
+             "(SELECT MAX(seq) FROM readings r WHERE r.meter_id = p.meter_id AND r.status = 'accepted'))")
+        return [r[0] for r in self.conn.execute(q)]
+
+    def plan_inputs(self, meter_id: str, limit: int = 100_000) -> tuple[PlanState, list[Point]]:
+        s = self.conn.execute("SELECT baseline_set, last_seq, anchor_read_at_ms, sub_import_wh, sub_export_wh, "
+                              "last_import_wh, last_export_wh, last_read_at_ms, last_ts FROM plan_state "
+                              "WHERE meter_id = ?", (meter_id,)).fetchone()
+        state = PlanState(bool(s[0]), *s[1:]) if s else PlanState()
+        pts = [Point(seq, at, imp, exp, bool(rb)) for seq, at, imp, exp, rb in self.conn.execute(
+            "SELECT seq, read_at_ms, import_wh, export_wh, rebaseline FROM readings WHERE meter_id = ? AND seq > ? "
+            "AND status = 'accepted' ORDER BY seq LIMIT ?", (meter_id, state.last_seq, limit))]
+        return state, pts
+
+    def save_plan(self, meter_id: str, state: PlanState, planned: Sequence[Planned], zone_id: int,
+                  now_ms: int) -> None:
+        with Transaction(self.conn) as c:
+            c.execute("INSERT OR REPLACE INTO plan_state VALUES (?,?,?,?,?,?,?,?,?,?)",
+                      (meter_id, int(state.baseline_set), state.last_seq, state.anchor_read_at_ms,
+                       state.sub_import_wh, state.sub_export_wh, state.last_import_wh, state.last_export_wh,
+                       state.last_read_at_ms, state.last_ts))
+            c.executemany(
+                "INSERT INTO outbox (key, meter_id, zone_id, produced_wh, consumed_wh, reading_timestamp, closing_seq,"
+                " part, parts, source, status, reason, created_at_ms, updated_at_ms) "
+                "VALUES (?,?,?,?,?,?,?,?,?,'mqtt',?,?,?,?)",
+                [(p.key, p.meter_id, zone_id, p.produced_wh, p.consumed_wh, p.reading_timestamp, p.closing_seq,
+                  p.part, p.parts, "held" if p.held_reason else "pending", p.held_reason, now_ms, now_ms)
+                 for p in planned])
+
+    # ---- outbox ---------------------------------------------------------------------------------
+    def add_http_interval(self, meter_id: str, zone_id: int, produced: int, consumed: int, ts_ms: int,
+                          body: bytes, now_ms: int) -> bool:
+        """One GridTokenX ingest reading -> one outbox row. False if (meter, timestamp) was seen already."""
+        with Transaction(self.conn) as c:
+            if c.execute("SELECT 1 FROM http_readings WHERE meter_id = ? AND timestamp_ms = ?",
+                         (meter_id, ts_ms)).fetchone():
+                return False
+            c.execute("INSERT INTO http_readings VALUES (?,?,?,?)", (meter_id, ts_ms, body, now_ms))
+            c.execute("INSERT INTO outbox (key, meter_id, zone_id, produced_wh, consumed_wh, reading_timestamp, "
+                      "part, parts, source, status, created_at_ms, updated_at_ms) "
+                      "VALUES (?,?,?,?,?,?,0,1,'http','pending',?,?)",
+                      (f"{meter_id}:{ts_ms // 1000}", meter_id, zone_id, produced, consumed, ts_ms // 1000,
+                       now_ms, now_ms))
+        return True
+
+    def last_http_timestamp_ms(self, meter_id: str) -> int | None:
+        r = self.conn.execute("SELECT MAX(timestamp_ms) FROM http_readings WHERE meter_id = ?", (meter_id,)).fetchone()
+        return r[0] if r else None
+
+    def outbox_due(self, now_ms: int, limit: int = 5000) -> list[OutboxRow]:
+        q = (f"SELECT {_OUTBOX_COLS} FROM outbox WHERE status IN ('pending', 'sent') AND next_attempt_ms <= ? "
+             "ORDER BY meter_id, reading_timestamp LIMIT ?")
+        return [OutboxRow(*r) for r in self.conn.execute(q, (now_ms, limit))]
+
+    def outbox_rows(self, meter_id: str | None = None, status: str | None = None, limit: int = 1000) -> list[OutboxRow]:
+        q = f"SELECT {_OUTBOX_COLS} FROM outbox WHERE (? IS NULL OR meter_id = ?) AND (? IS NULL OR status = ?) " \
+            "ORDER BY meter_id, reading_timestamp LIMIT ?"
+        return [OutboxRow(*r) for r in self.conn.execute(q, (meter_id, meter_id, status, status, limit))]
+
+    def set_outbox(self, keys: Sequence[str], status: str, now_ms: int, *, reason: str | None = None,
+                   signature: str | None = None, next_attempt_ms: int = 0, attempt: bool = False) -> None:
+        with Transaction(self.conn) as c:
+            c.executemany(
+                "UPDATE outbox SET status = ?, reason = COALESCE(?, reason), signature = COALESCE(?, signature), "
+                "updated_at_ms = ?, next_attempt_ms = ?, attempts = attempts + ? WHERE key = ?",
+                [(status, reason, signature, now_ms, next_attempt_ms, int(attempt), k) for k in keys])
+
+    def outbox_stats(self, now_ms: int) -> dict[str, object]:
+        counts = dict.fromkeys(OUTBOX_STATUSES, 0)
+        counts.update(dict(self.conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall()))
+        oldest = self.conn.execute("SELECT MIN(created_at_ms) FROM outbox WHERE status IN ('pending','sent')"
+                                   ).fetchone()[0]
+        return {"counts": counts, "oldest_age_s": 0.0 if oldest is None else max(0, now_ms - oldest) / 1000}
+

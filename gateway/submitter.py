@@ -1,0 +1,186 @@
+"""Outbox -> oracle: plan intervals from accepted readings, reconcile with the chain, submit, record results.
+
+One cycle (`run_once`):
+1. read OracleData (thresholds, active flag, chain_bridge) — the planner's limits come from the chain;
+2. plan: accepted readings not yet planned -> interval rows in the outbox (pending, or held with a reason);
+3. reconcile: rows whose reading_timestamp <= the meter's on-chain last_reading_timestamp were sent
+   before (e.g. a crash after sending, before recording). They are confirmed only if the chain's
+   total_readings equals the gateway's confirmed count plus those rows; otherwise they are held with
+   reason `reconcile_mismatch` for a person to look at (never resent, never silently counted);
+4. mirror the oracle's checks on what is left (`intervals.oracle_verdict`, in order per meter);
+   FutureReading waits, any other failure holds the row with the oracle's error name;
+5. mark `sent` (durable) BEFORE the RPC, submit, record confirmed / rejected / retry.
+RPC failures back off exponentially (capped); rows are never lost: they stay pending or sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from gateway.intervals import OracleLimits, oracle_verdict, plan
+from gateway.metrics import Metrics
+from gateway.registry import Registry
+from gateway.store import OutboxRow, Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FIRST_BACKOFF_S = 1.0
+DEFAULT_MAX_ROWS_PER_CYCLE = 5000  # bounds one cycle's RPC work; the rest follows in the next cycle
+DEFAULT_FUTURE_MARGIN_S = 55  # the oracle allows +60 s; keep 5 s for clock differences with the validator
+
+
+class OracleLike(Protocol):
+    """What the submitter needs from gateway.oracle.OracleClient (a fake in unit tests)."""
+
+    async def fetch_config(self) -> Any: ...
+    async def fetch_meter_states(self, meter_ids: Sequence[str]) -> dict[str, Any]: ...
+    async def submit(self, subs: Sequence[Any]) -> list[Any]: ...
+
+
+class Submitter:
+    def __init__(self, store: Store, registry: Registry, client: OracleLike, metrics: Metrics, *, epoch_s: int,
+                 authority: str | None = None, max_backoff_s: float = 60.0, make_submission: Callable[..., Any],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store, self.registry, self.client, self.metrics = store, registry, client, metrics
+        self.epoch_s, self.authority, self.max_backoff_s = epoch_s, authority, max_backoff_s
+        self.make_submission, self.clock = make_submission, clock
+        self.backoff_s = 0.0
+        self.limits: OracleLimits | None = None
+        self.last_error: str | None = None
+
+    async def run(self, stop: asyncio.Event, interval_s: float) -> None:
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except Exception as exc:  # RPC down, chain not initialised: back off, keep the outbox
+                self._failed(f"{type(exc).__name__}: {exc}")
+            delay = max(interval_s, self.backoff_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+    def _failed(self, error: str) -> None:
+        if error != self.last_error:
+            log.error("submitter: %s", error)
+        self.last_error = error
+        self.backoff_s = min(self.max_backoff_s, max(DEFAULT_FIRST_BACKOFF_S, self.backoff_s * 2))
+
+    async def run_once(self) -> dict[str, int]:
+        cfg = await self.client.fetch_config()
+        self.limits = OracleLimits.from_config(cfg)
+        if self.authority is not None and str(cfg.chain_bridge) != self.authority:
+            raise RuntimeError(f"this gateway's authority {self.authority} is not the oracle's chain_bridge "
+                               f"{cfg.chain_bridge}: every submission would fail (UnauthorizedGateway)")
+        if not self.limits.active:
+            raise RuntimeError("the oracle is inactive (update_oracle_status): submissions wait")
+        await self._plan(self.limits)
+        stats = await self._submit_due(self.limits)
+        if self.last_error is not None and not stats.get("retry"):
+            log.info("submitter recovered")
+            self.last_error = None
+        if not stats.get("retry"):
+            self.backoff_s = 0.0
+        return stats
+
+    async def _plan(self, limits: OracleLimits) -> None:
+        meter_ids = self.store.meters_to_plan()
+        if not meter_ids:
+            return
+        states = await self.client.fetch_meter_states(meter_ids)
+        now_ms = int(self.clock() * 1000)
+        for mid in meter_ids:
+            meter = self.registry.get(mid)
+            if meter is None:
+                continue
+            state, points = self.store.plan_inputs(mid)
+            chain = states.get(mid)
+            new_state, planned = plan(mid, meter.role, state, points, limits, self.epoch_s,
+                                      chain.last_reading_timestamp if chain is not None else None)
+            self.store.save_plan(mid, new_state, planned, meter.zone_id, now_ms)
+
+    async def _submit_due(self, limits: OracleLimits) -> dict[str, int]:
+        now = self.clock()
+        rows = self.store.outbox_due(int(now * 1000), DEFAULT_MAX_ROWS_PER_CYCLE)
+        if not rows:
+            return {}
+        by_meter: dict[str, list[OutboxRow]] = defaultdict(list)
+        for r in rows:
+            by_meter[r.meter_id].append(r)
+        states = await self.client.fetch_meter_states(list(by_meter))
+        to_send: list[OutboxRow] = []
+        for mid, mrows in by_meter.items():
+            to_send += self._prepare(mid, mrows, states.get(mid), limits, int(now))
+        if not to_send:
+            return {}
+        now_ms = int(self.clock() * 1000)
+        self.store.set_outbox([r.key for r in to_send], "sent", now_ms, attempt=True)
+        results = await self.client.submit([self.make_submission(
+            key=r.key, meter_id=r.meter_id, produced_wh=r.produced_wh, consumed_wh=r.consumed_wh,
+            reading_timestamp=r.reading_timestamp, zone_id=r.zone_id) for r in to_send])
+        return self._record(results, now_ms)
+
+    def _prepare(self, mid: str, rows: list[OutboxRow], chain: Any, limits: OracleLimits,
+                 now_s: int) -> list[OutboxRow]:
+        now_ms = now_s * 1000
+        last_ts = chain.last_reading_timestamp if chain is not None else None
+        landed = [r for r in rows if last_ts is not None and r.reading_timestamp <= last_ts]
+        if landed:
+            self._reconcile(mid, landed, chain, now_ms)
+        out: list[OutboxRow] = []
+        for r in rows:
+            if r in landed:
+                continue
+            err = oracle_verdict(r.produced_wh, r.consumed_wh, r.reading_timestamp, last_ts, limits,
+                                 chain_now_s=now_s - (60 - DEFAULT_FUTURE_MARGIN_S))
+            if err == "FutureReading":
+                self.store.set_outbox([r.key], "pending", now_ms, next_attempt_ms=(r.reading_timestamp - 50) * 1000)
+                break  # later rows of this meter must wait too (order)
+            if err is not None:
+                self.store.set_outbox([r.key], "held", now_ms, reason=err)
+                continue
+            out.append(r)
+            last_ts = r.reading_timestamp
+        return out
+
+    def _reconcile(self, mid: str, landed: list[OutboxRow], chain: Any, now_ms: int) -> None:
+        confirmed = self.store.conn.execute("SELECT COUNT(*) FROM outbox WHERE meter_id = ? AND status = 'confirmed'",
+                                            (mid,)).fetchone()[0]
+        keys = [r.key for r in landed]
+        if confirmed + len(landed) == chain.total_readings:
+            self.store.set_outbox(keys, "confirmed", now_ms, reason="reconciled")
+            self.metrics.submitted.inc(len(keys))
+        else:
+            reason = (f"reconcile_mismatch: chain has {chain.total_readings} readings up to "
+                      f"{chain.last_reading_timestamp}, gateway expected {confirmed + len(landed)}")
+            log.error("%s: %s", mid, reason)
+            self.store.set_outbox(keys, "held", now_ms, reason=reason)
+
+    def _record(self, results: list[Any], now_ms: int) -> dict[str, int]:
+        stats: Counter[str] = Counter()
+        per_tx: Counter[str] = Counter()
+        retry: list[str] = []
+        for res in results:
+            stats[res.status] += 1
+            if res.status == "confirmed":
+                self.store.set_outbox([res.key], "confirmed", now_ms, signature=res.signature)
+                if res.signature:
+                    per_tx[res.signature] += 1
+            elif res.status == "rejected":
+                log.error("oracle refused %s: %s", res.key, res.error)
+                self.store.set_outbox([res.key], "rejected", now_ms, reason=res.error)
+                self.metrics.tx_failed.labels(res.error or "unknown").inc()
+            else:
+                retry.append(res.key)
+        self.metrics.submitted.inc(stats["confirmed"])
+        for n in per_tx.values():
+            self.metrics.tx_sent.inc()
+            self.metrics.readings_per_tx.observe(n)
+        if retry:
+            self._failed(f"{len(retry)} submissions not landed: {results[0].error if results else ''}")
+            self.store.set_outbox(retry, "pending", now_ms, next_attempt_ms=now_ms + int(self.backoff_s * 1000))
+        return dict(stats)

@@ -1,0 +1,213 @@
+"""SimulatedMeter: a meter model that serves its profile's registers from exact integer counters.
+
+Energy is kept in integer Wh plus an exact sub-Wh remainder (W x ms), so a test can compare published Wh with
+`served_import_wh` / `served_export_wh` = what the registers decoded to at the moment they were last served.
+The register encoding here is written independently of agent/decode.py (struct + Fraction), so a decoding bug is
+not mirrored by the simulator. Keep float32 kWh meters below 8192 kWh in tests: float32 then round-trips every
+whole Wh (24-bit mantissa, ulp <= 0.49 Wh).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+
+from firmware_config.schema import REGISTER_TYPES, IdentifyRule, Profile, Register, SerialNumberRule
+
+MS_PER_HOUR = 3_600_000
+# Served values remembered for tests that check "every published value was really served".
+DEFAULT_SERVED_LOG = 10_000
+FILLER_WORD = 0x0000  # what a "filler" device answers for registers we do not model
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    baudrate: int = 9600
+    parity: str = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+
+
+def _pack(reg_type: str, raw: int | Fraction, word_order: str, byte_order: str) -> list[int]:
+    words, signed, kind = REGISTER_TYPES[reg_type]
+    if kind == "float":
+        data = struct.pack(">f" if words == 2 else ">d", float(raw))
+    else:
+        data = int(raw).to_bytes(words * 2, "big", signed=signed)
+    out = [int.from_bytes(data[i:i + 2], "big" if byte_order == "big" else "little") for i in range(0, len(data), 2)]
+    return out if word_order == "big" else list(reversed(out))
+
+
+def _sentinel_raw(reg: Register) -> int | float:
+    words, signed, kind = REGISTER_TYPES[reg.type]
+    if kind == "float":
+        return float("nan")
+    bits = words * 16
+    name = reg.not_implemented[0] if reg.not_implemented else None
+    patterns = {"all_ones": (1 << bits) - 1, "signed_min": 1 << (bits - 1), "signed_max": (1 << (bits - 1)) - 1,
+                "zero": 0}
+    if name is None:
+        raise ValueError(f"register {reg.name} has no not-implemented sentinel to serve")
+    raw = patterns[name]
+    return raw - (1 << bits) if signed and raw >= 1 << (bits - 1) else raw
+
+
+def encode_register(reg: Register, value: int, sf: int = 0) -> tuple[list[int], int]:
+    """Vocabulary integer -> register words, and the integer those words decode back to (exact)."""
+    factor = reg.scale * reg.unit_factor * Fraction(10) ** sf
+    raw = Fraction(value) / factor
+    kind = REGISTER_TYPES[reg.type][2]
+    if kind == "float":
+        fmt = ">f" if REGISTER_TYPES[reg.type][0] == 2 else ">d"
+        back = Fraction(struct.unpack(fmt, struct.pack(fmt, float(raw)))[0])
+        return _pack(reg.type, back, reg.word_order, reg.byte_order), round(back * factor)
+    r = round(raw)
+    return _pack(reg.type, r, reg.word_order, reg.byte_order), round(r * factor)
+
+
+def _encode_identity(rule: IdentifyRule | SerialNumberRule, value: int | str) -> list[int]:
+    if rule.type == "string":
+        data = str(value).encode("ascii").ljust(rule.words * 2, b"\x00")[: rule.words * 2]
+        return [int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2)]
+    return _pack(rule.type, int(value), rule.word_order, "big")
+
+
+class SimulatedMeter:
+    """One meter. Positive power imports, negative exports. Thread-safe (served from another thread/process)."""
+
+    def __init__(
+        self, profile: Profile, unit_id: int, *, import_wh: int = 0, export_wh: int = 0, power_w: int = 0,
+        voltage_dv: int = 2300, frequency_mhz: int = 50_000, power_factor_milli: int = 1000,
+        serial_number: int | str = 12_345_678, framing: Framing | None = None, live: bool = False,
+        invalid: set[str] | None = None, scale_factors: dict[str, int] | None = None,
+        identify_function_code: int | None = None, clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        if not 0 <= unit_id <= 247:
+            raise ValueError(f"unit_id must be 0..247 (got {unit_id})")
+        self.profile, self.unit_id, self.framing = profile, unit_id, framing
+        self.import_wh, self.export_wh, self.power_w = import_wh, export_wh, power_w
+        self.voltage_dv, self.frequency_mhz, self.power_factor_milli = voltage_dv, frequency_mhz, power_factor_milli
+        self.serial_number, self.live, self.invalid = serial_number, live, set(invalid or ())
+        self.scale_factors = dict(scale_factors or {})
+        self.identify_function_code = identify_function_code
+        self._clock, self._last_ns = clock, clock()
+        self._remainder_wms = 0  # W x ms not yet a whole Wh (sign follows the direction)
+        self._lock = threading.RLock()
+        self.served_import_wh, self.served_export_wh = 0, 0
+        self.served_log: deque[tuple[int, int]] = deque(maxlen=DEFAULT_SERVED_LOG)
+        self.reads = 0
+        for fc in self.function_codes():
+            self.image(fc)  # initialise served_* from the registers
+
+    # ---- physics -------------------------------------------------------------------------------------------------
+
+    def advance(self, ms: int) -> None:
+        """Let `ms` milliseconds pass at the current power: exact integer energy, no float."""
+        with self._lock:
+            self._remainder_wms += self.power_w * ms
+            whole = abs(self._remainder_wms) // MS_PER_HOUR
+            if whole:
+                if self._remainder_wms > 0:
+                    self.import_wh += whole
+                    self._remainder_wms -= whole * MS_PER_HOUR
+                else:
+                    self.export_wh += whole
+                    self._remainder_wms += whole * MS_PER_HOUR
+
+    def set_power(self, power_w: int) -> None:
+        with self._lock:
+            self._tick()
+            if (power_w > 0) != (self.power_w > 0):
+                self._remainder_wms = 0  # a direction change starts a fresh partial Wh
+            self.power_w = power_w
+
+    def _tick(self) -> None:
+        now = self._clock()
+        if self.live:
+            elapsed_ms = (now - self._last_ns) // 1_000_000
+            if elapsed_ms:
+                self.advance(elapsed_ms)
+                self._last_ns += elapsed_ms * 1_000_000
+        else:
+            self._last_ns = now
+
+    # ---- registers -----------------------------------------------------------------------------------------------
+
+    def measurement_values(self) -> dict[str, int]:
+        phases = sum(1 for r in self.profile.registers if r.measurement and r.measurement.startswith("voltage_"))
+        current = abs(self.power_w) * 10_000 // max(self.voltage_dv * max(phases, 1), 1)  # mA per phase
+        values = {"energy_import_wh": self.import_wh, "energy_export_wh": self.export_wh, "power_w": self.power_w,
+                  "frequency_mhz": self.frequency_mhz, "power_factor_milli": self.power_factor_milli}
+        for n in (1, 2, 3):
+            values[f"voltage_l{n}_dv"] = self.voltage_dv
+            values[f"current_l{n}_ma"] = current
+        return values
+
+    def image(self, function_code: int) -> dict[int, int]:
+        """The meter's registers for one function code right now (advances a live clock first)."""
+        with self._lock:
+            self._tick()
+            values = self.measurement_values()
+            out: dict[int, int] = {a: FILLER_WORD for a in self.filler_addresses(function_code)}
+            served: dict[str, int] = {}
+            for reg in self.profile.registers:
+                if reg.function_code != function_code:
+                    continue
+                if reg.measurement is None:  # sunssf
+                    words = _pack("sunssf", self.scale_factors.get(reg.name, 0), reg.word_order, reg.byte_order)
+                elif reg.measurement in self.invalid:
+                    words = _pack(reg.type, _sentinel_raw(reg), reg.word_order, reg.byte_order)  # type: ignore[arg-type]
+                else:
+                    sf = self.scale_factors.get(reg.scale_factor, 0) if reg.scale_factor else 0
+                    words, served[reg.measurement] = encode_register(reg, values[reg.measurement], sf)
+                out.update({reg.address + i: w for i, w in enumerate(words)})
+            for rule in self.profile.identify:
+                if self._identity_fc(rule) == function_code:
+                    words = _encode_identity(rule, rule.expected[0])
+                    out.update({rule.address + i: w for i, w in enumerate(words)})
+            sn = self.profile.serial_number
+            if sn is not None and sn.function_codes[0] == function_code:
+                out.update({sn.address + i: w for i, w in enumerate(_encode_identity(sn, self.serial_number))})
+            if "energy_import_wh" in served or "energy_export_wh" in served:
+                self.served_import_wh = served.get("energy_import_wh", self.served_import_wh)
+                self.served_export_wh = served.get("energy_export_wh", self.served_export_wh)
+                self.served_log.append((self.served_import_wh, self.served_export_wh))
+            return out
+
+    def _identity_fc(self, rule: IdentifyRule) -> int:
+        if self.identify_function_code in rule.function_codes:
+            return self.identify_function_code  # type: ignore[return-value]
+        return rule.function_codes[0]
+
+    def filler_addresses(self, function_code: int) -> set[int]:
+        """Addresses a "filler" device answers although the profile does not use them."""
+        read = self.profile.read
+        regs = [r for r in self.profile.registers if r.function_code == function_code]
+        if not regs:
+            return set()
+        if read.readable:
+            spans = list(read.readable)
+        elif read.gaps == "filler":
+            spans = [(min(r.address for r in regs), max(r.end for r in regs) - 1)]
+        else:
+            return set()
+        return {a for lo, hi in spans for a in range(lo, hi + 1)} - set(read.barriers)
+
+    def function_codes(self) -> tuple[int, ...]:
+        fcs = {r.function_code for r in self.profile.registers}
+        fcs |= {self._identity_fc(r) for r in self.profile.identify}
+        if self.profile.serial_number is not None:
+            fcs.add(self.profile.serial_number.function_codes[0])
+        return tuple(sorted(fcs))
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            self._tick()
+            return {"unit_id": self.unit_id, "import_wh": self.import_wh, "export_wh": self.export_wh,
+                    "power_w": self.power_w, "served_import_wh": self.served_import_wh,
+                    "served_export_wh": self.served_export_wh, "reads": self.reads}

@@ -1,0 +1,151 @@
+"""Store -> publisher -> real mosquitto -> testbed acker -> signed acks -> store deletes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from agent.config import MqttSection
+from agent.publisher import Publisher
+from agent.store import Store
+from protocol.canonical import Ack, encode_ack, sign_reading
+from protocol.reading import Reading
+from protocol.signing import SigningKey, VerifyKey
+from protocol.topics import ack_topic
+from testbed.acker import Acker
+from testbed.broker import Broker
+
+pytestmark = pytest.mark.integration
+
+DEVICE = SigningKey(bytes(range(32)))
+GATEWAY = SigningKey(bytes(range(1, 33)))
+
+
+def mqtt_cfg(broker: Broker, **kw: object) -> MqttSection:
+    base = MqttSection(
+        gateway_public_key=GATEWAY.public_key, host=broker.host, port=broker.port, client_id="agent-under-test",
+        ack_timeout_s=2.0, batch_max=100, reconnect_min_s=0.1, reconnect_max_s=0.5,
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def add(store: Store, meter: str, n: int) -> None:
+    for _ in range(n):
+        seq = store.allocate_seq(meter)
+        r = Reading(meter_id=meter, key_id=DEVICE.key_id, seq=seq, read_at_ms=1_700_000_000_000 + seq * 10_000,
+                    clock_synced=True, energy_import_wh=1000 + seq, energy_export_wh=0, profile_id="p")
+        store.append(sign_reading(r, DEVICE))
+    store.flush()
+
+
+async def until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def running(tmp_path: Path, broker: Broker) -> AsyncIterator[tuple[Store, Publisher]]:
+    store = Store(tmp_path / "agent.sqlite", max_readings=100_000)
+    pub = Publisher(mqtt_cfg(broker), ["M1", "M2"], store, VerifyKey(GATEWAY.public_key))
+    task = asyncio.create_task(pub.run())
+    try:
+        yield store, pub
+    finally:
+        await pub.stop()
+        await task
+        store.close()
+
+
+def acker_for(broker: Broker, **kw: object) -> Acker:
+    keys = {"M1": VerifyKey(DEVICE.public_key), "M2": VerifyKey(DEVICE.public_key)}
+    return Acker(broker.host, broker.port, GATEWAY, keys, **kw)  # type: ignore[arg-type]
+
+
+async def test_drain_in_order_and_acks_delete(running: tuple[Store, Publisher], broker: Broker) -> None:
+    store, pub = running
+    with acker_for(broker) as acker:
+        add(store, "M1", 950)
+        add(store, "M2", 30)
+        pub.wake()
+        await until(lambda: store.count() == 0, 20, "store drained")
+        assert acker.stats.bad_signatures == 0 and acker.stats.malformed == 0
+        assert acker.contiguous == {"M1": 950, "M2": 30}
+        m1 = [s for m, s in acker.arrival if m == "M1"]
+        assert m1 == list(range(1, 951))  # in order, nothing twice
+        assert pub.stats.published_readings == 980 and pub.stats.puback_failures == 0
+        assert store.acked_seq("M1") == 950
+
+
+async def test_forged_ack_deletes_nothing_then_resend_after_timeout(
+    running: tuple[Store, Publisher], broker: Broker
+) -> None:
+    store, pub = running
+    forger = SigningKey(bytes(32))
+    with acker_for(broker, ack=False) as silent:
+        add(store, "M1", 10)
+        pub.wake()
+        await silent.wait(lambda a: a.contiguous.get("M1") == 10, 10, "10 readings received")
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="forger", protocol=MQTTProtocolVersion.MQTTv5)
+        c.connect(broker.host, broker.port)
+        c.loop_start()
+        try:
+            c.publish(ack_topic("M1"), encode_ack(Ack("M1", 10, 1), forger), qos=1).wait_for_publish(5)
+            c.publish(ack_topic("M1"), b"garbage", qos=1).wait_for_publish(5)
+            await until(lambda: pub.stats.acks_rejected == 2, 10, "two rejected acks")
+        finally:
+            c.disconnect()
+            c.loop_stop()
+        assert store.count() == 10
+        assert store.counters()["acks_rejected"] == 2
+        # no valid ack within ack_timeout (2 s): the same readings are re-sent
+        await silent.wait(lambda a: a.stats.duplicates >= 10, 10, "resend after ack timeout")
+        assert pub.stats.resends >= 1
+    assert store.count() == 10
+
+
+async def test_broker_down_then_full_drain(running: tuple[Store, Publisher], broker: Broker) -> None:
+    store, pub = running
+    await until(lambda: pub.stats.connected, 10, "connected")
+    broker.stop()
+    await until(lambda: not pub.stats.connected, 10, "disconnect noticed")
+    add(store, "M1", 300)  # buffered while the broker is away
+    pub.wake()
+    await asyncio.sleep(0)
+    broker.start()
+    with acker_for(broker) as acker:
+        await until(lambda: store.count() == 0, 30, "drain after broker restart")
+        assert acker.contiguous == {"M1": 300}
+        assert acker.stats.bad_signatures == 0
+    assert pub.stats.connects >= 2
+
+
+async def test_status_online_retained_and_offline_on_clean_stop(tmp_path: Path, broker: Broker) -> None:
+    store = Store(tmp_path / "agent.sqlite", max_readings=1000)
+    pub = Publisher(mqtt_cfg(broker), ["M1", "M2"], store, VerifyKey(GATEWAY.public_key))
+    task = asyncio.create_task(pub.run())
+    await until(lambda: pub.stats.connected, 10, "connected")
+    got: dict[str, bytes] = {}
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher", protocol=MQTTProtocolVersion.MQTTv5)
+    c.on_message = lambda _c, _u, m: got.__setitem__(m.topic, bytes(m.payload))
+    c.connect(broker.host, broker.port)
+    c.subscribe("gridmeter/v1/+/status", qos=1)
+    c.loop_start()
+    try:
+        await until(lambda: len(got) == 2 and all(b'"online"' in v for v in got.values()), 10, "online status")
+        await pub.stop()
+        await task
+        await until(lambda: all(b'"offline"' in v for v in got.values()), 10, "offline status")
+    finally:
+        c.disconnect()
+        c.loop_stop()
+        store.close()

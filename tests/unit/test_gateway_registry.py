@@ -1,0 +1,83 @@
+"""gateway.registry: meters only from verified records; rotation needs the old key; statuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.registry import MeterStatus, Registry, RegistryError
+from protocol import MeterRole, key_id
+from tests.gateway_support import T0_MS, key_for, record_for
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Registry:
+    r = Registry(tmp_path / "registry.sqlite")
+    yield r
+    r.close()
+
+
+def test_add_from_record(reg: Registry) -> None:
+    m, action = reg.add(record_for("HOUSE-1", role=MeterRole.PRODUCTION, zone=7, rated_w=5000), T0_MS)
+    assert action == "added"
+    assert (m.meter_id, m.zone_id, m.role, m.status, m.rated_max_power_w) == (
+        "HOUSE-1", 7, MeterRole.PRODUCTION, MeterStatus.ACTIVE, 5000)
+    assert m.key_id == key_id(key_for("HOUSE-1").public_key)
+    assert reg.add(record_for("HOUSE-1", role=MeterRole.PRODUCTION, zone=7, rated_w=5000), T0_MS)[1] == "unchanged"
+
+
+def test_tampered_record_refused(reg: Registry) -> None:
+    text = record_for("HOUSE-1")
+    import base64
+    raw = bytearray(base64.urlsafe_b64decode(text[7:] + "=" * (-len(text[7:]) % 4)))
+    raw[40] ^= 1
+    bad = "GMREG1:" + base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
+    with pytest.raises(RegistryError) as e:
+        reg.add(bad, T0_MS)
+    assert e.value.reason in ("bad_signature", "invalid_field", "malformed")
+    assert reg.get("HOUSE-1") is None
+    with pytest.raises(RegistryError):
+        reg.add("hello", T0_MS)
+
+
+def test_key_change_requires_old_key(reg: Registry) -> None:
+    reg.add(record_for("HOUSE-1"), T0_MS)
+    new = key_for("new-key")
+    with pytest.raises(RegistryError) as e:
+        reg.add(record_for("HOUSE-1", key=new, created_ms=T0_MS), T0_MS)
+    assert e.value.reason == "key_change_not_authorised"
+    stranger = key_for("stranger")
+    with pytest.raises(RegistryError):
+        reg.add(record_for("HOUSE-1", key=new, previous=stranger, created_ms=T0_MS), T0_MS)
+    m, action = reg.add(record_for("HOUSE-1", key=new, previous=key_for("HOUSE-1"), created_ms=T0_MS), T0_MS)
+    assert action == "rotated" and m.public_key == new.public_key
+
+
+def test_stale_record_and_replacement(reg: Registry) -> None:
+    reg.add(record_for("HOUSE-1", created_ms=T0_MS - 1000), T0_MS)
+    with pytest.raises(RegistryError) as e:
+        reg.add(record_for("HOUSE-1", created_ms=T0_MS - 2000, zone=9), T0_MS)
+    assert e.value.reason == "stale_record"
+    m, action = reg.add(record_for("HOUSE-1", created_ms=T0_MS, zone=9), T0_MS)
+    assert action == "updated" and m.zone_id == 9 and m.replaced_at_ms is None
+    m, action = reg.add(record_for("HOUSE-1", created_ms=T0_MS + 1, serial="SN-2"), T0_MS)
+    assert action == "replaced" and m.replaced_at_ms == T0_MS + 1
+
+
+def test_status_changes(reg: Registry) -> None:
+    reg.add(record_for("HOUSE-1"), T0_MS)
+    v0 = reg.data_version()
+    assert reg.set_status("HOUSE-1", MeterStatus.SUSPENDED, T0_MS).status is MeterStatus.SUSPENDED
+    assert reg.add(record_for("HOUSE-1", created_ms=T0_MS, zone=3), T0_MS)[0].status is MeterStatus.SUSPENDED
+    reg.set_status("HOUSE-1", MeterStatus.RETIRED, T0_MS)
+    with pytest.raises(RegistryError):
+        reg.set_status("HOUSE-1", MeterStatus.ACTIVE, T0_MS)
+    with pytest.raises(RegistryError):
+        reg.add(record_for("HOUSE-1", created_ms=T0_MS + 5), T0_MS)
+    with pytest.raises(RegistryError):
+        reg.set_status("NOPE", MeterStatus.SUSPENDED, T0_MS)
+    other = Registry(reg.conn.execute("PRAGMA database_list").fetchone()[2])
+    other.set_status("HOUSE-1", MeterStatus.RETIRED, T0_MS)
+    other.close()
+    assert reg.data_version() != v0
