@@ -9,7 +9,6 @@ a registry keyed by device path / host:port: a second claim is an error (one own
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import termios
@@ -22,6 +21,12 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerType
 
 log = logging.getLogger(__name__)
+# pymodbus logs every timeout at ERROR with a dump of the last frames. We translate each outcome into our own
+# error and the poller logs once per outage (first failure WARNING, repeats DEBUG, recovery INFO), so keep
+# pymodbus quiet unless someone configured its logger explicitly (e.g. DEBUG while diagnosing a bus).
+_PYMODBUS_LOG = logging.getLogger("pymodbus.logging")
+if _PYMODBUS_LOG.level == logging.NOTSET:
+    _PYMODBUS_LOG.setLevel(logging.CRITICAL)
 
 # One request may wait this long for its reply. mbmd's 300 ms default timed out under load; PR #258 suggested
 # 600 ms. 1 s also covers a 125-register read at 2400 baud (~1.1 s on the wire is the worst case we poll).
@@ -178,17 +183,18 @@ class Bus:
             return self._client
         if self._client is not None:
             self._client.close()
+        parity = self.spec.parity
+        if self.spec.kind == "rtu" and parity != "N" and self._pty_drops_parity():
+            # Some kernels' pty drivers drop PARENB and then reject the settings (EINVAL, seen on 6.18). A pty has
+            # no line, so parity means nothing there: open it without. Never taken on a real UART.
+            log.warning("bus %s: %s is a pty that does not keep parity %s; opened without parity",
+                        self.name, self.spec.port, parity)
+            parity = "N"
+        self.effective_parity = parity
         try:
-            self._client = await self._open(self.spec.parity)
+            self._client = await self._open(parity)
         except termios.error as e:
-            if e.args[0] != errno.EINVAL or self.spec.parity == "N" or not self._is_pty():
-                raise BusError(self.name, f"cannot configure {self.spec.port}: {e}") from None
-            # Some kernels' pty drivers drop PARENB and then reject the settings (EINVAL). A pty has no line, so
-            # parity means nothing there: open it without. Never taken on a real UART.
-            log.warning("bus %s: %s is a pty that rejects parity %s; opened without parity",
-                        self.name, self.spec.port, self.spec.parity)
-            self.effective_parity = "N"
-            self._client = await self._open("N")
+            raise BusError(self.name, f"cannot configure {self.spec.port}: {e}") from None
         return self._client
 
     async def _open(self, parity: str) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
@@ -206,11 +212,27 @@ class Bus:
             raise BusError(self.name, f"cannot open {self.spec.key}")
         return client
 
-    def _is_pty(self) -> bool:
+    def _pty_drops_parity(self) -> bool:
+        """True if the port is a pty whose driver does not store PARENB (probed on our own fd)."""
         try:
-            return os.major(os.stat(str(self.spec.port)).st_rdev) in PTY_MAJORS
+            if os.major(os.stat(str(self.spec.port)).st_rdev) not in PTY_MAJORS:
+                return False
+            fd = os.open(str(self.spec.port), os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         except OSError:
             return False
+        try:
+            orig = termios.tcgetattr(fd)
+            probe = list(orig)
+            probe[0] ^= termios.IGNBRK  # a kept change, so tcsetattr cannot fail with "nothing changed"
+            probe[2] |= termios.PARENB
+            termios.tcsetattr(fd, termios.TCSANOW, probe)
+            dropped = not termios.tcgetattr(fd)[2] & termios.PARENB
+            termios.tcsetattr(fd, termios.TCSANOW, orig)
+            return dropped
+        except termios.error:
+            return True
+        finally:
+            os.close(fd)
 
     async def close(self) -> None:
         self._closed = True

@@ -49,6 +49,7 @@ class AgentSection:
     state_dir: Path
     key_file: Path
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+    profile_dirs: tuple[Path, ...] = ()  # searched after the built-in profile library (site-specific meters)
 
 
 @dataclass(frozen=True)
@@ -215,8 +216,16 @@ def _agent(t: _Table, base: Path) -> AgentSection:
     state = t.get("state_dir", str, "/var/lib/gridmeter", check=lambda v: None if v else "must not be empty")
     key = t.get("key_file", str, "/etc/gridmeter/device.key", check=lambda v: None if v else "must not be empty")
     poll = t.get("poll_interval_s", float, DEFAULT_POLL_INTERVAL_S, check=_between(0.1, 3600))
+    dirs = tuple(base / d for d in t.get("profile_dirs", list, [], check=_dir_list) or [])
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        t.fail("profile_dirs", "directory does not exist", missing[0])
     t.done()
-    return AgentSection(base / (state or "."), base / (key or "."), poll)
+    return AgentSection(base / (state or "."), base / (key or "."), poll, dirs)
+
+
+def _dir_list(v: list[Any]) -> str | None:
+    return None if all(isinstance(d, str) and d for d in v) else "must be a list of directory paths"
 
 
 def _clock_check(v: str) -> str | None:
@@ -438,12 +447,12 @@ def build_specs(cfg: AgentConfig, profiles: Mapping[str, Any] | None = None) -> 
     """
     from agent.bus import BusSpec
     from agent.poller import MeterSpec
-    from firmware_config.loader import load_all
+    from firmware_config.loader import PROFILES_DIR, load_all
     from firmware_config.schema import ProfileError
 
     if profiles is None:
         try:
-            profiles = load_all()
+            profiles = load_all((PROFILES_DIR, *cfg.agent.profile_dirs))
         except ProfileError as exc:
             raise ConfigError(f"{cfg.path}: the profile library does not load: {exc}") from exc
     buses: dict[str, Any] = {}

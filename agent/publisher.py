@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 DEFAULT_UNACKED_BATCHES = 40
 # Timeouts and the resend check run at least this often even when nothing wakes the loop.
 DEFAULT_TICK_S = 0.5
+# Resends of an unacked window back off (doubling from ack_timeout_s) up to this interval.
+MAX_RESEND_INTERVAL_S = 600.0
 # On a clean stop, wait this long for the retained offline status to be PUBACKed.
 DEFAULT_STOP_TIMEOUT_S = 3.0
 
@@ -76,6 +78,7 @@ class PublisherStats:
 class _MeterStream:
     sent_upto: int  # highest seq handed to paho
     acked: int  # highest seq a verified ack covered
+    timeout_s: float  # current ack timeout: doubles after each rewind, back to ack_timeout_s on progress
     outstanding: collections.deque[tuple[int, float]] = field(default_factory=collections.deque)  # (hi seq, t)
 
 
@@ -94,7 +97,9 @@ class Publisher:
         self.cfg, self.meter_ids, self.store, self.gateway_key = cfg, tuple(meter_ids), store, gateway_key
         self.stats = PublisherStats()
         self._mono = monotonic
-        self._streams = {m: _MeterStream(store.acked_seq(m), store.acked_seq(m)) for m in self.meter_ids}
+        self._streams = {
+            m: _MeterStream(store.acked_seq(m), store.acked_seq(m), cfg.ack_timeout_s) for m in self.meter_ids
+        }
         self._inflight: dict[int, tuple[str, int, int]] = {}  # mid -> (meter, lo, hi)
         self._unacked_cap = DEFAULT_UNACKED_BATCHES * cfg.batch_max
         self._rr = 0
@@ -211,6 +216,8 @@ class Publisher:
         self.stats.acks_ok += 1
         self.stats.acked_readings += max(0, acked - st.acked)
         self.stats.last_ack_ms = wall_ms()
+        if acked > st.acked:
+            st.timeout_s = self.cfg.ack_timeout_s
         st.acked = max(st.acked, acked)
         st.sent_upto = max(st.sent_upto, st.acked)
         while st.outstanding and st.outstanding[0][0] <= st.acked:
@@ -246,12 +253,14 @@ class Publisher:
 
     def _rewind_timed_out(self, now: float) -> None:
         for meter, st in self._streams.items():
-            if st.outstanding and now - st.outstanding[0][1] > self.cfg.ack_timeout_s:
+            if st.outstanding and now - st.outstanding[0][1] > st.timeout_s:
                 log.warning("%s: no ack for seq %d..%d within %.0f s; re-sending from %d",
-                            meter, st.acked + 1, st.sent_upto, self.cfg.ack_timeout_s, st.acked + 1)
+                            meter, st.acked + 1, st.sent_upto, st.timeout_s, st.acked + 1)
                 self.stats.resends += 1
                 st.sent_upto = st.acked
                 st.outstanding.clear()
+                # a gateway that is down would otherwise get the whole window again every ack_timeout_s
+                st.timeout_s = min(st.timeout_s * 2, max(MAX_RESEND_INTERVAL_S, self.cfg.ack_timeout_s))
 
     def _fill_window(self) -> None:
         progress = True

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 # A crashed poller task is restarted after this delay (doubling, capped) instead of ending the agent.
 DEFAULT_POLLER_RESTART_S = 1.0
 MAX_POLLER_RESTART_S = 60.0
-# The watchdog is pinged only while pollers report (sample or error) at least this often: a wedged
+# The watchdog is pinged only while every poller completes a cycle at least this often: a wedged
 # poller then gets the service restarted by systemd instead of silently reading nothing.
 LIVENESS_MIN_S = 60.0
 # On SIGTERM, wait at most this long for the last readings to be acked (systemd TimeoutStopSec is 20 s).
@@ -76,7 +76,6 @@ class AgentService:
         self.last_read_ms: int | None = None
         self.skipped_full = 0
         self._full_since: float | None = None
-        self._activity = time.monotonic()
         self._stop = asyncio.Event()
         self._pollers: list[Poller] = []
         self._bus_objs: list[Bus] = []
@@ -85,7 +84,6 @@ class AgentService:
     # -- per sample -----------------------------------------------------------------------------
 
     async def on_sample(self, sample: MeterSample) -> None:
-        self._activity = time.monotonic()
         dev = self.devices[sample.meter_id]
         try:
             self._handle_sample(sample, dev)
@@ -163,7 +161,6 @@ class AgentService:
             self.store.record_event("overflow_stop_reading", None, detail, counter="stop_reading_episodes")
 
     async def on_error(self, meter: MeterSpec, err: MeterReadError) -> None:
-        self._activity = time.monotonic()
         dev = self.devices[meter.meter_id]
         dev.read_errors += 1
         if err.reason == "decode":  # an energy register read as a sentinel / NaN: a glitch, never published
@@ -204,10 +201,20 @@ class AgentService:
                 delay = min(delay * 2, MAX_POLLER_RESTART_S)
 
     async def _watchdog_loop(self, notifier: Notifier, interval_s: float) -> None:
+        """Ping only while every poller completes cycles (meters in backoff still count: their cycle runs
+        and skips them), so a wedged bus loop gets the service restarted, a dead meter does not."""
         liveness = max(LIVENESS_MIN_S, 5 * self.cfg.agent.poll_interval_s)
+        last_cycles = [-1] * len(self._pollers)
+        last_change = [time.monotonic()] * len(self._pollers)
         while not self._stop.is_set():
-            if time.monotonic() - self._activity < liveness:
+            now = time.monotonic()
+            for i, p in enumerate(self._pollers):
+                if p.stats.cycles != last_cycles[i]:
+                    last_cycles[i], last_change[i] = p.stats.cycles, now
+            if all(now - t < liveness for t in last_change):
                 notifier.send("WATCHDOG=1")
+            else:
+                log.error("a poller made no progress for %.0f s: withholding the watchdog ping", liveness)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), interval_s)
 
@@ -310,6 +317,7 @@ class AgentService:
                       "jumps": self.clock_jumps},
             "devices": devices,
             "store": self.store.counters(),
+            "acks_rejected_by_reason": dict(self.store.rejected),
         }
 
 

@@ -66,6 +66,8 @@ CREATE TABLE IF NOT EXISTS meter_state (      -- last GOOD counters, for the gli
 """
 # Keep the event log bounded: it is a diagnostic trail, not a store.
 MAX_EVENTS = 10_000
+# Rejected acks are counted always, but written to the event log at most once per reason per minute.
+REJECT_RECORD_INTERVAL_S = 60.0
 
 
 class StoreError(Exception):
@@ -121,12 +123,15 @@ class Store:
             self._db.executescript(_SCHEMA)
             self._check_version()
             self._next = dict(self._db.execute("SELECT meter_id, next_seq FROM seqs").fetchall())
+            self._acked = dict(self._db.execute("SELECT meter_id, acked_seq FROM seqs").fetchall())
             self._count = self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open store ({exc})") from exc
         self._pending: list[SignedReading] = []
         self._dirty_seqs: set[str] = set()
         self._pending_good: dict[str, LastGood] = {}
+        self.rejected: dict[str, int] = {}  # ack rejections by reason (since start)
+        self._reject_recorded: dict[str, float] = {}
 
     def _check_version(self) -> None:
         v = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -258,23 +263,31 @@ class Store:
         return self.ack(meter_id, ack.acked_seq)
 
     def _reject(self, meter_id: str, reason: str, detail: str) -> NoReturn:
-        log.warning("%s: %s", meter_id, detail)
-        self.record_event(reason, meter_id, detail, counter="acks_rejected")
+        """Count every rejection; write it to disk at most once per reason per REJECT_RECORD_INTERVAL_S, so a
+        flood of forged acks cannot wear out the SD card."""
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._reject_recorded.get(reason, -REJECT_RECORD_INTERVAL_S) >= REJECT_RECORD_INTERVAL_S:
+            log.warning("%s: %s (%d so far)", meter_id, detail, self.rejected[reason])
+            self._reject_recorded[reason] = now
+            self.record_event(reason, meter_id, f"{detail} ({self.rejected[reason]} so far)")
         raise AckRejectedError(reason, detail)
 
     def ack(self, meter_id: str, acked_seq: int) -> int:
         """Delete meter_id's readings with seq <= acked_seq (the ack was verified). Returns rows deleted."""
+        if acked_seq <= self._acked.get(meter_id, 0):
+            return 0  # repeated or stale ack: nothing to do, no write
         with self._tx():
             cur = self._db.execute("DELETE FROM readings WHERE meter_id = ? AND seq <= ?", (meter_id, acked_seq))
             self._db.execute(
                 "UPDATE seqs SET acked_seq = MAX(acked_seq, ?) WHERE meter_id = ?", (acked_seq, meter_id)
             )
+        self._acked[meter_id] = acked_seq
         self._count -= cur.rowcount
         return cur.rowcount
 
     def acked_seq(self, meter_id: str) -> int:
-        row = self._db.execute("SELECT acked_seq FROM seqs WHERE meter_id = ?", (meter_id,)).fetchone()
-        return row[0] if row else 0
+        return self._acked.get(meter_id, 0)
 
     def last_allocated(self, meter_id: str) -> int:
         return self._next.get(meter_id, 1) - 1

@@ -1,10 +1,185 @@
-"""`gridmeter gateway` subcommands."""
+"""`gridmeter gateway` subcommands: run, keygen, meters add|list|suspend|resume|retire, rejections, outbox."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.config import DEFAULT_CONFIG_PATH
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("gateway", help="(under construction)")
-    p.set_defaults(func=lambda _args: p.print_help() or 2)
+    p = sub.add_parser("gateway", help="verify, check and queue signed readings; submit them to the oracle")
+    gsub = p.add_subparsers(dest="gateway_command", metavar="COMMAND")
+    gsub.required = True
+
+    def cmd(name: str, help_: str, func: object) -> argparse.ArgumentParser:
+        c = gsub.add_parser(name, help=help_)
+        c.add_argument("--config", default=DEFAULT_CONFIG_PATH, help=f"gateway TOML (default {DEFAULT_CONFIG_PATH})")
+        c.set_defaults(func=func)
+        return c
+
+    cmd("run", "run the gateway service", _run)
+    k = gsub.add_parser("keygen", help="create the gateway's ack-signing key file (0600)")
+    k.add_argument("path")
+    k.set_defaults(func=_keygen)
+    m = gsub.add_parser("meters", help="the meter registry")
+    msub = m.add_subparsers(dest="meters_command", metavar="COMMAND")
+    msub.required = True
+    for name, help_, func in (("add", "register a meter from a registration record (GMREG1:...)", _meters_add),
+                              ("list", "list registered meters", _meters_list)):
+        c = msub.add_parser(name, help=help_)
+        c.add_argument("--config", default=DEFAULT_CONFIG_PATH)
+        c.set_defaults(func=func)
+        if name == "add":
+            c.add_argument("record", help="file holding the record text, or - for stdin")
+        else:
+            c.add_argument("--json", action="store_true")
+    for status in ("suspend", "resume", "retire"):
+        c = msub.add_parser(status, help=f"{status} a meter")
+        c.add_argument("meter_id")
+        c.add_argument("--config", default=DEFAULT_CONFIG_PATH)
+        c.set_defaults(func=_meters_status, status=status)
+    r = cmd("rejections", "show quarantined readings with their reasons", _rejections)
+    r.add_argument("--meter")
+    r.add_argument("--limit", type=int, default=50)
+    r.add_argument("--json", action="store_true")
+    o = cmd("outbox", "show interval submissions", _outbox)
+    o.add_argument("--meter")
+    o.add_argument("--status", choices=("pending", "sent", "confirmed", "held", "rejected"))
+    o.add_argument("--limit", type=int, default=50)
+
+
+def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from gateway.config import load_config
+
+    return load_config(args.config)
+
+
+def _fail(msg: str) -> int:
+    print(f"gridmeter gateway: {msg}", file=sys.stderr)
+    return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.config import ConfigError
+    from gateway.keys import KeyFileError
+    from gateway.service import run
+
+    try:
+        cfg = _config(args)
+        return asyncio.run(run(cfg))
+    except (ConfigError, KeyFileError) as exc:
+        return _fail(str(exc))
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from gateway.keys import KeyFileError, create_key_file
+
+    try:
+        key = create_key_file(Path(args.path))
+    except KeyFileError as exc:
+        return _fail(str(exc))
+    print(f"gateway public key (agents' mqtt.gateway_public_key): {key.public_key.hex()}")
+    return 0
+
+
+def _registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from gateway.registry import Registry, registry_path
+
+    return Registry(registry_path(_config(args).gateway.state_dir))
+
+
+def _meters_add(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError
+    from gateway.registry import RegistryError
+
+    try:
+        text = sys.stdin.read() if args.record == "-" else Path(args.record).read_text(encoding="utf-8")
+        reg = _registry(args)
+    except (OSError, ConfigError) as exc:
+        return _fail(str(exc))
+    try:
+        meter, action = reg.add(text, int(time.time() * 1000))
+    except RegistryError as exc:
+        return _fail(f"{exc} [{exc.reason}]")
+    finally:
+        reg.close()
+    print(f"{meter.meter_id}: {action} (key_id {meter.key_id.hex()}, zone {meter.zone_id}, "
+          f"{meter.role.name.lower()}, {meter.rated_max_power_w} W, status {meter.status.value})")
+    return 0
+
+
+def _meters_list(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    try:
+        meters = reg.all()
+    finally:
+        reg.close()
+    rows = [{"meter_id": m.meter_id, "status": m.status.value, "role": m.role.name.lower(), "zone_id": m.zone_id,
+             "profile": m.profile, "rated_max_power_w": m.rated_max_power_w, "serial_number": m.serial_number,
+             "key_id": m.key_id.hex(), "public_key": m.public_key.hex()} for m in meters]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['meter_id']:<32} {r['status']:<9} {r['role']:<11} zone {r['zone_id']:<5} "
+                  f"{r['rated_max_power_w']:>7} W  {r['profile']}  key {r['key_id']}")
+    return 0
+
+
+def _meters_status(args: argparse.Namespace) -> int:
+    from gateway.registry import MeterStatus, RegistryError
+
+    status = {"suspend": MeterStatus.SUSPENDED, "resume": MeterStatus.ACTIVE, "retire": MeterStatus.RETIRED}
+    reg = _registry(args)
+    try:
+        m = reg.set_status(args.meter_id, status[args.status], int(time.time() * 1000))
+    except RegistryError as exc:
+        return _fail(str(exc))
+    finally:
+        reg.close()
+    print(f"{m.meter_id}: {m.status.value}")
+    return 0
+
+
+def _ts(ms: int | None) -> str:
+    return "-" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _rejections(args: argparse.Namespace) -> int:
+    from gateway import fleet
+    from gateway.database import connect
+
+    conn = connect(_config(args).db_path)
+    try:
+        rows = fleet.rejections(conn, args.meter, args.limit)
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{_ts(r['received_at_ms'])} {r['source']:<4} {r['topic_meter_id'] or r['meter_id'] or '-':<20} "
+              f"seq {r['seq'] if r['seq'] is not None else '-':<8} {r['reason']:<24} {r['detail']}")
+    return 0
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    from gateway.store import Store
+
+    store = Store(_config(args).db_path)
+    try:
+        rows = store.outbox_rows(args.meter, args.status, args.limit)
+    finally:
+        store.close()
+    for r in rows:
+        print(f"{r.key:<44} {r.status:<9} produced {r.produced_wh:>8} Wh consumed {r.consumed_wh:>8} Wh "
+              f"{r.reason or ''} {r.signature or ''}")
+    return 0

@@ -60,7 +60,8 @@ def rejection_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT reason, COUNT(*) FROM rejections GROUP BY reason ORDER BY 2 DESC").fetchall())
 
 
-def meter_readings(conn: sqlite3.Connection, meter_id: str, limit: int = DEFAULT_READINGS_LIMIT) -> list[dict[str, Any]]:
+def meter_readings(conn: sqlite3.Connection, meter_id: str,
+                   limit: int = DEFAULT_READINGS_LIMIT) -> list[dict[str, Any]]:
     q = ("SELECT seq, read_at_ms, import_wh, export_wh, power_w, status, reason, detail FROM readings "
          "WHERE meter_id = ? ORDER BY seq DESC LIMIT ?")
     rows = [{"seq": r[0], "read_at_ms": r[1], "import_wh": r[2], "export_wh": r[3], "power_w": r[4], "status": r[5],

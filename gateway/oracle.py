@@ -19,6 +19,7 @@ How a batch of submissions becomes transactions:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -58,9 +59,10 @@ log = logging.getLogger(__name__)
 
 PACKET_DATA_SIZE = 1232  # max serialized transaction size a validator accepts (IPv6 MTU - headers)
 LOOKUP_TABLE_MAX_ADDRESSES = 256
-# Measured on localchain/program/oracle.so (see README "figures"); the real Anchor program needs ~16,050 for a
-# meter's first reading and ~13,376 after. The estimate covers both, plus each PDA bump-search step the program
-# may take (find_program_address tries bump 255, 254, ...; each failed try costs ~1.5k CU).
+# Compute units per submit_meter_reading. Measured on localchain/program/oracle.so: 13,302 for a meter's first
+# reading (creates the account) and 11,732 after when the MeterState bump is 255, plus 1,500 per bump-search step
+# (find_program_address tries 255, 254, ...): over 300 meters the mean is ~14.8k first / ~13.3k after. The real
+# Anchor program measured ~16,050 / ~13,376. The estimate covers both with a margin; the limit only caps.
 DEFAULT_CU_FIRST_READING = 17_000  # creates the MeterState account (CPI to the system program)
 DEFAULT_CU_READING = 14_500
 DEFAULT_CU_PER_BUMP_STEP = 1_600
@@ -69,10 +71,11 @@ DEFAULT_CU_NONCE_RANGE = 997  # added to the limit to make every transaction uni
 MAX_CU_PER_TX = 1_400_000
 DEFAULT_POLL_S = 0.25  # signature-status polling interval (a slot is ~0.4 s)
 DEFAULT_MAX_SIGNINGS = 4  # blockhash expiries tolerated per batch before reporting "retry"
-DEFAULT_CU_TABLE_ADMIN = 400_000  # create + extend lookup table (a core BPF program now: measured ~? CU)
+DEFAULT_CU_TABLE_ADMIN = 100_000  # lookup table program (core BPF): measured 22.3k create+extend, 11.8k extend
 DEFAULT_EXTEND_CHUNK = 20  # addresses per ExtendLookupTable transaction (fits 1232 bytes with the create ix)
 DEFAULT_TABLE_READY_TIMEOUT_S = 30.0  # waiting for the slot after an extension (a few hundred ms normally)
 DEFAULT_RPC_TIMEOUT_S = 30.0
+DEFAULT_PDA_CACHE = 65_536  # meter PDAs kept (32 + a few bytes each)
 MAX_ACCOUNTS_PER_REQUEST = 100  # getMultipleAccounts limit
 MAX_SIGNATURES_PER_REQUEST = 256  # getSignatureStatuses limit
 
@@ -154,9 +157,20 @@ def create_authority_key_file(path: str | Path, *, overwrite: bool = False) -> K
 
 
 # ---- instructions (pure) ------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=DEFAULT_PDA_CACHE)
+def meter_pda(program_id: Pubkey, meter_id: str) -> tuple[Pubkey, int]:
+    """MeterState PDA and bump (cached: the bump search is the costly part of packing)."""
+    return ol.meter_state_pda(program_id, meter_id)
+
+
+@functools.lru_cache(maxsize=16)
+def oracle_pda(program_id: Pubkey) -> Pubkey:
+    return ol.oracle_data_pda(program_id)[0]
+
+
 def submit_instruction(program_id: Pubkey, authority: Pubkey, sub: Submission) -> Instruction:
-    oracle_data, _ = ol.oracle_data_pda(program_id)
-    meter_state, _ = ol.meter_state_pda(program_id, sub.meter_id)
+    oracle_data = oracle_pda(program_id)
+    meter_state, _ = meter_pda(program_id, sub.meter_id)
     return Instruction(
         program_id,
         ol.submit_meter_reading_data(sub.meter_id, sub.produced_wh, sub.consumed_wh, sub.reading_timestamp,
@@ -228,6 +242,15 @@ def submit_tx_size(meter_ids: Sequence[str], *, with_lookup_tables: bool = True,
     return _compact_len(1) + 64 + msg
 
 
+def _v0_size(n_static: int, ix_sizes: list[int], n_submit_ixs: int, tables: dict[int, list[int]]) -> int:
+    """v0 transaction size, one signature. ix_sizes: the fixed instructions then one entry holding the summed
+    size of the n_submit_ixs submits; tables: per used table [writable count, readonly count]."""
+    n_ix = len(ix_sizes) - 1 + n_submit_ixs
+    msg = 1 + 3 + _compact_len(n_static) + 32 * n_static + 32 + _compact_len(n_ix) + sum(ix_sizes)
+    msg += _compact_len(len(tables)) + sum(32 + _compact_len(w) + w + _compact_len(r) + r for w, r in tables.values())
+    return _compact_len(1) + 64 + msg
+
+
 def max_submits_per_tx(meter_ids: Sequence[str], with_lookup_tables: bool = True) -> int:
     """How many submit_meter_reading instructions for these meter ids (taken in order, repeating the list
     if it is short) fit in one 1232-byte transaction, at best (all addresses in one lookup table)."""
@@ -246,7 +269,7 @@ def estimate_compute_units(program_id: Pubkey, subs: Sequence[Submission], exist
     total = DEFAULT_CU_BASE
     seen: set[str] = set()
     for s in subs:
-        _, bump = ol.meter_state_pda(program_id, s.meter_id)
+        _, bump = meter_pda(program_id, s.meter_id)
         first = s.meter_id not in existing and s.meter_id not in seen
         total += (cu_first if first else cu_after) + (255 - bump) * DEFAULT_CU_PER_BUMP_STEP
         seen.add(s.meter_id)
@@ -329,6 +352,8 @@ class OracleClient:
         self._existing: set[str] = set()  # meters known to have a MeterState
         self._nonce = random.randrange(DEFAULT_CU_NONCE_RANGE)
         self._table_lock = asyncio.Lock()
+        self._submit_lock = asyncio.Lock()  # one submit at a time: per-meter order across transactions
+        self._used_recent_slots: set[int] = set()
         self.stats = {"transactions": 0, "failed_transactions": 0, "resigned": 0, "simulations": 0}
 
     @classmethod
@@ -371,7 +396,7 @@ class OracleClient:
             out[m] = None
         for i in range(0, len(ids), MAX_ACCOUNTS_PER_REQUEST):
             chunk = ids[i : i + MAX_ACCOUNTS_PER_REQUEST]
-            keys = [ol.meter_state_pda(self.program_id, m)[0] for m in chunk]
+            keys = [meter_pda(self.program_id, m)[0] for m in chunk]
             try:
                 resp = await self._rpc.get_multiple_accounts(keys, encoding="base64")
             except (SolanaRpcException, RPCException) as e:
@@ -389,21 +414,32 @@ class OracleClient:
 
     # ---- submit -------------------------------------------------------------------------------------------
     async def submit(self, subs: Sequence[Submission]) -> list[SubmitResult]:
-        """One result per submission, same order. "retry" = not known to be on chain; resubmit later."""
+        """One result per submission, same order.
+
+        confirmed: on chain at the client's commitment (signature None if it was already on chain before this
+        call: same timestamp and values as the meter's latest state). rejected: the oracle refused it (error =
+        the oracle's error name, code = its custom code) or it can never be valid; do not resend as is.
+        retry: not known to be on chain (RPC down, blockhash expiries, non-oracle errors); reconcile with
+        fetch_meter_states and resend later. A submission older than the meter's latest on-chain reading is
+        rejected as OutdatedReading without sending (the chain would refuse it).
+        """
         results: dict[int, SubmitResult] = {}
         todo: list[int] = []
         for i, s in enumerate(subs):
             problem = _invalid(s)
             if problem is not None:
                 name, code = problem
+                if code is not None:  # this deployment's number for the name
+                    code = {v: k for k, v in (self.error_table or ol.ERRORS).items()}.get(name)
                 results[i] = SubmitResult(s.key, "rejected", None, name, code)
             else:
                 todo.append(i)
         if todo:
             try:
-                await self._submit(subs, todo, results)
-            except (OracleClientError, SolanaRpcException, RPCException, OSError) as e:
-                log.error("submit: %s", e)
+                async with self._submit_lock:
+                    await self._submit(subs, todo, results)
+            except (OracleClientError, SolanaRpcException, RPCException, OSError, ValueError) as e:
+                log.error("submit: %s: %s", type(e).__name__, e)
                 for i in todo:
                     results.setdefault(i, SubmitResult(subs[i].key, "retry", None, f"RpcError: {e}"))
         return [results[i] for i in range(len(subs))]
@@ -418,13 +454,13 @@ class OracleClient:
                     s.produced_wh, s.consumed_wh) == (st.energy_produced, st.energy_consumed):
                 results[i] = SubmitResult(s.key, "confirmed", None, None)  # already on chain (resubmission)
             elif st is not None and s.reading_timestamp <= st.last_reading_timestamp:
-                code = ol.ERROR_CODES["OutdatedReading"]
-                results[i] = SubmitResult(s.key, "rejected", None, ol.error_name(code, self.error_table), code)
+                code = {v: k for k, v in (self.error_table or ol.ERRORS).items()}.get("OutdatedReading")
+                results[i] = SubmitResult(s.key, "rejected", None, "OutdatedReading", code)
             else:
                 pending.append(i)
         if not pending:
             return
-        await self._ensure_tables([ol.meter_state_pda(self.program_id, subs[i].meter_id)[0] for i in pending])
+        await self._ensure_tables([meter_pda(self.program_id, subs[i].meter_id)[0] for i in pending])
         batches = self._pack(subs, pending)
         while batches:
             wave, batches = _disjoint_wave(subs, batches)
@@ -435,17 +471,45 @@ class OracleClient:
                     batches.insert(0, again)
 
     def _pack(self, subs: Sequence[Submission], idx: list[int]) -> list[list[int]]:
-        """Greedy: consecutive submissions per transaction while the compiled transaction fits."""
+        """Greedy: consecutive submissions per transaction while it fits 1232 bytes (wire-format arithmetic,
+        then each compiled transaction is checked once)."""
+        where: dict[Pubkey, int] = {}  # address -> first table holding it (what try_compile picks)
+        for n, t in enumerate(self._tables or []):
+            for a in t.addresses:
+                where.setdefault(a, n)
+        fixed_ixs = [_ix_size(0, 5)] + ([_ix_size(0, 9)] if self.cu_price else [])
+
+        def size(pdas: set[Pubkey], n: int, ix_bytes: int) -> int:
+            tables: dict[int, list[int]] = {}
+            for ro in (self._oracle_data, SYSTEM_PROGRAM_ID):
+                tables.setdefault(where[ro], [0, 0])[1] += 1
+            for p in pdas:
+                tables.setdefault(where[p], [0, 0])[0] += 1
+            return _v0_size(3, [*fixed_ixs, ix_bytes], n, tables)
+
         batches: list[list[int]] = []
         cur: list[int] = []
+        pdas: set[Pubkey] = set()
+        ix_bytes = 0
         for i in idx:
-            if cur and self._tx_size(subs, [*cur, i]) > PACKET_DATA_SIZE:
+            pda = meter_pda(self.program_id, subs[i].meter_id)[0]
+            add = _ix_size(4, submit_data_len(subs[i].meter_id))
+            if cur and size(pdas | {pda}, len(cur) + 1, ix_bytes + add) > PACKET_DATA_SIZE:
                 batches.append(cur)
-                cur = []
+                cur, pdas, ix_bytes = [], set(), 0
             cur.append(i)
+            pdas.add(pda)
+            ix_bytes += add
         if cur:
             batches.append(cur)
-        return batches
+        out: list[list[int]] = []
+        for b in batches:  # the arithmetic is exact; the compiled transaction has the last word
+            while len(b) > 1 and self._tx_size(subs, b) > PACKET_DATA_SIZE:
+                log.error("packing arithmetic disagrees with the compiled size: splitting a transaction")
+                out.append(b[:-1])
+                b = b[-1:]
+            out.append(b)
+        return out
 
     def _tx_size(self, subs: Sequence[Submission], batch: list[int]) -> int:
         return len(bytes(self._build(subs, batch, Hash.default())))
@@ -549,7 +613,10 @@ class OracleClient:
                         continue  # blockhash expired between fetch and send: re-sign next attempt
                     out[k] = _Landing(str(tx.signatures[0]), False, unknown=f"RpcError: {err}")
                 except SolanaRpcException as e:
-                    out[k] = _Landing(str(tx.signatures[0]), False, unknown=f"RpcError: {e}")
+                    # transport error: it may or may not have reached the node; its status (or the blockhash
+                    # expiring without it) decides, like any other sent transaction
+                    log.warning("sendTransaction %s: %s", tx.signatures[0], e)
+                    sent[k] = tx.signatures[0]
             statuses = await self._await_statuses(sent, last_valid)
             for k, sig in sent.items():
                 st = statuses.get(k)
@@ -598,6 +665,9 @@ class OracleClient:
                 chunk, missing = missing[: min(room, DEFAULT_EXTEND_CHUNK)], missing[min(room, DEFAULT_EXTEND_CHUNK):]
                 if table is None:
                     slot = (await self._rpc.get_slot("finalized")).value
+                    while slot in self._used_recent_slots:  # one table per (authority, recent_slot)
+                        slot -= 1  # still in SlotHashes (512 recent slots)
+                    self._used_recent_slots.add(slot)
                     create, address = create_lookup_table_instruction(self.authority.pubkey(),
                                                                       self.authority.pubkey(), slot)
                     table = _Table(address)
@@ -614,8 +684,8 @@ class OracleClient:
     async def _admin_tx(self, ixs: list[Instruction], what: str) -> None:
         def build(bh: Hash) -> VersionedTransaction:
             self._nonce = (self._nonce + 1) % DEFAULT_CU_NONCE_RANGE
-            msg = MessageV0.try_compile(self.authority.pubkey(), [set_compute_unit_limit(DEFAULT_CU_TABLE_ADMIN + self._nonce),
-                                                                  *ixs], [], bh)
+            limit = set_compute_unit_limit(DEFAULT_CU_TABLE_ADMIN + self._nonce)
+            msg = MessageV0.try_compile(self.authority.pubkey(), [limit, *ixs], [], bh)
             return VersionedTransaction(msg, [self.authority])
 
         (landing,) = await self._land([build])

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     updated_at_ms INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox (status, meter_id, reading_timestamp);
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS http_readings (
     meter_id TEXT NOT NULL, timestamp_ms INTEGER NOT NULL, body BLOB NOT NULL, received_at_ms INTEGER NOT NULL,
     PRIMARY KEY (meter_id, timestamp_ms)
@@ -195,6 +196,14 @@ class Store:
 
     def transaction(self) -> Transaction:
         return Transaction(self.conn)
+
+    def get_setting(self, name: str) -> str | None:
+        r = self.conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        return r[0] if r else None
+
+    def set_setting(self, name: str, value: str) -> None:
+        with Transaction(self.conn) as c:
+            c.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name, value))
 
     # ---- planner --------------------------------------------------------------------------------
     def meters_to_plan(self) -> list[str]:

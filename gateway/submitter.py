@@ -50,6 +50,7 @@ class Submitter:
         self.store, self.registry, self.client, self.metrics = store, registry, client, metrics
         self.epoch_s, self.authority, self.max_backoff_s = epoch_s, authority, max_backoff_s
         self.make_submission, self.clock = make_submission, clock
+        self.on_cycle: Callable[[], None] | None = None  # e.g. persist the client's lookup tables
         self.backoff_s = 0.0
         self.limits: OracleLimits | None = None
         self.last_error: str | None = None
@@ -58,6 +59,8 @@ class Submitter:
         while not stop.is_set():
             try:
                 await self.run_once()
+                if self.on_cycle is not None:
+                    self.on_cycle()
             except Exception as exc:  # RPC down, chain not initialised: back off, keep the outbox
                 self._failed(f"{type(exc).__name__}: {exc}")
             delay = max(interval_s, self.backoff_s)

@@ -36,7 +36,7 @@ DEFAULT_MAX_BODY = 1 << 20  # 1 MiB per HTTP request (a batch of max-size transa
 DEFAULT_MAX_BATCH = 256  # requests per batch
 DEFAULT_MAX_KEYS = 100  # getMultipleAccounts limit of a validator
 DEFAULT_MAX_SIGNATURES = 256  # getSignatureStatuses limit of a validator
-DEFAULT_SAVE_INTERVAL_S = 1.0  # state file rewritten at most once a second while the chain changes
+DEFAULT_SAVE_INTERVAL_S = 2.0  # state file rewritten at most every 2 s while the chain changes (and on stop)
 API_VERSION = "2.2.0"  # reported as solana-core version (a client may gate features on it)
 FEATURE_SET = 3271415109
 
@@ -143,7 +143,7 @@ class RpcHandler:
             "getBalance": self.get_balance,
             "requestAirdrop": self.request_airdrop,
             "getSlot": lambda _p: self.chain.tick(),
-            "getBlockHeight": lambda _p: (self.chain.tick(), self.chain.block_height)[1],
+            "getBlockHeight": self.get_block_height,
             "getTransaction": self.get_transaction,
             "getHealth": lambda _p: "ok",
             "getVersion": lambda _p: {"solana-core": API_VERSION, "feature-set": FEATURE_SET},
@@ -187,6 +187,11 @@ class RpcHandler:
         return {"jsonrpc": "2.0", "error": err, "id": rid}
 
     # ---- methods ----------------------------------------------------------------------------------------
+    def get_block_height(self, params: Any) -> Any:
+        _params(params, 0, 1)
+        self.chain.tick()
+        return self.chain.block_height
+
     def get_latest_blockhash(self, params: Any) -> Any:
         _params(params, 0, 1)
         h, last_valid = self.chain.latest_blockhash()

@@ -56,8 +56,8 @@ DEFAULT_SLOT_MS = 400  # a validator's target slot time
 DEFAULT_BLOCKHASH_VALID_SLOTS = 150  # MAX_PROCESSING_AGE: a blockhash is accepted for 150 slots (~60 s)
 DEFAULT_SLOT_HASHES = 512  # the SlotHashes sysvar holds the 512 most recent slots
 DEFAULT_FINALIZED_AFTER_SLOTS = 32  # "finalized" once 32 slots deep (validators: supermajority root)
-DEFAULT_HISTORY = 200_000  # transactions kept for getTransaction / getSignatureStatuses
-DEFAULT_SAVED_HISTORY = 20_000  # transactions written to the state file (older ones are dropped on save)
+DEFAULT_HISTORY = 20_000  # transactions kept for getTransaction / getSignatureStatuses (~7 KB each when full)
+DEFAULT_SAVED_HISTORY = 1_000  # transactions written to the state file (bounded: it is rewritten while dirty)
 DEFAULT_CHAIN_BRIDGE_LAMPORTS = 100 * 10**9  # 100 SOL: rent for ~60k meters (1,600,800 each) plus fees
 DEFAULT_ADMIN_LAMPORTS = 10 * 10**9
 DEFAULT_MAX_AIRDROP_LAMPORTS = 1_000 * 10**9  # per request, like solana-test-validator's faucet cap
@@ -161,6 +161,8 @@ def decode_transaction(raw: bytes) -> VersionedTransaction:
         raise ChainRequestError(-32602, f"invalid transaction: failed to deserialize VersionedTransaction: {e}") from e
     if bytes(tx) != raw:
         raise ChainRequestError(-32602, "invalid transaction: trailing bytes")
+    if not tx.signatures or len(tx.signatures) != tx.message.header.num_required_signatures:
+        raise ChainRequestError(-32602, "invalid transaction: signature count does not match the message header")
     return tx
 
 
@@ -205,7 +207,7 @@ class LocalChain:
             restored = self._read_state(state_file)
             start_slot = int(restored["slot"]) + 1
         self._anchor = (self._clock(), start_slot)
-        self.slot = start_slot - 1
+        self.slot = start_slot - DEFAULT_SLOT_HASHES  # SlotHashes starts full, as on a running cluster
         self.tick()
         if load_program:
             self._load_program(program_path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -63,20 +64,28 @@ def _add_scan(ps: Any) -> None:
     s.add_argument("--bauds", help="baud rates to try, e.g. 9600,2400 (default: 9600,19200,2400,38400)")
     s.add_argument("--parities", help="parities to try, e.g. N,E (default: N,E)")
     s.add_argument("--profiles", help="only these profile ids (comma separated)")
+    s.add_argument("--profile-dir", action="append", default=[], help="extra directory of profile TOML files")
     s.add_argument("--timeout-s", type=float, help="reply timeout per request (default %(default)s)")
     s.add_argument("--json", action="store_true", help="print a JSON list of found meters")
     s.set_defaults(func=_scan)
 
 
+def _quiet_modbus(args: argparse.Namespace) -> None:
+    """Timeouts are expected while probing: pymodbus logs each as ERROR; we report them ourselves."""
+    if not getattr(args, "verbose", 0):
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
 def _scan(args: argparse.Namespace) -> int:
     from provisioning import scan
 
+    _quiet_modbus(args)
     try:
         opts = scan.options_from_args(args)
     except scan.ScanInputError as exc:
         _err(str(exc))
         return EXIT_USAGE
-    progress = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - stderr keeps --json clean
     try:
         report = scan.run_scan(opts, progress=progress)
     except scan.PortBusyError as exc:
@@ -101,6 +110,7 @@ def _add_commission(ps: Any) -> None:
                       "that the counters are non-zero and do not go backwards over a short wait, asks you to compare "
                       "the energy counter with the meter's display, and records the result as JSON.")
     c.add_argument("--profile", required=True, help="profile id (see `provision scan`)")
+    c.add_argument("--profile-dir", action="append", default=[], help="extra directory of profile TOML files")
     where = c.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="serial device")
     where.add_argument("--host", help="Modbus TCP host")
@@ -121,6 +131,7 @@ def _add_commission(ps: Any) -> None:
 def _commission(args: argparse.Namespace) -> int:
     from provisioning import commission
 
+    _quiet_modbus(args)
     try:
         opts = commission.options_from_args(args)
     except commission.CommissionInputError as exc:
@@ -208,6 +219,7 @@ def _add_register(ps: Any) -> None:
     r.add_argument("--gateway-public-key", help="gateway's Ed25519 public key, 64 hex (verifies acks)")
     r.add_argument("--clock-check", help='clock check: auto | always-synced | file:/path')
     r.add_argument("--poll-interval-s", type=float, help="seconds between reads")
+    r.add_argument("--status-listen", help='agent status endpoint host:port ("" disables; default 127.0.0.1:9101)')
     r.add_argument("--record-out", help="record file (default: <config dir>/<meter-id>.gmreg)")
     r.add_argument("--no-qr", action="store_true", help="do not print the QR code")
     r.add_argument("--json", action="store_true", help="print the record summary as JSON")
@@ -291,6 +303,7 @@ def _add_credentials(ps: Any) -> None:
     m.add_argument("--config", help="take the meter ids from this agent config (and set [mqtt].username there)")
     m.add_argument("--username", help="broker username (default gm-<first meter id>)")
     m.add_argument("--out-dir", default=".", help="where to write the files (default: current directory)")
+    m.add_argument("--env-file", help="write the agent's secret here (the systemd unit reads /etc/gridmeter/agent.env)")
     m.add_argument("--topic-prefix", default="gridmeter/v1", help="topic prefix (default %(default)s)")
     m.add_argument("--tls-csr", action="store_true", help="also write an EC key + CSR with CN = username")
     m.add_argument("--ca-cert", help="fleet CA certificate: sign a client certificate with it (needs --ca-key)")

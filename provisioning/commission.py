@@ -22,7 +22,7 @@ from typing import Any
 from agent.plausibility import max_energy_wh
 from firmware_config.schema import Profile, ProfileError
 from provisioning.port_lock import PortBusyError, PortMissingError
-from provisioning.probe import BusTarget, ProbeError, read_meter_twice, read_serial_number
+from provisioning.probe import BusTarget, ProbeError, commission_reads
 
 __all__ = ["CommissionError", "CommissionInputError", "PortBusyError", "run_commission"]
 
@@ -106,9 +106,14 @@ def _range(name: str, value: int | None, low: int, high: int, what: str) -> Chec
     return Check(name, value, low, high, ok, "ok" if ok else "fail", msg)
 
 
-def check_instantaneous(profile: Profile, values: Mapping[str, int]) -> list[Check]:
+def check_instantaneous(profile: Profile, values: Mapping[str, int],
+                        invalid: Mapping[str, str] | None = None) -> list[Check]:
     r = profile.rated
-    checks: list[Check] = []
+    checks: list[Check] = [
+        Check(name, None, None, None, False, "fail",
+              f"{name}: not decodable ({reason}); wrong word order, wrong register or wrong profile?")
+        for name, reason in (invalid or {}).items() if name not in ("energy_import_wh", "energy_export_wh")
+    ]
     if r.voltage_max_v:
         lo, hi = r.voltage_min_v * 10, r.voltage_max_v * 10
         for n in (1, 2, 3):
@@ -132,7 +137,8 @@ def check_instantaneous(profile: Profile, values: Mapping[str, int]) -> list[Che
     checks.append(_range("power_w", values.get("power_w"), -r.max_power_w, r.max_power_w, "W, rated"))
     if "power_factor_milli" in profile.measurements:
         checks.append(_range("power_factor_milli", values.get("power_factor_milli"), -1000, 1000, "1/1000"))
-    return checks
+    bad = invalid or {}
+    return [c for c in checks if not (c.ok and c.value is None and c.name in bad)]
 
 
 def check_counters(profile: Profile, first: Mapping[str, int], second: Mapping[str, int], elapsed_ms: int,
@@ -204,10 +210,10 @@ def ask_tty(question: str) -> str:
 
 
 def options_from_args(args: Any) -> CommissionOptions:
-    from firmware_config.loader import get_profile
+    from firmware_config.loader import PROFILES_DIR, get_profile
 
     try:
-        profile = get_profile(args.profile)
+        profile = get_profile(args.profile, (PROFILES_DIR, *args.profile_dir))
     except ProfileError as exc:
         raise CommissionInputError(f"--profile: {exc}") from exc
     try:
@@ -240,10 +246,11 @@ def run_commission(opts: CommissionOptions, *, ask: Ask | None) -> CommissionRes
 
 async def _run(opts: CommissionOptions, ask: Ask | None) -> CommissionResult:
     p = opts.profile
-    first, second, invalid, elapsed_ms = await read_meter_twice(opts.target, p, opts.unit_id, opts.wait_s)
-    serial = await read_serial_number(opts.target, p, opts.unit_id)
+    reads = await commission_reads(opts.target, p, opts.unit_id, opts.wait_s)
+    first, second, invalid, elapsed_ms, serial = (reads.first, reads.second, reads.invalid, reads.elapsed_ms,
+                                                  reads.serial_number)
     rated = p.rated.max_power_w
-    checks = check_instantaneous(p, second) + check_counters(p, first, second, elapsed_ms, rated,
+    checks = check_instantaneous(p, second, invalid) + check_counters(p, first, second, elapsed_ms, rated,
                                                              expect_flow=opts.expect_flow)
     result = CommissionResult(p.id, opts.unit_id, opts.target.to_json(), serial, dict(first), dict(second),
                               dict(invalid), elapsed_ms, checks, list(p.unconfirmed),
@@ -269,8 +276,8 @@ def _confirm(result: CommissionResult, opts: CommissionOptions, ask: Ask | None)
         else:
             ok, msg = compare_display(imp, parse_kwh(answer or "-1"))
             result.confirmations["display_import"] = msg if ok else f"MISMATCH: {msg}"
-    for i, fact in enumerate(result.unconfirmed):
-        key = f"unconfirmed_{i + 1}"
+    for fact in result.unconfirmed:
+        key = f"check: {fact}"
         if ask is None:
             result.confirmations[key] = "accepted (--yes)"
         else:

@@ -198,6 +198,7 @@ class IdentityRequest:
     ca_cert: Path | None = None
     ca_key: Path | None = None
     cert_days: int = DEFAULT_CERT_DAYS
+    env_file: Path | None = None  # where the agent's EnvironmentFile goes (systemd unit: /etc/gridmeter/agent.env)
 
     @classmethod
     def from_args(cls, args: Any) -> IdentityRequest:
@@ -219,7 +220,8 @@ class IdentityRequest:
         if not 1 <= days <= 3650:
             raise IdentityInputError(f"--cert-days: 1..3650 (got {days})")
         return cls(tuple(ids), Path(args.out_dir), args.username, prefix, config, bool(args.tls_csr),
-                   Path(args.ca_cert) if args.ca_cert else None, Path(args.ca_key) if args.ca_key else None, days)
+                   Path(args.ca_cert) if args.ca_cert else None, Path(args.ca_key) if args.ca_key else None, days,
+                   Path(args.env_file) if args.env_file else None)
 
 
 @dataclass
@@ -245,9 +247,11 @@ def create(req: IdentityRequest, *, now: dt.datetime | None = None) -> IdentityR
     line = mosquitto_password_line(creds.username, creds.password)
     acl = acl_lines(creds.username, creds.meter_ids, req.topic_prefix)
     out, user = req.out_dir, creds.username
-    files = {"env": out / f"{user}.env", "password_file_line": out / f"{user}.passwd", "acl": out / f"{user}.acl"}
+    files = {"env": req.env_file or out / f"{user}.env", "password_file_line": out / f"{user}.passwd",
+             "acl": out / f"{user}.acl"}
     try:
         out.mkdir(parents=True, exist_ok=True)
+        files["env"].parent.mkdir(parents=True, exist_ok=True)
         write_secret_file(files["env"], env_file_text(creds).encode())
         write_secret_file(files["password_file_line"], (line + "\n").encode())
         (files["acl"]).write_text("\n".join(acl) + "\n")

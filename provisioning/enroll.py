@@ -43,6 +43,7 @@ FLAG_FOR_KEY = {
     "mqtt.port": "--mqtt-port",
     "agent.state_dir": "--state-dir",
     "clock.check": "--clock-check",
+    "status.listen": "--status-listen",
     "baudrate": "--baud",
     "unit_id": "--unit-id",
 }
@@ -83,6 +84,7 @@ class RegisterRequest:
     gateway_public_key: str | None = None
     clock_check: str | None = None
     poll_interval_s: float | None = None
+    status_listen: str | None = None
     record_out: Path | None = None
 
     @classmethod
@@ -114,7 +116,8 @@ class RegisterRequest:
             unit_id=pick(args.unit_id, com.get("unit_id")), bus_name=args.bus_name, state_dir=args.state_dir,
             mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port, mqtt_username=args.mqtt_username,
             gateway_public_key=args.gateway_public_key, clock_check=args.clock_check,
-            poll_interval_s=args.poll_interval_s, record_out=path(args.record_out),
+            poll_interval_s=args.poll_interval_s, status_listen=args.status_listen,
+            record_out=path(args.record_out),
         )
 
 
@@ -189,6 +192,7 @@ def register_meter(req: RegisterRequest, *, now_ms: int) -> EnrollResult:
     sections = {
         "agent": agent_sec,
         "clock": {"check": req.clock_check},
+        "status": {"listen": req.status_listen},
         "mqtt": {"host": req.mqtt_host, "port": req.mqtt_port, "username": req.mqtt_username,
                  "gateway_public_key": req.gateway_public_key},
     }

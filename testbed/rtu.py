@@ -1,4 +1,4 @@
-"""VirtualRtuBus: a socat pty pair as the RS-485 link + one pymodbus ModbusSerialServer serving several meters.
+"""VirtualRtuBus: a socat pty pair as the RS-485 link + one pymodbus SimSerialServer serving several meters.
 
     socat -d -d pty,rawer,link=<dir>/meters pty,rawer,link=<dir>/client      (meters-and-harness.md B.2)
 
@@ -26,10 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pymodbus.framer import FramerType
-from pymodbus.server import ModbusSerialServer
 
 from testbed.meter import Framing, SimulatedMeter
-from testbed.simserver import MeterServer
+from testbed.simserver import MeterServer, SimSerialServer
 
 DEFAULT_START_TIMEOUT_S = 10.0  # socat creates both links in ~10 ms; generous for a loaded 2-core CI box
 _SPEEDS = {getattr(termios, f"B{b}"): b for b in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)}
@@ -124,7 +123,7 @@ class VirtualRtuBus:
         self.core = MeterServer(self.meters, framing=self.framing, line_timing=line_timing,
                                 turnaround_ms=turnaround_ms,
                                 client_framing=self._client_framing if enforce_framing else None)
-        self._server: ModbusSerialServer | None = None
+        self._server: SimSerialServer | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -164,7 +163,7 @@ class VirtualRtuBus:
         mark_client_side(self._client_fd)
         self.core.comparable = self.comparable
         f = self.framing
-        self._server = ModbusSerialServer(
+        self._server = SimSerialServer(
             self.core.devices(), framer=FramerType.RTU, port=self.link.meter_path, baudrate=f.baudrate,
             parity=f.parity, stopbits=f.stopbits, bytesize=f.bytesize, trace_packet=self.core.trace_packet,
         )

@@ -14,6 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ExceptionResponse
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from agent.planner import char_time_s, t35_s
@@ -22,6 +25,34 @@ from testbed.meter import Framing, SimulatedMeter
 # A SimDevice needs all four blocks non-empty (IndexError otherwise, B.1): a meter without holding (or input)
 # registers gets one register at the top of the address space, far from any profile's map.
 PLACEHOLDER_ADDRESS = 0xFFFE
+
+
+class _OneRequestAtATimeHandler(ServerRequestHandler):
+    """pymodbus 3.16.1 `handle_request` reads `self.last_pdu` again after awaiting the datastore, so a request that
+    arrives while a slow device is still "answering" gets the slow device's registers stamped with its own unit id
+    (and a garbage frame in between crashes the task). Take the request once, at the start."""
+
+    async def handle_request(self) -> None:
+        pdu, addr = self.last_pdu, self.last_addr
+        if not pdu:
+            return
+        try:
+            response = await pdu.datastore_update(self.server.context, pdu.dev_id)
+        except Exception:  # unknown unit id (KeyError in SimCore) etc.: the reply is dropped in trace_packet
+            response = ExceptionResponse(pdu.function_code, ExcCodes.DEVICE_FAILURE)
+        response.transaction_id = pdu.transaction_id
+        response.dev_id = pdu.dev_id
+        self.server_send(response, addr)
+
+
+class SimSerialServer(ModbusSerialServer):
+    def callback_new_connection(self) -> ServerRequestHandler:
+        return _OneRequestAtATimeHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+
+class SimTcpServer(ModbusTcpServer):
+    def callback_new_connection(self) -> ServerRequestHandler:
+        return _OneRequestAtATimeHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""ModbusTcpMeters: SimulatedMeters behind a pymodbus ModbusTcpServer on a free 127.0.0.1 port.
+"""ModbusTcpMeters: SimulatedMeters behind a pymodbus SimTcpServer on a free 127.0.0.1 port.
 
 `framing="socket"` is Modbus TCP (MBAP header); `framing="rtu"` is RTU-over-TCP (RTU frames with CRC in a TCP
 stream, as cheap serial gateways do). Same fault injection as the virtual RTU bus; unknown unit ids are silent.
@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from typing import Literal
 
 from pymodbus.framer import FramerType
-from pymodbus.server import ModbusTcpServer
 
 from testbed.meter import SimulatedMeter
 from testbed.ports import free_port
-from testbed.simserver import MeterServer
+from testbed.simserver import MeterServer, SimTcpServer
 
 DEFAULT_START_TIMEOUT_S = 10.0
 
@@ -28,7 +27,7 @@ class ModbusTcpMeters:
         self.framing = framing
         self.host, self.port = "127.0.0.1", port or free_port()
         self.core = MeterServer(self.meters, turnaround_ms=turnaround_ms, rtu_frames=framing == "rtu")
-        self._server: ModbusTcpServer | None = None
+        self._server: SimTcpServer | None = None
 
     def set_fault(self, unit_id: int, **kw: object) -> None:
         self.core.set_fault(unit_id, **kw)
@@ -37,7 +36,7 @@ class ModbusTcpMeters:
         self.core.clear_faults()
 
     async def start(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> ModbusTcpMeters:
-        self._server = ModbusTcpServer(
+        self._server = SimTcpServer(
             self.core.devices(), framer=FramerType.RTU if self.framing == "rtu" else FramerType.SOCKET,
             address=(self.host, self.port), trace_packet=self.core.trace_packet,
         )

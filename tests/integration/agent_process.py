@@ -88,8 +88,8 @@ def _toml(v: object) -> str:
 
 
 class AgentProcess:
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config, self.log = config, log
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        self.config, self.log, self.extra_env = config, log, dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -98,6 +98,7 @@ class AgentProcess:
             log.write(f"\n==== start {self.starts} ====\n".encode())
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             env.pop("NOTIFY_SOCKET", None)
+            env.update(self.extra_env)
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gridmeter.cli", "agent", "run", "--config", str(self.config)],
                 stdout=log, stderr=log, env=env,

@@ -338,3 +338,80 @@ async def test_state_file_resume(tmp_path: Path, bridge: Keypair) -> None:
     state.write_text("{broken")
     with pytest.raises(StateFileError, match="cannot read"):
         LocalChain(bridge.pubkey(), clock=clock, state_file=state)
+
+
+async def test_state_saved_while_running(tmp_path: Path, bridge: Keypair) -> None:
+    import asyncio
+    import json
+
+    state = tmp_path / "chain.json"
+    chain = LocalChain(bridge.pubkey(), clock=PinnedClock(T0), state_file=state)
+    async with LocalChainServer(chain=chain, save_interval_s=0.05) as s, AsyncClient(s.url) as rpc:
+        sig = await send_v0(rpc, bridge, [submit_ix(s, bridge.pubkey(), "LIVE-1", 5, 5, T0)])
+        deadline = asyncio.get_running_loop().time() + 5
+        while not (state.exists() and str(sig) in state.read_text()):
+            assert asyncio.get_running_loop().time() < deadline, "state file not written while running"
+            await asyncio.sleep(0.02)
+        saved = json.loads(state.read_text())
+        pda = str(ol.meter_state_pda(s.chain.program_id, "LIVE-1")[0])
+        assert any(a["pubkey"] == pda for a in saved["accounts"])
+
+
+async def test_cli_serve_process(tmp_path: Path, bridge: Keypair) -> None:
+    import asyncio
+    import signal
+    import subprocess
+    import sys
+
+    from testbed.ports import free_port, wait_port
+
+    port, state = free_port(), tmp_path / "chain.json"
+    proc = subprocess.Popen([sys.executable, "-m", "gridmeter.cli", "chain", "serve", "--port", str(port),
+                             "--chain-bridge", str(bridge.pubkey()), "--state", str(state)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        await asyncio.to_thread(wait_port, port, 30)
+        async with AsyncClient(f"http://127.0.0.1:{port}") as rpc:
+            assert await rpc.is_connected()
+            acc = (await rpc.get_account_info(ol.oracle_data_pda(Pubkey.from_string(ol.DEVNET_PROGRAM_ID))[0])).value
+            assert acc is not None and ol.decode_oracle_data(bytes(acc.data)).chain_bridge == bridge.pubkey()
+            assert (await rpc.get_balance(bridge.pubkey())).value == 100 * 10**9
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert state.exists() and str(bridge.pubkey()) in state.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "fragment"),
+    [
+        ([{"jsonrpc": "2.0", "id": i, "method": "getSlot"} for i in range(257)], -32600, "batch"),
+        ([], -32600, "batch"),
+        ({"jsonrpc": "2.0", "id": 1, "method": "getMultipleAccounts",
+          "params": [[str(Pubkey.new_unique()) for _ in range(101)]]}, -32602, "max 100"),
+        ({"jsonrpc": "2.0", "id": 1, "method": "getBalance", "params": {"a": 1}}, -32602, "array"),
+        ({"jsonrpc": "2.0", "id": 1, "method": "sendTransaction", "params": ["AAAA", {"encoding": "hex"}]},
+         -32602, "unsupported encoding"),
+        ({"jsonrpc": "2.0", "id": 1, "method": "sendTransaction",
+          "params": [base64.b64encode(bytes(1233)).decode(), {"encoding": "base64"}]}, -32602, "too large"),
+        ({"jsonrpc": "2.0", "id": 1, "method": "sendTransaction",
+          "params": [base64.b64encode(b"\x01garbage").decode(), {"encoding": "base64"}]}, -32602, "deserialize"),
+        ({"jsonrpc": "2.0", "id": 1, "method": "getSignatureStatuses", "params": [["x"] * 257]}, -32602, "256"),
+        ({"jsonrpc": "2.0", "id": 1, "method": "requestAirdrop", "params": [str(Pubkey.new_unique()), 10**18]},
+         -32602, "lamports"),
+        ({"jsonrpc": "2.0", "id": 1, "method": "getAccountInfo",
+          "params": [str(ol.oracle_data_pda(Pubkey.from_string(ol.DEVNET_PROGRAM_ID))[0]),
+                     {"encoding": "base58"}]}, -32602, "base 58"),
+    ],
+)
+async def test_bounded_inputs_get_specific_errors(srv: LocalChainServer, body: object, code: int,
+                                                  fragment: str) -> None:
+    res = await raw_call(srv.url, body)
+    assert isinstance(res, dict), res
+    assert res["error"]["code"] == code
+    assert fragment.lower() in res["error"]["message"].lower()

@@ -214,3 +214,25 @@ def test_wrong_password_refused(acl_broker: tuple[Broker, dict[str, str]]) -> No
         assert c.connect_rc == 135  # Not authorized (MQTT v5 CONNACK)
     finally:
         c.close()
+
+
+def test_cli_config_and_env_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--config takes the meter ids from the agent config and sets [mqtt].username there; the password goes to the
+    agent's EnvironmentFile, which agent.config reads (GRIDMETER_MQTT_PASSWORD)."""
+    from agent.config import load_config
+    from tests.provisioning.test_register import register_args
+
+    assert main(["provision", "keygen", "--key-file", str(tmp_path / "device.key")]) == 0
+    assert main(["provision", *register_args(tmp_path)]) == 0
+    env_file = tmp_path / "agent.env"
+    rc = main(["provision", "mqtt-credentials", "--config", str(tmp_path / "agent.toml"), "--out-dir",
+               str(tmp_path / "mqtt"), "--env-file", str(env_file)])
+    assert rc == 0, capsys.readouterr().err
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    cfg = load_config(tmp_path / "agent.toml", env=env)
+    assert cfg.mqtt.username == "gm-HOUSE-1" == env["GRIDMETER_MQTT_USERNAME"]
+    assert cfg.mqtt.password == env["GRIDMETER_MQTT_PASSWORD"]
+    assert "GRIDMETER_MQTT_PASSWORD" not in (tmp_path / "agent.toml").read_text()
+    assert (tmp_path / "mqtt" / "gm-HOUSE-1.acl").read_text().splitlines()[1:] == acl_lines(
+        "gm-HOUSE-1", ["HOUSE-1"])[1:]

@@ -198,3 +198,40 @@ async def test_worked_example_instruction(bridge: Keypair) -> None:
         ("11111111111111111111111111111111", False, False),
     ]
     assert base64.b64encode(bytes(ix.data))  # bytes are plain bytes
+
+
+async def test_more_meters_than_one_lookup_table_holds(srv: LocalChainServer, client: OracleClient) -> None:
+    now = int(time.time())
+    meters = [f"FLEET-{i:03d}" for i in range(300)]  # 302 addresses: a second table is created
+    res = await client.submit(subs_for(meters, now - 700))
+    assert all(r.status == "confirmed" for r in res)
+    assert len(client.lookup_tables) == 2
+    assert len({r.signature for r in res}) <= math.ceil(300 / max_submits_per_tx(meters)) + 1
+    res = await client.submit(subs_for(meters, now - 600, base=300))
+    assert all(r.status == "confirmed" for r in res)
+    states = await client.fetch_meter_states(meters)
+    assert sum(s.total_energy_produced for s in states.values() if s) == sum(
+        100 + i + 300 + i for i in range(300))
+
+
+async def test_crash_after_send_before_recording(srv: LocalChainServer, bridge: Keypair) -> None:
+    """The previous gateway process got 5 of 8 readings on chain (one transaction) and died before recording."""
+    from solders.message import MessageV0
+    from solders.transaction import VersionedTransaction
+
+    from gateway.oracle import submit_instruction
+
+    now = int(time.time())
+    meters = [f"CRASH-{i}" for i in range(8)]
+    batch = subs_for(meters, now - 300)
+    async with AsyncClient(srv.url) as rpc:
+        bh = (await rpc.get_latest_blockhash()).value.blockhash
+        ixs = [submit_instruction(srv.chain.program_id, bridge.pubkey(), s) for s in batch[:5]]
+        tx = VersionedTransaction(MessageV0.try_compile(bridge.pubkey(), ixs, [], bh), [bridge])
+        await rpc.send_transaction(tx)
+    async with OracleClient(srv.url, str(srv.chain.program_id), bridge, poll_s=0.05) as c:
+        res = await c.submit(batch)
+        assert [(r.status, r.signature is None) for r in res] == [("confirmed", True)] * 5 + [("confirmed", False)] * 3
+        states = await c.fetch_meter_states(meters)
+    assert [(s.total_readings, s.total_energy_produced) for s in states.values() if s] == [
+        (1, 100 + i) for i in range(8)]

@@ -141,3 +141,14 @@ def test_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "firmware_config" / "agent.example.toml"
     cfg = load_config(example, env={})
     assert cfg.meters and cfg.buses
+
+
+def test_profile_dirs_relative_and_checked(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    doc = base_doc()
+    doc["agent"]["profile_dirs"] = ["profiles"]
+    cfg = parse_config(doc, path=tmp_path / "agent.toml", env={})
+    assert cfg.agent.profile_dirs == (tmp_path / "profiles",)
+    doc["agent"]["profile_dirs"] = ["nope"]
+    with pytest.raises(ConfigError, match=r"agent\.profile_dirs: directory does not exist \(got '.*/nope'\)"):
+        parse_config(doc, path=tmp_path / "agent.toml", env={})

@@ -1,0 +1,178 @@
+"""Wiring of one gateway process: MQTT intake (thread), HTTP ingest, dashboard, submitter; signals, sd_notify.
+
+Each component has its own SQLite connection (the intake thread, the event loop's submitter, the
+dashboard): sqlite3 connections are not shared between threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from aiohttp import web
+
+from gateway.acceptance import Acceptance, IngressLimit
+from gateway.checks import Limits
+from gateway.config import GatewayConfig
+from gateway.ingest_http import HttpIngest
+from gateway.intake import Intake
+from gateway.keys import load_key_file
+from gateway.metrics import Metrics
+from gateway.registry import Registry, registry_path
+from gateway.store import Store
+from gateway.submitter import Submitter
+from gateway.web import Dashboard
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WATCHDOG_FRACTION = 0.5  # ping systemd at half of WatchdogSec
+_Closable = TypeVar("_Closable", Store, Registry)
+
+
+def limits_from(cfg: GatewayConfig) -> Limits:
+    lim = cfg.limits
+    return Limits(lim.future_skew_s * 1000, lim.acceptance_window_s * 1000, lim.min_read_spacing_ms,
+                  lim.plausibility_margin_pct, lim.plausibility_slack_wh)
+
+
+def sd_notify(message: str) -> None:
+    """systemd notify protocol (Type=notify): no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(message.encode(), addr)
+
+
+async def _site(app: web.Application, listen: str, ssl_context: object = None) -> web.AppRunner:
+    host, _, port = listen.rpartition(":")
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, int(port), ssl_context=ssl_context).start()  # type: ignore[arg-type]
+    return runner
+
+
+@dataclass
+class Gateway:
+    cfg: GatewayConfig
+    metrics: Metrics = field(default_factory=Metrics)
+    intake: Intake | None = None
+    submitter: Submitter | None = None
+    dashboard: Dashboard | None = None
+    runners: list[web.AppRunner] = field(default_factory=list)
+    _closers: list[Callable[[], object]] = field(default_factory=list)
+    _async_closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        reg_path = registry_path(cfg.gateway.state_dir)
+        stats_store = self._own(Store(cfg.db_path))
+        self.metrics.add_outbox_collector(lambda: stats_store.outbox_stats(int(time.time() * 1000)))
+        if cfg.mqtt.enabled:
+            self._start_intake(reg_path)
+        if cfg.http.enabled:
+            store, registry = self._own(Store(cfg.db_path)), self._own(Registry(reg_path))
+            ingest = HttpIngest(store, registry, limits_from(cfg), cfg.http.api_keys, self.metrics,
+                                max_body_bytes=cfg.http.max_body_bytes)
+            self.runners.append(await _site(ingest.app(), cfg.http.listen))
+        if cfg.dashboard.enabled:
+            self.dashboard = Dashboard(cfg.dashboard, cfg.db_path, reg_path, self.metrics)
+            self._closers.append(self.dashboard.close)
+            self.runners.append(await _site(self.dashboard.app(), cfg.dashboard.listen, self.dashboard.ssl_context()))
+        if cfg.chain.enabled:
+            self._start_submitter(reg_path)
+        sd_notify("READY=1")
+        self._tasks.append(asyncio.create_task(self._watchdog()))
+        log.info("gateway running (mqtt %s, http %s, dashboard %s, chain %s)", cfg.mqtt.enabled, cfg.http.enabled,
+                 cfg.dashboard.enabled, cfg.chain.rpc_url if cfg.chain.enabled else "off")
+
+    def _own(self, obj: _Closable) -> _Closable:
+        self._closers.append(obj.close)
+        return obj
+
+    def _start_intake(self, reg_path: Path) -> None:
+        cfg = self.cfg
+        store, registry = Store(cfg.db_path), Registry(reg_path)
+        pool = ThreadPoolExecutor(cfg.gateway.verify_threads, thread_name_prefix="verify")
+        acc = Acceptance(store, registry, limits_from(cfg),
+                         IngressLimit(cfg.limits.ingress_rate_per_s, cfg.limits.ingress_burst), self.metrics, pool,
+                         topic_prefix=cfg.mqtt.topic_prefix)
+        self.intake = Intake(cfg.mqtt, acc, load_key_file(cfg.gateway.ack_key_file), self.metrics)
+        self.intake.start()
+        self._closers += [store.close, registry.close, lambda: pool.shutdown(wait=True)]
+
+    def _start_submitter(self, reg_path: Path) -> None:
+        from gateway.oracle import OracleClient, Submission
+
+        cfg = self.cfg
+        store, registry = Store(cfg.db_path), Registry(reg_path)
+        tables = json.loads(store.get_setting("lookup_tables") or "[]")
+        client = OracleClient.from_key_file(cfg.chain.rpc_url, cfg.chain.program_id, cfg.chain.authority_key_file,
+                                            commitment=cfg.chain.commitment, lookup_tables=tables)
+        self.submitter = Submitter(store, registry, client, self.metrics, epoch_s=cfg.intervals.epoch_s,
+                                   authority=str(client.authority.pubkey()), max_backoff_s=cfg.chain.max_backoff_s,
+                                   make_submission=Submission)
+
+        def persist_tables() -> None:
+            if client.lookup_tables != tables:
+                tables[:] = client.lookup_tables
+                store.set_setting("lookup_tables", json.dumps(tables))
+
+        self.submitter.on_cycle = persist_tables
+        self._tasks.append(asyncio.create_task(self.submitter.run(self.stop_event, cfg.chain.submit_interval_s)))
+        self._closers += [store.close, registry.close]
+        self._async_closers.append(client.close)
+
+    async def _watchdog(self) -> None:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if usec <= 0:
+            return
+        while not self.stop_event.is_set():
+            sd_notify("WATCHDOG=1")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), usec / 1e6 * DEFAULT_WATCHDOG_FRACTION)
+
+    async def stop(self) -> None:
+        sd_notify("STOPPING=1")
+        self.stop_event.set()
+        if self.intake is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.intake.stop)
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        for r in self.runners:
+            await r.cleanup()
+        for c in self._async_closers:
+            await c()
+        for close in reversed(self._closers):
+            close()
+
+
+async def run(cfg: GatewayConfig) -> int:
+    gw = Gateway(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, gw.stop_event.set)
+    try:
+        await gw.start()
+        await gw.stop_event.wait()
+    finally:
+        await gw.stop()
+    return 0

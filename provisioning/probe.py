@@ -1,0 +1,210 @@
+"""Provisioning's access to meters, always through agent.bus (the one owner of a port) and agent.poller.
+
+BusTarget says where and how to talk (serial framing or host:port); `opened()` checks the device is not held by the
+agent, claims it through agent.bus.open_bus and always closes it; `identify()` runs a profile's identification
+rules with a per-unit read cache so several profiles probing the same register cost one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.bus import Bus, BusError, BusExceptionResponse, BusSpec, BusTimeoutError, open_bus
+from agent.decode import decode_identity, decode_image, identify_matches, image_from_block
+from agent.poller import MeterReadError, MeterSpec, Poller
+from firmware_config.schema import IdentifyRule, Profile, SerialNumberRule
+from provisioning.port_lock import check_free
+
+PROBE_BUS_NAME = "provision"
+# Commissioning reads like the agent does (bus default timeout/retries); identification reads during a scan
+# are cheap and repeated, so they do not retry (a silent unit costs one timeout, not three).
+DEFAULT_COMMISSION_TIMEOUT_S = 1.0
+DEFAULT_COMMISSION_RETRIES = 2
+
+
+class ProbeError(Exception):
+    """The bus could not be opened or the meter did not answer; the message says what to check."""
+
+
+@dataclass(frozen=True)
+class BusTarget:
+    kind: str  # "rtu" | "tcp"
+    port: str | None = None
+    host: str | None = None
+    tcp_port: int = 502
+    baudrate: int = 9600
+    parity: str = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+
+    @classmethod
+    def for_profile(cls, profile: Profile, *, port: str | None, host: str | None, tcp_port: int | None = None,
+                    baudrate: int | None = None, parity: str | None = None, stopbits: int | None = None) -> BusTarget:
+        if bool(port) == bool(host):
+            raise ProbeError("--port or --host: give exactly one")
+        if host:
+            return cls("tcp", host=host, tcp_port=tcp_port or profile.tcp_port)
+        s = profile.serial
+        if s is None:
+            raise ProbeError(f"--port: profile {profile.id} is not a serial (RS-485) meter; use --host")
+        return cls("rtu", port=port, baudrate=baudrate or s.baudrate, parity=parity or s.parity,
+                   stopbits=stopbits or s.stopbits, bytesize=s.bytesize)
+
+    def spec(self, *, timeout_s: float, retries: int, name: str = PROBE_BUS_NAME) -> BusSpec:
+        if self.kind == "rtu":
+            return BusSpec(name=name, kind="rtu", port=self.port, baudrate=self.baudrate,
+                           parity=self.parity,  # type: ignore[arg-type]
+                           stopbits=self.stopbits, bytesize=self.bytesize, timeout_s=timeout_s, retries=retries)
+        return BusSpec(name=name, kind="tcp", host=self.host, tcp_port=self.tcp_port, timeout_s=timeout_s,
+                       retries=retries)
+
+    @property
+    def framing(self) -> str:
+        return f"{self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
+
+    def describe(self) -> str:
+        return f"{self.port} at {self.framing}" if self.kind == "rtu" else f"{self.host}:{self.tcp_port}"
+
+    def to_json(self) -> dict[str, Any]:
+        if self.kind == "rtu":
+            return {"port": self.port, "baudrate": self.baudrate, "parity": self.parity, "stopbits": self.stopbits}
+        return {"host": self.host, "tcp_port": self.tcp_port}
+
+
+@contextlib.asynccontextmanager
+async def opened(target: BusTarget, *, timeout_s: float, retries: int) -> AsyncIterator[Bus]:
+    """Claim the bus (refusing while the agent holds the device), close it afterwards."""
+    if target.kind == "rtu":
+        check_free(str(target.port))  # PortBusyError / PortMissingError
+    try:
+        bus = open_bus(target.spec(timeout_s=timeout_s, retries=retries))
+    except BusError as exc:
+        raise ProbeError(str(exc)) from exc
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+# ---- identification -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class UnitCache:
+    """Replies of one unit at one framing: (fc, address, count) -> words, or the exception/timeout reason."""
+
+    replies: dict[tuple[int, int, int], list[int] | str] = field(default_factory=dict)
+    answered: bool = False  # any reply at all (data or Modbus exception) = a device is there
+
+    async def read(self, bus: Bus, unit_id: int, fc: int, address: int, count: int) -> list[int] | str:
+        key = (fc, address, count)
+        if key not in self.replies:
+            try:
+                self.replies[key] = await bus.read_registers(unit_id, fc, address, count, retries=0)
+                self.answered = True
+            except BusExceptionResponse as exc:
+                self.replies[key] = exc.reason
+                self.answered = True
+            except BusTimeoutError as exc:
+                self.replies[key] = exc.reason
+            except BusError as exc:
+                self.replies[key] = exc.reason
+        return self.replies[key]
+
+
+async def read_rule(bus: Bus, unit_id: int, rule: IdentifyRule | SerialNumberRule,
+                    cache: UnitCache) -> int | str | None:
+    """The rule's value from the first function code that answers with data, or None."""
+    for fc in rule.function_codes:
+        words = await cache.read(bus, unit_id, fc, rule.address, rule.words)
+        if isinstance(words, list):
+            return decode_identity(rule, words)
+    return None
+
+
+@dataclass(frozen=True)
+class Identification:
+    profile: Profile
+    matched: bool
+    values: tuple[int | str | None, ...]
+
+    @property
+    def confirmed(self) -> bool:
+        return all(r.confirmed for r in self.profile.identify)
+
+
+async def identify(bus: Bus, unit_id: int, profile: Profile, cache: UnitCache) -> Identification:
+    values: list[int | str | None] = []
+    for rule in profile.identify:
+        v = await read_rule(bus, unit_id, rule, cache)
+        values.append(v)
+        if v is None or not identify_matches(rule, v):
+            return Identification(profile, False, tuple(values))
+    return Identification(profile, True, tuple(values))
+
+
+async def identify_all(bus: Bus, unit_id: int, profiles: Sequence[Profile], cache: UnitCache) -> list[Identification]:
+    return [await identify(bus, unit_id, p, cache) for p in profiles]
+
+
+# ---- commissioning reads ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommissionReads:
+    first: dict[str, int]
+    second: dict[str, int]
+    invalid: dict[str, str]
+    elapsed_ms: int
+    serial_number: int | str | None
+
+
+def _invalid(errors: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for e in errors:
+        name, _, reason = e.partition(": ")
+        out[name] = reason
+    return out
+
+
+async def _read_decoded(bus: Bus, poller: Poller, meter: MeterSpec, where: str) -> tuple[dict[str, int],
+                                                                                    dict[str, str], int]:
+    """One read through the agent's Poller (same plan, gap fallback, decoding). When the energy counters do not
+    decode (the agent would drop the reading), read the same plan once more and report what did decode, so
+    commissioning can say which value is wrong instead of only "decode error"."""
+    try:
+        s = await poller.read_meter(meter)
+        return dict(s.values), _invalid(s.errors), s.monotonic_ms
+    except MeterReadError as exc:
+        if exc.reason != "decode":
+            raise ProbeError(f"{where}: no valid reply ({exc.reason}); check wiring, unit id and framing "
+                             "(`gridmeter provision scan`)") from exc
+    image: dict[tuple[int, int], int] = {}
+    try:
+        for b in poller.plan(meter):
+            words = await bus.read_registers(meter.unit_id, b.function_code, b.address, b.count)
+            image.update(image_from_block(b.function_code, b.address, words))
+    except BusError as exc:
+        raise ProbeError(f"{where}: {exc}") from exc
+    decoded = decode_image(meter.profile, image)
+    return dict(decoded.values), dict(decoded.invalid), time.monotonic_ns() // 1_000_000
+
+
+async def commission_reads(target: BusTarget, profile: Profile, unit_id: int, wait_s: float) -> CommissionReads:
+    """Two reads through the agent's Poller `wait_s` apart, plus the serial number."""
+    async with opened(target, timeout_s=DEFAULT_COMMISSION_TIMEOUT_S, retries=DEFAULT_COMMISSION_RETRIES) as bus:
+        meter = MeterSpec(meter_id="COMMISSIONING", bus=bus.name, unit_id=unit_id, profile=profile)
+        poller = Poller(bus, [meter])
+        where = f"{profile.id} at unit {unit_id} on {target.describe()}"
+        first, _inv1, t1 = await _read_decoded(bus, poller, meter, where)
+        await asyncio.sleep(wait_s)
+        second, invalid, t2 = await _read_decoded(bus, poller, meter, where)
+        sn = None
+        if profile.serial_number is not None:
+            sn = await read_rule(bus, unit_id, profile.serial_number, UnitCache())
+    return CommissionReads(first, second, invalid, t2 - t1, sn)

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.keys import create_key_file
+from gridmeter.cli import main
+
+CONFIG = """
+[agent]
+state_dir = "state"
+key_file = "device.key"
+[clock]
+check = "always-synced"
+[mqtt]
+gateway_public_key = "{gw}"
+[[buses]]
+name = "rs485-0"
+kind = "rtu"
+port = "/dev/ttyAMA0"
+[[meters]]
+meter_id = "HOUSE-1"
+bus = "rs485-0"
+unit_id = 1
+profile = "{profile}"
+"""
+
+
+def write(tmp_path: Path, profile: str = "eastron-sdm630", gw: str = "22" * 32) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(CONFIG.format(gw=gw, profile=profile))
+    return path
+
+
+def test_check_config_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    create_key_file(tmp_path / "device.key")
+    assert main(["agent", "check-config", str(write(tmp_path))]) == 0
+    assert "OK (1 buses, 1 meters: HOUSE-1=eastron-sdm630@rs485-0/1)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "profile, gw, make_key, mode, message",
+    [
+        ("eastron-sdm630", "22" * 32, False, 0o600, "key file missing"),
+        ("eastron-sdm630", "22" * 32, True, 0o644, "accessible by group/others (mode 0644)"),
+        ("no-such-meter", "22" * 32, True, 0o600, "meters[0].profile: unknown profile; known: "),
+        ("eastron-sdm630", "zz", True, 0o600, "mqtt.gateway_public_key: must be 64 hex characters"),
+    ],
+)
+def test_bad_config_or_key_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], profile: str, gw: str,
+                                  make_key: bool, mode: int, message: str) -> None:
+    if make_key:
+        create_key_file(tmp_path / "device.key")
+        os.chmod(tmp_path / "device.key", mode)
+    path = write(tmp_path, profile, gw)
+    assert main(["agent", "check-config", str(path)]) == 2
+    assert message in capsys.readouterr().err
+    assert main(["agent", "run", "--config", str(path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()  # refused before touching anything
+
+
+def test_status_unreachable_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
+    from testbed.ports import free_port
+
+    assert main(["agent", "status", "--url", f"http://127.0.0.1:{free_port()}/health"]) == 3
+    assert "unreachable" in capsys.readouterr().err
