@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from agent.toml_table import Table, between, one_of, path_or_none
 from protocol.errors import InvalidFieldError
 from protocol.reading import validate_meter_id
 from protocol.signing import VerifyKey
@@ -149,73 +150,10 @@ class AgentConfig:
         return self.agent.state_dir / "agent.sqlite"
 
 
-class _Table:
-    """Reads typed values out of one TOML table, collecting errors with their key path."""
-
-    def __init__(self, data: Any, path: str, errors: list[str]) -> None:
-        self.path, self.errors = path, errors
-        if not isinstance(data, Mapping):
-            errors.append(f"{path}: must be a table (got {type(data).__name__})")
-            data = {}
-        self.data = dict(data)
-        self.seen: set[str] = set()
-
-    def _key(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def fail(self, key: str, msg: str, value: Any) -> None:
-        self.errors.append(f"{self._key(key)}: {msg} (got {value!r})")
-
-    def get(self, key: str, typ: type | tuple[type, ...], default: Any = ..., *, check: Any = None) -> Any:
-        self.seen.add(key)
-        if key not in self.data:
-            if default is ...:
-                self.errors.append(f"{self._key(key)}: required key is missing")
-                return None
-            return default
-        value = self.data[key]
-        types = typ if isinstance(typ, tuple) else (typ,)
-        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-        if float in types and isinstance(value, int) and not isinstance(value, bool):
-            value, ok = float(value), True
-        if not ok:
-            names = " or ".join(t.__name__ for t in types)
-            self.fail(key, f"must be {names}", value)
-            return None if default is ... else default
-        if check is not None:
-            msg = check(value)
-            if msg:
-                self.fail(key, msg, value)
-                return None if default is ... else default
-        return value
-
-    def done(self) -> None:
-        for key in sorted(set(self.data) - self.seen):
-            self.errors.append(f"{self._key(key)}: unknown key")
-
-
-def _between(lo: float, hi: float) -> Any:
-    return lambda v: None if lo <= v <= hi else f"must be between {lo} and {hi}"
-
-
-def _one_of(*choices: Any) -> Any:
-    return lambda v: None if v in choices else "must be one of " + ", ".join(str(c) for c in choices)
-
-
-def _path_or_none(t: _Table, key: str, *, must_exist: bool) -> Path | None:
-    raw = t.get(key, str, "")
-    if not raw:
-        return None
-    p = Path(raw)
-    if must_exist and not p.is_file():
-        t.fail(key, "file does not exist", raw)
-    return p
-
-
-def _agent(t: _Table, base: Path) -> AgentSection:
+def _agent(t: Table, base: Path) -> AgentSection:
     state = t.get("state_dir", str, "/var/lib/gridmeter", check=lambda v: None if v else "must not be empty")
     key = t.get("key_file", str, "/etc/gridmeter/device.key", check=lambda v: None if v else "must not be empty")
-    poll = t.get("poll_interval_s", float, DEFAULT_POLL_INTERVAL_S, check=_between(0.1, 3600))
+    poll = t.get("poll_interval_s", float, DEFAULT_POLL_INTERVAL_S, check=between(0.1, 3600))
     dirs = tuple(base / d for d in t.get("profile_dirs", list, [], check=_dir_list) or [])
     missing = [str(d) for d in dirs if not d.is_dir()]
     if missing:
@@ -234,12 +172,12 @@ def _clock_check(v: str) -> str | None:
     return 'must be "auto", "always-synced" or "file:/path"'
 
 
-def _clock(t: _Table) -> ClockSection:
+def _clock(t: Table) -> ClockSection:
     c = ClockSection(
         require_sync=t.get("require_sync", bool, True),
         check=t.get("check", str, "auto", check=_clock_check),
         jump_tolerance_ms=t.get(
-            "jump_tolerance_ms", int, DEFAULT_CLOCK_JUMP_TOLERANCE_MS, check=_between(100, 3_600_000)
+            "jump_tolerance_ms", int, DEFAULT_CLOCK_JUMP_TOLERANCE_MS, check=between(100, 3_600_000)
         ),
     )
     t.done()
@@ -254,7 +192,7 @@ def _gateway_key(v: str) -> str | None:
     return None
 
 
-def _mqtt(t: _Table, env: Mapping[str, str]) -> MqttSection:
+def _mqtt(t: Table, env: Mapping[str, str], base: Path) -> MqttSection:
     for var, (section, key) in ENV_OVERRIDES.items():
         if section == "mqtt" and var in env:
             t.data[key] = env[var]
@@ -265,21 +203,21 @@ def _mqtt(t: _Table, env: Mapping[str, str]) -> MqttSection:
     m = MqttSection(
         gateway_public_key=bytes.fromhex(gw) if gw else b"",
         host=host,
-        port=t.get("port", int, 1883, check=_between(1, 65535)),
+        port=t.get("port", int, 1883, check=between(1, 65535)),
         client_id=cid or f"gridmeter-agent-{os.uname().nodename}",
         username=t.get("username", str, ""),
         password=t.get("password", str, ""),
-        tls_ca=_path_or_none(t, "tls_ca", must_exist=True),
-        tls_cert=_path_or_none(t, "tls_cert", must_exist=True),
-        tls_key=_path_or_none(t, "tls_key", must_exist=True),
+        tls_ca=path_or_none(t, "tls_ca", base, must_exist=True),
+        tls_cert=path_or_none(t, "tls_cert", base, must_exist=True),
+        tls_key=path_or_none(t, "tls_key", base, must_exist=True),
         topic_prefix=prefix,
-        ack_timeout_s=t.get("ack_timeout_s", float, DEFAULT_ACK_TIMEOUT_S, check=_between(0.1, 86400)),
-        batch_max=t.get("batch_max", int, DEFAULT_BATCH_MAX, check=_between(1, 1000)),
-        keepalive_s=t.get("keepalive_s", int, 30, check=_between(5, 3600)),
-        session_expiry_s=t.get("session_expiry_s", int, 7 * 24 * 3600, check=_between(0, 0xFFFFFFFF)),
-        inflight_max=t.get("inflight_max", int, 64, check=_between(1, 1000)),
-        reconnect_min_s=t.get("reconnect_min_s", float, 1.0, check=_between(0.05, 600)),
-        reconnect_max_s=t.get("reconnect_max_s", float, 60.0, check=_between(0.05, 3600)),
+        ack_timeout_s=t.get("ack_timeout_s", float, DEFAULT_ACK_TIMEOUT_S, check=between(0.1, 86400)),
+        batch_max=t.get("batch_max", int, DEFAULT_BATCH_MAX, check=between(1, 1000)),
+        keepalive_s=t.get("keepalive_s", int, 30, check=between(5, 3600)),
+        session_expiry_s=t.get("session_expiry_s", int, 7 * 24 * 3600, check=between(0, 0xFFFFFFFF)),
+        inflight_max=t.get("inflight_max", int, 64, check=between(1, 1000)),
+        reconnect_min_s=t.get("reconnect_min_s", float, 1.0, check=between(0.05, 600)),
+        reconnect_max_s=t.get("reconnect_max_s", float, 60.0, check=between(0.05, 3600)),
     )
     if (m.tls_cert is None) != (m.tls_key is None):
         t.errors.append(f"{t.path}.tls_cert/tls_key: give both or neither (got cert={m.tls_cert}, key={m.tls_key})")
@@ -293,11 +231,11 @@ def _topic_prefix(v: str) -> str | None:
     return None
 
 
-def _store(t: _Table) -> StoreSection:
+def _store(t: Table) -> StoreSection:
     s = StoreSection(
-        max_readings=t.get("max_readings", int, DEFAULT_MAX_READINGS, check=_between(100, 100_000_000)),
-        overflow=t.get("overflow", str, "drop_oldest", check=_one_of("drop_oldest", "stop_reading")),
-        flush_interval_ms=t.get("flush_interval_ms", int, 1000, check=_between(0, 60_000)),
+        max_readings=t.get("max_readings", int, DEFAULT_MAX_READINGS, check=between(100, 100_000_000)),
+        overflow=t.get("overflow", str, "drop_oldest", check=one_of("drop_oldest", "stop_reading")),
+        flush_interval_ms=t.get("flush_interval_ms", int, 1000, check=between(0, 60_000)),
     )
     t.done()
     return s
@@ -312,7 +250,7 @@ def _listen(v: str) -> str | None:
     return None
 
 
-def _status(t: _Table) -> StatusSection:
+def _status(t: Table) -> StatusSection:
     s = StatusSection(listen=t.get("listen", str, DEFAULT_STATUS_LISTEN, check=_listen))
     t.done()
     return s
@@ -321,22 +259,22 @@ def _status(t: _Table) -> StatusSection:
 _BUS_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 
 
-def _bus(t: _Table) -> BusConfig:
-    kind = t.get("kind", str, check=_one_of("rtu", "tcp", "rtu-over-tcp"))
+def _bus(t: Table) -> BusConfig:
+    kind = t.get("kind", str, check=one_of("rtu", "tcp", "rtu-over-tcp"))
     b = BusConfig(
         name=t.get("name", str, check=lambda v: None if _BUS_NAME_RE.match(v) else "1-32 of A-Z a-z 0-9 . _ -"),
         kind=kind or "rtu",
         port=t.get("port", str, None),
-        baudrate=t.get("baudrate", int, 9600, check=_one_of(*BAUDRATES)),
-        parity=t.get("parity", str, "N", check=_one_of("N", "E", "O")),
-        stopbits=t.get("stopbits", int, 1, check=_one_of(1, 2)),
-        bytesize=t.get("bytesize", int, 8, check=_one_of(7, 8)),
+        baudrate=t.get("baudrate", int, 9600, check=one_of(*BAUDRATES)),
+        parity=t.get("parity", str, "N", check=one_of("N", "E", "O")),
+        stopbits=t.get("stopbits", int, 1, check=one_of(1, 2)),
+        bytesize=t.get("bytesize", int, 8, check=one_of(7, 8)),
         host=t.get("host", str, None),
-        tcp_port=t.get("tcp_port", int, 502, check=_between(1, 65535)),
-        timeout_s=t.get("timeout_s", float, 1.0, check=_between(0.05, 30)),
-        retries=t.get("retries", int, 2, check=_between(0, 10)),
-        turnaround_ms=t.get("turnaround_ms", int, None, check=_between(0, 5000)),
-        inter_request_delay_ms=t.get("inter_request_delay_ms", int, None, check=_between(0, 5000)),
+        tcp_port=t.get("tcp_port", int, 502, check=between(1, 65535)),
+        timeout_s=t.get("timeout_s", float, 1.0, check=between(0.05, 30)),
+        retries=t.get("retries", int, 2, check=between(0, 10)),
+        turnaround_ms=t.get("turnaround_ms", int, None, check=between(0, 5000)),
+        inter_request_delay_ms=t.get("inter_request_delay_ms", int, None, check=between(0, 5000)),
     )
     if kind == "rtu" and not b.port:
         t.errors.append(f"{t.path}.port: required for kind = \"rtu\" (serial device, e.g. /dev/ttyAMA0)")
@@ -354,15 +292,15 @@ def _meter_id(v: str) -> str | None:
     return None
 
 
-def _meter(t: _Table, base: Path) -> MeterConfig:
+def _meter(t: Table, base: Path) -> MeterConfig:
     key = t.get("key_file", str, "")
     m = MeterConfig(
         meter_id=t.get("meter_id", str, check=_meter_id),
         bus=t.get("bus", str),
-        unit_id=t.get("unit_id", int, check=_between(1, 247)),
+        unit_id=t.get("unit_id", int, check=between(1, 247)),
         profile=t.get("profile", str, check=lambda v: None if v else "must not be empty"),
         key_file=base / key if key else None,
-        rated_max_power_w=t.get("rated_max_power_w", int, None, check=_between(1, 10_000_000)),
+        rated_max_power_w=t.get("rated_max_power_w", int, None, check=between(1, 10_000_000)),
     )
     t.done()
     return m
@@ -409,16 +347,16 @@ def parse_config(data: Mapping[str, Any], *, path: Path, env: Mapping[str, str] 
     env = os.environ if env is None else env
     errors: list[str] = []
     base = path.parent
-    root = _Table(data, "", errors)
-    sections = {k: _Table(root.get(k, dict, {}), k, errors) for k in ("agent", "clock", "mqtt", "store", "status")}
+    root = Table(data, "", errors)
+    sections = {k: Table(root.get(k, dict, {}), k, errors) for k in ("agent", "clock", "mqtt", "store", "status")}
     agent = _agent(sections["agent"], base)
     clock = _clock(sections["clock"])
-    mqtt = _mqtt(sections["mqtt"], env)
+    mqtt = _mqtt(sections["mqtt"], env, base)
     store = _store(sections["store"])
     status = _status(sections["status"])
     root.seen |= {"buses", "meters"}
-    buses = tuple(_bus(_Table(d, p, errors)) for d, p in _array(data, "buses", errors))
-    meters = tuple(_meter(_Table(d, p, errors), base) for d, p in _array(data, "meters", errors))
+    buses = tuple(_bus(Table(d, p, errors)) for d, p in _array(data, "buses", errors))
+    meters = tuple(_meter(Table(d, p, errors), base) for d, p in _array(data, "meters", errors))
     root.done()
     _cross_check(buses, meters, errors)
     if errors:

@@ -23,6 +23,9 @@ KEY_HEX_CHARS = SEED_BYTES * 2
 MAX_KEY_FILE_BYTES = 256
 
 
+_EXISTS = "{path}: already exists; refusing to overwrite a device key (pass overwrite=True)"
+
+
 class KeyFileError(Exception):
     """A key file that is missing, unsafe or malformed. The message names the path, the problem and the fix."""
 
@@ -37,7 +40,7 @@ def _fsync_dir(directory: Path) -> None:
 
 def _write_atomic(path: Path, data: bytes, owner: str | None, overwrite: bool) -> None:
     if path.exists() and not overwrite:
-        raise KeyFileError(f"{path}: already exists; refusing to overwrite a device key (pass overwrite=True)")
+        raise KeyFileError(_EXISTS.format(path=path))
     directory = path.parent
     if not directory.is_dir():
         raise KeyFileError(f"{path}: directory {directory} does not exist; create it first")
@@ -53,8 +56,13 @@ def _write_atomic(path: Path, data: bytes, owner: str | None, overwrite: bool) -
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # atomic no-clobber: fails if another process created the key meanwhile
         _fsync_dir(directory)
+    except FileExistsError:
+        raise KeyFileError(_EXISTS.format(path=path)) from None
     except KeyError as exc:
         raise KeyFileError(f"{path}: owner {owner!r} is not a known user") from exc
     except OSError as exc:

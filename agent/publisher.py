@@ -34,7 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.config import MqttSection
+from agent.config import ConfigError, MqttSection
 from agent.store import AckRejectedError, Store
 from protocol.canonical import encode_batch
 from protocol.signing import VerifyKey
@@ -115,13 +115,19 @@ class Publisher:
         if self.cfg.username:
             c.username_pw_set(self.cfg.username, self.cfg.password or None)
         if self.cfg.tls_ca is not None:
-            c.tls_set(
-                ca_certs=str(self.cfg.tls_ca),
-                certfile=str(self.cfg.tls_cert) if self.cfg.tls_cert else None,
-                keyfile=str(self.cfg.tls_key) if self.cfg.tls_key else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+            try:
+                c.tls_set(
+                    ca_certs=str(self.cfg.tls_ca),
+                    certfile=str(self.cfg.tls_cert) if self.cfg.tls_cert else None,
+                    keyfile=str(self.cfg.tls_key) if self.cfg.tls_key else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise ConfigError(
+                    f"mqtt.tls_ca/tls_cert/tls_key: cannot load TLS material ({exc}) "
+                    f"(got {self.cfg.tls_ca}, {self.cfg.tls_cert}, {self.cfg.tls_key})"
+                ) from exc
         c.will_set(self._status_topic(self.meter_ids[0]), self._status_payload("offline"), qos=1, retain=True)
         c.reconnect_delay_set(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)  # type: ignore[arg-type]
         c.max_inflight_messages_set(self.cfg.inflight_max)

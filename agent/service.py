@@ -307,7 +307,7 @@ class AgentService:
                 "pending_commit": self.store.pending,
                 "oldest_read_at_ms": oldest,
                 "oldest_age_s": None if oldest is None else max(0, now - oldest) / 1000,
-                "per_meter": {m: n for m, (n, _lo, _hi) in self.store.backlog().items()},
+                "per_meter": self.store.per_meter(),
                 "unacked_in_flight": self.publisher.unacked(),
                 "full": self._full_since is not None,
                 "skipped_full": self.skipped_full,

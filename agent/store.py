@@ -124,7 +124,7 @@ class Store:
             self._check_version()
             self._next = dict(self._db.execute("SELECT meter_id, next_seq FROM seqs").fetchall())
             self._acked = dict(self._db.execute("SELECT meter_id, acked_seq FROM seqs").fetchall())
-            self._count = self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+            self._recount()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open store ({exc})") from exc
         self._pending: list[SignedReading] = []
@@ -132,6 +132,13 @@ class Store:
         self._pending_good: dict[str, LastGood] = {}
         self.rejected: dict[str, int] = {}  # ack rejections by reason (since start)
         self._reject_recorded: dict[str, float] = {}
+
+    def _recount(self) -> None:
+        """Per-meter row counts, kept in memory afterwards so /health and /metrics never scan the table."""
+        self._per_meter: dict[str, int] = dict(
+            self._db.execute("SELECT meter_id, COUNT(*) FROM readings GROUP BY meter_id").fetchall()
+        )
+        self._count = sum(self._per_meter.values())
 
     def _check_version(self) -> None:
         v = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -191,9 +198,12 @@ class Store:
                     [(m, g.import_wh, g.export_wh, g.read_at_ms) for m, g in self._pending_good.items()],
                 )
                 self._count += len(rows)
+                for s in self._pending:
+                    m = s.reading.meter_id
+                    self._per_meter[m] = self._per_meter.get(m, 0) + 1
                 dropped = self._apply_overflow()
         except sqlite3.Error as exc:
-            self._count = self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+            self._recount()
             raise StoreError(f"{self.path}: cannot commit {len(rows)} readings ({exc})") from exc
         self._pending.clear()
         self._dirty_seqs.clear()
@@ -213,6 +223,7 @@ class Store:
         ).fetchall()
         self._db.execute("DELETE FROM readings WHERE id IN (SELECT id FROM readings ORDER BY id LIMIT ?)", (excess,))
         for meter_id, lo, hi, n in victims:
+            self._per_meter[meter_id] -= n
             self._event("overflow_drop_oldest", meter_id, f"dropped {n} unacked readings seq {lo}..{hi}")
         self._count -= excess
         self._bump("dropped_overflow", excess)
@@ -284,6 +295,7 @@ class Store:
             )
         self._acked[meter_id] = acked_seq
         self._count -= cur.rowcount
+        self._per_meter[meter_id] = self._per_meter.get(meter_id, 0) - cur.rowcount
         return cur.rowcount
 
     def acked_seq(self, meter_id: str) -> int:
@@ -304,16 +316,25 @@ class Store:
         return [StoredReading(meter_id, s, r, p, g) for s, r, p, g in rows]
 
     def backlog(self) -> dict[str, tuple[int, int, int]]:
-        """meter_id -> (count, min seq, max seq) of committed, unacked readings."""
-        rows = self._db.execute("SELECT meter_id, COUNT(*), MIN(seq), MAX(seq) FROM readings GROUP BY meter_id")
-        return {m: (n, lo, hi) for m, n, lo, hi in rows}
+        """meter_id -> (count, min seq, max seq) of committed, unacked readings (index lookups, no scan)."""
+        out = {}
+        for m, n in self._per_meter.items():
+            if n > 0:
+                lo = self._db.execute("SELECT MIN(seq) FROM readings WHERE meter_id = ?", (m,)).fetchone()[0]
+                hi = self._db.execute("SELECT MAX(seq) FROM readings WHERE meter_id = ?", (m,)).fetchone()[0]
+                out[m] = (n, lo, hi)
+        return out
+
+    def per_meter(self) -> dict[str, int]:
+        return {m: n for m, n in self._per_meter.items() if n > 0}
 
     def count(self) -> int:
         return self._count
 
     def oldest_read_at_ms(self) -> int | None:
-        row = self._db.execute("SELECT MIN(read_at_ms) FROM readings").fetchone()
-        return row[0]
+        """read_at of the oldest stored reading by arrival (rowid order: no table scan)."""
+        row = self._db.execute("SELECT read_at_ms FROM readings ORDER BY id LIMIT 1").fetchone()
+        return row[0] if row else None
 
     def counters(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT name, value FROM counters").fetchall())

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from gateway.checks import (
@@ -56,6 +56,18 @@ class IngressLimit:
 
 
 @dataclass
+class Prepared:
+    """A group of messages decoded and envelope-checked, its signatures being verified."""
+
+    items: list[_Item]
+    meters: dict[str, Meter]
+    now_ms: int
+    todo: list[tuple[_Item, Meter]]
+    futures: list[Future[list[Verdict | None]]] | None
+    started: float
+
+
+@dataclass
 class _Item:
     topic_meter_id: str | None
     item: BatchItem | None
@@ -80,6 +92,11 @@ class Acceptance:
         return self._meters
 
     def process(self, messages: Sequence[tuple[str, bytes]]) -> dict[str, int]:
+        return self.finish(self.prepare(messages))
+
+    def prepare(self, messages: Sequence[tuple[str, bytes]]) -> Prepared:
+        """Decode and envelope-check, then START verification in the pool (not awaited): the caller can
+        finish the previous group while these signatures are checked (pipelining)."""
         now_s = self.clock()
         meters = self.meters()
         items = [it for topic, msg in messages for it in self._split(topic, msg)]
@@ -96,8 +113,23 @@ class Acceptance:
                                         self._progress.get(it.topic_meter_id or "", Progress()), None)
             if it.verdict is None and meter is not None:
                 todo.append((it, meter))
-        self._verify(todo)
-        return self._commit(items, meters, int(now_s * 1000))
+        return Prepared(items, meters, int(now_s * 1000), todo, self._start_verify(todo), time.perf_counter())
+
+    def finish(self, p: Prepared) -> dict[str, int]:
+        """Wait for the signatures, then decide and commit everything in one transaction."""
+        results = [v for f in p.futures for v in f.result()] if p.futures is not None else \
+            [verify_item(it.item, m) for it, m in p.todo if it.item is not None]
+        for (it, _), verdict in zip(p.todo, results, strict=True):
+            it.verdict = _VERIFIED if verdict is None else verdict
+        if p.todo:
+            self.metrics.verify_seconds.observe(time.perf_counter() - p.started)
+        return self._commit(p.items, p.meters, p.now_ms)
+
+    def _start_verify(self, todo: list[tuple[_Item, Meter]]) -> list[Future[list[Verdict | None]]] | None:
+        if self.pool is None or len(todo) < DEFAULT_VERIFY_CHUNK:
+            return None
+        chunks = [todo[i : i + DEFAULT_VERIFY_CHUNK] for i in range(0, len(todo), DEFAULT_VERIFY_CHUNK)]
+        return [self.pool.submit(_verify_chunk, c) for c in chunks]
 
     def _split(self, topic: str, message: bytes) -> list[_Item]:
         try:
@@ -109,21 +141,6 @@ class Acceptance:
         except ProtocolError as exc:
             reason = exc.reason if exc.reason in Reason.__members__.values() else Reason.MALFORMED.value
             return [_Item(mid, None, message, Verdict(Outcome.REJECT, Reason(reason), f"batch: {exc}"))]
-
-    def _verify(self, todo: list[tuple[_Item, Meter]]) -> None:
-        if not todo:
-            return
-        t0 = time.perf_counter()
-        if self.pool is None or len(todo) < DEFAULT_VERIFY_CHUNK:
-            results = [verify_item(it.item, m) for it, m in todo if it.item is not None]
-        else:
-            chunks = [todo[i : i + DEFAULT_VERIFY_CHUNK] for i in range(0, len(todo), DEFAULT_VERIFY_CHUNK)]
-            results = [v for part in self.pool.map(_verify_chunk, chunks) for v in part]
-        for (it, _), verdict in zip(todo, results, strict=True):
-            it.verdict = verdict  # None = signature good
-            if verdict is None:
-                it.verdict = _VERIFIED
-        self.metrics.verify_seconds.observe(time.perf_counter() - t0)
 
     def _commit(self, items: list[_Item], meters: dict[str, Meter], now_ms: int) -> dict[str, int]:
         t0 = time.perf_counter()

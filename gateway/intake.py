@@ -23,7 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.acceptance import Acceptance
+from gateway.acceptance import Acceptance, Prepared
 from gateway.config import MqttSection
 from gateway.metrics import Metrics
 from gateway.store import RejectionRow
@@ -40,6 +40,10 @@ DEFAULT_KEEPALIVE_S = 30
 
 class BrokerUnavailableError(Exception):
     pass
+
+
+class _RetrySingly(Exception):
+    """Internal: the group could not be prepared; handle its messages one at a time."""
 
 
 class Intake:
@@ -125,40 +129,70 @@ class Intake:
         self.client.loop_stop()
 
     # ---- worker --------------------------------------------------------------------------------
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _next_group(self, timeout_s: float | None) -> list[mqtt.MQTTMessage]:
+        try:
+            first = self._queue.get(timeout=timeout_s) if timeout_s else self._queue.get_nowait()
+        except queue.Empty:
+            return []
+        group, size = [first], len(first.payload) // 100
+        while size < DEFAULT_GROUP_READINGS:
             try:
-                first = self._queue.get(timeout=DEFAULT_IDLE_POLL_S)
+                m = self._queue.get_nowait()
             except queue.Empty:
-                continue
-            group = [first]
-            size = len(first.payload) // 100
-            while size < DEFAULT_GROUP_READINGS:
-                try:
-                    m = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                group.append(m)
-                size += len(m.payload) // 100
-            self._handle(group)
-
-    def _handle(self, group: list[mqtt.MQTTMessage]) -> None:
-        while not self._stop.is_set():
-            try:
-                acks = self.acceptance.process([(m.topic, m.payload) for m in group])
                 break
-            except Exception:
-                if len(group) > 1:
-                    log.exception("processing %d messages failed; retrying one by one", len(group))
-                    for m in group:
-                        self._handle([m])
-                    return
-                if self._quarantine_failed(group[0]):
-                    acks = {}
+            group.append(m)
+            size += len(m.payload) // 100
+        return group
+
+    def _run(self) -> None:
+        """Pipelined: group N+1 is decoded and its signatures start verifying in the pool while group N is
+        committed and acked (verification releases the GIL, so the stages overlap on separate cores)."""
+        pending: tuple[list[mqtt.MQTTMessage], Prepared | None] | None = None
+        while not self._stop.is_set():
+            group = self._next_group(None if pending is not None else DEFAULT_IDLE_POLL_S)
+            prepared: Prepared | None = None
+            if group:
+                try:
+                    prepared = self.acceptance.prepare([(m.topic, m.payload) for m in group])
+                except Exception:
+                    log.exception("preparing %d messages failed; they are retried one by one", len(group))
+            if pending is not None:
+                self._handle(*pending)
+            pending = (group, prepared) if group else None
+        if pending is not None:
+            self._handle(*pending)
+
+    def _handle(self, group: list[mqtt.MQTTMessage], prepared: Prepared | None = None) -> None:
+        acks: dict[str, int] = {}
+        try:
+            if prepared is None:
+                raise _RetrySingly()
+            acks = self.acceptance.finish(prepared)
+        except Exception as exc:
+            if not isinstance(exc, _RetrySingly):
+                log.exception("processing %d messages failed; retrying one by one", len(group))
+            if not self._handle_singly(group):
+                return  # stopping: nothing PUBACKed, the broker redelivers
+            return
+        self._done(group, acks)
+
+    def _handle_singly(self, group: list[mqtt.MQTTMessage]) -> bool:
+        for m in group:
+            while True:
+                if self._stop.is_set():
+                    return False
+                try:
+                    acks = self.acceptance.process([(m.topic, m.payload)])
                     break
-                time.sleep(DEFAULT_RETRY_S)
-        else:
-            return  # stopping: nothing PUBACKed, the broker redelivers
+                except Exception:
+                    if self._quarantine_failed(m):
+                        acks = {}
+                        break
+                    time.sleep(DEFAULT_RETRY_S)
+            self._done([m], acks)
+        return True
+
+    def _done(self, group: list[mqtt.MQTTMessage], acks: dict[str, int]) -> None:
         self._publish_acks(acks)
         for m in group:
             self.client.ack(m.mid, m.qos)

@@ -110,8 +110,9 @@ def validate_doc(doc: Mapping[str, Any], path: Path) -> AgentConfig:
         raise AgentTomlError(str(exc)) from exc
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o640) -> None:
-    """tmp + fsync + rename + fsync(dir). Mode 0640: the file may hold the MQTT password."""
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """tmp + fsync + rename + fsync(dir). Mode 0644: the agent runs as its own user and must read its config;
+    provisioning never writes secrets into it (the MQTT password goes to the 0600 EnvironmentFile)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -124,7 +124,9 @@ def _add_commission(ps: Any) -> None:
                    help="fail unless a counter increased during the wait (use with a known load)")
     c.add_argument("--display-kwh", help="the import kWh shown on the meter's display (non-interactive check)")
     c.add_argument("--yes", action="store_true", help="do not ask (benches): accept the display comparison")
-    c.add_argument("--out", help="result JSON (default: commission-<unit>.json in the current directory)")
+    c.add_argument("--config", default=DEFAULT_CONFIG, help="agent config the meter will go into: the result is "
+                   "written next to it (default %(default)s)")
+    c.add_argument("--out", help="result JSON (default: <config dir>/commission-<profile>-unit<id>.json)")
     c.set_defaults(func=_commission)
 
 

@@ -228,7 +228,7 @@ def options_from_args(args: Any) -> CommissionOptions:
     if not 0 <= wait_s <= 600:
         raise CommissionInputError(f"--wait-s: 0..600 seconds (got {wait_s})")
     display = parse_kwh(args.display_kwh) if args.display_kwh is not None else None
-    out = Path(args.out) if args.out else Path(f"commission-{unit_id}.json")
+    out = Path(args.out) if args.out else Path(args.config).parent / f"commission-{profile.id}-unit{unit_id}.json"
     return CommissionOptions(profile, target, unit_id, wait_s, bool(args.expect_flow), display, out)
 
 

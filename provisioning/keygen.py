@@ -97,7 +97,8 @@ def describe(result: KeygenResult) -> str:
 
 
 def ensure_parent(path: Path) -> None:
-    """Create the key's directory (0700 when new) so keygen works on a fresh Pi."""
+    """Create the key's directory on a fresh Pi. 0755: the agent's user must reach its 0600 key (owned by it) and
+    its config in the same directory; the key's own mode is what keeps it private."""
     parent = Path(path).parent
     if not parent.exists():
-        parent.mkdir(parents=True, mode=0o700)
+        parent.mkdir(parents=True, mode=0o755)

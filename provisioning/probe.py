@@ -100,6 +100,7 @@ class UnitCache:
 
     replies: dict[tuple[int, int, int], list[int] | str] = field(default_factory=dict)
     answered: bool = False  # any reply at all (data or Modbus exception) = a device is there
+    link_error: BusError | None = None  # the port could not be opened / the TCP connection failed
 
     async def read(self, bus: Bus, unit_id: int, fc: int, address: int, count: int) -> list[int] | str:
         key = (fc, address, count)
@@ -112,8 +113,9 @@ class UnitCache:
                 self.answered = True
             except BusTimeoutError as exc:
                 self.replies[key] = exc.reason
-            except BusError as exc:
+            except BusError as exc:  # not a reply at all: the port/connection itself failed
                 self.replies[key] = exc.reason
+                self.link_error = exc
         return self.replies[key]
 
 

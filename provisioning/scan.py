@@ -227,6 +227,8 @@ async def present(bus: Any, unit: int, profiles: Sequence[Profile], cache: UnitC
     An absent unit costs exactly one timeout per framing, whatever the number of profiles."""
     rule = profiles[0].identify[0]
     await cache.read(bus, unit, rule.function_codes[0], rule.address, rule.words)
+    if cache.link_error is not None:
+        raise ProbeError(str(cache.link_error))
     return cache.answered
 
 

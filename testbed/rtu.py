@@ -117,6 +117,7 @@ class VirtualRtuBus:
         self.meters = list(meters)
         self._own_dir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="gridmeter-rtu-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.link = SocatLink(self.workdir)
         self._client_fd: int | None = None
         self.parity_observable = True  # set by start(): False when the pty drops PARENB (even == none)
@@ -155,6 +156,14 @@ class VirtualRtuBus:
         return Framing(framing.baudrate, "N", framing.stopbits, framing.bytesize)
 
     async def start(self) -> VirtualRtuBus:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()  # never leave socat or the fd behind
+            raise
+        return self
+
+    async def _start(self) -> None:
         self.link.start()
         # Our own fd on the client side: read its termios, and keep the pty alive across agent restarts
         # (socat would otherwise see the slave close when a SIGKILLed agent's fd goes away).
@@ -163,12 +172,13 @@ class VirtualRtuBus:
         mark_client_side(self._client_fd)
         self.core.comparable = self.comparable
         f = self.framing
+        # The meter side's own termios do not matter (a pty passes bytes at memory speed whatever is set) and
+        # some pty drivers reject parity (see pty_keeps_parenb): framing is enforced on the client side instead.
         self._server = SimSerialServer(
             self.core.devices(), framer=FramerType.RTU, port=self.link.meter_path, baudrate=f.baudrate,
-            parity=f.parity, stopbits=f.stopbits, bytesize=f.bytesize, trace_packet=self.core.trace_packet,
+            parity="N", stopbits=f.stopbits, bytesize=f.bytesize, trace_packet=self.core.trace_packet,
         )
         await self._server.serve_forever(background=True)
-        return self
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -149,3 +149,25 @@ async def test_status_online_retained_and_offline_on_clean_stop(tmp_path: Path, 
         c.disconnect()
         c.loop_stop()
         store.close()
+
+
+async def test_broker_absent_at_start_then_appears(tmp_path: Path) -> None:
+    from testbed.ports import free_port
+
+    late = Broker(workdir=tmp_path / "late", port=free_port())
+    store = Store(tmp_path / "agent.sqlite", max_readings=1000)
+    add(store, "M1", 50)
+    pub = Publisher(mqtt_cfg(late), ["M1"], store, VerifyKey(GATEWAY.public_key))
+    task = asyncio.create_task(pub.run())
+    try:
+        await asyncio.sleep(0.5)  # deliberately give the client time to fail its first connection attempts
+        assert not pub.stats.connected
+        late.start()
+        with acker_for(late) as acker:
+            await until(lambda: store.count() == 0, 30, "drain once the broker appears")
+            assert acker.contiguous == {"M1": 50}
+    finally:
+        await pub.stop()
+        await task
+        store.close()
+        late.close()

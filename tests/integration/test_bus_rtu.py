@@ -234,8 +234,8 @@ async def test_framing_mismatch_is_silent() -> None:
 
 
 async def test_parity_mismatch() -> None:
-    meters = [SimulatedMeter(SDM120, 1, import_wh=5, framing=Framing(9600, "E", 1))]
-    async with VirtualRtuBus(meters, 9600, "N", 1, line_timing=False) as vb:
+    meters = [SimulatedMeter(SDM120, 1, import_wh=5)]
+    async with VirtualRtuBus(meters, 9600, "E", 1, line_timing=False) as vb:  # Inepro/Schneider-style 8E1 bus
         results = {}
         for parity in ("N", "E"):
             bus = open_bus(BusSpec("b", "rtu", port=vb.client_port, parity=parity, timeout_s=0.2, retries=0))

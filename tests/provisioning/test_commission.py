@@ -179,3 +179,43 @@ def test_compare_display() -> None:
     assert compare_display(1_234_567, Decimal("1235"))[0]
     assert not compare_display(1_234_567, Decimal("12345.6"))[0]  # x10
     assert not compare_display(1_234, Decimal("1234.5"))[0]  # Wh read as kWh
+
+
+@pytest.mark.integration
+async def test_every_profile_commissions_against_its_simulated_meter(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Each shipped profile: read plan, decoding and rated ranges agree with a meter serving the manual's map."""
+    from testbed.tcp import ModbusTcpMeters
+
+    ids = {pid: i + 1 for i, pid in enumerate(sorted(PROFILES))}
+    sims = [SimulatedMeter(PROFILES[pid], uid, import_wh=1_234_500, export_wh=8_700, power_w=2300,
+                           serial_number=f"S{uid}" if (PROFILES[pid].serial_number and
+                                                       PROFILES[pid].serial_number.type == "string") else uid)
+            for pid, uid in ids.items()]
+    server = ModbusTcpMeters(sims)
+    await server.start()
+    try:
+        for pid, uid in ids.items():
+            out_file = tmp_path / f"{pid}.json"
+            rc, out, err = await commission(capsys, "--profile", pid, "--host", server.host, "--tcp-port",
+                                            str(server.port), "--unit-id", str(uid), "--wait-s", "0",
+                                            "--display-kwh", "1234.5", "--yes", "--out", str(out_file))
+            assert rc == 0, f"{pid}:\n{out}{err}"
+            res = json.loads(out_file.read_text())
+            assert res["second"]["energy_import_wh"] == 1_234_500, pid  # 0.1 kWh resolution: exact
+            assert res["second"]["energy_export_wh"] == 8_700, pid
+            assert res["second"]["power_w"] == 2300, pid
+    finally:
+        await server.stop()
+
+
+@pytest.mark.integration
+async def test_commission_result_next_to_config_feeds_register(bench: tuple[VirtualRtuBus, Path], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    bus, _ = bench
+    etc = tmp_path / "etc"
+    rc, out, err = await commission(capsys, "--profile", "eastron-sdm630", "--port", bus.client_port, "--unit-id",
+                                    "1", "--wait-s", "0", "--yes", "--config", str(etc / "agent.toml"))
+    assert rc == 0, out + err
+    result = etc / "commission-eastron-sdm630-unit1.json"
+    assert json.loads(result.read_text())["serial_number"] == 19283746

@@ -176,3 +176,21 @@ def test_rotate_key_needs_previous_record(keyed: Path, capsys: pytest.CaptureFix
     assert (keyed / "device.key").read_text() == before  # key untouched when rotation cannot complete
     rc, _, err = run(capsys, "rotate-key", "--config", str(keyed / "agent.toml"), "--meter-id", "NOPE")
     assert rc == 2 and "NOPE" in err
+
+
+def test_gateway_registry_accepts_record_then_rotation(keyed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The records provisioning writes are what the gateway's registry takes: added, then rotated."""
+    from gateway.registry import Registry, registry_path
+
+    assert run(capsys, *register_args(keyed))[0] == 0
+    reg = Registry(registry_path(keyed / "gw"))
+    try:
+        meter, action = reg.add((keyed / "HOUSE-1.gmreg").read_text(), 1)
+        assert (meter.meter_id, action) == ("HOUSE-1", "added")
+        assert run(capsys, "rotate-key", "--config", str(keyed / "agent.toml"), "--meter-id", "HOUSE-1",
+                   "--no-qr")[0] == 0
+        meter, action = reg.add((keyed / "HOUSE-1.gmreg").read_text(), 2)
+        assert action == "rotated"
+        assert meter.public_key == load_key_file(keyed / "device.key").public_key
+    finally:
+        reg.close()

@@ -67,3 +67,12 @@ def test_status_unreachable_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["agent", "status", "--url", f"http://127.0.0.1:{free_port()}/health"]) == 3
     assert "unreachable" in capsys.readouterr().err
+
+
+def test_unloadable_tls_material_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    create_key_file(tmp_path / "device.key")
+    (tmp_path / "ca.crt").write_text("not a certificate\n")
+    path = write(tmp_path)
+    path.write_text(path.read_text().replace("[mqtt]\n", '[mqtt]\ntls_ca = "ca.crt"\n'))
+    assert main(["agent", "run", "--config", str(path)]) == 2
+    assert "mqtt.tls_ca/tls_cert/tls_key: cannot load TLS material" in capsys.readouterr().err

@@ -123,10 +123,16 @@ def test_overflow_drop_oldest_is_counted_and_recorded(tmp_path: Path) -> None:
     assert st.count() == 100
     assert st.fetch("M1", 0, 1)[0].seq == 16
     assert st.counters()["dropped_overflow"] == 15
+    assert st.per_meter() == {"M1": 70, "M2": 30}
+    st.apply_ack("M2", ack("M2", 30), GATEWAY_PUB)
+    assert st.per_meter() == {"M1": 70} and st.count() == 70
     ev = st.events()
     assert ev[0][1:] == ("overflow_drop_oldest", "M1", "dropped 15 unacked readings seq 1..15")
+    assert st.oldest_read_at_ms() == 1_700_000_000_016
     st.close()
-    assert Store(tmp_path / "s.db", max_readings=100).count() == 100
+    again = Store(tmp_path / "s.db", max_readings=100)
+    assert again.count() == 70 and again.per_meter() == {"M1": 70}
+    again.close()
 
 
 def test_overflow_stop_reading_refuses_until_acks_free_space(tmp_path: Path) -> None:
