@@ -130,6 +130,31 @@ def verify_item(item: BatchItem, meter: Meter) -> Verdict | None:
     return None
 
 
+_VERIFY_KEYS: dict[bytes, VerifyKey] = {}  # per-process memo: building a VerifyKey costs as much as a verify
+_VERIFY_KEYS_MAX = 100_000
+
+
+def verify_signatures(triples: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
+    """(public_key, payload, signature) -> signature valid? Picklable: runs in verify worker processes."""
+    out = []
+    for pub, payload, sig in triples:
+        vk = _VERIFY_KEYS.get(pub)
+        if vk is None:
+            if len(_VERIFY_KEYS) >= _VERIFY_KEYS_MAX:
+                _VERIFY_KEYS.clear()
+            try:
+                vk = _VERIFY_KEYS[pub] = VerifyKey(pub)
+            except InvalidFieldError:
+                out.append(False)
+                continue
+        try:
+            vk.verify(payload, sig)
+            out.append(True)
+        except BadSignatureError:
+            out.append(False)
+    return out
+
+
 def check_progress(r: Reading, meter: Meter, progress: Progress, now_ms: int, limits: Limits) -> Verdict:
     """Checks on authenticated fields. Returns ACCEPT, HOLD or REJECT."""
     if r.seq <= progress.last_seq:

@@ -4,19 +4,19 @@ The document is validated with agent.config.parse_config BEFORE it replaces the 
 can never leave a config the agent refuses to start with. Written tmp + fsync + rename + fsync(dir): a power
 cut in the cellar leaves the old config or the new one, never half of one.
 
-TOML emitting is a small fixed-shape writer (tables of scalars + arrays of tables): the config has no
-nested structure beyond that, and tomllib (stdlib) only reads.
+TOML is written with tomli-w (tomllib, in the stdlib, only reads).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from agent.config import AgentConfig, ConfigError, parse_config
 
@@ -30,33 +30,23 @@ class AgentTomlError(Exception):
     """The config could not be read, merged or written; the message names the file and the problem."""
 
 
-def _scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # JSON string escapes are valid TOML basic strings
-    raise AgentTomlError(f"cannot write {type(value).__name__} value {value!r} to TOML")
-
-
-def _table_lines(table: Mapping[str, Any]) -> list[str]:
-    return [f"{k} = {_scalar(v)}" for k, v in table.items() if v is not None]
-
-
 def dumps(doc: Mapping[str, Any], header: str = "") -> str:
-    out: list[str] = [f"# {line}" for line in header.splitlines()]
+    """TOML text of `doc` (tomli-w), sections in a fixed, readable order, None values left out."""
     keys = [k for k in SECTION_ORDER if k in doc] + sorted(k for k in doc if k not in SECTION_ORDER + ARRAY_ORDER)
+    ordered: dict[str, Any] = {}
     for key in keys:
         if not isinstance(doc[key], Mapping):
             raise AgentTomlError(f"{key}: expected a table")
-        out += ["", f"[{key}]", *_table_lines(doc[key])]
+        ordered[key] = {k: v for k, v in doc[key].items() if v is not None}
     for key in ARRAY_ORDER:
-        for item in doc.get(key, []):
-            out += ["", f"[[{key}]]", *_table_lines(item)]
-    return "\n".join(out).lstrip("\n") + "\n"
+        if doc.get(key):
+            ordered[key] = [{k: v for k, v in item.items() if v is not None} for item in doc[key]]
+    try:
+        body = tomli_w.dumps(ordered)
+    except TypeError as exc:
+        raise AgentTomlError(f"cannot write config as TOML: {exc}") from exc
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    return comments + ("\n" if comments else "") + body
 
 
 def read_doc(path: Path) -> dict[str, Any]:
