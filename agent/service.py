@@ -71,6 +71,7 @@ class AgentService:
         self._baseline: dict[str, Baseline] = {
             m: Baseline(g.import_wh, g.export_wh, g.read_at_ms) for m, g in self.store.last_good().items()
         }
+        self._resets = self.store.pending_counter_resets()  # meters whose next reading starts a new baseline
         self._last_obs: dict[str, tuple[int, int]] = {}  # meter -> (wall ms, monotonic ms) of its last sample
         self.clock_jumps = 0
         self.last_read_ms: int | None = None
@@ -104,7 +105,10 @@ class AgentService:
         quality |= clock_q
         imp, exp = sample.values["energy_import_wh"], sample.values["energy_export_wh"]
         rated = spec.rated_max_power_w or spec.profile.rated.max_power_w
-        verdict = check_counters(self._baseline.get(meter), imp, exp, monotonic_ms=sample.monotonic_ms,
+        reset = meter in self._resets
+        if reset:
+            quality |= Quality.COUNTER_RESET
+        verdict = check_counters(None if reset else self._baseline.get(meter), imp, exp, monotonic_ms=sample.monotonic_ms,
                                  read_at_ms=sample.read_at_ms, rated_max_power_w=rated)
         if not verdict.good:
             quality |= Quality.GLITCH_SUSPECTED
@@ -127,7 +131,8 @@ class AgentService:
         if verdict.good:
             self._baseline[meter] = Baseline(imp, exp, sample.read_at_ms, sample.monotonic_ms)
             good = LastGood(imp, exp, sample.read_at_ms)
-        self.store.append(sign_reading(reading, key), good=good)
+        self.store.append(sign_reading(reading, key), good=good, clears_reset=reset)
+        self._resets.discard(meter)
         dev.stored += 1
         dev.last_read_ms = self.last_read_ms = sample.read_at_ms
         if self._full_since is not None:

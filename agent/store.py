@@ -63,9 +63,15 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS meter_state (      -- last GOOD counters, for the glitch filter across restarts
     meter_id TEXT PRIMARY KEY, import_wh INTEGER NOT NULL, export_wh INTEGER NOT NULL, read_at_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS counter_resets (   -- meter replaced: next reading starts a new baseline
+    meter_id TEXT PRIMARY KEY, requested_at_ms INTEGER NOT NULL, reason TEXT NOT NULL
+);
 """
 # Keep the event log bounded: it is a diagnostic trail, not a store.
 MAX_EVENTS = 10_000
+# Readings waiting in memory for a commit that keeps failing (disk full): beyond this, reading stops rather
+# than growing memory without bound. 10,000 = ~17 min of 4 meters at 1 s; far above one normal flush.
+MAX_PENDING = 10_000
 # Rejected acks are counted always, but written to the event log at most once per reason per minute.
 REJECT_RECORD_INTERVAL_S = 60.0
 
@@ -130,6 +136,7 @@ class Store:
         self._pending: list[SignedReading] = []
         self._dirty_seqs: set[str] = set()
         self._pending_good: dict[str, LastGood] = {}
+        self._pending_reset_done: set[str] = set()
         self.rejected: dict[str, int] = {}  # ack rejections by reason (since start)
         self._reject_recorded: dict[str, float] = {}
 
@@ -150,27 +157,34 @@ class Store:
     # -- writing --------------------------------------------------------------------------------
 
     def accepting(self) -> bool:
-        """False when overflow = stop_reading and the store is full: the caller must not read/sign."""
+        """False when overflow = stop_reading and the store is full, or when commits keep failing (disk full,
+        I/O error) and MAX_PENDING readings wait in memory: the caller must not read/sign."""
+        if len(self._pending) >= MAX_PENDING:
+            return False
         return self.overflow != "stop_reading" or self._count + len(self._pending) < self.max_readings
 
     def allocate_seq(self, meter_id: str) -> int:
         """Next seq for meter_id, strictly increasing; persisted with the next flush()."""
         if not self.accepting():
             self._bump("refused_full", 1)
-            raise StoreFullError(f"store holds {self._count} readings (max {self.max_readings}, stop_reading)")
+            raise StoreFullError(f"store holds {self._count} readings + {len(self._pending)} uncommitted "
+                                 f"(max {self.max_readings}, overflow {self.overflow}, max pending {MAX_PENDING})")
         seq = self._next.get(meter_id, 1)
         self._next[meter_id] = seq + 1
         self._dirty_seqs.add(meter_id)
         return seq
 
-    def append(self, signed: SignedReading, *, good: LastGood | None = None) -> None:
-        """Queue a signed reading for the next flush(). `good`: new last-good counters for the glitch filter."""
+    def append(self, signed: SignedReading, *, good: LastGood | None = None, clears_reset: bool = False) -> None:
+        """Queue a signed reading for the next flush(). `good`: new last-good counters for the glitch filter;
+        `clears_reset`: this reading carries COUNTER_RESET, so the pending reset request is done."""
         r = signed.reading
         if r.seq >= self._next.get(r.meter_id, 1):
             raise StoreError(f"{r.meter_id} seq {r.seq} was not allocated by this store")
         self._pending.append(signed)
         if good is not None:
             self._pending_good[r.meter_id] = good
+        if clears_reset:
+            self._pending_reset_done.add(r.meter_id)
 
     @property
     def pending(self) -> int:
@@ -197,6 +211,8 @@ class Store:
                     "INSERT OR REPLACE INTO meter_state VALUES (?,?,?,?)",
                     [(m, g.import_wh, g.export_wh, g.read_at_ms) for m, g in self._pending_good.items()],
                 )
+                self._db.executemany("DELETE FROM counter_resets WHERE meter_id = ?",
+                                     [(m,) for m in self._pending_reset_done])
                 self._count += len(rows)
                 for s in self._pending:
                     m = s.reading.meter_id
@@ -208,6 +224,7 @@ class Store:
         self._pending.clear()
         self._dirty_seqs.clear()
         self._pending_good.clear()
+        self._pending_reset_done.clear()
         if dropped:
             log.warning("store full (%d readings): dropped %d oldest unacked readings", self.max_readings, dropped)
         return len(rows)
@@ -343,6 +360,18 @@ class Store:
         return self._db.execute(
             "SELECT at_ms, kind, meter_id, detail FROM events ORDER BY id DESC LIMIT ?", (limit,)
         ).fetchall()
+
+    def request_counter_reset(self, meter_id: str, reason: str) -> None:
+        """A meter was replaced or reset (provisioning): forget its last good counters; the agent's next
+        reading of it carries Quality.COUNTER_RESET and starts a new baseline. Takes effect at agent start."""
+        with self._tx():
+            self._db.execute("INSERT OR REPLACE INTO counter_resets VALUES (?,?,?)",
+                             (meter_id, self._wall_ms(), reason))
+            self._db.execute("DELETE FROM meter_state WHERE meter_id = ?", (meter_id,))
+            self._event("counter_reset_requested", meter_id, reason)
+
+    def pending_counter_resets(self) -> set[str]:
+        return {m for (m,) in self._db.execute("SELECT meter_id FROM counter_resets")}
 
     def last_good(self) -> dict[str, LastGood]:
         rows = self._db.execute("SELECT meter_id, import_wh, export_wh, read_at_ms FROM meter_state")

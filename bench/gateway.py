@@ -3,7 +3,7 @@
 1. verify_per_s_per_core: single-thread PyNaCl Ed25519 verify rate (protocol.signing), measured in this run.
 2. readings_per_s: a separate publisher process sends pre-signed batches (500 readings per message, many
    meters) to a real mosquitto as fast as it can; the gateway intake (paho, shared subscription, verify
-   thread pool, checks, one SQLite WAL commit per group, signed acks) processes them. The clock runs from
+   worker processes, checks, one SQLite WAL commit per group, signed acks) processes them. The clock runs from
    the first publish until every reading is committed as accepted. ratio = readings_per_s /
    (verify_per_s_per_core x cores); target >= 0.6.
 3. readings_per_tx: the submitter sends one interval submission for each of many meters to the local chain
@@ -20,11 +20,10 @@ import multiprocessing
 import os
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from gateway.acceptance import Acceptance, IngressLimit
+from gateway.acceptance import Acceptance, IngressLimit, verify_pool
 from gateway.checks import Limits
 from gateway.config import MqttSection
 from gateway.intake import Intake
@@ -119,7 +118,7 @@ def intake_throughput(work: Path, n_meters: int, n_readings: int, batch: int, n_
         reg = Registration(mid, key.public_key, "eastron-sdm630", "SN", MeterRole.GRID, 1, 30_000, "bench", 1)
         registry.add(sign_registration(reg, key).to_text(), 0)
     store, metrics = Store(work / "gateway.sqlite"), Metrics()
-    pool = ThreadPoolExecutor(n_cores)
+    pool = verify_pool(n_cores)
     acc = Acceptance(store, registry, Limits(), IngressLimit(1e6, 10**7), metrics, pool)
     with Broker(workdir=work / "broker") as broker:
         intake = Intake(MqttSection(port=broker.port, client_id="bench-gw", max_pending_messages=64), acc,

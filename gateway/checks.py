@@ -15,7 +15,7 @@ as metric labels, so they never change meaning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway.registry import Meter, MeterStatus
@@ -223,11 +223,10 @@ def advance(progress: Progress, r: Reading, verdict: Verdict) -> Progress:
     """Progress after handling an authenticated reading (pure)."""
     if not verdict.authenticated:
         return progress
-    p = replace(progress, last_seq=max(progress.last_seq, r.seq))
-    if verdict.outcome is Outcome.ACCEPT:
-        p = replace(p, last_read_at_ms=r.read_at_ms, last_import_wh=r.energy_import_wh,
-                    last_export_wh=r.energy_export_wh)
-    return p
+    seq = max(progress.last_seq, r.seq)
+    if verdict.outcome is Outcome.ACCEPT:  # direct construction: this runs once per reading
+        return Progress(seq, r.read_at_ms, r.energy_import_wh, r.energy_export_wh)
+    return Progress(seq, progress.last_read_at_ms, progress.last_import_wh, progress.last_export_wh)
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,9 +83,9 @@ def _nonempty(v: str) -> str | None:
 class GatewaySection:
     state_dir: str = "/var/lib/gridmeter-gateway"  # SQLite database lives here
     ack_key_file: str = "/etc/gridmeter/gateway.key"  # Ed25519 seed (64 hex) signing the acks
-    verify_threads: int = 2  # PyNaCl releases the GIL: one verify thread per core
+    verify_workers: int = 2  # signature-checking processes: one per core
     checks: ClassVar[dict[str, Check]] = {"state_dir": _nonempty, "ack_key_file": _nonempty,
-                                          "verify_threads": _range(1, 64)}
+                                          "verify_workers": _range(1, 64)}
 
 
 @dataclass(frozen=True)

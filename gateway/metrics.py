@@ -22,6 +22,8 @@ class Metrics:
                                   registry=r)
         self.rejected = Counter("gridmeter_gateway_readings_rejected", "Readings rejected (quarantined) by reason",
                                 ["source", "reason"], registry=r)
+        self.not_stored = Counter("gridmeter_gateway_rejections_not_stored",
+                                  "Unauthenticated rejections only counted (flood limit reached)", registry=r)
         self.gaps = Counter("gridmeter_gateway_seq_missing", "Sequence numbers skipped by meters", registry=r)
         self.verify_seconds = Histogram(
             "gridmeter_gateway_verify_seconds", "Ed25519 verification time per batch of messages", registry=r,

@@ -15,14 +15,13 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from aiohttp import web
 
-from gateway.acceptance import Acceptance, IngressLimit
+from gateway.acceptance import Acceptance, IngressLimit, verify_pool
 from gateway.checks import Limits
 from gateway.config import GatewayConfig
 from gateway.ingest_http import HttpIngest
@@ -108,7 +107,7 @@ class Gateway:
     def _start_intake(self, reg_path: Path) -> None:
         cfg = self.cfg
         store, registry = Store(cfg.db_path), Registry(reg_path)
-        pool = ThreadPoolExecutor(cfg.gateway.verify_threads, thread_name_prefix="verify")
+        pool = verify_pool(cfg.gateway.verify_workers)
         acc = Acceptance(store, registry, limits_from(cfg),
                          IngressLimit(cfg.limits.ingress_rate_per_s, cfg.limits.ingress_burst), self.metrics, pool,
                          topic_prefix=cfg.mqtt.topic_prefix)

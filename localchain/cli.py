@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="program ID to load the oracle at (default: the devnet oracle ID)")
     s.add_argument("--state", default=None, metavar="FILE",
                    help="persist chain state (accounts, history) to FILE and resume from it if it exists")
+    s.add_argument("--min-reading-interval", type=int, default=None, metavar="SECONDS",
+                   help="local chain only: set OracleData.min_reading_interval at genesis (default: the "
+                   "program's initialize default, 60 s). The real oracle has no instruction for this.")
     s.set_defaults(func=_serve)
 
 
@@ -49,6 +52,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"gridmeter chain serve: not a base58 public key: {e}")
         return 2
+    if args.min_reading_interval is not None and not 0 <= args.min_reading_interval <= 65535:
+        print("gridmeter chain serve: --min-reading-interval must be 0..65535 seconds")
+        return 2
     if not 0 <= args.port <= 65535:
         print("gridmeter chain serve: --port must be 0..65535")
         return 2
@@ -69,6 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
         except OSError as e:
             print(f"gridmeter chain serve: cannot listen on {args.host}:{args.port}: {e}")
             return 1
+        if args.min_reading_interval is not None:
+            server.chain.set_genesis_fields(min_reading_interval=args.min_reading_interval)
         log.info("serving %s: program %s, chain_bridge %s, admin %s", server.url, program_id, bridge,
                  server.chain.admin.pubkey())
         print(f"RPC {server.url}", flush=True)

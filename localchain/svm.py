@@ -277,6 +277,26 @@ class LocalChain:
         log.info("oracle %s initialized: chain_bridge %s, admin %s", self.program_id, chain_bridge,
                  self.admin.pubkey())
 
+    # Genesis-style edits of OracleData: the program has no instruction for min_reading_interval, so a local
+    # chain that must close intervals in seconds (demo, tests) sets it here, before the gateway reads it.
+    GENESIS_FIELDS = {"min_reading_interval": (168, "<H"), "min_energy_value": (104, "<Q"),
+                      "max_energy_value": (112, "<Q"), "max_production_consumption_ratio": (170, "<H")}
+
+    def set_genesis_fields(self, **fields: int) -> None:
+        """Overwrite OracleData fields in place (local chain only). Unknown names raise ValueError."""
+        pda = oracle_data_pda(self.program_id)[0]
+        acc = self.svm.get_account(pda)
+        if acc is None:
+            raise ValueError("OracleData does not exist: the oracle is not initialized")
+        data = bytearray(acc.data)
+        for name, value in fields.items():
+            if name not in self.GENESIS_FIELDS:
+                raise ValueError(f"{name}: not a genesis-editable OracleData field ({sorted(self.GENESIS_FIELDS)})")
+            off, fmt = self.GENESIS_FIELDS[name]
+            struct.pack_into(fmt, data, off, value)
+        self.svm.set_account(pda, Account(acc.lamports, bytes(data), acc.owner, acc.executable, acc.rent_epoch))
+        self.touched.add(pda)
+
     # ---- accounts ---------------------------------------------------------------------------------------
     def get_account(self, pubkey: Pubkey) -> Account | None:
         self.tick()

@@ -60,9 +60,18 @@ class ServerThread:
         for s in reversed(self.servers):
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(s.stop(), self._loop).result(30)
+        asyncio.run_coroutine_threadsafe(self._cancel_rest(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+    @staticmethod
+    async def _cancel_rest() -> None:
+        """Request handlers interrupted by a killed agent may still wait: end them before closing the loop."""
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in rest:
+            t.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
 
 @dataclass
@@ -258,3 +267,32 @@ def test_sd_notify_ready_watchdog_stopping(rig: Rig, tmp_path: Path) -> None:
             while True:
                 rest.append(sock.recv(64))
     assert rest[-1] == b"STOPPING=1", rest
+
+
+def test_lwt_marks_offline_after_sigkill(rig: Rig, broker: Broker) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+    seen: dict[str, list[dict[str, object]]] = {}
+    lock = threading.Lock()
+
+    def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        with lock:
+            seen.setdefault(msg.topic, []).append(json.loads(msg.payload))
+
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="status-watcher", protocol=MQTTProtocolVersion.MQTTv5)
+    watcher.on_message = on_message
+    watcher.connect(broker.host, broker.port)
+    watcher.subscribe("gridmeter/v1/+/status", qos=1)
+    watcher.loop_start()
+    try:
+        rig.agent.start()
+        first = "gridmeter/v1/HOUSE-1/status"
+        wait_for(lambda: len(seen) == 4 and all(v[-1]["state"] == "online" for v in seen.values()), 30,
+                 "online status of all meters", rig.agent)
+        rig.agent.kill()
+        wait_for(lambda: seen[first][-1]["state"] == "offline", 30, "LWT offline")
+        assert seen[first][-1]["meters"] == [m[0] for m in METERS]  # the LWT names every meter of the agent
+    finally:
+        watcher.disconnect()
+        watcher.loop_stop()

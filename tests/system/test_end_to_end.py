@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -113,6 +114,8 @@ async def test_meters_to_chain_exactly(broker: Broker, tmp_path: Path) -> None:
                        poll_interval_s=0.5, ack_timeout_s=3.0)
     agent_cfg = setup.write()
     dash_port = free_port()
+    while dash_port in (setup.status_port, broker.port, srv.port, tcp.port):  # free_port can hand out a port twice
+        dash_port = free_port()
     gw_cfg = gateway_config(tmp_path, broker, srv.url, str(srv.chain.program_id), dash_port)
     gw_db = tmp_path / "gw-state" / "gateway.sqlite"
     gw_log, agent_log = tmp_path / "gateway.log", tmp_path / "agent.log"
@@ -187,6 +190,15 @@ async def test_meters_to_chain_exactly(broker: Broker, tmp_path: Path) -> None:
                 "seq_not_increasing"} <= reasons, reasons
         assert q(gw_db, "SELECT duplicates > 0 FROM progress WHERE meter_id = 'HOUSE-1'") == [(1,)]  # replay dropped
         assert q(gw_db, "SELECT COUNT(*) FROM rejections WHERE meter_id IS NOT NULL AND payload = x''") == [(0,)]
+        out = subprocess.run([*cli, "rejections", "--json", "--config", str(gw_cfg)], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0 and '"reason": "topic_mismatch"' in out.stdout, out.stderr
+        async with aiohttp.ClientSession() as http, http.get(
+                f"http://127.0.0.1:{dash_port}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+            metrics = await r.text()
+        assert 'gridmeter_gateway_readings_rejected_total{reason="bad_signature",source="mqtt"} 1.0' in metrics
+        assert "gridmeter_gateway_transactions_failed_total{" not in metrics
+        assert 'gridmeter_gateway_outbox{status="pending"} 0.0' in metrics
     finally:
         spy.loop_stop()
         spy.disconnect()

@@ -163,3 +163,22 @@ def test_backlog_and_oldest(tmp_path: Path) -> None:
     assert st.backlog() == {"M1": (3, 1, 3), "M2": (2, 1, 2)}
     assert st.oldest_read_at_ms() == 1_700_000_000_001
     st.close()
+
+
+def test_disk_full_keeps_readings_pending_then_commits_them(tmp_path: Path) -> None:
+    from agent.store import StoreError
+
+    st = Store(tmp_path / "s.db", max_readings=100_000)
+    fill(st, "M1", 10)
+    pages = st._db.execute("PRAGMA page_count").fetchone()[0]
+    st._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "disk full" (SQLITE_FULL)
+    for _ in range(300):
+        st.append(signed(st, "M1"))
+    with pytest.raises(StoreError, match="cannot commit 300 readings"):
+        st.flush()
+    assert st.count() == 10 and st.pending == 300  # nothing lost, nothing half-written
+    st._db.execute("PRAGMA max_page_count = 1073741823")
+    assert st.flush() == 300
+    assert [r.seq for r in st.fetch("M1", 0, 1000)] == list(range(1, 311))
+    st.close()
+    assert Store(tmp_path / "s.db", max_readings=100_000).allocate_seq("M1") == 311
