@@ -1,4 +1,4 @@
-"""`gridmeter agent run | check-config | status`.
+"""`gridmeter agent run | check-config | status | reset-counter`.
 
 Exit codes: 0 ok; 1 runtime failure (store cannot open, agent degraded for `status`); 2 bad config or key
 file (fix the file, restarting will not help: the systemd unit does not restart on 2);
@@ -26,6 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     chk = asub.add_parser("check-config", help="validate a config file, its profiles and key files; start nothing")
     chk.add_argument("config", metavar="FILE")
     chk.set_defaults(func=_check)
+    rc = asub.add_parser("reset-counter", help="after replacing a meter: its next reading starts a new baseline "
+                         "(flagged COUNTER_RESET); run while the agent is stopped, takes effect at start")
+    rc.add_argument("--config", required=True, metavar="FILE")
+    rc.add_argument("meter_id")
+    rc.add_argument("--reason", required=True, help="recorded in the store's event log")
+    rc.set_defaults(func=_reset_counter)
     st = asub.add_parser("status", help="print the running agent's /health JSON")
     st.add_argument("--url", default=DEFAULT_STATUS_URL, help=f"health URL (default {DEFAULT_STATUS_URL})")
     st.set_defaults(func=_status)
@@ -73,6 +79,29 @@ def _check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     print(f"{args.config}: OK ({len(cfg.buses)} buses, {len(meters)} meters: "
           + ", ".join(f"{m.meter_id}={m.profile.id}@{m.bus}/{m.unit_id}" for m in meters) + ")")
+    return EXIT_OK
+
+
+def _reset_counter(args: argparse.Namespace) -> int:
+    from agent.config import ConfigError, load_config
+    from agent.store import Store, StoreError
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"gridmeter agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.meter_id not in {m.meter_id for m in cfg.meters}:
+        print(f"gridmeter agent: meter {args.meter_id!r} is not in {args.config}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        store = Store(cfg.db_path, max_readings=cfg.store.max_readings, overflow=cfg.store.overflow)
+        store.request_counter_reset(args.meter_id, args.reason)
+        store.close()
+    except StoreError as exc:
+        print(f"gridmeter agent: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{args.meter_id}: counter reset recorded; (re)start the agent to apply it")
     return EXIT_OK
 
 

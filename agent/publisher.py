@@ -12,8 +12,9 @@ ack_timeout_s, the meter's stream is rewound to its acked seq and re-sent (the g
 (meter_id, seq)). paho's in-memory session is never the store: after a restart the store re-sends
 everything unacked.
 
-One connection per agent: the LWT (retained {"state": "offline"}) goes to the first meter's status topic
-and names every meter of this agent; on a clean stop every meter's status is set offline.
+One connection per agent, and MQTT allows one will per connection: the LWT (retained {"state": "offline"})
+goes to the agent's own status topic (gridmeter/v1/agent/<client_id>/status) and names every meter of this
+agent. Each meter's status topic gets a retained online on connect and offline on a clean stop.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from agent.config import ConfigError, MqttSection
 from agent.store import AckRejectedError, Store
 from protocol.canonical import encode_batch
 from protocol.signing import VerifyKey
-from protocol.topics import ack_topic, parse_meter_topic, readings_topic, status_topic
+from protocol.topics import ack_topic, agent_status_topic, parse_meter_topic, readings_topic, status_topic
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class Publisher:
                     f"mqtt.tls_ca/tls_cert/tls_key: cannot load TLS material ({exc}) "
                     f"(got {self.cfg.tls_ca}, {self.cfg.tls_cert}, {self.cfg.tls_key})"
                 ) from exc
-        c.will_set(self._status_topic(self.meter_ids[0]), self._status_payload("offline"), qos=1, retain=True)
+        c.will_set(self._agent_topic, self._status_payload("offline"), qos=1, retain=True)
         c.reconnect_delay_set(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)  # type: ignore[arg-type]
         c.max_inflight_messages_set(self.cfg.inflight_max)
         c.max_queued_messages_set(0)  # our window bounds paho's queue; the store is the real queue
@@ -137,6 +138,13 @@ class Publisher:
         c.on_publish = self._on_publish
         c.on_message = self._on_message
         return c
+
+    @property
+    def _agent_topic(self) -> str:
+        return agent_status_topic(self.cfg.client_id, self.cfg.topic_prefix)
+
+    def _status_topics(self) -> list[str]:
+        return [self._agent_topic, *(self._status_topic(m) for m in self.meter_ids)]
 
     def _status_topic(self, meter_id: str) -> str:
         return status_topic(meter_id, self.cfg.topic_prefix)
@@ -159,8 +167,8 @@ class Publisher:
             return
         # Always (re)subscribe: harmless when the broker kept the session, essential when it did not.
         client.subscribe([(ack_topic(m, self.cfg.topic_prefix), 1) for m in self.meter_ids])
-        for m in self.meter_ids:
-            client.publish(self._status_topic(m), self._status_payload("online"), qos=1, retain=True)
+        for topic in self._status_topics():
+            client.publish(topic, self._status_payload("online"), qos=1, retain=True)
         self._post(self._connected, bool(flags.session_present))
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
@@ -311,8 +319,8 @@ class Publisher:
         self._wake.set()
         if self.stats.connected:
             infos = [
-                self._client.publish(self._status_topic(m), self._status_payload("offline"), qos=1, retain=True)
-                for m in self.meter_ids
+                self._client.publish(topic, self._status_payload("offline"), qos=1, retain=True)
+                for topic in self._status_topics()
             ]
             deadline = self._mono() + timeout_s
             while not all(i.is_published() for i in infos) and self._mono() < deadline and self.stats.connected:

@@ -108,7 +108,8 @@ class AgentService:
         reset = meter in self._resets
         if reset:
             quality |= Quality.COUNTER_RESET
-        verdict = check_counters(None if reset else self._baseline.get(meter), imp, exp, monotonic_ms=sample.monotonic_ms,
+        baseline = None if reset else self._baseline.get(meter)
+        verdict = check_counters(baseline, imp, exp, monotonic_ms=sample.monotonic_ms,
                                  read_at_ms=sample.read_at_ms, rated_max_power_w=rated)
         if not verdict.good:
             quality |= Quality.GLITCH_SUSPECTED

@@ -47,7 +47,7 @@ def _fill(store: Store, keys: dict[str, SigningKey], total: int) -> None:
                         energy_import_wh=10_000_000 + i * 3, energy_export_wh=i, profile_id="eastron-sdm630",
                         instant=inst)
             store.append(sign_reading(r, key))
-        if i % 5000 == 4999:
+        if i % 1000 == 999:
             store.flush()
     store.flush()
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from gateway.checks import (
     Limits,
+    Neighbors,
     Outcome,
     Progress,
     Reason,
@@ -31,6 +32,7 @@ from gateway.checks import (
     Verdict,
     advance,
     check_envelope,
+    check_late,
     check_progress,
     verify_signatures,
 )
@@ -101,7 +103,7 @@ class Acceptance:
         self.store, self.registry, self.limits, self.ingress = store, registry, limits, ingress
         self.metrics, self.pool, self.prefix, self.clock = metrics, pool, topic_prefix, clock
         self._meters: dict[str, Meter] = {}
-        self._registry_version: int | None = None
+        self._registry_version: tuple[int, int] | None = None
         self._progress: dict[str, Progress] = {}
         self._flood = TokenBucket(float(DEFAULT_FLOOD_BURST), clock())
 
@@ -200,6 +202,8 @@ class Acceptance:
                 stored = self.store.handled_payload(mid, r.seq)
             verdict = check_envelope(it.item, mid, meter, prog, stored)
             if verdict is None and it.verdict is _VERIFIED and meter is not None:
+                if r.seq <= prog.last_seq and self._late(it, r, mid, w):
+                    return
                 verdict = check_progress(r, meter, prog, w.now_ms, self.limits)
         if verdict is None or verdict is _VERIFIED:  # not verified (e.g. became known mid-batch): refuse
             verdict = Verdict(Outcome.REJECT, Reason.UNKNOWN_METER, "meter registered while the batch was in flight")
@@ -219,6 +223,24 @@ class Acceptance:
                 w.count(mid, "missing", verdict.gap[1] - verdict.gap[0] + 1)
             progress[mid] = advance(prog, r, verdict)
 
+    def _late(self, it: _Item, r: Reading, mid: str, w: _Writer) -> bool:
+        """A seq inside a recorded gap: checked against its neighbours, stored at once. True if handled."""
+        gap = self.store.gap_containing(mid, r.seq)
+        if gap is None or it.item is None:
+            return False
+        verdict = check_late(r, Neighbors(*self.store.neighbors(mid, r.seq)), w.now_ms, self.limits)
+        w.ack.add(mid)
+        w.payloads[(mid, r.seq)] = it.item.payload
+        if verdict.outcome is Outcome.REJECT:
+            w.reject(it, verdict, True)
+            return True
+        self.store.fill_late(w.row(it.item, r, verdict), gap)
+        if verdict.outcome is Outcome.ACCEPT:
+            w.late += 1
+        else:
+            w.late_held += 1
+        return True
+
     def _count(self, w: _Writer) -> None:
         m = self.metrics
         for reason in [r.reason for r in w.rejections] + w.counts_only:
@@ -226,9 +248,9 @@ class Acceptance:
         if w.not_stored:
             m.not_stored.inc(w.not_stored)
             log.warning("unauthenticated input flood: %d rejections counted but not stored", w.not_stored)
-        n_acc = sum(1 for r in w.readings if r.status == "accepted")
+        n_acc = sum(1 for r in w.readings if r.status == "accepted") + w.late
         m.accepted.labels("mqtt").inc(n_acc)
-        m.held.inc(len(w.readings) - n_acc)
+        m.held.inc(len(w.readings) + w.late + w.late_held - n_acc)
         m.duplicates.inc(sum(c.get("duplicates", 0) for c in w.counts.values()))
         m.gaps.inc(sum(c.get("missing", 0) for c in w.counts.values()))
 
@@ -253,6 +275,8 @@ class _Writer:
         self.counts: dict[str, dict[str, int]] = {}
         self.ack: set[str] = set()
         self.counts_only: list[str] = []
+        self.late = 0
+        self.late_held = 0
         self.payloads: dict[tuple[str, int], bytes] = {}
 
     def count(self, mid: str, what: str, n: int = 1) -> None:
@@ -278,10 +302,13 @@ class _Writer:
         if it.topic_meter_id is not None:
             self.count(it.topic_meter_id, "rejected")
 
-    def store(self, item: BatchItem, r: Reading, v: Verdict) -> None:
-        held = v.outcome is Outcome.HOLD
-        self.readings.append(ReadingRow(
+    def row(self, item: BatchItem, r: Reading, v: Verdict) -> ReadingRow:
+        return ReadingRow(
             r.meter_id, r.seq, r.read_at_ms, r.energy_import_wh, r.energy_export_wh, int(r.quality), r.clock_synced,
-            r.instant.power_w, "held" if held else "accepted", str(v.reason) if v.reason else None,
-            v.detail or None, v.rebaseline, item.payload, item.signature, self.now_ms))
-        self.count(r.meter_id, "held" if held else "accepted")
+            r.instant.power_w, "held" if v.outcome is Outcome.HOLD else "accepted",
+            str(v.reason) if v.reason else None, v.detail or None, v.rebaseline, item.payload, item.signature,
+            self.now_ms)
+
+    def store(self, item: BatchItem, r: Reading, v: Verdict) -> None:
+        self.readings.append(self.row(item, r, v))
+        self.count(r.meter_id, "held" if v.outcome is Outcome.HOLD else "accepted")

@@ -166,8 +166,8 @@ def check_progress(r: Reading, meter: Meter, progress: Progress, now_ms: int, li
             flags.insert(0, "clock_unsynced")
         return Verdict(Outcome.HOLD, Reason.QUALITY, ",".join(dict.fromkeys(flags)), gap)
     verdict = _time_checks(r, progress, now_ms, limits) or _counter_checks(r, meter, progress, limits)
-    if verdict is not None:
-        return verdict
+    if verdict is not None:  # refused, but its seq is authentic: the seqs it skipped are a gap all the same
+        return Verdict(verdict.outcome, verdict.reason, verdict.detail, gap)
     return Verdict(Outcome.ACCEPT, None, "", gap, rebaseline=_is_rebaseline(r, meter, progress))
 
 
@@ -211,6 +211,39 @@ def _counter_checks(r: Reading, meter: Meter, progress: Progress, limits: Limits
             return _reject(Reason.IMPLAUSIBLE_ENERGY, f"energy_{name}_wh +{new - old} Wh in {dt_ms} ms = {mean_w} W "
                                                       f"> rated {meter.rated_max_power_w} W")
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbors:
+    """The accepted readings around a late seq: (read_at_ms, import_wh, export_wh) or None."""
+
+    prev: tuple[int, int, int] | None
+    next: tuple[int, int, int] | None
+
+
+def check_late(r: Reading, neighbors: Neighbors, now_ms: int, limits: Limits) -> Verdict:
+    """A reading whose seq lies in a recorded gap (it arrived after later ones, e.g. processed by another
+    gateway process of the share group): it must fit between its accepted neighbours in time and counters.
+    Accepted late readings are stored; the interval planner uses them only if it has not moved past them
+    (counters are cumulative, so skipping one loses no energy)."""
+    if not r.good:
+        return Verdict(Outcome.HOLD, Reason.QUALITY, "late; quality not good")
+    if r.read_at_ms > now_ms + limits.future_skew_ms:
+        return _reject(Reason.READ_AT_FUTURE, f"late reading: read_at {r.read_at_ms} is in the future")
+    if r.read_at_ms < now_ms - limits.acceptance_window_ms:
+        return _reject(Reason.READ_AT_TOO_OLD, f"late reading: read_at {r.read_at_ms} is too old")
+    for nb, later in ((neighbors.prev, False), (neighbors.next, True)):
+        if nb is None:
+            continue
+        at, imp, exp = nb
+        if (r.read_at_ms >= at) if later else (r.read_at_ms <= at):
+            return _reject(Reason.READ_AT_NOT_INCREASING, f"late reading: read_at {r.read_at_ms} out of order "
+                                                          f"with its neighbour at {at}")
+        if (r.energy_import_wh > imp or r.energy_export_wh > exp) if later else (
+                r.energy_import_wh < imp or r.energy_export_wh < exp):
+            return _reject(Reason.COUNTER_DECREASED, f"late reading: counters {r.energy_import_wh}/"
+                                                     f"{r.energy_export_wh} do not fit between its neighbours")
+    return Verdict(Outcome.ACCEPT, None, "late arrival: filled a gap")
 
 
 _POST_VERIFY = frozenset({

@@ -90,14 +90,16 @@ class Registry:
     def __init__(self, path: str | Path) -> None:
         self.conn = connect(path)
         self.conn.executescript(_SCHEMA)
+        self._writes = 0
 
     def close(self) -> None:
         self.conn.close()
 
-    def data_version(self) -> int:
-        """Changes whenever another connection (e.g. the CLI) committed: time to reload a cache."""
+    def data_version(self) -> tuple[int, int]:
+        """Changes whenever anyone committed to the registry (PRAGMA data_version sees other connections,
+        e.g. the CLI; the counter sees this one): time to reload a cache."""
         v: int = self.conn.execute("PRAGMA data_version").fetchone()[0]
-        return v
+        return v, self._writes
 
     def get(self, meter_id: str) -> Meter | None:
         r = self.conn.execute(f"SELECT {_COLUMNS} FROM meters WHERE meter_id = ?", (meter_id,)).fetchone()
@@ -163,6 +165,7 @@ class Registry:
         self._log(reg.meter_id, action, f"key_id={key_id(reg.public_key).hex()} serial={reg.serial_number}", now_ms)
 
     def _log(self, meter_id: str, action: str, detail: str, now_ms: int) -> None:
+        self._writes += 1
         self.conn.execute("INSERT INTO registry_log (meter_id, action, detail, at_ms) VALUES (?,?,?,?)",
                           (meter_id, action, detail, now_ms))
 

@@ -132,6 +132,11 @@ class OutboxRow:
     created_at_ms: int
 
 
+def _reading_tuple(r: ReadingRow) -> tuple[object, ...]:
+    return (r.meter_id, r.seq, r.read_at_ms, r.import_wh, r.export_wh, r.quality, int(r.clock_synced), r.power_w,
+            r.status, r.reason, r.detail, int(r.rebaseline), r.payload, r.signature, r.received_at_ms)
+
+
 _OUTBOX_COLS = ("key, meter_id, zone_id, produced_wh, consumed_wh, reading_timestamp, status, reason, signature,"
                 " attempts, source, created_at_ms")
 
@@ -165,13 +170,34 @@ class Store:
                                   " ORDER BY id LIMIT 1", (meter_id, seq)).fetchone()
         return bytes(r[0]) if r else None
 
+    def gap_containing(self, meter_id: str, seq: int) -> tuple[int, int] | None:
+        r = self.conn.execute("SELECT first_seq, last_seq FROM gaps WHERE meter_id = ? AND first_seq <= ? "
+                              "AND last_seq >= ? LIMIT 1", (meter_id, seq, seq)).fetchone()
+        return (r[0], r[1]) if r else None
+
+    def neighbors(self, meter_id: str, seq: int) -> tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]:
+        """(read_at_ms, import_wh, export_wh) of the accepted readings just before and after seq."""
+        q = ("SELECT read_at_ms, import_wh, export_wh FROM readings WHERE meter_id = ? AND seq {} ? "
+             "AND status = 'accepted' ORDER BY seq {} LIMIT 1")
+        prev = self.conn.execute(q.format("<", "DESC"), (meter_id, seq)).fetchone()
+        nxt = self.conn.execute(q.format(">", "ASC"), (meter_id, seq)).fetchone()
+        return (tuple(prev) if prev else None), (tuple(nxt) if nxt else None)  # type: ignore[return-value]
+
+    def fill_late(self, row: ReadingRow, gap: tuple[int, int]) -> None:
+        """Store a late reading now (within the caller's transaction) and shrink the gap it filled."""
+        c = self.conn
+        c.execute(_INSERT_READING, _reading_tuple(row))
+        c.execute("DELETE FROM gaps WHERE meter_id = ? AND first_seq = ? AND last_seq = ?", (row.meter_id, *gap))
+        rest = [(row.meter_id, a, b, row.received_at_ms) for a, b in ((gap[0], row.seq - 1), (row.seq + 1, gap[1]))
+                if a <= b]
+        c.executemany("INSERT INTO gaps VALUES (?,?,?,?)", rest)
+        c.execute("UPDATE progress SET missing = missing - 1, accepted = accepted + ?, held = held + ? "
+                  "WHERE meter_id = ?", (int(row.status == "accepted"), int(row.status == "held"), row.meter_id))
+
     def write_batch(self, w: BatchWrite) -> None:
         """Caller holds the transaction (see `transaction`)."""
         c = self.conn
-        c.executemany(_INSERT_READING, [
-            (r.meter_id, r.seq, r.read_at_ms, r.import_wh, r.export_wh, r.quality, int(r.clock_synced), r.power_w,
-             r.status, r.reason, r.detail, int(r.rebaseline), r.payload, r.signature, r.received_at_ms)
-            for r in w.readings])
+        c.executemany(_INSERT_READING, [_reading_tuple(r) for r in w.readings])
         c.executemany(_INSERT_REJECTION, [
             (r.received_at_ms, r.source, r.topic_meter_id, r.meter_id, r.seq, r.reason, r.detail,
              int(r.authenticated), r.payload, r.signature) for r in w.rejections])

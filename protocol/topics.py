@@ -2,10 +2,16 @@
 
     gridmeter/v1/{meter_id}/readings   agent -> gateway, QoS 1, batch messages (protocol.canonical)
     gridmeter/v1/{meter_id}/ack        gateway -> agent, QoS 1, signed ack (highest contiguous seq)
-    gridmeter/v1/{meter_id}/status     agent, retained JSON {"state": "online"|"offline", ...}; LWT = offline
+    gridmeter/v1/{meter_id}/status     agent, retained JSON {"state": "online"|"offline", ...}
+    gridmeter/v1/agent/{agent_id}/status  agent process, retained JSON; its LWT = offline (one connection
+                                       carries several meters, and MQTT allows one will per connection)
+
+meter_id never equals "agent" in a 4-level topic: the meter filters (+/readings) match 3 levels only.
 """
 
 from __future__ import annotations
+
+import re
 
 from protocol.errors import InvalidFieldError
 from protocol.reading import validate_meter_id
@@ -13,6 +19,8 @@ from protocol.reading import validate_meter_id
 PREFIX = "gridmeter/v1"
 READINGS_FILTER = f"{PREFIX}/+/readings"
 STATUS_FILTER = f"{PREFIX}/+/status"
+AGENT_STATUS_FILTER = f"{PREFIX}/agent/+/status"
+_AGENT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def readings_topic(meter_id: str, prefix: str = PREFIX) -> str:
@@ -25,6 +33,13 @@ def ack_topic(meter_id: str, prefix: str = PREFIX) -> str:
 
 def status_topic(meter_id: str, prefix: str = PREFIX) -> str:
     return f"{prefix}/{validate_meter_id(meter_id)}/status"
+
+
+def agent_status_topic(agent_id: str, prefix: str = PREFIX) -> str:
+    """Status of one agent process (its MQTT client id); carries the LWT."""
+    if not _AGENT_ID_RE.match(agent_id):
+        raise InvalidFieldError(f"agent id (MQTT client id): 1-64 of A-Z a-z 0-9 . _ - (got {agent_id!r})")
+    return f"{prefix}/agent/{agent_id}/status"
 
 
 def shared_readings_filter(group: str, prefix: str = PREFIX) -> str:

@@ -283,16 +283,16 @@ def test_lwt_marks_offline_after_sigkill(rig: Rig, broker: Broker) -> None:
     watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="status-watcher", protocol=MQTTProtocolVersion.MQTTv5)
     watcher.on_message = on_message
     watcher.connect(broker.host, broker.port)
-    watcher.subscribe("gridmeter/v1/+/status", qos=1)
+    watcher.subscribe([("gridmeter/v1/+/status", 1), ("gridmeter/v1/agent/+/status", 1)])
     watcher.loop_start()
     try:
         rig.agent.start()
-        first = "gridmeter/v1/HOUSE-1/status"
-        wait_for(lambda: len(seen) == 4 and all(v[-1]["state"] == "online" for v in seen.values()), 30,
-                 "online status of all meters", rig.agent)
+        agent_topic = "gridmeter/v1/agent/agent-it/status"
+        wait_for(lambda: len(seen) == 5 and all(v[-1]["state"] == "online" for v in seen.values()), 30,
+                 "online status of the agent and all its meters", rig.agent)
         rig.agent.kill()
-        wait_for(lambda: seen[first][-1]["state"] == "offline", 30, "LWT offline")
-        assert seen[first][-1]["meters"] == [m[0] for m in METERS]  # the LWT names every meter of the agent
+        wait_for(lambda: seen[agent_topic][-1]["state"] == "offline", 30, "LWT offline")
+        assert seen[agent_topic][-1]["meters"] == [m[0] for m in METERS]  # the LWT names every meter
     finally:
         watcher.disconnect()
         watcher.loop_stop()

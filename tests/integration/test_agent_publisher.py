@@ -138,10 +138,10 @@ async def test_status_online_retained_and_offline_on_clean_stop(tmp_path: Path, 
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher", protocol=MQTTProtocolVersion.MQTTv5)
     c.on_message = lambda _c, _u, m: got.__setitem__(m.topic, bytes(m.payload))
     c.connect(broker.host, broker.port)
-    c.subscribe("gridmeter/v1/+/status", qos=1)
+    c.subscribe([("gridmeter/v1/+/status", 1), ("gridmeter/v1/agent/+/status", 1)])
     c.loop_start()
     try:
-        await until(lambda: len(got) == 2 and all(b'"online"' in v for v in got.values()), 10, "online status")
+        await until(lambda: len(got) == 3 and all(b'"online"' in v for v in got.values()), 10, "online status")
         await pub.stop()
         await task
         await until(lambda: all(b'"offline"' in v for v in got.values()), 10, "offline status")

@@ -148,3 +148,62 @@ def test_gap_recorded_and_quality_held(rig: Rig) -> None:
     assert rig.store.conn.execute("SELECT meter_id, first_seq, last_seq FROM gaps").fetchall() == [("HOUSE-2", 2, 3)]
     assert rig.store.conn.execute("SELECT seq, status, reason, detail FROM readings ORDER BY seq").fetchall() == [
         (1, "accepted", None, None), (4, "accepted", None, None), (5, "held", "quality", "clock_unsynced")]
+
+
+def test_two_gateways_share_the_load(broker: Broker, tmp_path: Path) -> None:
+    """Two gateway intakes in one share group, one database: every reading stored exactly once even when
+    a meter's batches are processed out of order by the two; acks reach the highest seq."""
+    registry_a, registry_b = Registry(tmp_path / "r.sqlite"), Registry(tmp_path / "r.sqlite")
+    meters = [f"FLAT-{i}" for i in range(4)]
+    now = int(time.time() * 1000)
+    for m in meters:
+        registry_a.add(record_for(m, rated_w=20_000), now)
+    gw_key = SigningKey.generate()
+    stores = [Store(tmp_path / "g.sqlite"), Store(tmp_path / "g.sqlite")]
+    handled = {"gw-a": 0, "gw-b": 0}
+    intakes = []
+    for name, store, registry in (("gw-a", stores[0], registry_a), ("gw-b", stores[1], registry_b)):
+        def counted(acks: dict[str, int], name: str = name) -> None:
+            handled[name] += 1
+        acc = Acceptance(store, registry, Limits(), IngressLimit(), Metrics())
+        intakes.append(Intake(MqttSection(port=broker.port, client_id=name), acc, gw_key, Metrics(), on_batch=counted))
+    acks: dict[str, int] = {}
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="agents", protocol=MQTTProtocolVersion.MQTTv5)
+
+    def on_ack(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        a = decode_ack(msg.payload, VerifyKey(gw_key.public_key))
+        acks[a.meter_id] = max(a.acked_seq, acks.get(a.meter_id, 0))
+
+    pub.on_message = on_ack
+    pub.connect(broker.host, broker.port)
+    pub.subscribe("gridmeter/v1/+/ack", qos=1)
+    pub.loop_start()
+    try:
+        for i in intakes:
+            i.start()
+        for i in intakes:
+            i.wait_ready()
+        infos = []
+        t0 = now - 3_600_000
+        for b in range(10):
+            for m in meters:
+                rs = [reading(m, s, t0 + s * 10_000, 1000 + s) for s in range(b * 10 + 1, b * 10 + 11)]
+                infos.append(pub.publish(readings_topic(m), batch(*rs), qos=1))
+        for info in infos:
+            info.wait_for_publish(10)
+        wait_for(lambda: all(acks.get(m) == 100 for m in meters), 20, "acks of seq 100")
+        wait_for(lambda: stores[0].conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 400, 20,
+                 "400 readings")
+        assert handled["gw-a"] > 0 and handled["gw-b"] > 0  # the share group split the messages
+        assert stores[0].conn.execute("SELECT COUNT(*) FROM rejections").fetchone()[0] == 0
+        assert stores[0].conn.execute("SELECT COUNT(*) FROM gaps").fetchone()[0] == 0
+        assert stores[0].conn.execute("SELECT SUM(accepted), SUM(missing) FROM progress").fetchone() == (400, 0)
+    finally:
+        for i in intakes:
+            i.stop()
+        pub.disconnect()
+        pub.loop_stop()
+        for s in stores:
+            s.close()
+        registry_a.close()
+        registry_b.close()

@@ -164,3 +164,20 @@ async def _limits(sub: Submitter):  # type: ignore[no-untyped-def]
     from gateway.intervals import OracleLimits
 
     return OracleLimits.from_config(await sub.client.fetch_config())
+
+
+async def test_http_intervals_reach_chain_or_are_held(env: Env) -> None:
+    set_oracle_fields(env.srv, max_energy_value=5_000)
+    now = int(time.time())
+    env.registry.add(record_for("METER-001", rated_w=20_000), now * 1000)
+    store = env.store
+    assert store.add_http_interval("METER-001", 1, 0, 1500, (now - 1800) * 1000, b"{}", now * 1000)
+    assert store.add_http_interval("METER-001", 1, 0, 9000, (now - 900) * 1000, b"{}", now * 1000)  # > max
+    assert store.add_http_interval("METER-001", 1, 0, 700, (now - 840) * 1000, b"{}", now * 1000)
+    assert store.add_http_interval("METER-001", 1, 0, 10, (now + 300) * 1000, b"{}", now * 1000)  # future: waits
+    await env.submitter().run_once()
+    rows = {r.reading_timestamp - now: (r.status, r.reason) for r in store.outbox_rows("METER-001")}
+    assert rows == {-1800: ("confirmed", None), -900: ("held", "EnergyValueOutOfRange"),
+                    -840: ("confirmed", None), 300: ("pending", None)}
+    st = (await env.client.fetch_meter_states(["METER-001"]))["METER-001"]
+    assert st is not None and (st.total_energy_consumed, st.total_readings) == (2200, 2)

@@ -76,3 +76,15 @@ def test_unloadable_tls_material_is_a_config_error(tmp_path: Path, capsys: pytes
     path.write_text(path.read_text().replace("[mqtt]\n", '[mqtt]\ntls_ca = "ca.crt"\n'))
     assert main(["agent", "run", "--config", str(path)]) == 2
     assert "mqtt.tls_ca/tls_cert/tls_key: cannot load TLS material" in capsys.readouterr().err
+
+
+def test_reset_counter_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.store import Store
+
+    path = write(tmp_path)
+    assert main(["agent", "reset-counter", "--config", str(path), "NOPE", "--reason", "x"]) == 2
+    assert main(["agent", "reset-counter", "--config", str(path), "HOUSE-1", "--reason", "swapped"]) == 0
+    assert "counter reset recorded" in capsys.readouterr().out
+    st = Store(tmp_path / "state" / "agent.sqlite", max_readings=1000)
+    assert st.pending_counter_resets() == {"HOUSE-1"}
+    st.close()

@@ -148,3 +148,24 @@ async def test_health_snapshot_shape(tmp_path: Path, overflow: str) -> None:
     assert h["devices"]["M1"]["stored"] == 1 and h["mqtt"]["connected"] is False
     assert h["status"] == "degraded"  # not connected to a broker
     svc.store.close()
+
+
+async def test_counter_reset_after_meter_replacement(tmp_path: Path) -> None:
+    svc = make_service(tmp_path)
+    await svc.on_sample(sample(0, 1_000_000))
+    svc.store.close()
+    svc = make_service(tmp_path)
+    svc.store.request_counter_reset("M1", "meter replaced by installer")
+    svc.store.close()
+    svc = make_service(tmp_path)  # takes effect at start
+    await svc.on_sample(sample(10, 12))  # the new meter: far below the old counters
+    await svc.on_sample(sample(20, 13))
+    rs = stored(svc)
+    assert [(r.seq, r.quality) for r in rs] == [(1, Quality.NONE), (2, Quality.COUNTER_RESET), (3, Quality.NONE)]
+    assert svc.store.pending_counter_resets() == set()
+    assert "counter_reset_requested" in [e[1] for e in svc.store.events()]
+    svc.store.close()
+    svc = make_service(tmp_path)
+    await svc.on_sample(sample(30, 14))
+    assert stored(svc)[-1].quality == Quality.NONE  # baseline is the new meter's
+    svc.store.close()

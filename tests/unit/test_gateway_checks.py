@@ -6,12 +6,14 @@ import pytest
 
 from gateway.checks import (
     Limits,
+    Neighbors,
     Outcome,
     Progress,
     Reason,
     TokenBucket,
     advance,
     check_envelope,
+    check_late,
     check_progress,
     verify_item,
 )
@@ -145,3 +147,25 @@ def test_token_bucket() -> None:
     assert (ok1, ok2, ok3) == (True, True, False)
     b, ok4 = b.take(1, 1.0, 1.0, 2)
     assert ok4
+
+
+LATE_CASES = [
+    ("fits", R(5, T0_MS - 5000, 1003, 50), Neighbors((T0_MS - 6000, 1000, 50), (T0_MS - 4000, 1005, 50)),
+     Outcome.ACCEPT, None),
+    ("no prev", R(5, T0_MS - 5000, 1003, 50), Neighbors(None, (T0_MS - 4000, 1005, 50)), Outcome.ACCEPT, None),
+    ("after next", R(5, T0_MS - 3000, 1003, 50), Neighbors(None, (T0_MS - 4000, 1005, 50)), Outcome.REJECT,
+     Reason.READ_AT_NOT_INCREASING),
+    ("before prev", R(5, T0_MS - 7000, 1003, 50), Neighbors((T0_MS - 6000, 1000, 50), None), Outcome.REJECT,
+     Reason.READ_AT_NOT_INCREASING),
+    ("above next", R(5, T0_MS - 5000, 1006, 50), Neighbors(None, (T0_MS - 4000, 1005, 50)), Outcome.REJECT,
+     Reason.COUNTER_DECREASED),
+    ("below prev", R(5, T0_MS - 5000, 1003, 49), Neighbors((T0_MS - 6000, 1000, 50), None), Outcome.REJECT,
+     Reason.COUNTER_DECREASED),
+    ("unsynced", R(5, 1, 0, synced=False), Neighbors(None, None), Outcome.HOLD, Reason.QUALITY),
+]
+
+
+@pytest.mark.parametrize(("name", "r", "nb", "outcome", "reason"), LATE_CASES, ids=[c[0] for c in LATE_CASES])
+def test_late(name: str, r, nb: Neighbors, outcome: Outcome, reason: Reason | None) -> None:  # type: ignore[no-untyped-def]
+    v = check_late(r, nb, T0_MS, LIM)
+    assert (v.outcome, v.reason) == (outcome, reason), v.detail

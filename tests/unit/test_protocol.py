@@ -254,6 +254,9 @@ def test_topics() -> None:
     assert topics.readings_topic("M-1") == "gridmeter/v1/M-1/readings"
     assert topics.parse_meter_topic("gridmeter/v1/M-1/readings", "readings") == "M-1"
     assert topics.shared_readings_filter("gw") == "$share/gw/gridmeter/v1/+/readings"
+    assert topics.agent_status_topic("gridmeter-agent-pi4") == "gridmeter/v1/agent/gridmeter-agent-pi4/status"
+    with pytest.raises(InvalidFieldError):
+        topics.agent_status_topic("a/b")
     for bad in ("gridmeter/v1/+/readings", "gridmeter/v1/a/b/readings", "other/v1/M-1/readings"):
         with pytest.raises(InvalidFieldError):
             topics.parse_meter_topic(bad, "readings")
