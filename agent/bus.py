@@ -305,7 +305,7 @@ class Bus:
                 raise BusCorruptFrameError(self.name, f"{what}: {self._rx_bytes} bytes but no valid frame") from None
             self.stats.timeouts += 1
             raise BusTimeoutError(self.name, f"{what}: no reply within {timeout:.3f}s") from None
-        except ConnectionException as e:
+        except (ConnectionException, OSError) as e:  # OSError: USB adapter unplugged, serial write failed
             self._drop_client()
             raise BusError(self.name, f"{what}: connection lost: {e}") from None
         except ModbusException as e:

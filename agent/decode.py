@@ -13,7 +13,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from firmware_config.schema import ENERGY_MEASUREMENTS, REGISTER_TYPES, IdentifyRule, Profile, Register
+from firmware_config.schema import (
+    ENERGY_MEASUREMENTS,
+    REGISTER_TYPES,
+    IdentifyRule,
+    Profile,
+    Register,
+    sentinel_raw,
+)
 from firmware_config.schema import SerialNumberRule as _SerialNumberRule
 
 U64_MAX = 2**64 - 1
@@ -56,14 +63,8 @@ def _raw(words: Sequence[int], rtype: str, word_order: str, byte_order: str) -> 
 
 
 def is_sentinel(raw: int, rtype: str, names: Sequence[str]) -> bool:
-    bits = REGISTER_TYPES[rtype][0] * 16
-    patterns = {
-        "all_ones": (1 << bits) - 1,
-        "signed_min": 1 << (bits - 1),
-        "signed_max": (1 << (bits - 1)) - 1,
-        "zero": 0,
-    }
-    return any(raw == patterns[n] for n in names)
+    words = REGISTER_TYPES[rtype][0]
+    return any(raw == sentinel_raw(n, words) for n in names)
 
 
 def decode_number(words: Sequence[int], reg: Register) -> int | Fraction | Invalid:

@@ -87,11 +87,12 @@ def plan_registers(
     registers: Iterable[Register], policy: ReadPolicy, *, transport: str = "rtu",
     char_time: float = DEFAULT_CHAR_TIME_S, bridge_holes: bool = True,
 ) -> tuple[ReadBlock, ...]:
+    regs = tuple(registers)  # iterated once per function code: a one-shot iterator would plan only the first
     limit = hole_max(policy, transport=transport, char_time=char_time) if bridge_holes else 0
     blocks: list[ReadBlock] = []
-    for fc in sorted({r.function_code for r in registers}):
+    for fc in sorted({r.function_code for r in regs}):
         cur: list[Register] = []
-        for reg in sorted((r for r in registers if r.function_code == fc), key=lambda r: r.address):
+        for reg in sorted((r for r in regs if r.function_code == fc), key=lambda r: r.address):
             if cur:
                 start, end = cur[0].address, max(r.end for r in cur)
                 hole = reg.address - end

@@ -18,7 +18,8 @@ from typing import Any
 from agent.bus import BusSpec, open_bus
 from agent.planner import rtu_read_time_s
 from agent.poller import MeterSpec, Poller
-from firmware_config.loader import get_profile
+from firmware_config.loader import get_profile, load_all
+from firmware_config.schema import BAUDRATES
 from testbed.meter import SimulatedMeter
 from testbed.rtu import VirtualRtuBus
 
@@ -31,10 +32,24 @@ TARGET_REQUESTS = 3
 IDLE_BETWEEN_READS_S = 0.25
 
 
+MAX_READS = 10_000  # ~45 min at 9600 baud: more says nothing new
+
+
+def _reads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number (got {text!r})") from None
+    if not 1 <= n <= MAX_READS:
+        raise argparse.ArgumentTypeError(f"1..{MAX_READS} (got {n})")
+    return n
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reads", type=int, default=DEFAULT_READS, help="measured full reads")
-    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD)
-    parser.add_argument("--profile", default="eastron-sdm630")
+    rtu_profiles = sorted(pid for pid, p in load_all().items() if "rtu" in p.transports)
+    parser.add_argument("--reads", type=_reads, default=DEFAULT_READS, help=f"measured full reads (1..{MAX_READS})")
+    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD, choices=BAUDRATES)
+    parser.add_argument("--profile", default="eastron-sdm630", choices=rtu_profiles)
 
 
 async def _measure(port: str, profile_id: str, baud: int, reads: int) -> tuple[list[float], Any, Any]:

@@ -54,6 +54,15 @@ UNITS: dict[str, dict[str, int]] = {
 # Named "not implemented / invalid" raw patterns (meters-and-harness.md A.2.2 ABB, A.2.6 SunSpec mb.py).
 # NaN/Inf of float types is always invalid and needs no entry.
 SENTINELS = ("all_ones", "signed_min", "signed_max", "zero")
+
+
+def sentinel_raw(name: str, words: int) -> int:
+    """The raw register value (unsigned, `words` x 16 bits) that the sentinel `name` stands for."""
+    bits = words * 16
+    return {"all_ones": (1 << bits) - 1, "signed_min": 1 << (bits - 1), "signed_max": (1 << (bits - 1)) - 1,
+            "zero": 0}[name]
+
+
 WORD_ORDERS = ("big", "little")  # big = high word at the lower address (ABCD); little = LSW first (CDAB)
 BYTE_ORDERS = ("big", "little")  # inside one register; "big" for every meter we know
 GAP_POLICIES = ("filler", "exception")

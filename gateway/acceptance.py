@@ -8,9 +8,11 @@ the ack seq per meter AFTER everything is committed. Steps:
      the GIL inside libsodium, but its Python wrapper (~10 us per call) does not, so threads contend with
      the intake thread; processes scale with the cores. The next group is decoded meanwhile (prepare/finish);
   4. one SQLite transaction: progress re-read (another gateway process of the share group may have
-     moved it), envelope + progress checks in seq order, readings/rejections/gaps/progress written.
+     moved it), envelope + progress checks in seq order, readings/rejections/gaps/progress written; a
+     reading arriving late inside a recorded gap is checked against its neighbours and stored.
 The ack seq of a meter is its highest authenticated seq: everything at or below it is stored, quarantined,
-or a recorded gap that can no longer be filled, so the agent may delete it.
+or a recorded gap, so the agent may delete it. If the worker pool breaks (a worker killed), verification
+continues inline in this process: slower, never wrong.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from gateway.checks import (
@@ -144,9 +146,13 @@ class Acceptance:
 
     def finish(self, p: Prepared) -> dict[str, int]:
         """Wait for the signatures, then decide and commit everything in one transaction."""
+        results: list[bool] | None = None
         if p.futures is not None:
-            results = [ok for f in p.futures for ok in f.result()]
-        else:
+            try:
+                results = [ok for f in p.futures for ok in f.result()]
+            except BrokenExecutor:
+                self._pool_broken()
+        if results is None:
             results = verify_signatures(_triples(p.todo))
         for (it, _), ok in zip(p.todo, results, strict=True):
             it.verdict = _VERIFIED if ok else BAD_SIGNATURE
@@ -158,8 +164,16 @@ class Acceptance:
         if self.pool is None or len(todo) < DEFAULT_VERIFY_CHUNK // 4:
             return None
         triples = _triples(todo)
-        return [self.pool.submit(verify_signatures, triples[i : i + DEFAULT_VERIFY_CHUNK])
-                for i in range(0, len(triples), DEFAULT_VERIFY_CHUNK)]
+        try:
+            return [self.pool.submit(verify_signatures, triples[i : i + DEFAULT_VERIFY_CHUNK])
+                    for i in range(0, len(triples), DEFAULT_VERIFY_CHUNK)]
+        except BrokenExecutor:
+            self._pool_broken()
+            return None
+
+    def _pool_broken(self) -> None:
+        log.error("signature worker pool broke (a worker died); verifying inline from now on")
+        self.pool = None
 
     def _split(self, topic: str, message: bytes) -> list[_Item]:
         try:
@@ -196,12 +210,12 @@ class Acceptance:
         meter = meters.get(mid)
         prog = progress.get(mid, Progress())
         verdict = it.verdict
-        if verdict is _VERIFIED or verdict is None:
-            stored = w.payloads.get((mid, r.seq)) if r.seq <= prog.last_seq else None
-            if stored is None and r.seq <= prog.last_seq:
-                stored = self.store.handled_payload(mid, r.seq)
-            verdict = check_envelope(it.item, mid, meter, prog, stored)
-            if verdict is None and it.verdict is _VERIFIED and meter is not None:
+        if (verdict is _VERIFIED or verdict is None) and meter is not None:
+            stored = None
+            if r.seq <= prog.last_seq:  # only then can progress (re-read in this transaction) change the envelope
+                stored = w.payloads.get((mid, r.seq)) or self.store.handled_payload(mid, r.seq)
+                verdict = check_envelope(it.item, mid, meter, prog, stored) or verdict
+            if verdict is _VERIFIED:
                 if r.seq <= prog.last_seq and self._late(it, r, mid, w):
                     return
                 verdict = check_progress(r, meter, prog, w.now_ms, self.limits)

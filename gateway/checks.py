@@ -4,7 +4,8 @@ Order (cheap and unauthenticated first, then the signature, then checks on authe
   1. envelope  (before verify; only REJECTS, never trusts): malformed bytes, topic/payload meter_id
      disagree, unknown / suspended / retired meter, key_id is not the registered key, and byte-identical
      duplicates of a reading already handled (acked and dropped; no need to verify them again);
-  2. signature over the exact received bytes against the registered key (`verify_item`);
+  2. signature over the exact received bytes against the registered key (`verify_signatures`, run in
+     worker processes);
   3. progress  (after verify): seq strictly increasing (gaps recorded), quality (not good -> HOLD: stored,
      never submitted), read_at strictly increasing, not in the future beyond the skew, not older than the
      window, not closer than the minimum spacing, counters never decreasing (unless a provisioned meter
@@ -118,15 +119,6 @@ def check_envelope(item: BatchItem, topic_meter_id: str, meter: Meter | None, pr
         return _reject(Reason.KEY_MISMATCH, f"key_id {r.key_id.hex()} is not the registered {meter.key_id.hex()}")
     if r.seq <= progress.last_seq and stored_payload is not None and stored_payload == item.payload:
         return Verdict(Outcome.DUPLICATE, None, f"seq {r.seq} already handled")
-    return None
-
-
-def verify_item(item: BatchItem, meter: Meter) -> Verdict | None:
-    """Ed25519 over the exact received payload bytes. CPU-heavy, GIL-free: run it in a thread pool."""
-    try:
-        VerifyKey(meter.public_key).verify(item.payload, item.signature)
-    except (BadSignatureError, InvalidFieldError) as exc:
-        return _reject(Reason.BAD_SIGNATURE, str(exc))
     return None
 
 

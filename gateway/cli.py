@@ -70,13 +70,16 @@ def _run(args: argparse.Namespace) -> int:
 
     from gateway.config import ConfigError
     from gateway.keys import KeyFileError
+    from gateway.oracle import OracleClientError
     from gateway.service import run
 
     try:
         cfg = _config(args)
         return asyncio.run(run(cfg))
-    except (ConfigError, KeyFileError) as exc:
+    except (ConfigError, KeyFileError, OracleClientError) as exc:  # startup problems: say what, exit non-zero
         return _fail(str(exc))
+    except OSError as exc:  # e.g. the dashboard port is taken, the state directory is not writable
+        return _fail(f"cannot start: {exc}")
 
 
 def _keygen(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ POST /v1/private-network/ingest (header X-API-KEY), body
 The device signs UTF-8 "{meter_id}:{kwh}:{timestamp_ms}" with kwh printed like Rust's f64 Display.
 Status codes (as the GridTokenX bridge): 202 accepted, 400 malformed, 401 API key wrong or signature
 could not be checked (unknown meter), 403 signature invalid or meter suspended/retired, 409 replayed
-(timestamp not after the meter's last one). GET /health answers {"status": "ok"}.
+(timestamp not after the meter's last one); added: 429 when one client address exceeds its request rate.
+GET /health answers {"status": "ok"}.
 
 These are per-interval energies, stored directly as interval submissions (outbox). Rules this gateway
 adds: Wh values must be whole (the oracle takes integer Wh; a fractional Wh is refused, never rounded);
@@ -31,7 +32,7 @@ from decimal import Decimal
 import base58
 from aiohttp import web
 
-from gateway.checks import Limits
+from gateway.checks import Limits, TokenBucket
 from gateway.intervals import map_role
 from gateway.metrics import Metrics
 from gateway.registry import MeterStatus, Registry
@@ -39,6 +40,11 @@ from gateway.store import RejectionRow, Store
 from protocol import BadSignatureError, ProtocolError, VerifyKey, validate_meter_id
 
 INGEST_PATH = "/v1/private-network/ingest"
+# Per client address: a head-end posting every meter of a feeder every 15 min stays far below this; a
+# misbehaving client gets 429 instead of filling the quarantine.
+DEFAULT_CLIENT_RATE_PER_S = 100.0
+DEFAULT_CLIENT_BURST = 2000
+DEFAULT_MAX_CLIENTS_TRACKED = 10_000
 IMPORT_OBIS = "1.1.1.8.0.255"  # active energy imported (consumed) in the interval, Wh
 EXPORT_OBIS = "1.1.2.8.0.255"  # active energy exported (generated) in the interval, Wh
 _MS_PER_HOUR = 3_600_000
@@ -113,6 +119,16 @@ class HttpIngest:
         self.store, self.registry, self.limits, self.metrics = store, registry, limits, metrics
         self.api_keys = [k.encode() for k in api_keys]
         self.max_body_bytes, self.clock = max_body_bytes, clock
+        self.clients: dict[str, TokenBucket] = {}
+
+    def _client_allowed(self, req: web.Request) -> bool:
+        peer = req.remote or "?"
+        now = self.clock()
+        if peer not in self.clients and len(self.clients) >= DEFAULT_MAX_CLIENTS_TRACKED:
+            self.clients.clear()  # bounded memory; a reset only makes the limit briefly more lenient
+        bucket = self.clients.get(peer) or TokenBucket(float(DEFAULT_CLIENT_BURST), now)
+        self.clients[peer], ok = bucket.take(1, now, DEFAULT_CLIENT_RATE_PER_S, DEFAULT_CLIENT_BURST)
+        return ok
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_bytes)
@@ -131,6 +147,9 @@ class HttpIngest:
         self.metrics.received.labels("http").inc()
         body = b""
         try:
+            if not self._client_allowed(req):
+                self.metrics.rejected.labels("http", "client_rate_exceeded").inc()
+                return web.json_response({"status": "rejected", "reason": "client_rate_exceeded"}, status=429)
             if not self._api_key_ok(req):
                 raise IngestRefused(401, "bad_api_key", "X-API-KEY missing or not accepted")
             if req.content_length is not None and req.content_length > self.max_body_bytes:

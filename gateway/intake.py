@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULT_GROUP_READINGS = 4000  # readings per commit: amortises fsync (~ms) over many readings
 DEFAULT_IDLE_POLL_S = 0.2  # worker wakes this often to notice stop()
 DEFAULT_RETRY_S = 1.0  # after a failed commit (disk full, locked DB) before trying again
+DEFAULT_ATTEMPTS = 3  # attempts for one message before it is quarantined as internal_error
 DEFAULT_KEEPALIVE_S = 30
 
 
@@ -121,6 +122,9 @@ class Intake:
         if not self._subscribed.wait(timeout_s):
             raise BrokerUnavailableError(f"not subscribed to {self.cfg.host}:{self.cfg.port} after {timeout_s}s")
 
+    def alive(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
     def stop(self) -> None:
         self._stop.set()
         if self._worker is not None:
@@ -145,8 +149,8 @@ class Intake:
         return group
 
     def _run(self) -> None:
-        """Pipelined: group N+1 is decoded and its signatures start verifying in the pool while group N is
-        committed and acked (verification releases the GIL, so the stages overlap on separate cores)."""
+        """Pipelined: group N+1 is decoded and its signatures start verifying in the worker processes while
+        group N is committed and acked, so the stages overlap on separate cores."""
         pending: tuple[list[mqtt.MQTTMessage], Prepared | None] | None = None
         while not self._stop.is_set():
             group = self._next_group(None if pending is not None else DEFAULT_IDLE_POLL_S)
@@ -171,26 +175,29 @@ class Intake:
         except Exception as exc:
             if not isinstance(exc, _RetrySingly):
                 log.exception("processing %d messages failed; retrying one by one", len(group))
-            if not self._handle_singly(group):
-                return  # stopping: nothing PUBACKed, the broker redelivers
+            self._handle_singly(group)
             return
         self._done(group, acks)
 
-    def _handle_singly(self, group: list[mqtt.MQTTMessage]) -> bool:
+    def _handle_singly(self, group: list[mqtt.MQTTMessage]) -> None:
+        """Each message alone, a few attempts (a locked or briefly full disk recovers); one that still
+        fails is quarantined as internal_error. While even that fails, nothing is PUBACKed: on stop the
+        broker redelivers."""
         for m in group:
+            attempts = 0
             while True:
                 if self._stop.is_set():
-                    return False
+                    return
                 try:
                     acks = self.acceptance.process([(m.topic, m.payload)])
                     break
                 except Exception:
-                    if self._quarantine_failed(m):
+                    attempts += 1
+                    if attempts >= DEFAULT_ATTEMPTS and self._quarantine_failed(m):
                         acks = {}
                         break
                     time.sleep(DEFAULT_RETRY_S)
             self._done([m], acks)
-        return True
 
     def _done(self, group: list[mqtt.MQTTMessage], acks: dict[str, int]) -> None:
         self._publish_acks(acks)

@@ -107,7 +107,7 @@ class Gateway:
     def _start_intake(self, reg_path: Path) -> None:
         cfg = self.cfg
         store, registry = Store(cfg.db_path), Registry(reg_path)
-        pool = verify_pool(cfg.gateway.verify_workers)
+        pool = verify_pool(cfg.gateway.verify_workers or len(os.sched_getaffinity(0)))
         acc = Acceptance(store, registry, limits_from(cfg),
                          IngressLimit(cfg.limits.ingress_rate_per_s, cfg.limits.ingress_burst), self.metrics, pool,
                          topic_prefix=cfg.mqtt.topic_prefix)
@@ -142,7 +142,8 @@ class Gateway:
         if usec <= 0:
             return
         while not self.stop_event.is_set():
-            sd_notify("WATCHDOG=1")
+            if self.intake is None or self.intake.alive():  # a dead intake thread: let systemd restart us
+                sd_notify("WATCHDOG=1")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), usec / 1e6 * DEFAULT_WATCHDOG_FRACTION)
 

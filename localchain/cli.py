@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from localchain.server import LocalChainServer
 
 DEFAULT_PORT = 8899  # solana-test-validator's RPC port, so tools find it where they expect
 
@@ -33,6 +38,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.set_defaults(func=_serve)
 
 
+def _err(msg: str) -> None:
+    print(f"gridmeter chain serve: {msg}", file=sys.stderr)
+
+
+async def _stop(server: LocalChainServer) -> bool:
+    """Stop serving and write --state; a state file that cannot be written is a message, not a traceback."""
+    try:
+        await server.stop()
+    except OSError as e:
+        _err(f"--state: cannot save chain state to {server.chain.state_file}: {e}")
+        return False
+    return True
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -50,13 +69,13 @@ def _serve(args: argparse.Namespace) -> int:
         bridge = Pubkey.from_string(args.chain_bridge)
         program_id = Pubkey.from_string(args.program_id or DEVNET_PROGRAM_ID)
     except ValueError as e:
-        print(f"gridmeter chain serve: not a base58 public key: {e}")
+        _err(f"--chain-bridge/--program-id: not a base58 public key: {e}")
         return 2
     if args.min_reading_interval is not None and not 0 <= args.min_reading_interval <= 65535:
-        print("gridmeter chain serve: --min-reading-interval must be 0..65535 seconds")
+        _err(f"--min-reading-interval: 0..65535 seconds (got {args.min_reading_interval})")
         return 2
     if not 0 <= args.port <= 65535:
-        print("gridmeter chain serve: --port must be 0..65535")
+        _err(f"--port: 0..65535 (got {args.port})")
         return 2
 
     async def run() -> int:
@@ -64,7 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
             server = LocalChainServer(bridge, program_id=program_id, host=args.host, port=args.port,
                                       state_file=Path(args.state) if args.state else None)
         except (StateFileError, FileNotFoundError) as e:
-            print(f"gridmeter chain serve: {e}")
+            _err(f"--state: {e}")
             return 1
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -73,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             await server.start()
         except OSError as e:
-            print(f"gridmeter chain serve: cannot listen on {args.host}:{args.port}: {e}")
+            _err(f"--host/--port: cannot listen on {args.host}:{args.port}: {e}")
             return 1
         if args.min_reading_interval is not None:
             server.chain.set_genesis_fields(min_reading_interval=args.min_reading_interval)
@@ -83,7 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             await stop.wait()
         finally:
-            await server.stop()
-        return 0
+            saved = await _stop(server)
+        return 0 if saved else 1
 
     return asyncio.run(run())

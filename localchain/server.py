@@ -21,13 +21,27 @@ from typing import Any
 
 import base58
 from aiohttp import web
-from solders.account import Account
 from solders.hash import Hash
-from solders.message import Message, MessageV0, from_bytes_versioned
+from solders.message import MessageV0, from_bytes_versioned
 from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 
 from gateway.oracle_layout import DEVNET_PROGRAM_ID
+from localchain.rpc_wire import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    UNSUPPORTED_TX_VERSION,
+    RpcError,
+    account_json,
+    config_object,
+    decode_wire,
+    message_json,
+    params_list,
+    parse_pubkey,
+)
 from localchain.svm import ChainRequestError, LocalChain, TxRecord, decode_transaction, describe_error
 
 log = logging.getLogger(__name__)
@@ -39,94 +53,6 @@ DEFAULT_MAX_SIGNATURES = 256  # getSignatureStatuses limit of a validator
 DEFAULT_SAVE_INTERVAL_S = 2.0  # state file rewritten at most every 2 s while the chain changes (and on stop)
 API_VERSION = "2.2.0"  # reported as solana-core version (a client may gate features on it)
 FEATURE_SET = 3271415109
-
-PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = -32700, -32600, -32601, -32602, -32603
-UNSUPPORTED_TX_VERSION = -32015
-BASE58_MAX_DATA = 128  # a validator refuses base58 account data above 128 bytes
-
-
-class RpcError(Exception):
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.data = code, message, data
-
-
-def _params(params: Any, n_required: int, n_max: int) -> list[Any]:
-    if params is None:
-        params = []
-    if not isinstance(params, list):
-        raise RpcError(INVALID_PARAMS, "Invalid params: expected an array")
-    if not n_required <= len(params) <= n_max:
-        raise RpcError(INVALID_PARAMS, f"Invalid params: expected {n_required}..{n_max} parameters, got {len(params)}")
-    return params + [None] * (n_max - len(params))
-
-
-def _config(cfg: Any) -> dict[str, Any]:
-    if cfg is None:
-        return {}
-    if not isinstance(cfg, dict):
-        raise RpcError(INVALID_PARAMS, "Invalid params: config must be an object")
-    return cfg
-
-
-def _pubkey(v: Any) -> Pubkey:
-    if not isinstance(v, str) or len(v) > 44:
-        raise RpcError(INVALID_PARAMS, "Invalid param: Invalid")
-    try:
-        return Pubkey.from_string(v)
-    except ValueError as e:
-        raise RpcError(INVALID_PARAMS, f"Invalid param: {e}") from e
-
-
-def _decode_wire(data: Any, encoding: str) -> bytes:
-    if not isinstance(data, str):
-        raise RpcError(INVALID_PARAMS, "Invalid params: transaction must be a string")
-    try:
-        if encoding == "base64":
-            return base64.b64decode(data, validate=True)
-        if encoding == "base58":
-            return base58.b58decode(data)
-    except ValueError as e:
-        raise RpcError(INVALID_PARAMS, f"invalid transaction: invalid {encoding} encoding: {e}") from e
-    raise RpcError(INVALID_PARAMS, f"unsupported encoding: {encoding}. Supported encodings: base58, base64")
-
-
-def _account_json(acc: Account | None, encoding: str) -> dict[str, Any] | None:
-    if acc is None:
-        return None
-    data = bytes(acc.data)
-    if encoding == "base58":
-        if len(data) > BASE58_MAX_DATA:
-            raise RpcError(INVALID_PARAMS, "Encoded binary (base 58) data should be less than 128 bytes, "
-                           "please use Base64 encoding.")
-        enc: Any = [base58.b58encode(data).decode(), "base58"]
-    elif encoding in ("base64", "jsonParsed"):  # jsonParsed falls back to base64 for unparsed owners
-        enc = [base64.b64encode(data).decode(), "base64"]
-    else:
-        raise RpcError(INVALID_PARAMS, f"unsupported encoding: {encoding}")
-    return {"data": enc, "executable": acc.executable, "lamports": acc.lamports, "owner": str(acc.owner),
-            "rentEpoch": acc.rent_epoch, "space": len(data)}
-
-
-def _message_json(msg: Message | MessageV0) -> dict[str, Any]:
-    h = msg.header
-    out: dict[str, Any] = {
-        "header": {"numRequiredSignatures": h.num_required_signatures,
-                   "numReadonlySignedAccounts": h.num_readonly_signed_accounts,
-                   "numReadonlyUnsignedAccounts": h.num_readonly_unsigned_accounts},
-        "accountKeys": [str(k) for k in msg.account_keys],
-        "recentBlockhash": str(msg.recent_blockhash),
-        "instructions": [{"programIdIndex": ix.program_id_index, "accounts": list(bytes(ix.accounts)),
-                          "data": base58.b58encode(bytes(ix.data)).decode(), "stackHeight": None}
-                         for ix in msg.instructions],
-    }
-    if isinstance(msg, MessageV0):
-        out["addressTableLookups"] = [{"accountKey": str(lk.account_key),
-                                       "writableIndexes": list(bytes(lk.writable_indexes)),
-                                       "readonlyIndexes": list(bytes(lk.readonly_indexes))}
-                                      for lk in msg.address_table_lookups]
-    return out
-
 
 class RpcHandler:
     """JSON-RPC method dispatch over one LocalChain (runs on the event loop; LiteSVM calls are short)."""
@@ -188,25 +114,25 @@ class RpcHandler:
 
     # ---- methods ----------------------------------------------------------------------------------------
     def get_block_height(self, params: Any) -> Any:
-        _params(params, 0, 1)
+        params_list(params, 0, 1)
         self.chain.tick()
         return self.chain.block_height
 
     def get_latest_blockhash(self, params: Any) -> Any:
-        _params(params, 0, 1)
+        params_list(params, 0, 1)
         h, last_valid = self.chain.latest_blockhash()
         return self._ctx({"blockhash": str(h), "lastValidBlockHeight": last_valid})
 
     def send_transaction(self, params: Any) -> Any:
-        raw_s, cfg = _params(params, 1, 2)
-        cfg = _config(cfg)
-        raw = _decode_wire(raw_s, cfg.get("encoding", "base58"))
+        raw_s, cfg = params_list(params, 1, 2)
+        cfg = config_object(cfg)
+        raw = decode_wire(raw_s, cfg.get("encoding", "base58"))
         return self.chain.send(raw, skip_preflight=bool(cfg.get("skipPreflight", False)))
 
     def simulate_transaction(self, params: Any) -> Any:
-        raw_s, cfg = _params(params, 1, 2)
-        cfg = _config(cfg)
-        raw = _decode_wire(raw_s, cfg.get("encoding", "base58"))
+        raw_s, cfg = params_list(params, 1, 2)
+        cfg = config_object(cfg)
+        raw = decode_wire(raw_s, cfg.get("encoding", "base58"))
         sig_verify = bool(cfg.get("sigVerify", False))
         replace = bool(cfg.get("replaceRecentBlockhash", False))
         if sig_verify and replace:
@@ -217,7 +143,7 @@ class RpcHandler:
         if isinstance(acfg, dict) and isinstance(acfg.get("addresses"), list):
             post = dict(sim.accounts or [])
             enc = acfg.get("encoding", "base64")
-            accounts = [_account_json(post.get(_pubkey(a), self.chain.get_account(_pubkey(a))), enc)
+            accounts = [account_json(post.get(parse_pubkey(a), self.chain.get_account(parse_pubkey(a))), enc)
                         for a in acfg["addresses"][:DEFAULT_MAX_KEYS]]
         value: dict[str, Any] = {"err": sim.err, "logs": sim.logs, "accounts": accounts,
                                  "unitsConsumed": sim.units_consumed, "returnData": None,
@@ -229,7 +155,7 @@ class RpcHandler:
         return self._ctx(value)
 
     def get_signature_statuses(self, params: Any) -> Any:
-        sigs, _cfg = _params(params, 1, 2)
+        sigs, _cfg = params_list(params, 1, 2)
         if not isinstance(sigs, list) or len(sigs) > DEFAULT_MAX_SIGNATURES:
             raise RpcError(INVALID_PARAMS, f"Invalid params: up to {DEFAULT_MAX_SIGNATURES} signatures")
         self.chain.tick()
@@ -248,37 +174,37 @@ class RpcHandler:
         return self._ctx(out)
 
     def get_account_info(self, params: Any) -> Any:
-        key, cfg = _params(params, 1, 2)
-        cfg = _config(cfg)
-        return self._ctx(_account_json(self.chain.get_account(_pubkey(key)), cfg.get("encoding", "base58")))
+        key, cfg = params_list(params, 1, 2)
+        cfg = config_object(cfg)
+        return self._ctx(account_json(self.chain.get_account(parse_pubkey(key)), cfg.get("encoding", "base58")))
 
     def get_multiple_accounts(self, params: Any) -> Any:
-        keys, cfg = _params(params, 1, 2)
-        cfg = _config(cfg)
+        keys, cfg = params_list(params, 1, 2)
+        cfg = config_object(cfg)
         if not isinstance(keys, list) or len(keys) > DEFAULT_MAX_KEYS:
             raise RpcError(INVALID_PARAMS, f"Too many inputs provided; max {DEFAULT_MAX_KEYS}")
         enc = cfg.get("encoding", "base58")
-        return self._ctx([_account_json(self.chain.get_account(_pubkey(k)), enc) for k in keys])
+        return self._ctx([account_json(self.chain.get_account(parse_pubkey(k)), enc) for k in keys])
 
     def get_balance(self, params: Any) -> Any:
-        key, _cfg = _params(params, 1, 2)
-        return self._ctx(self.chain.balance(_pubkey(key)))
+        key, _cfg = params_list(params, 1, 2)
+        return self._ctx(self.chain.balance(parse_pubkey(key)))
 
     def request_airdrop(self, params: Any) -> Any:
-        key, lamports, _cfg = _params(params, 2, 3)
+        key, lamports, _cfg = params_list(params, 2, 3)
         if not isinstance(lamports, int) or isinstance(lamports, bool):
             raise RpcError(INVALID_PARAMS, "Invalid params: lamports must be an integer")
-        return self.chain.airdrop(_pubkey(key), lamports)
+        return self.chain.airdrop(parse_pubkey(key), lamports)
 
     def get_min_rent(self, params: Any) -> Any:
-        size, _cfg = _params(params, 1, 2)
+        size, _cfg = params_list(params, 1, 2)
         if not isinstance(size, int) or not 0 <= size <= 10 * 1024 * 1024:
             raise RpcError(INVALID_PARAMS, "Invalid params: data length must be 0..10 MiB")
         return self.chain.svm.minimum_balance_for_rent_exemption(size)
 
     def get_fee_for_message(self, params: Any) -> Any:
-        msg_s, _cfg = _params(params, 1, 2)
-        raw = _decode_wire(msg_s, "base64")
+        msg_s, _cfg = params_list(params, 1, 2)
+        raw = decode_wire(msg_s, "base64")
         try:
             msg = from_bytes_versioned(raw)
         except Exception as e:  # solders' own error types
@@ -288,23 +214,23 @@ class RpcHandler:
         return self._ctx(self.chain.fee_for_message(msg))
 
     def is_blockhash_valid(self, params: Any) -> Any:
-        h, _cfg = _params(params, 1, 2)
+        h, _cfg = params_list(params, 1, 2)
         if not isinstance(h, str):
             raise RpcError(INVALID_PARAMS, "Invalid param: blockhash must be a string")
         return self._ctx(self.chain.is_blockhash_valid(h))
 
     def get_epoch_info(self, params: Any) -> Any:
-        _params(params, 0, 1)
+        params_list(params, 0, 1)
         slot = self.chain.tick()
         c = self.chain.svm.get_clock()
         return {"absoluteSlot": slot, "blockHeight": self.chain.block_height, "epoch": c.epoch,
                 "slotIndex": slot % 432_000, "slotsInEpoch": 432_000, "transactionCount": len(self.chain.history)}
 
     def get_transaction(self, params: Any) -> Any:
-        sig, cfg = _params(params, 1, 2)
+        sig, cfg = params_list(params, 1, 2)
         if isinstance(cfg, str):
             cfg = {"encoding": cfg}
-        cfg = _config(cfg)
+        cfg = config_object(cfg)
         if not isinstance(sig, str):
             raise RpcError(INVALID_PARAMS, "Invalid param: signature must be a string")
         rec = self.chain.transaction(sig)
@@ -319,7 +245,7 @@ class RpcHandler:
                            "\"maxSupportedTransactionVersion\": 0")
         enc = cfg.get("encoding", "json")
         if enc in ("json", "jsonParsed"):
-            tx_json: Any = {"signatures": [str(s) for s in tx.signatures], "message": _message_json(tx.message)}
+            tx_json: Any = {"signatures": [str(s) for s in tx.signatures], "message": message_json(tx.message)}
         elif enc == "base64":
             tx_json = [base64.b64encode(rec.raw).decode(), "base64"]
         elif enc == "base58":

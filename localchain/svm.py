@@ -16,7 +16,6 @@ No RPC here: localchain/server.py maps JSON-RPC onto this class.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
@@ -26,7 +25,7 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,21 +48,26 @@ from solders.transaction_metadata import FailedTransactionMetadata, TransactionM
 from solders.transaction_status import TransactionErrorFieldless
 
 from gateway.oracle_layout import DEVNET_PROGRAM_ID, oracle_data_pda
+from localchain import chain_state
+from localchain.chain_state import StateFileError, TxRecord
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "ChainRequestError", "LocalChain", "SimOutcome", "StateFileError", "TxRecord", "close_quietly",
+    "decode_transaction", "describe_error", "error_json", "priority_fee",
+]
 
 DEFAULT_SLOT_MS = 400  # a validator's target slot time
 DEFAULT_BLOCKHASH_VALID_SLOTS = 150  # MAX_PROCESSING_AGE: a blockhash is accepted for 150 slots (~60 s)
 DEFAULT_SLOT_HASHES = 512  # the SlotHashes sysvar holds the 512 most recent slots
 DEFAULT_FINALIZED_AFTER_SLOTS = 32  # "finalized" once 32 slots deep (validators: supermajority root)
 DEFAULT_HISTORY = 20_000  # transactions kept for getTransaction / getSignatureStatuses (~7 KB each when full)
-DEFAULT_SAVED_HISTORY = 1_000  # transactions written to the state file (bounded: it is rewritten while dirty)
 DEFAULT_CHAIN_BRIDGE_LAMPORTS = 100 * 10**9  # 100 SOL: rent for ~60k meters (1,600,800 each) plus fees
 DEFAULT_ADMIN_LAMPORTS = 10 * 10**9
 DEFAULT_MAX_AIRDROP_LAMPORTS = 1_000 * 10**9  # per request, like solana-test-validator's faucet cap
 DEFAULT_FAUCET_LAMPORTS = 100_000 * 10**9  # faucet top-up from LiteSVM's built-in airdrop account
 LAMPORTS_PER_SIGNATURE = 5_000
-STATE_FORMAT = "gridmeter-localchain-1"
 MAX_TX_BYTES = 1232  # PACKET_DATA_SIZE: a validator rejects larger transactions
 
 
@@ -77,45 +81,12 @@ class ChainRequestError(Exception):
         self.data = data
 
 
-class StateFileError(Exception):
-    """The state file cannot be used (corrupt, other program, other chain_bridge)."""
-
-
 def error_json(err: Any) -> Any:
     """A solders TransactionErrorType in the standard JSON shape, e.g. {"InstructionError":[0,{"Custom":6001}]}."""
     if err is None:
         return None
     res = RpcSimulateTransactionResult(err=err, logs=None, accounts=None, units_consumed=None, return_data=None)
     return json.loads(res.to_json())["err"]
-
-
-@dataclass
-class TxRecord:
-    """One executed transaction, as getTransaction reports it."""
-
-    signature: str
-    slot: int
-    block_time: int
-    raw: bytes  # the wire transaction
-    err: Any  # standard JSON error or None
-    logs: list[str]
-    compute_units: int
-    fee: int
-    pre_balances: list[int]
-    post_balances: list[int]
-    loaded_writable: list[str] = field(default_factory=list)
-    loaded_readonly: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["raw"] = base64.b64encode(self.raw).decode()
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TxRecord:
-        d = dict(d)
-        d["raw"] = base64.b64decode(d["raw"])
-        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -204,7 +175,7 @@ class LocalChain:
         start_slot = self.svm.get_clock().slot
         restored = None
         if state_file is not None and state_file.exists():
-            restored = self._read_state(state_file)
+            restored = chain_state.read_state(state_file, self.program_id, chain_bridge)
             start_slot = int(restored["slot"]) + 1
         self._anchor = (self._clock(), start_slot)
         self.slot = start_slot - DEFAULT_SLOT_HASHES  # SlotHashes starts full, as on a running cluster
@@ -212,7 +183,7 @@ class LocalChain:
         if load_program:
             self._load_program(program_path)
         if restored is not None:
-            self._apply_state(restored)
+            chain_state.apply_state(self, restored)
         elif load_program and chain_bridge is not None:
             self._initialize(chain_bridge, chain_bridge_lamports)
         self.dirty = True
@@ -449,92 +420,17 @@ class LocalChain:
     def fee_for_message(self, message: Message | MessageV0) -> int:
         return LAMPORTS_PER_SIGNATURE * message.header.num_required_signatures + priority_fee(message)
 
-    # ---- persistence ------------------------------------------------------------------------------------
-    def _persisted_accounts(self) -> list[tuple[Pubkey, Account]]:
-        keep: dict[Pubkey, Account] = {}
-        for owner in (self.program_id, ALT_PROGRAM_ID):
-            for k, acc in self.svm.get_program_accounts(owner):
-                keep[k] = acc
-        for k in self.touched:
-            acc = self.svm.get_account(k)
-            if acc is not None and not acc.executable and acc.owner in (SYSTEM_PROGRAM_ID, self.program_id,
-                                                                           ALT_PROGRAM_ID):
-                keep[k] = acc
-        return sorted(keep.items(), key=lambda kv: str(kv[0]))
-
+    # ---- persistence (localchain/chain_state.py) --------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        hist = list(self.history.values())[-DEFAULT_SAVED_HISTORY:]
-        return {
-            "format": STATE_FORMAT,
-            "program_id": str(self.program_id),
-            "chain_bridge": None if self.chain_bridge is None else str(self.chain_bridge),
-            "admin_secret": bytes(self.admin).hex(),
-            "faucet_secret": bytes(self.faucet).hex(),
-            "slot": self.slot,
-            "saved_at": self.now(),
-            "accounts": [
-                {"pubkey": str(k), "lamports": a.lamports, "owner": str(a.owner), "rent_epoch": a.rent_epoch,
-                 "data": base64.b64encode(bytes(a.data)).decode()}
-                for k, a in self._persisted_accounts()
-            ],
-            "transactions": [r.to_json() for r in hist],
-        }
+        return chain_state.snapshot(self)
 
     def save(self, path: Path | None = None) -> None:
         """Write the state file atomically (tmp + fsync + rename + fsync dir)."""
         path = path or self.state_file
         if path is None:
             return
-        data = json.dumps(self.snapshot(), separators=(",", ":")).encode()
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        chain_state.write_state(path, self.snapshot())
         self.dirty = False
-
-    def _read_state(self, path: Path) -> dict[str, Any]:
-        try:
-            state = json.loads(path.read_bytes())
-        except (OSError, ValueError) as e:
-            raise StateFileError(f"{path}: cannot read chain state ({e}); move it away to start a fresh chain") from e
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise StateFileError(f"{path}: not a {STATE_FORMAT} state file")
-        if state.get("program_id") != str(self.program_id):
-            raise StateFileError(f"{path}: holds program {state.get('program_id')}, not {self.program_id}; "
-                                 "pass --program-id to match or use another state file")
-        saved_bridge = state.get("chain_bridge")
-        if self.chain_bridge is not None and saved_bridge not in (None, str(self.chain_bridge)):
-            raise StateFileError(f"{path}: oracle was initialized with chain_bridge {saved_bridge}, not "
-                                 f"{self.chain_bridge}; use that key or another state file")
-        return state
-
-    def _apply_state(self, state: dict[str, Any]) -> None:
-        try:
-            self.admin = Keypair.from_bytes(bytes.fromhex(state["admin_secret"]))
-            self.faucet = Keypair.from_bytes(bytes.fromhex(state["faucet_secret"]))
-            if state.get("chain_bridge"):
-                self.chain_bridge = Pubkey.from_string(state["chain_bridge"])
-            for a in state["accounts"]:
-                k = Pubkey.from_string(a["pubkey"])
-                self.svm.set_account(k, Account(int(a["lamports"]), base64.b64decode(a["data"]),
-                                                Pubkey.from_string(a["owner"]), False, int(a["rent_epoch"])))
-                self.touched.add(k)
-            for t in state["transactions"]:
-                rec = TxRecord.from_json(t)
-                self.history[rec.signature] = rec
-        except (KeyError, ValueError, TypeError) as e:
-            raise StateFileError(f"{self.state_file}: corrupt chain state ({e})") from e
-        log.info("chain state restored from %s: %d accounts, %d transactions, slot %d", self.state_file,
-                 len(state["accounts"]), len(state["transactions"]), self.slot)
 
 
 def describe_error(err: Any) -> str:

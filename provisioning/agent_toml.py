@@ -9,8 +9,6 @@ TOML is written with tomli-w (tomllib, in the stdlib, only reads).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +17,8 @@ from typing import Any
 import tomli_w
 
 from agent.config import AgentConfig, ConfigError, parse_config
+from provisioning.durable_file import write_durably
+from provisioning.errors import ProvisionError
 
 SECTION_ORDER = ("agent", "clock", "mqtt", "store", "status")
 ARRAY_ORDER = ("buses", "meters")
@@ -26,7 +26,7 @@ ARRAY_ORDER = ("buses", "meters")
 MAX_CONFIG_BYTES = 1_000_000
 
 
-class AgentTomlError(Exception):
+class AgentTomlError(ProvisionError):
     """The config could not be read, merged or written; the message names the file and the problem."""
 
 
@@ -103,25 +103,7 @@ def validate_doc(doc: Mapping[str, Any], path: Path) -> AgentConfig:
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     """tmp + fsync + rename + fsync(dir). Mode 0644: the agent runs as its own user and must read its config;
     provisioning never writes secrets into it (the MQTT password goes to the 0600 EnvironmentFile)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.fchmod(fd, mode)
-            os.write(fd, text.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_durably(Path(path), text.encode("utf-8"), mode)
     except OSError as exc:
         raise AgentTomlError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()

@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,37 @@ DEFAULT_KEY_FILE = "/etc/gridmeter/device.key"
 DEFAULT_CONFIG = "/etc/gridmeter/agent.toml"
 
 
+Handler = Callable[[argparse.Namespace], int]
+
+
 def _err(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr)
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Map every provisioning error to its exit code and a one-line message on stderr: no step ends in a
+    traceback. OSError is the last resort for a file or device the step did not anticipate (it names the path)."""
+
+    def run(args: argparse.Namespace) -> int:
+        from agent.keys import KeyFileError
+        from provisioning.errors import PortBusyError, ProvisionError, ProvisionInputError
+
+        try:
+            return handler(args)
+        except PortBusyError as exc:
+            _err(str(exc))
+            return EXIT_BUSY
+        except ProvisionInputError as exc:
+            _err(str(exc))
+            return EXIT_USAGE
+        except (ProvisionError, KeyFileError) as exc:
+            _err(str(exc))
+            return EXIT_FAILED
+        except OSError as exc:
+            _err(f"{exc.filename or 'I/O'}: {exc.strerror or exc}")
+            return EXIT_FAILED
+
+    return run
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -65,9 +95,9 @@ def _add_scan(ps: Any) -> None:
     s.add_argument("--parities", help="parities to try, e.g. N,E (default: N,E)")
     s.add_argument("--profiles", help="only these profile ids (comma separated)")
     s.add_argument("--profile-dir", action="append", default=[], help="extra directory of profile TOML files")
-    s.add_argument("--timeout-s", type=float, help="reply timeout per request (default %(default)s)")
+    s.add_argument("--timeout-s", type=float, help="reply timeout per request in seconds (default 0.5)")
     s.add_argument("--json", action="store_true", help="print a JSON list of found meters")
-    s.set_defaults(func=_scan)
+    s.set_defaults(func=_guarded(_scan))
 
 
 def _quiet_modbus(args: argparse.Namespace) -> None:
@@ -80,20 +110,9 @@ def _scan(args: argparse.Namespace) -> int:
     from provisioning import scan
 
     _quiet_modbus(args)
-    try:
-        opts = scan.options_from_args(args)
-    except scan.ScanInputError as exc:
-        _err(str(exc))
-        return EXIT_USAGE
+    opts = scan.options_from_args(args)
     progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - stderr keeps --json clean
-    try:
-        report = scan.run_scan(opts, progress=progress)
-    except scan.PortBusyError as exc:
-        _err(str(exc))
-        return EXIT_BUSY
-    except scan.ScanError as exc:
-        _err(str(exc))
-        return EXIT_FAILED
+    report = scan.run_scan(opts, progress=progress)
     if args.json:
         print(json.dumps([f.to_json() for f in report.found], indent=1))
     else:
@@ -119,7 +138,7 @@ def _add_commission(ps: Any) -> None:
     c.add_argument("--baud", type=int, help="baud rate (default: the profile's)")
     c.add_argument("--parity", choices=("N", "E", "O"), help="parity (default: the profile's)")
     c.add_argument("--stopbits", type=int, choices=(1, 2), help="stop bits (default: the profile's)")
-    c.add_argument("--wait-s", type=float, help="seconds between the two reads (default %(default)s)")
+    c.add_argument("--wait-s", type=float, help="seconds between the two reads (default 10)")
     c.add_argument("--expect-flow", action="store_true",
                    help="fail unless a counter increased during the wait (use with a known load)")
     c.add_argument("--display-kwh", help="the import kWh shown on the meter's display (non-interactive check)")
@@ -127,26 +146,15 @@ def _add_commission(ps: Any) -> None:
     c.add_argument("--config", default=DEFAULT_CONFIG, help="agent config the meter will go into: the result is "
                    "written next to it (default %(default)s)")
     c.add_argument("--out", help="result JSON (default: <config dir>/commission-<profile>-unit<id>.json)")
-    c.set_defaults(func=_commission)
+    c.set_defaults(func=_guarded(_commission))
 
 
 def _commission(args: argparse.Namespace) -> int:
     from provisioning import commission
 
     _quiet_modbus(args)
-    try:
-        opts = commission.options_from_args(args)
-    except commission.CommissionInputError as exc:
-        _err(str(exc))
-        return EXIT_USAGE
-    try:
-        result = commission.run_commission(opts, ask=None if args.yes else commission.ask_tty)
-    except commission.PortBusyError as exc:
-        _err(str(exc))
-        return EXIT_BUSY
-    except commission.CommissionError as exc:
-        _err(str(exc))
-        return EXIT_FAILED
+    opts = commission.options_from_args(args)
+    result = commission.run_commission(opts, ask=None if args.yes else commission.ask_tty)
     print(commission.format_result(result))
     commission.write_result(opts.out, result)
     print(f"result written to {opts.out}")
@@ -163,20 +171,15 @@ def _add_keygen(ps: Any) -> None:
     k.add_argument("--owner", help="user the agent runs as (the file is chown'ed to it), e.g. gridmeter")
     k.add_argument("--force", action="store_true", help="overwrite an existing key (the old one is kept as a backup)")
     k.add_argument("--json", action="store_true", help="print {key_file, public_key_hex, public_key_base58}")
-    k.set_defaults(func=_keygen)
+    k.set_defaults(func=_guarded(_keygen))
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from agent.keys import KeyFileError
     from provisioning.keygen import describe, ensure_parent, generate_key
 
     path = Path(args.key_file)
-    try:
-        ensure_parent(path)
-        result, _previous = generate_key(path, owner=args.owner, force=args.force)
-    except (KeyFileError, OSError) as exc:
-        _err(str(exc))
-        return EXIT_FAILED
+    ensure_parent(path)
+    result, _previous = generate_key(path, owner=args.owner, force=args.force)
     if args.json:
         print(json.dumps({"key_file": str(result.key_file), "public_key_hex": result.public_hex,
                           "public_key_base58": result.public_base58,
@@ -225,20 +228,13 @@ def _add_register(ps: Any) -> None:
     r.add_argument("--record-out", help="record file (default: <config dir>/<meter-id>.gmreg)")
     r.add_argument("--no-qr", action="store_true", help="do not print the QR code")
     r.add_argument("--json", action="store_true", help="print the record summary as JSON")
-    r.set_defaults(func=_register)
+    r.set_defaults(func=_guarded(_register))
 
 
 def _register(args: argparse.Namespace) -> int:
     from provisioning import enroll
 
-    try:
-        out = enroll.register_meter(enroll.RegisterRequest.from_args(args), now_ms=time.time_ns() // 1_000_000)
-    except enroll.EnrollInputError as exc:
-        _err(str(exc))
-        return EXIT_USAGE
-    except enroll.EnrollError as exc:
-        _err(str(exc))
-        return EXIT_FAILED
+    out = enroll.register_meter(enroll.RegisterRequest.from_args(args), now_ms=time.time_ns() // 1_000_000)
     _print_records(args, out)
     return EXIT_OK
 
@@ -273,21 +269,14 @@ def _add_rotate(ps: Any) -> None:
     r.add_argument("--installer-id", help="installer id for the new record (default: the previous record's)")
     r.add_argument("--no-qr", action="store_true", help="do not print the QR code")
     r.add_argument("--json", action="store_true", help="print the record summaries as JSON")
-    r.set_defaults(func=_rotate)
+    r.set_defaults(func=_guarded(_rotate))
 
 
 def _rotate(args: argparse.Namespace) -> int:
     from provisioning import enroll
 
-    try:
-        out = enroll.rotate_key(Path(args.config), args.meter_id, owner=args.owner,
-                                installer_id=args.installer_id, now_ms=time.time_ns() // 1_000_000)
-    except enroll.EnrollInputError as exc:
-        _err(str(exc))
-        return EXIT_USAGE
-    except enroll.EnrollError as exc:
-        _err(str(exc))
-        return EXIT_FAILED
+    out = enroll.rotate_key(Path(args.config), args.meter_id, owner=args.owner,
+                            installer_id=args.installer_id, now_ms=time.time_ns() // 1_000_000)
     _print_records(args, out)
     if not args.json:
         print(f"old key kept as {out.backup}: delete it once the gateway accepted the new records")
@@ -312,20 +301,13 @@ def _add_credentials(ps: Any) -> None:
     m.add_argument("--ca-key", help="fleet CA private key (PEM, unencrypted)")
     m.add_argument("--cert-days", type=int, help="client certificate validity in days")
     m.add_argument("--json", action="store_true", help="print file paths and ACL as JSON")
-    m.set_defaults(func=_credentials)
+    m.set_defaults(func=_guarded(_credentials))
 
 
 def _credentials(args: argparse.Namespace) -> int:
     from provisioning import credentials as broker_identity
 
-    try:
-        out = broker_identity.create(broker_identity.IdentityRequest.from_args(args))
-    except broker_identity.IdentityInputError as exc:
-        _err(str(exc))
-        return EXIT_USAGE
-    except broker_identity.IdentityError as exc:
-        _err(str(exc))
-        return EXIT_FAILED
+    out = broker_identity.create(broker_identity.IdentityRequest.from_args(args))
     if args.json:
         print(json.dumps(out.to_json()))
     else:

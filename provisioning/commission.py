@@ -21,10 +21,10 @@ from typing import Any
 
 from agent.plausibility import max_energy_wh
 from firmware_config.schema import Profile, ProfileError
-from provisioning.port_lock import PortBusyError, PortMissingError
+from provisioning.errors import ProvisionError, ProvisionInputError
 from provisioning.probe import BusTarget, ProbeError, commission_reads
 
-__all__ = ["CommissionError", "CommissionInputError", "PortBusyError", "run_commission"]
+__all__ = ["CommissionError", "CommissionInputError", "run_commission"]
 
 # Long enough for a meter with 0.01 kWh resolution under a few kW to tick once, short enough for a cellar.
 DEFAULT_WAIT_S = 10.0
@@ -34,13 +34,16 @@ UNUSED_PHASE_MAX_DV = 50
 # 0.5 % (whichever is larger): a x10 / x1000 / word-order error is far outside that.
 DISPLAY_TOLERANCE_WH = 1000
 DISPLAY_TOLERANCE_PPM = 5000
+# Largest display reading accepted: meter displays show at most 8 integer kWh digits (99,999,999 kWh); a bound
+# also keeps a typo like "1e999999" from turning into a million-digit integer.
+MAX_DISPLAY_KWH = Decimal(100_000_000)
 
 
-class CommissionError(Exception):
+class CommissionError(ProvisionError):
     """Commissioning could not run (port, profile, meter silent); the message says what to check."""
 
 
-class CommissionInputError(CommissionError):
+class CommissionInputError(CommissionError, ProvisionInputError):
     """Bad input; the message names the flag."""
 
 
@@ -191,8 +194,8 @@ def parse_kwh(text: str) -> Decimal:
         v = Decimal(text.strip().replace(",", "."))
     except InvalidOperation:
         raise CommissionInputError(f"--display-kwh: a number of kWh as shown on the display (got {text!r})") from None
-    if not v.is_finite() or v < 0:
-        raise CommissionInputError(f"--display-kwh: a non-negative number (got {text!r})")
+    if not v.is_finite() or not 0 <= v < MAX_DISPLAY_KWH:
+        raise CommissionInputError(f"--display-kwh: a number of kWh in 0..{MAX_DISPLAY_KWH - 1} (got {text!r})")
     return v
 
 
@@ -236,10 +239,6 @@ def run_commission(opts: CommissionOptions, *, ask: Ask | None) -> CommissionRes
     """ask=None: non-interactive (--yes): unconfirmed facts are recorded as accepted, display via --display-kwh."""
     try:
         return asyncio.run(_run(opts, ask))
-    except (PortBusyError, PortMissingError) as exc:
-        if isinstance(exc, PortBusyError):
-            raise
-        raise CommissionError(str(exc)) from exc
     except ProbeError as exc:
         raise CommissionError(str(exc)) from exc
 
@@ -271,11 +270,7 @@ def _confirm(result: CommissionResult, opts: CommissionOptions, ask: Ask | None)
     else:
         answer = ask(f"The meter's display should show import ~{imp / 1000:.2f} kWh. Type the display value "
                      "in kWh (or 'y' if it matches):")
-        if answer.lower() in ("y", "yes"):
-            result.confirmations["display_import"] = "yes"
-        else:
-            ok, msg = compare_display(imp, parse_kwh(answer or "-1"))
-            result.confirmations["display_import"] = msg if ok else f"MISMATCH: {msg}"
+        result.confirmations["display_import"] = _display_answer(imp, answer)
     for fact in result.unconfirmed:
         key = f"check: {fact}"
         if ask is None:
@@ -283,6 +278,19 @@ def _confirm(result: CommissionResult, opts: CommissionOptions, ask: Ask | None)
         else:
             answer = ask(f"Please check on the meter: {fact}. Confirmed? [y/N]")
             result.confirmations[key] = "yes" if answer.lower() in ("y", "yes") else f"NOT CONFIRMED: {fact}"
+
+
+def _display_answer(decoded_wh: int, answer: str) -> str:
+    """The installer's answer to the display question as a confirmation entry; anything that is neither 'y' nor
+    a kWh number is recorded as not confirmed (the result fails, the installer runs commission again)."""
+    if answer.lower() in ("y", "yes"):
+        return "yes"
+    try:
+        display = parse_kwh(answer)
+    except CommissionInputError:
+        return f"NOT CONFIRMED: the answer {answer!r} is neither 'y' nor the display value in kWh"
+    ok, msg = compare_display(decoded_wh, display)
+    return msg if ok else f"MISMATCH: {msg}"
 
 
 def format_result(r: CommissionResult) -> str:

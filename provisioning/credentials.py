@@ -33,6 +33,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from protocol.errors import InvalidFieldError
 from protocol.reading import validate_meter_id
 from protocol.topics import PREFIX, ack_topic, readings_topic, status_topic
+from provisioning.durable_file import write_durably
+from provisioning.errors import ProvisionError, ProvisionInputError
 
 # mosquitto 2.0 mosquitto_passwd: PBKDF2-SHA512, 101 iterations, 12-byte salt ("$7$101$salt$hash").
 # Matching it exactly means the broker reads our line like one it wrote itself.
@@ -43,9 +45,12 @@ DEFAULT_PASSWORD_BYTES = 24
 # Client certificates live on a Pi for years but must be renewable; 2 years matches common fleet CA policy.
 DEFAULT_CERT_DAYS = 730
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Topic prefixes that go into an ACL file: plain levels only. No wildcards (they would widen the grant), no
+# whitespace or newline (a newline would inject a line of its own, e.g. "topic readwrite #"), no empty level.
+TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+){0,7}$")
 
 
-class CredentialsError(Exception):
+class CredentialsError(ProvisionInputError):
     """Bad input for credential generation; the message names it."""
 
 
@@ -89,8 +94,15 @@ def mosquitto_password_line(username: str, password: str, *, salt: bytes | None 
     return f"{username}:$7${iterations}${b64(salt).decode()}${b64(digest).decode()}"
 
 
+def validate_topic_prefix(prefix: str, flag: str = "--topic-prefix") -> str:
+    if not TOPIC_PREFIX_RE.match(prefix):
+        raise CredentialsError(f"{flag}: 1-8 topic levels of A-Z a-z 0-9 . _ - separated by '/' (got {prefix!r})")
+    return prefix
+
+
 def acl_lines(username: str, meter_ids: Sequence[str], prefix: str = PREFIX) -> list[str]:
     """mosquitto acl_file block: this user may write readings/status and read acks of its meters only."""
+    validate_topic_prefix(prefix)
     lines = [f"# gridmeter agent {username}: own meters only", f"user {validate_username(username)}"]
     for m in meter_ids:
         lines += [
@@ -158,17 +170,13 @@ def sign_client_cert(csr: x509.CertificateSigningRequest, ca_cert: x509.Certific
 
 
 def write_secret_file(path: Path, data: bytes) -> None:
-    """Write a secret (0600) atomically: tmp + fsync + rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Write a secret (0600) durably: tmp + fsync + rename + fsync(dir)."""
+    write_durably(path, data, 0o600)
+
+
+def write_public_file(path: Path, data: bytes) -> None:
+    """ACL lines, CSR, certificate: nothing secret (0644), written durably like the rest."""
+    write_durably(path, data, 0o644)
 
 
 def env_file_text(creds: MqttCredentials) -> str:
@@ -179,7 +187,7 @@ def env_file_text(creds: MqttCredentials) -> str:
 # --- the `mqtt-credentials` step (files) ---------------------------------------------------------------------
 
 
-class IdentityError(CredentialsError):
+class IdentityError(ProvisionError):
     """A file could not be read or written."""
 
 
@@ -213,7 +221,9 @@ class IdentityRequest:
             except ConfigError as exc:
                 raise IdentityInputError(f"--config: {exc}") from exc
             ids += [m.meter_id for m in cfg.meters if m.meter_id not in ids]
-            prefix = cfg.mqtt.topic_prefix
+            prefix = validate_topic_prefix(cfg.mqtt.topic_prefix, f"--config {config}: [mqtt].topic_prefix")
+        else:
+            validate_topic_prefix(prefix)
         if bool(args.ca_cert) != bool(args.ca_key):
             raise IdentityInputError("--ca-cert/--ca-key: give both to sign a client certificate")
         days = args.cert_days if args.cert_days is not None else DEFAULT_CERT_DAYS
@@ -250,23 +260,25 @@ def create(req: IdentityRequest, *, now: dt.datetime | None = None) -> IdentityR
     files = {"env": req.env_file or out / f"{user}.env", "password_file_line": out / f"{user}.passwd",
              "acl": out / f"{user}.acl"}
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        files["env"].parent.mkdir(parents=True, exist_ok=True)
         write_secret_file(files["env"], env_file_text(creds).encode())
         write_secret_file(files["password_file_line"], (line + "\n").encode())
-        (files["acl"]).write_text("\n".join(acl) + "\n")
+        write_public_file(files["acl"], ("\n".join(acl) + "\n").encode())
         if req.tls_csr or req.ca_cert:
             key = new_client_key()
             csr = client_csr(key, user)
             files["tls_key"] = out / f"{user}.key"
             files["tls_csr"] = out / f"{user}.csr"
             write_secret_file(files["tls_key"], key_pem(key))
-            files["tls_csr"].write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+            write_public_file(files["tls_csr"], csr.public_bytes(serialization.Encoding.PEM))
             if req.ca_cert and req.ca_key:
                 ca_cert, ca_key = load_ca(req.ca_cert, req.ca_key)
-                cert = sign_client_cert(csr, ca_cert, ca_key, now=now or dt.datetime.now(dt.UTC), days=req.cert_days)
+                try:
+                    cert = sign_client_cert(csr, ca_cert, ca_key, now=now or dt.datetime.now(dt.UTC),
+                                            days=req.cert_days)
+                except (ValueError, TypeError) as exc:  # e.g. an Ed25519 CA key cannot sign with SHA-256
+                    raise CredentialsError(f"--ca-key {req.ca_key}: cannot sign a client certificate ({exc})") from exc
                 files["tls_cert"] = out / f"{user}.crt"
-                files["tls_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+                write_public_file(files["tls_cert"], cert.public_bytes(serialization.Encoding.PEM))
     except OSError as exc:
         raise IdentityError(f"{out}: cannot write credential files ({exc.strerror or exc})") from exc
     if req.config is not None:

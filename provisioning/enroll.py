@@ -22,6 +22,7 @@ from protocol.errors import InvalidFieldError, ProtocolError
 from protocol.reading import validate_meter_id
 from protocol.registration import MeterRole, SignedRegistration
 from provisioning.agent_toml import AgentTomlError, merge_meter, read_doc, validate_doc, write_atomic
+from provisioning.errors import ProvisionError, ProvisionInputError
 from provisioning.keygen import generate_key
 from provisioning.register import (
     MeterFacts,
@@ -49,11 +50,11 @@ FLAG_FOR_KEY = {
 }
 
 
-class EnrollError(Exception):
+class EnrollError(ProvisionError):
     """A step failed (key missing, file unwritable, record invalid); the message says what and what to do."""
 
 
-class EnrollInputError(EnrollError):
+class EnrollInputError(EnrollError, ProvisionInputError):
     """Bad or missing input; the message names the flag."""
 
 
@@ -164,20 +165,10 @@ def _explain(exc: AgentTomlError) -> str:
     return msg + (f"\n  (set with {', '.join(hints)})" if hints else "")
 
 
-def register_meter(req: RegisterRequest, *, now_ms: int) -> EnrollResult:
-    try:
-        validate_meter_id(req.meter_id)
-        role = MeterRole.parse(req.role)
-    except InvalidFieldError as exc:
-        raise EnrollInputError(f"--meter-id/--role: {exc}") from exc
-    profile = _profile(req.profile)
-    if not req.serial_number:
-        raise EnrollInputError("--serial-number: required (from the label, or --commissioning)")
-    unit_id = req.unit_id if req.unit_id is not None else profile.default_unit_id
-    try:
-        doc = read_doc(req.config)
-    except AgentTomlError as exc:
-        raise EnrollError(str(exc)) from exc
+def _config_entries(req: RegisterRequest, profile: Profile, doc: dict[str, Any],
+                    unit_id: int) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """(config sections to set, [[meters]] entry) from the flags. Pure. The device key goes to [agent] unless the
+    config already names another one: then this meter gets its own key_file and the other meters keep theirs."""
     agent_sec: dict[str, Any] = {"state_dir": req.state_dir, "poll_interval_s": req.poll_interval_s}
     meter: dict[str, Any] = {"meter_id": req.meter_id, "unit_id": unit_id, "profile": profile.id}
     existing_key = doc.get("agent", {}).get("key_file")
@@ -196,6 +187,24 @@ def register_meter(req: RegisterRequest, *, now_ms: int) -> EnrollResult:
         "mqtt": {"host": req.mqtt_host, "port": req.mqtt_port, "username": req.mqtt_username,
                  "gateway_public_key": req.gateway_public_key},
     }
+    return sections, meter
+
+
+def register_meter(req: RegisterRequest, *, now_ms: int) -> EnrollResult:
+    try:
+        validate_meter_id(req.meter_id)
+        role = MeterRole.parse(req.role)
+    except InvalidFieldError as exc:
+        raise EnrollInputError(f"--meter-id/--role: {exc}") from exc
+    profile = _profile(req.profile)
+    if not req.serial_number:
+        raise EnrollInputError("--serial-number: required (from the label, or --commissioning)")
+    unit_id = req.unit_id if req.unit_id is not None else profile.default_unit_id
+    try:
+        doc = read_doc(req.config)
+    except AgentTomlError as exc:
+        raise EnrollError(str(exc)) from exc
+    sections, meter = _config_entries(req, profile, doc, unit_id)
     new_doc = merge_meter(doc, sections, _bus(req, profile), meter)
     try:
         cfg = validate_doc(new_doc, req.config)
@@ -264,8 +273,15 @@ def rotate_key(config: Path, meter_id: str, *, owner: str | None, installer_id: 
     out = EnrollResult(Path(config), backup=result.backup)
     for path, facts in previous:
         signed = build_record(facts, new, now_ms, previous=old)
-        path.replace(path.with_name(path.name + ".prev"))
-        write_record(path, signed)
+        try:
+            path.replace(path.with_name(path.name + ".prev"))
+            write_record(path, signed)
+        except (OSError, AgentTomlError) as exc:
+            raise EnrollError(
+                f"{path}: cannot write the rotation record ({exc}). The new key is already in {key_path} and the "
+                f"old one in {result.backup}: fix the directory, restore the old key (cp {result.backup} {key_path}) "
+                f"and any {path.name}.prev, then run rotate-key again"
+            ) from exc
         out.records.append((path, signed))
     return out
 

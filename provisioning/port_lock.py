@@ -8,21 +8,18 @@ clear message instead of corrupting the agent's readings.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
-from collections.abc import Iterator
-from pathlib import Path
+
+from provisioning.errors import PortBusyError, ProvisionError
+
+__all__ = ["PortBusyError", "PortMissingError", "busy_message", "check_free"]
 
 AGENT_SERVICE = "gridmeter-agent"
 
 
-class PortBusyError(Exception):
-    """The serial device is locked by another process (normally the agent)."""
-
-
-class PortMissingError(Exception):
+class PortMissingError(ProvisionError):
     """The serial device does not exist or cannot be opened."""
 
 
@@ -42,7 +39,8 @@ def busy_message(path: str) -> str:
 
 
 def check_free(path: str) -> None:
-    """Raise PortBusyError if someone holds the device's flock; leave it unlocked."""
+    """Raise PortBusyError if someone holds the device's flock; leave it unlocked. (The scan/commission bus itself
+    then holds the lock through agent.bus: pyserial opens the port with exclusive=True.)"""
     fd = _open(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -50,22 +48,6 @@ def check_free(path: str) -> None:
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise PortBusyError(busy_message(path)) from None
-        raise
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def hold(path: str | Path) -> Iterator[int]:
-    """Hold the device's flock for the duration of the block (raises PortBusyError if held elsewhere)."""
-    fd = _open(str(path))
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise PortBusyError(busy_message(str(path))) from None
-            raise
-        yield fd
+        raise PortMissingError(f"{path}: cannot lock ({exc.strerror})") from exc
     finally:
         os.close(fd)

@@ -18,6 +18,7 @@ from agent.bus import Bus, BusError, BusExceptionResponse, BusSpec, BusTimeoutEr
 from agent.decode import decode_identity, decode_image, identify_matches, image_from_block
 from agent.poller import MeterReadError, MeterSpec, Poller
 from firmware_config.schema import IdentifyRule, Profile, SerialNumberRule
+from provisioning.errors import ProvisionError
 from provisioning.port_lock import check_free
 
 PROBE_BUS_NAME = "provision"
@@ -27,7 +28,7 @@ DEFAULT_COMMISSION_TIMEOUT_S = 1.0
 DEFAULT_COMMISSION_RETRIES = 2
 
 
-class ProbeError(Exception):
+class ProbeError(ProvisionError):
     """The bus could not be opened or the meter did not answer; the message says what to check."""
 
 

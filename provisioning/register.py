@@ -21,6 +21,7 @@ import qrcode
 
 from protocol.registration import MeterRole, Registration, SignedRegistration, parse_registration, sign_registration
 from protocol.signing import SigningKey
+from provisioning.errors import ProvisionInputError
 
 RECORD_SUFFIX = ".gmreg"
 # Error correction M (15 %): survives a smudged phone screen or a creased printout; the record (~300 chars)
@@ -29,7 +30,7 @@ QR_ERROR_CORRECTION = qrcode.constants.ERROR_CORRECT_M
 QR_BORDER = 2  # quiet zone in modules; 4 is the spec, 2 is what terminal scanners need and saves lines
 
 
-class RegisterError(Exception):
+class RegisterError(ProvisionInputError):
     """Bad input for register/rotate-key; the message names the flag or file."""
 
 

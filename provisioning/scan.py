@@ -17,10 +17,10 @@ from typing import Any
 
 from firmware_config.loader import PROFILES_DIR, load_all
 from firmware_config.schema import Profile, ProfileError
-from provisioning.port_lock import PortBusyError, PortMissingError
+from provisioning.errors import ProvisionError, ProvisionInputError
 from provisioning.probe import BusTarget, Identification, ProbeError, UnitCache, identify_all, opened, read_rule
 
-__all__ = ["PortBusyError", "ScanError", "ScanInputError", "format_report", "run_scan"]
+__all__ = ["ScanError", "ScanInputError", "format_report", "run_scan"]
 
 # Framings tried in this order: 9600 is the factory default of most meters here (SDM630/72, ABB and CG as run by
 # mbmd/evcc, Inepro), 19200 Schneider, 2400 the single-phase Eastrons, 38400 for re-configured meters.
@@ -49,11 +49,11 @@ WIRING_HINTS = (
 )
 
 
-class ScanError(Exception):
+class ScanError(ProvisionError):
     """The scan could not run; the message says why."""
 
 
-class ScanInputError(ScanError):
+class ScanInputError(ScanError, ProvisionInputError):
     """Bad input; the message names the flag."""
 
 
@@ -187,10 +187,7 @@ Progress = Callable[[str], None]
 
 
 def run_scan(opts: ScanOptions, progress: Progress | None = None) -> ScanReport:
-    try:
-        return asyncio.run(_scan(opts, progress or (lambda _m: None)))
-    except PortMissingError as exc:
-        raise ScanError(str(exc)) from exc
+    return asyncio.run(_scan(opts, progress or (lambda _m: None)))  # PortBusyError/PortMissingError pass through
 
 
 async def _scan(opts: ScanOptions, progress: Progress) -> ScanReport:

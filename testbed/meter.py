@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
-from firmware_config.schema import REGISTER_TYPES, IdentifyRule, Profile, Register, SerialNumberRule
+from firmware_config.schema import REGISTER_TYPES, IdentifyRule, Profile, Register, SerialNumberRule, sentinel_raw
 
 MS_PER_HOUR = 3_600_000
 # Served values remembered for tests that check "every published value was really served".
@@ -47,13 +47,10 @@ def _sentinel_raw(reg: Register) -> int | float:
     words, signed, kind = REGISTER_TYPES[reg.type]
     if kind == "float":
         return float("nan")
-    bits = words * 16
-    name = reg.not_implemented[0] if reg.not_implemented else None
-    patterns = {"all_ones": (1 << bits) - 1, "signed_min": 1 << (bits - 1), "signed_max": (1 << (bits - 1)) - 1,
-                "zero": 0}
-    if name is None:
+    if not reg.not_implemented:
         raise ValueError(f"register {reg.name} has no not-implemented sentinel to serve")
-    raw = patterns[name]
+    bits = words * 16
+    raw = sentinel_raw(reg.not_implemented[0], words)
     return raw - (1 << bits) if signed and raw >= 1 << (bits - 1) else raw
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pymodbus.framer import FramerType
 
+from testbed.child_process import stop_child
 from testbed.meter import Framing, SimulatedMeter
 from testbed.simserver import MeterServer, SimSerialServer
 
@@ -97,13 +98,8 @@ class SocatLink:
             time.sleep(0.005)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_child(self.proc, timeout_s=5)
         self.proc = None
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware_config.loader import load_all
+from testbed.child_process import stop_child
 from testbed.meter import Framing, SimulatedMeter
 from testbed.rtu import VirtualRtuBus
 
@@ -151,13 +152,7 @@ class RtuBusProcess:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_child(self.proc)
         for f in (self.proc.stdin, self.proc.stdout):
             if f is not None:
                 f.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from protocol import (
     Instantaneous,
@@ -43,3 +44,22 @@ def reading(meter_id: str, seq: int, read_at_ms: int, imp: int, exp: int = 0, *,
 
 def batch(*signed: SignedReading) -> bytes:
     return encode_batch(list(signed))
+
+
+def set_oracle_fields(srv: Any, **fields: int) -> None:
+    """Genesis-style edit of the local chain's OracleData (the program has no instruction for
+    min_reading_interval). `srv` is a localchain.server.LocalChainServer running in this process."""
+    import struct
+
+    from solders.account import Account
+
+    from gateway.oracle_layout import oracle_data_pda
+
+    offsets = {"min_reading_interval": (168, "<H"), "min_energy_value": (104, "<Q"), "max_energy_value": (112, "<Q")}
+    pda = oracle_data_pda(srv.chain.program_id)[0]
+    acc = srv.chain.svm.get_account(pda)
+    data = bytearray(acc.data)
+    for name, v in fields.items():
+        off, fmt = offsets[name]
+        struct.pack_into(fmt, data, off, v)
+    srv.chain.svm.set_account(pda, Account(acc.lamports, bytes(data), acc.owner, acc.executable, acc.rent_epoch))

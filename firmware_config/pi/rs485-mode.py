@@ -19,18 +19,37 @@ SER_RS485_RTS_AFTER_SEND = 1 << 2
 SER_RS485_RX_DURING_TX = 1 << 4
 # struct serial_rs485 { u32 flags; u32 delay_rts_before_send; u32 delay_rts_after_send; u32 padding[5]; }
 FMT = "IIIIIIII"
+# RTS delays are in ms; transceivers need microseconds to a few ms. 1 s bounds a typo without limiting anyone.
+MAX_DELAY_MS = 1000
 
 
-def main() -> int:
+def delay_ms(text: str) -> int:
+    """argparse type: an RTS delay in whole ms, 0..MAX_DELAY_MS."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of ms (got {text!r})") from None
+    if not 0 <= v <= MAX_DELAY_MS:
+        raise argparse.ArgumentTypeError(f"0..{MAX_DELAY_MS} ms (got {v})")
+    return v
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("device")
     ap.add_argument("--rts-low", action="store_true", help="DE active low: RTS low while sending")
-    ap.add_argument("--delay-before-ms", type=int, default=0, help="RTS asserted this long before the first bit")
-    ap.add_argument("--delay-after-ms", type=int, default=0, help="RTS held this long after the last bit")
+    ap.add_argument("--delay-before-ms", type=delay_ms, default=0,
+                    help=f"RTS asserted this long before the first bit (0..{MAX_DELAY_MS})")
+    ap.add_argument("--delay-after-ms", type=delay_ms, default=0,
+                    help=f"RTS held this long after the last bit (0..{MAX_DELAY_MS})")
     ap.add_argument("--rx-during-tx", action="store_true", help="keep receiving while sending (echo)")
     ap.add_argument("--show", action="store_true", help="only print the current mode")
-    a = ap.parse_args()
-    fd = os.open(a.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    a = ap.parse_args(argv)
+    try:
+        fd = os.open(a.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        print(f"{a.device}: cannot open ({exc.strerror}); is it the right device, and are you root?", file=sys.stderr)
+        return 1
     try:
         cur = struct.unpack(FMT, fcntl.ioctl(fd, TIOCGRS485, bytes(struct.calcsize(FMT))))
         if a.show:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import gateway.acceptance as acceptance_mod
-from gateway.acceptance import Acceptance, IngressLimit
+from gateway.acceptance import Acceptance, IngressLimit, verify_pool
 from gateway.checks import Limits
 from gateway.metrics import Metrics
 from gateway.registry import Registry
@@ -127,3 +127,20 @@ def test_two_gateway_processes_out_of_order(parts: tuple[Store, Registry, Metric
         assert [r[0] for r in store.conn.execute("SELECT reason FROM rejections")] == ["read_at_not_increasing"]
     finally:
         store_b.close()
+
+
+def test_broken_verify_pool_falls_back_inline(parts: tuple[Store, Registry, Metrics]) -> None:
+    store, registry, metrics = parts
+    pool = verify_pool(1)
+    acc = Acceptance(store, registry, Limits(), IngressLimit(), metrics, pool)
+    now = int(time.time() * 1000)
+    rs = [reading("HOUSE-1", s, now - 900_000 + s * 1000, 10 + s) for s in range(1, 301)]
+    prepared = acc.prepare([(readings_topic("HOUSE-1"), batch(*rs[:150]))])
+    for proc in list(pool._processes.values()):  # a worker dies (OOM killer, operator)
+        proc.kill()
+    try:
+        assert acc.finish(prepared) == {"HOUSE-1": 150}
+        assert acc.process([(readings_topic("HOUSE-1"), batch(*rs[150:]))]) == {"HOUSE-1": 300}
+    finally:
+        pool.shutdown()
+    assert count(store, "SELECT COUNT(*) FROM readings") == 300 and acc.pool is None

@@ -104,3 +104,35 @@ async def test_chromium_shows_meter_and_rejection_live(dash: str, tmp_path: Path
         await browser.wait_for("document.body.dataset.loaded === '1'")
         assert await browser.eval("document.getElementById('title').textContent") == "HOUSE-1"
         assert await browser.eval("document.querySelectorAll('#chart polyline').length") == 2
+
+
+async def test_tls_direct(tmp_path: Path) -> None:
+    """dashboard.tls_cert/tls_key: HTTPS served directly; still 401 without credentials."""
+    import ssl
+    import subprocess
+
+    from gateway.service import _site
+    from testbed.ports import free_port
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    store, registry = Store(tmp_path / "gateway.sqlite"), Registry(tmp_path / "registry.sqlite")
+    d = Dashboard(DashboardSection(token=TOKEN, tls_cert=str(cert), tls_key=str(key)), tmp_path / "gateway.sqlite",
+                  tmp_path / "registry.sqlite", Metrics())
+    port = free_port()
+    runner = await _site(d.app(), f"127.0.0.1:{port}", d.ssl_context())
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"https://127.0.0.1:{port}/api/meters", ssl=ctx) as r:
+                assert r.status == 401
+            async with s.get(f"https://127.0.0.1:{port}/api/meters", ssl=ctx,
+                             headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+                assert r.status == 200 and (await r.json())["meters"] == []
+    finally:
+        await runner.cleanup()
+        d.close()
+        store.close()
+        registry.close()

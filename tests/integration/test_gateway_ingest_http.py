@@ -12,6 +12,7 @@ import base58
 import pytest
 from aiohttp.test_utils import TestServer
 
+from gateway import ingest_http
 from gateway.checks import Limits
 from gateway.ingest_http import INGEST_PATH, HttpIngest, signed_message
 from gateway.metrics import Metrics
@@ -112,3 +113,11 @@ async def test_split_must_match_signed_net_and_time_order(server: tuple[str, Sto
     registry.set_status("METER-001", MeterStatus.SUSPENDED, 0)
     status, doc = await post(url, signed_body(NOW_S - 60, 10, 0))
     assert (status, doc["reason"]) == (403, "meter_suspended")
+
+
+async def test_client_rate_limit(server: tuple[str, Store, Registry], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, store, _ = server
+    monkeypatch.setattr(ingest_http, "DEFAULT_CLIENT_BURST", 3)
+    statuses = [(await post(url, b"{}"))[0] for _ in range(5)]
+    assert statuses == [400, 400, 400, 429, 429]
+    assert store.conn.execute("SELECT COUNT(*) FROM rejections").fetchone()[0] == 3  # 429s are counted only

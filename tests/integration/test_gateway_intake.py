@@ -207,3 +207,43 @@ def test_two_gateways_share_the_load(broker: Broker, tmp_path: Path) -> None:
             s.close()
         registry_a.close()
         registry_b.close()
+
+
+def test_poison_message_is_quarantined_not_stuck(broker: Broker, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message whose processing raises (a bug) is retried, then quarantined as internal_error with its
+    bytes; the consumer keeps going with the next messages."""
+    import gateway.intake as intake_mod
+
+    monkeypatch.setattr(intake_mod, "DEFAULT_RETRY_S", 0.01)
+
+    class Buggy(Acceptance):
+        def prepare(self, messages):  # type: ignore[no-untyped-def]
+            if any(t.endswith("HOUSE-2/readings") for t, _ in messages):
+                raise RuntimeError("simulated bug")
+            return super().prepare(messages)
+
+    store, registry = Store(tmp_path / "g.sqlite"), Registry(tmp_path / "r.sqlite")
+    now = int(time.time() * 1000)
+    registry.add(record_for("HOUSE-1"), now)
+    registry.add(record_for("HOUSE-2"), now)
+    intake = Intake(MqttSection(port=broker.port, client_id="gw-poison"),
+                    Buggy(store, registry, Limits(), IngressLimit(), Metrics()), SigningKey.generate(), Metrics())
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="p", protocol=MQTTProtocolVersion.MQTTv5)
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    try:
+        intake.start()
+        intake.wait_ready()
+        poison = batch(reading("HOUSE-2", 1, now - 5000, 1))
+        pub.publish(readings_topic("HOUSE-2"), poison, qos=1).wait_for_publish(5)
+        pub.publish(readings_topic("HOUSE-1"), batch(reading("HOUSE-1", 1, now - 5000, 1)), qos=1).wait_for_publish(5)
+        wait_for(lambda: store.conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 1, 10, "HOUSE-1 stored")
+        wait_for(lambda: store.conn.execute("SELECT COUNT(*) FROM rejections").fetchone()[0] == 1, 10, "quarantine")
+        assert store.conn.execute("SELECT reason, payload FROM rejections").fetchone() == ("internal_error", poison)
+    finally:
+        intake.stop()
+        pub.disconnect()
+        pub.loop_stop()
+        store.close()
+        registry.close()

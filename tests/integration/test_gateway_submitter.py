@@ -4,7 +4,6 @@ reconciled, not resent; thresholds come from the chain."""
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,35 +11,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from solders.account import Account
 from solders.keypair import Keypair
 
 from gateway.acceptance import Acceptance, IngressLimit
 from gateway.checks import Limits
 from gateway.metrics import Metrics
 from gateway.oracle import OracleClient, Submission
-from gateway.oracle_layout import oracle_data_pda
 from gateway.registry import Registry
 from gateway.store import Store
 from gateway.submitter import Submitter
 from localchain.server import LocalChainServer
 from protocol import MeterRole
 from protocol.topics import readings_topic
-from tests.gateway_support import batch, reading, record_for
+from tests.gateway_support import batch, reading, record_for, set_oracle_fields
 
 pytestmark = pytest.mark.integration
-
-
-def set_oracle_fields(srv: LocalChainServer, **fields: int) -> None:
-    """Genesis-style edit of OracleData (the program has no instruction for min_reading_interval)."""
-    offsets = {"min_reading_interval": (168, "<H"), "min_energy_value": (104, "<Q"), "max_energy_value": (112, "<Q")}
-    pda = oracle_data_pda(srv.chain.program_id)[0]
-    acc = srv.chain.svm.get_account(pda)
-    data = bytearray(acc.data)
-    for name, v in fields.items():
-        off, fmt = offsets[name]
-        struct.pack_into(fmt, data, off, v)
-    srv.chain.svm.set_account(pda, Account(acc.lamports, bytes(data), acc.owner, acc.executable, acc.rent_epoch))
 
 
 @dataclass

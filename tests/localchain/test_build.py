@@ -20,7 +20,7 @@ from solders.pubkey import Pubkey
 from solders.transaction import Transaction
 from solders.transaction_metadata import TransactionMetadata
 
-from localchain import build
+from localchain import build, sbpf_link
 
 pytestmark = pytest.mark.integration  # runs clang-14 and the sBPF VM
 
@@ -84,29 +84,29 @@ def test_shared_object_layout_is_what_the_sbpf_v0_loader_expects() -> None:
     assert elf[:4] == b"\x7fELF" and elf[4:7] == b"\x02\x01\x01"
     e_type, e_machine, _v, e_entry = struct.unpack_from("<HHIQ", elf, 16)
     e_flags = struct.unpack_from("<I", elf, 48)[0]
-    assert (e_type, e_machine, e_flags) == (build.ET_DYN, build.EM_BPF, 0)
+    assert (e_type, e_machine, e_flags) == (sbpf_link.ET_DYN, sbpf_link.EM_BPF, 0)
     secs = _sections(elf)
     assert list(secs) == [".text", ".rodata", ".dynamic", ".dynsym", ".dynstr", ".rel.dyn", ".shstrtab"]
     for name, (_t, flags, addr, off, _size) in secs.items():
-        if flags & build.SHF_ALLOC:
+        if flags & sbpf_link.SHF_ALLOC:
             assert addr == off, name
         if name != ".dynamic":
-            assert not flags & build.SHF_WRITE, name
+            assert not flags & sbpf_link.SHF_WRITE, name
     text_off, text_size = secs[".text"][3], secs[".text"][4]
     assert text_off <= e_entry < text_off + text_size
     # every call has source register 0; every .rel.dyn entry is a `call -1` against a known syscall
     for off in range(text_off, text_off + text_size, 8):
-        if elf[off] == build.OP_CALL:
+        if elf[off] == sbpf_link.OP_CALL:
             assert elf[off + 1] >> 4 == 0, hex(off)
     dynsym_off, dynstr_off = secs[".dynsym"][3], secs[".dynstr"][3]
     rel_off, rel_size = secs[".rel.dyn"][3], secs[".rel.dyn"][4]
     names = set()
     for r in range(rel_off, rel_off + rel_size, 16):
         r_offset, r_info = struct.unpack_from("<QQ", elf, r)
-        assert r_info & 0xFFFFFFFF == build.R_BPF_64_32
+        assert r_info & 0xFFFFFFFF == sbpf_link.R_BPF_64_32
         st_name = struct.unpack_from("<I", elf, dynsym_off + 24 * (r_info >> 32))[0]
         names.add(elf[dynstr_off + st_name : elf.index(b"\0", dynstr_off + st_name)].decode())
-        assert elf[r_offset] == build.OP_CALL and struct.unpack_from("<i", elf, r_offset + 4)[0] == -1
+        assert elf[r_offset] == sbpf_link.OP_CALL and struct.unpack_from("<i", elf, r_offset + 4)[0] == -1
     assert names == {
         "sol_log_",
         "sol_log_data",
@@ -142,7 +142,7 @@ def _compile(tmp_path: Path, source: str) -> bytes:
 
 
 def test_relinked_internal_calls_and_rodata_pointers_run_in_the_vm(tmp_path: Path) -> None:
-    so = build.link(_compile(tmp_path, _PROBE))
+    so = sbpf_link.link(_compile(tmp_path, _PROBE))
     svm = LiteSVM()
     pid = Pubkey.new_unique()
     svm.add_program(pid, so)
@@ -159,13 +159,13 @@ def test_relinked_internal_calls_and_rodata_pointers_run_in_the_vm(tmp_path: Pat
 def test_link_rejects_mutable_globals(tmp_path: Path) -> None:
     src = "typedef unsigned long long u64; u64 counter; u64 entrypoint(void *p) { (void)p; return ++counter; }"
     obj = _compile(tmp_path, src)
-    with pytest.raises(build.BuildError, match="writable section"):
-        build.link(obj)
+    with pytest.raises(sbpf_link.BuildError, match="writable section"):
+        sbpf_link.link(obj)
 
 
 def test_link_rejects_calls_to_unknown_functions(tmp_path: Path) -> None:
     src = (
         "typedef unsigned long long u64; extern u64 helper(u64); u64 entrypoint(void *p) { (void)p; return helper(1); }"
     )
-    with pytest.raises(build.BuildError, match="helper"):
-        build.link(_compile(tmp_path, src))
+    with pytest.raises(sbpf_link.BuildError, match="helper"):
+        sbpf_link.link(_compile(tmp_path, src))

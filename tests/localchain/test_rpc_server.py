@@ -415,3 +415,30 @@ async def test_bounded_inputs_get_specific_errors(srv: LocalChainServer, body: o
     assert isinstance(res, dict), res
     assert res["error"]["code"] == code
     assert fragment.lower() in res["error"]["message"].lower()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["--chain-bridge", "not-base58!"], 2, "--chain-bridge/--program-id: not a base58 public key"),
+        (["--chain-bridge", str(Pubkey.new_unique()), "--port", "70000"], 2, "--port: 0..65535 (got 70000)"),
+        (["--chain-bridge", str(Pubkey.new_unique()), "--min-reading-interval", "-1"], 2, "--min-reading-interval"),
+    ],
+)
+def test_cli_serve_bad_input_is_a_message_on_stderr(args: list[str], code: int, fragment: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from gridmeter.cli import main
+
+    assert main(["chain", "serve", *args]) == code
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith("gridmeter chain serve: ") and fragment in out.err
+
+
+def test_cli_serve_unreadable_state_file_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gridmeter.cli import main
+
+    (tmp_path / "chain.json").write_text("{not json")
+    rc = main(["chain", "serve", "--port", "0", "--chain-bridge", str(Pubkey.new_unique()),
+               "--state", str(tmp_path / "chain.json")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("gridmeter chain serve: --state: ") and "chain.json" in err

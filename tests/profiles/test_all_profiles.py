@@ -75,3 +75,48 @@ def test_recording_decodes(profile_id: str, recording: Path | None) -> None:
         fc = next(f for f in sn.function_codes if (f, sn.address) in image)
         words = [image[(fc, a)] for a in range(sn.address, sn.address + sn.words)]
         assert decode_identity(sn, words) == rec["serial_number"]
+
+
+README = PROFILES_DIR.parent / "README.md"
+
+
+def _readme_rows() -> dict[str, list[str]]:
+    rows = {}
+    for line in README.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and cells[0].endswith(".toml`"):
+            rows[cells[0].strip("`").removesuffix(".toml")] = cells
+    return rows
+
+
+@pytest.mark.parametrize("profile_id", sorted(PROFILES))
+def test_readme_table_lists_profile_as_shipped(profile_id: str) -> None:
+    """firmware_config/README.md's table says the truth about every shipped profile file (and no other)."""
+    rows = _readme_rows()
+    assert set(rows) == set(PROFILES)
+    p = PROFILES[profile_id]
+    _file, _meters, transports, framing, unit_id, fcs, encoding, confirmed = rows[profile_id]
+    s = p.serial
+    assert transports == "/".join(p.transports)
+    assert framing == (f"{s.baudrate} {s.bytesize}{s.parity}{s.stopbits}" if s else f"TCP port {p.tcp_port}")
+    assert int(unit_id) == p.default_unit_id
+    assert fcs == "/".join(f"FC{fc:02d}" for fc in sorted({r.function_code for r in p.registers}))
+    assert all(r.type in encoding for r in p.registers)
+    assert ("LSW first" in encoding) == any(r.word_order == "little" for r in p.registers)
+    ident = "yes" if all(r.confirmed for r in p.identify) else "**no**"
+    assert f"identification {ident}" in confirmed
+    assert f"framing {'n/a' if s is None else ('yes' if s.confirmed else '**no**')}" in confirmed
+    assert confirmed.endswith(f"{sum(1 for f in p.facts if not f.confirmed)} open fact"
+                              + ("s" if sum(1 for f in p.facts if not f.confirmed) != 1 else ""))
+
+
+def test_readme_documents_every_profile_key() -> None:
+    """Every key the loader accepts has an entry in firmware_config/README.md."""
+    import re
+
+    loader = (PROFILES_DIR.parent / "loader.py").read_text()
+    keys = set(re.findall(r'\.(?:take|choice|int_in|sub|items)\("([a-z_]+)"', loader))
+    keys |= set(re.findall(r'_int_list\(t, "([a-z_]+)"', loader)) | set(re.findall(r'_scale\(t, "([a-z_]+)"', loader))
+    text = README.read_text()
+    assert len(keys) > 40
+    assert not sorted(k for k in keys if f"`{k}`" not in text and f"[{k}]" not in text and f"[[{k}]]" not in text)

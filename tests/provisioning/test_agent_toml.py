@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +42,39 @@ def test_help_everywhere(step: str, capsys: pytest.CaptureFixture[str]) -> None:
         main(["provision", step, "--help"])
     assert exc.value.code == 0
     assert "usage: gridmeter provision " + step in capsys.readouterr().out
+
+
+STEPS = ("scan", "commission", "keygen", "register", "rotate-key", "mqtt-credentials")
+
+
+def _help(step: str, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit):
+        main(["provision", step, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare on single spaces
+
+
+def test_help_shows_the_real_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    from provisioning.commission import DEFAULT_WAIT_S
+    from provisioning.scan import DEFAULT_TIMEOUT_S
+
+    helps = {step: _help(step, capsys) for step in STEPS}
+    assert not [s for s, h in helps.items() if "default None" in h]
+    assert f"(default {DEFAULT_TIMEOUT_S:g})" in helps["scan"]
+    assert f"(default {DEFAULT_WAIT_S:g})" in helps["commission"]
+
+
+def test_installer_guide_is_true_to_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every step has a section in INSTALLER.md, and every flag the guide uses with a step exists in its --help."""
+    guide = (Path(__file__).resolve().parents[2] / "provisioning" / "INSTALLER.md").read_text()
+    commands = re.findall(r"gridmeter provision ([a-z-]+)((?:\\\n|[^\n`])*)", guide)
+    used: dict[str, set[str]] = {}
+    for step, rest in commands:
+        used.setdefault(step, set()).update(re.findall(r"(--[a-z][a-z0-9-]*)", rest))
+    assert set(STEPS) <= set(used), f"steps without an example: {set(STEPS) - set(used)}"
+    for step, flags in used.items():
+        assert step in STEPS, step
+        text = _help(step, capsys)
+        assert not [f for f in flags if f not in text], step
 
 
 def test_provision_without_step_prints_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,18 @@ import pytest
 
 from firmware_config.loader import PROFILES_DIR, load_all
 from gridmeter.cli import main
-from provisioning.commission import check_counters, check_instantaneous, compare_display
+from provisioning.agent_toml import AgentTomlError, write_atomic
+from provisioning.commission import (
+    CommissionInputError,
+    CommissionOptions,
+    CommissionResult,
+    _confirm,
+    check_counters,
+    check_instantaneous,
+    compare_display,
+    parse_kwh,
+)
+from provisioning.probe import BusTarget
 from testbed.meter import SimulatedMeter
 from testbed.rtu import VirtualRtuBus
 
@@ -143,6 +154,19 @@ async def test_commission_interactive_display_mismatch(bench: tuple[VirtualRtuBu
     assert "MISMATCH" in out
 
 
+@pytest.mark.integration
+async def test_commission_unwritable_result_is_a_message(bench: tuple[VirtualRtuBus, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """--out under a regular file: exit 1 naming the path, not a NotADirectoryError traceback."""
+    bus, _ = bench
+    (tmp_path / "a-file").write_text("")
+    rc, out, err = await commission(capsys, "--profile", "eastron-sdm630", "--port", bus.client_port, "--unit-id",
+                                    "1", "--wait-s", "0", "--yes", "--out", str(tmp_path / "a-file" / "c.json"))
+    assert rc == 1, out + err
+    assert "RESULT: PASS" in out
+    assert err.startswith("error: ") and "a-file/c.json: cannot write" in err
+
+
 # ---- pure checks ----------------------------------------------------------------------------------------------
 
 
@@ -219,3 +243,33 @@ async def test_commission_result_next_to_config_feeds_register(bench: tuple[Virt
     assert rc == 0, out + err
     result = etc / "commission-eastron-sdm630-unit1.json"
     assert json.loads(result.read_text())["serial_number"] == 19283746
+
+
+def test_interactive_answer_that_is_not_a_number_is_recorded_not_raised() -> None:
+    """An installer typing 'n' or '12,3 kWh' must get a FAIL result naming the answer, not an aborted run."""
+    p = PROFILES["eastron-sdm630"]
+    opts = CommissionOptions(p, BusTarget("rtu", port="/dev/null"), 1)
+    for answer in ("n", "12,3 kWh", ""):
+        result = CommissionResult(p.id, 1, {}, None, {}, {"energy_import_wh": 12_300}, {}, 0, [], [])
+        _confirm(result, opts, lambda _q, a=answer: a)
+        assert result.confirmations["display_import"].startswith("NOT CONFIRMED: the answer ")
+        assert not result.passed
+    result = CommissionResult(p.id, 1, {}, None, {}, {"energy_import_wh": 12_300}, {}, 0, [], [])
+    _confirm(result, opts, lambda _q: "12,3")
+    assert result.confirmations["display_import"].startswith("matches the display") and result.passed
+
+
+@pytest.mark.parametrize("text", ["1e999999", "100000000", "-1", "nan", "inf", "twelve"])
+def test_display_kwh_is_bounded(text: str) -> None:
+    with pytest.raises(CommissionInputError, match="--display-kwh"):
+        parse_kwh(text)
+    assert parse_kwh("99999999.99") == Decimal("99999999.99")
+
+
+def test_write_atomic_under_a_file_is_an_agent_toml_error(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    with pytest.raises(AgentTomlError, match="cannot write"):
+        write_atomic(tmp_path / "f" / "agent.toml", "x = 1\n")
+    write_atomic(tmp_path / "d" / "agent.toml", "x = 1\n")
+    assert (tmp_path / "d" / "agent.toml").read_text() == "x = 1\n"
+    assert [x.name for x in (tmp_path / "d").iterdir()] == ["agent.toml"]  # no temporary left behind

@@ -19,9 +19,11 @@ from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gridmeter.cli import main
 from provisioning.credentials import (
+    CredentialsError,
     acl_lines,
     client_csr,
     generate_credentials,
@@ -101,6 +103,26 @@ def test_cli_bad_meter_id_names_flag(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert rc == 2 and "--meter-id" in capsys.readouterr().err
 
 
+def test_cli_unreadable_ca_is_a_message_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    rc = main(["provision", "mqtt-credentials", "--meter-id", "HOUSE-1", "--out-dir", str(tmp_path / "out"),
+               "--ca-cert", str(tmp_path / "ca.pem"), "--ca-key", str(tmp_path / "ca.pem")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("error: --ca-cert ") and "not a readable PEM certificate" in err
+
+
+@pytest.mark.parametrize("prefix", ["gridmeter/v1\ntopic readwrite #", "#", "gm/+/x", "/gm", "gm//v1", "gm v1"])
+def test_topic_prefix_cannot_widen_or_inject_acl(prefix: str, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["provision", "mqtt-credentials", "--meter-id", "HOUSE-1", "--out-dir", str(tmp_path),
+               "--topic-prefix", prefix])
+    assert rc == 2 and "--topic-prefix" in capsys.readouterr().err
+    assert not (tmp_path / "gm-HOUSE-1.acl").exists()
+    with pytest.raises(CredentialsError, match="--topic-prefix"):
+        acl_lines("gm-HOUSE-1", ["HOUSE-1"], prefix)
+
+
 # ---- real mosquitto ------------------------------------------------------------------------------------------
 
 
@@ -123,16 +145,17 @@ class V5Client:
         self.c.loop_start()
         assert self.connected.wait(DEADLINE_S)
 
-    def _on_connect(self, c, u, flags, rc, props) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(self, c: mqtt.Client, u: object, flags: mqtt.ConnectFlags, rc: ReasonCode,
+                    props: Properties | None) -> None:
         self.connect_rc = rc.value
         self.connected.set()
 
-    def _on_publish(self, c, u, mid, rc, props) -> None:  # type: ignore[no-untyped-def]
+    def _on_publish(self, c: mqtt.Client, u: object, mid: int, rc: ReasonCode, props: Properties | None) -> None:
         with self.acked:
             self.acks[mid] = rc.value
             self.acked.notify_all()
 
-    def _on_message(self, c, u, msg) -> None:  # type: ignore[no-untyped-def]
+    def _on_message(self, c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
         with self.got:
             self.messages.append((msg.topic, msg.payload))
             self.got.notify_all()

@@ -38,9 +38,8 @@ from testbed.broker import Broker
 from testbed.meter import SimulatedMeter
 from testbed.ports import free_port, wait_port
 from testbed.tcp import ModbusTcpMeters
-from tests.gateway_support import batch, key_for, reading, record_for
+from tests.gateway_support import batch, key_for, reading, record_for, set_oracle_fields
 from tests.integration.agent_process import AgentProcess, AgentSetup, MeterEntry
-from tests.integration.test_gateway_submitter import set_oracle_fields
 
 pytestmark = pytest.mark.system
 

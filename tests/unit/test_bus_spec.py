@@ -10,6 +10,7 @@ from agent.bus import (
     DEFAULT_RTU_TURNAROUND_MS,
     BusClaimedError,
     BusCorruptFrameError,
+    BusError,
     BusExceptionResponse,
     BusSpec,
     BusTimeoutError,
@@ -55,3 +56,36 @@ def test_error_reasons() -> None:
     assert BusCorruptFrameError("b", "x").reason == "crc"
     assert BusExceptionResponse("b", 2, "x").reason == "exception_code_2"
     assert str(BusTimeoutError("rs485-0", "unit 3 FC04 0x0000+76: no reply")).startswith("bus rs485-0: unit 3")
+
+
+class _UnpluggedClient:
+    """Stands in for the pymodbus client of a USB adapter that was just unplugged (the write fails)."""
+
+    connected = True
+    closed = 0
+
+    class ctx:  # mirrors pymodbus client.ctx.comm_params
+        class comm_params:
+            timeout_connect = 1.0
+
+    async def read_input_registers(self, *_a: object, **_kw: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+async def test_os_error_is_a_bus_error_and_drops_the_connection(tmp_path: Path) -> None:
+    """An OSError from the port must not escape the bus (one failing device never stops the poll loop)."""
+    dev = tmp_path / "ttyUSB9"
+    dev.touch()
+    bus = open_bus(BusSpec("usb", "rtu", port=str(dev), retries=0, turnaround_ms=0))
+    client = _UnpluggedClient()
+    bus._client = client  # type: ignore[assignment]
+    try:
+        with pytest.raises(BusError, match="connection lost") as exc:
+            await bus.read_registers(1, 4, 0, 2)
+        assert type(exc.value) is BusError and exc.value.reason == "bus_error"
+        assert client.closed == 1 and bus._client is None  # reopened on the next request
+    finally:
+        await bus.close()

@@ -144,3 +144,15 @@ def test_identity() -> None:
 def test_word_out_of_range_is_rejected() -> None:
     with pytest.raises(ValueError, match="out of range"):
         decode_number([0x10000], reg("uint16"))
+
+
+@pytest.mark.parametrize(
+    ("name", "words", "raw"),
+    [("all_ones", 1, 0xFFFF), ("all_ones", 2, 0xFFFF_FFFF), ("signed_min", 1, 0x8000), ("signed_min", 2, 0x8000_0000),
+     ("signed_max", 2, 0x7FFF_FFFF), ("signed_max", 4, 2**63 - 1), ("zero", 2, 0)],
+)
+def test_sentinel_raw_patterns(name: str, words: int, raw: int) -> None:
+    """One definition of the sentinel patterns, shared by the decoder and the simulated meter."""
+    from firmware_config.schema import sentinel_raw
+
+    assert sentinel_raw(name, words) == raw

@@ -15,7 +15,7 @@ from gateway.checks import (
     check_envelope,
     check_late,
     check_progress,
-    verify_item,
+    verify_signatures,
 )
 from gateway.registry import Meter, MeterStatus
 from protocol import BatchItem, DecodeError, MeterRole, Quality, TruncatedError, decode_batch, key_id
@@ -70,13 +70,12 @@ def test_duplicate_needs_identical_bytes() -> None:
 
 def test_verify_exact_bytes() -> None:
     it = item(11, T0_MS, 1001)
-    assert verify_item(it, meter()) is None
-    tampered = BatchItem(it.payload[:-1] + bytes([it.payload[-1] ^ 1]), it.signature, it.signed, None)
-    v = verify_item(tampered, meter())
-    assert v is not None and v.reason is Reason.BAD_SIGNATURE
+    tampered = it.payload[:-1] + bytes([it.payload[-1] ^ 1])
     forged = item(11, T0_MS, 1001, key=key_for("attacker"))
-    v = verify_item(forged, meter())
-    assert v is not None and v.reason is Reason.BAD_SIGNATURE
+    pub = KEY.public_key
+    assert verify_signatures([(pub, it.payload, it.signature), (pub, tampered, it.signature),
+                              (pub, forged.payload, forged.signature), (b"\x00" * 31, it.payload, it.signature),
+                              (pub, it.payload, it.signature[:10])]) == [True, False, False, False, False]
 
 
 R = lambda seq, at, imp, exp=50, **kw: item(seq, at, imp, exp, **kw).signed.reading  # noqa: E731

@@ -47,6 +47,12 @@ def test_plan(name: str, regs: list[Register], policy: ReadPolicy, expected: lis
         assert all(b.address <= x.address and x.end <= b.end for x in b.registers)
 
 
+def test_one_shot_iterator_plans_every_register() -> None:
+    """plan_registers takes any Iterable: a generator must not be consumed by the function-code pass."""
+    regs = [r(0, fc=3), r(2, fc=3), r(0, fc=4)]
+    assert spans(plan_registers(iter(regs), ReadPolicy())) == [(3, 0, 4), (4, 0, 2)]
+
+
 def test_hole_max_heuristic() -> None:
     assert hole_max(ReadPolicy(), transport="rtu") == 10  # (20 + 1) // 2: Victron-style RTU overhead
     assert hole_max(ReadPolicy(), transport="tcp") == 31  # Victron TCP overhead 61 bytes
