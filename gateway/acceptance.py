@@ -199,7 +199,9 @@ class Acceptance:
         self.metrics.commit_seconds.observe(time.perf_counter() - t0)
         self._progress.update(progress)
         self._count(w)
-        return {m: progress[m].last_seq for m in w.ack if m in progress and progress[m].last_seq > 0}
+        open_after = now_ms - self.limits.gap_grace_ms
+        acks = {m: self.store.ack_seq(m, progress[m].last_seq, open_after) for m in w.ack if m in progress}
+        return {m: seq for m, seq in acks.items() if seq > 0}
 
     def _decide(self, it: _Item, meters: dict[str, Meter], progress: dict[str, Progress], w: _Writer) -> None:
         mid = it.topic_meter_id

@@ -66,7 +66,8 @@ class Limits:
     acceptance_window_ms: int = 7 * 86_400_000
     min_read_spacing_ms: int = 1000
     plausibility_margin_pct: int = 10
-    plausibility_slack_wh: int = 2
+    plausibility_slack_wh: int = 100
+    gap_grace_ms: int = 900_000
 
 
 @dataclass(frozen=True, slots=True)

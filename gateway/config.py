@@ -166,12 +166,22 @@ class LimitsSection:
     # Energy over a reading gap may exceed rated power by this much (meter accuracy class, rounding
     # of 1 Wh counters over short gaps) before it is called implausible.
     plausibility_margin_pct: int = 10
-    plausibility_slack_wh: int = 2  # counters tick in whole Wh: allow this much rounding on short gaps
+    # Registers count in steps: 0.1 kWh on Carlo Gavazzi EM24/EM340, 0.01 kWh on ABB. A step seen between two
+    # reads 2 s apart looks like 180 kW; one 100 Wh step of slack keeps honest quantised counters plausible
+    # while a glitch (a 0xFFFF... or 2^31 counter, or a jump of many kWh) is still refused. (The agent's glitch
+    # filter uses the same slack.)
+    plausibility_slack_wh: int = 100
+    # The ack carries the highest CONTIGUOUS seq: a gap (a batch lost by the broker, or readings the agent
+    # dropped on store overflow) holds the ack back so the agent keeps and re-sends what is missing. After
+    # this long the gap is declared lost (recorded, reported on the dashboard) and the ack moves past it,
+    # so an unfillable gap cannot block the agent forever. The agent re-sends after ack_timeout_s (30 s,
+    # doubling), so 15 minutes leaves room for several re-sends.
+    gap_grace_s: int = 900
     checks: ClassVar[dict[str, Check]] = {
         "future_skew_s": _range(0, 59), "acceptance_window_s": _range(60, 10 * 365 * 86400),
         "min_read_spacing_ms": _range(0, 3_600_000), "ingress_rate_per_s": _range(0.001, 1e7),
         "ingress_burst": _range(1, 10_000_000), "plausibility_margin_pct": _range(0, 1000),
-        "plausibility_slack_wh": _range(0, 1_000_000),
+        "plausibility_slack_wh": _range(0, 1_000_000), "gap_grace_s": _range(0, 7 * 86400),
     }
 
 

@@ -41,8 +41,9 @@ _Closable = TypeVar("_Closable", Store, Registry)
 
 def limits_from(cfg: GatewayConfig) -> Limits:
     lim = cfg.limits
-    return Limits(lim.future_skew_s * 1000, lim.acceptance_window_s * 1000, lim.min_read_spacing_ms,
-                  lim.plausibility_margin_pct, lim.plausibility_slack_wh)
+    return Limits(future_skew_ms=lim.future_skew_s * 1000, acceptance_window_ms=lim.acceptance_window_s * 1000,
+                  min_read_spacing_ms=lim.min_read_spacing_ms, plausibility_margin_pct=lim.plausibility_margin_pct,
+                  plausibility_slack_wh=lim.plausibility_slack_wh, gap_grace_ms=lim.gap_grace_s * 1000)
 
 
 def sd_notify(message: str) -> None:

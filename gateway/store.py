@@ -170,10 +170,18 @@ class Store:
                                   " ORDER BY id LIMIT 1", (meter_id, seq)).fetchone()
         return bytes(r[0]) if r else None
 
-    def gap_containing(self, meter_id: str, seq: int) -> tuple[int, int] | None:
-        r = self.conn.execute("SELECT first_seq, last_seq FROM gaps WHERE meter_id = ? AND first_seq <= ? "
-                              "AND last_seq >= ? LIMIT 1", (meter_id, seq, seq)).fetchone()
-        return (r[0], r[1]) if r else None
+    def gap_containing(self, meter_id: str, seq: int) -> tuple[int, int, int] | None:
+        """(first_seq, last_seq, detected_at_ms) of the recorded gap holding seq, if any."""
+        r = self.conn.execute("SELECT first_seq, last_seq, detected_at_ms FROM gaps WHERE meter_id = ? "
+                              "AND first_seq <= ? AND last_seq >= ? LIMIT 1", (meter_id, seq, seq)).fetchone()
+        return (r[0], r[1], r[2]) if r else None
+
+    def ack_seq(self, meter_id: str, last_seq: int, open_after_ms: int) -> int:
+        """Highest contiguous seq: below the oldest gap detected after `open_after_ms` (still expected to be
+        filled by a re-send), else the highest authenticated seq (older gaps are declared lost)."""
+        r = self.conn.execute("SELECT MIN(first_seq) FROM gaps WHERE meter_id = ? AND detected_at_ms > ?",
+                              (meter_id, open_after_ms)).fetchone()
+        return last_seq if r is None or r[0] is None else min(last_seq, r[0] - 1)
 
     def neighbors(self, meter_id: str, seq: int) -> tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]:
         """(read_at_ms, import_wh, export_wh) of the accepted readings just before and after seq."""
@@ -183,12 +191,14 @@ class Store:
         nxt = self.conn.execute(q.format(">", "ASC"), (meter_id, seq)).fetchone()
         return (tuple(prev) if prev else None), (tuple(nxt) if nxt else None)  # type: ignore[return-value]
 
-    def fill_late(self, row: ReadingRow, gap: tuple[int, int]) -> None:
-        """Store a late reading now (within the caller's transaction) and shrink the gap it filled."""
+    def fill_late(self, row: ReadingRow, gap: tuple[int, int, int]) -> None:
+        """Store a late reading now (within the caller's transaction) and shrink the gap it filled. The pieces
+        keep the gap's detection time: filling one seq must not restart the grace period of the rest."""
         c = self.conn
         c.execute(_INSERT_READING, _reading_tuple(row))
-        c.execute("DELETE FROM gaps WHERE meter_id = ? AND first_seq = ? AND last_seq = ?", (row.meter_id, *gap))
-        rest = [(row.meter_id, a, b, row.received_at_ms) for a, b in ((gap[0], row.seq - 1), (row.seq + 1, gap[1]))
+        first, last, detected_at_ms = gap
+        c.execute("DELETE FROM gaps WHERE meter_id = ? AND first_seq = ? AND last_seq = ?", (row.meter_id, first, last))
+        rest = [(row.meter_id, a, b, detected_at_ms) for a, b in ((first, row.seq - 1), (row.seq + 1, last))
                 if a <= b]
         c.executemany("INSERT INTO gaps VALUES (?,?,?,?)", rest)
         c.execute("UPDATE progress SET missing = missing - 1, accepted = accepted + ?, held = held + ? "

@@ -104,7 +104,8 @@ def test_key_rotation_takes_effect(parts: tuple[Store, Registry, Metrics]) -> No
 
 def test_two_gateway_processes_out_of_order(parts: tuple[Store, Registry, Metrics], tmp_path: Path) -> None:
     """Shared subscription: batch 2 of a meter is committed by gateway B before gateway A commits batch 1.
-    Batch 1's readings are late arrivals inside the recorded gap: all stored, gap closed, nothing lost."""
+    Batch 1's readings are late arrivals inside the recorded gap: all stored, gap closed, nothing lost. While
+    the gap is open the ack stays below it (highest CONTIGUOUS seq), so the agent keeps what is missing."""
     store, registry, metrics = parts
     store_b = Store(tmp_path / "g.sqlite")
     try:
@@ -113,7 +114,7 @@ def test_two_gateway_processes_out_of_order(parts: tuple[Store, Registry, Metric
         now = int(time.time() * 1000)
         rs = [reading("HOUSE-1", s, now - 200_000 + s * 10_000, 1000 + 3 * s) for s in range(1, 11)]
         topic = readings_topic("HOUSE-1")
-        assert gw_b.process([(topic, batch(*rs[5:]))]) == {"HOUSE-1": 10}
+        assert gw_b.process([(topic, batch(*rs[5:]))]) == {}  # seqs 1..5 missing: nothing contiguous to ack
         assert store.conn.execute("SELECT first_seq, last_seq FROM gaps").fetchall() == [(1, 5)]
         assert gw_a.process([(topic, batch(*rs[:5]))]) == {"HOUSE-1": 10}
         assert [r[0] for r in store.conn.execute("SELECT seq FROM readings ORDER BY seq")] == list(range(1, 11))
@@ -127,6 +128,22 @@ def test_two_gateway_processes_out_of_order(parts: tuple[Store, Registry, Metric
         assert [r[0] for r in store.conn.execute("SELECT reason FROM rejections")] == ["read_at_not_increasing"]
     finally:
         store_b.close()
+
+
+def test_ack_holds_below_a_young_gap_and_moves_past_it_after_the_grace(
+        parts: tuple[Store, Registry, Metrics]) -> None:
+    store, registry, metrics = parts
+    now = int(time.time() * 1000)
+    rs = [reading("HOUSE-1", s, now - 200_000 + s * 10_000, 1000 + 3 * s) for s in range(1, 11)]
+    topic = readings_topic("HOUSE-1")
+    patient = Acceptance(store, registry, Limits(gap_grace_ms=600_000), IngressLimit(), metrics)
+    assert patient.process([(topic, batch(*rs[:3]))]) == {"HOUSE-1": 3}
+    assert patient.process([(topic, batch(*rs[6:]))]) == {"HOUSE-1": 3}  # 4..6 lost in transit: keep them
+    assert patient.process([(topic, batch(rs[3]))]) == {"HOUSE-1": 4}  # a re-send fills part of the gap
+    assert store.conn.execute("SELECT first_seq, last_seq FROM gaps").fetchall() == [(5, 6)]
+    expired = Acceptance(store, registry, Limits(gap_grace_ms=0), IngressLimit(), metrics)
+    assert expired.process([(topic, batch(rs[9]))]) == {"HOUSE-1": 10}  # duplicate; gap 5..6 declared lost
+    assert store.conn.execute("SELECT missing FROM progress").fetchone() == (2,)
 
 
 def test_broken_verify_pool_falls_back_inline(parts: tuple[Store, Registry, Metrics]) -> None:
