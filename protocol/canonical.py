@@ -28,6 +28,7 @@ Ack message (gateway -> agent, signed by the gateway key):
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, fields
 
 from protocol.errors import (
@@ -41,6 +42,7 @@ from protocol.reading import (
     KEY_ID_BYTES,
     MAX_METER_ID_BYTES,
     MAX_PROFILE_ID_BYTES,
+    METER_ID_RE,
     Instantaneous,
     Quality,
     Reading,
@@ -59,6 +61,11 @@ MAX_READING_BYTES = 256  # largest possible payload is 20+33+8+8+8+1+2+8+8+65+2+
 MAX_BATCH_READINGS = 1000
 MAX_BATCH_BYTES = len(BATCH_MAGIC) + 2 + MAX_BATCH_READINGS * (2 + MAX_READING_BYTES + SIGNATURE_BYTES)
 _INSTANT_FIELDS = Instantaneous.names()
+_FIXED = struct.Struct("<QQBHQQ")  # seq, read_at_ms, clock_synced, quality, import, export: 35 bytes
+_PRESENT = struct.Struct("<H")
+_KNOWN_QUALITY = int(sum(Quality))
+_NO_INSTANT = Instantaneous()
+_MAGIC_LEN = len(READING_MAGIC)
 
 
 def _check_magic(r: Reader, magic: bytes, what: str) -> None:
@@ -90,9 +97,51 @@ def encode_reading(reading: Reading) -> bytes:
 
 
 def decode_reading(payload: bytes) -> Reading:
-    """Decode payload bytes; raises a ProtocolError subclass (never anything else) on bad input."""
+    """Decode payload bytes; raises a ProtocolError subclass (never anything else) on bad input.
+
+    A fast path handles well-formed payloads; anything it does not like is decoded again by the checked
+    path, which accepts exactly the same bytes and names what is wrong (tests assert both agree)."""
     if len(payload) > MAX_READING_BYTES:
         raise OversizedError(f"reading: {len(payload)} bytes exceeds {MAX_READING_BYTES}")
+    fast = _decode_fast(bytes(payload))
+    return fast if fast is not None else _decode_checked(payload)
+
+
+def _decode_fast(p: bytes) -> Reading | None:
+    """None when the payload is not plainly well-formed (the checked decoder then explains why)."""
+    try:
+        if p[:_MAGIC_LEN] != READING_MAGIC:
+            return None
+        n = p[_MAGIC_LEN]
+        o = _MAGIC_LEN + 1 + n
+        meter_id = p[_MAGIC_LEN + 1 : o].decode("utf-8")
+        key_id = p[o : o + KEY_ID_BYTES]
+        o += KEY_ID_BYTES
+        seq, read_at, synced, quality, imp, exp = _FIXED.unpack_from(p, o)
+        o += _FIXED.size
+        pn = p[o]
+        profile_id = p[o + 1 : o + 1 + pn].decode("utf-8")
+        o += 1 + pn
+        (present,) = _PRESENT.unpack_from(p, o)
+        o += _PRESENT.size
+    except (IndexError, struct.error, UnicodeDecodeError):
+        return None
+    count = present.bit_count()
+    if (n > MAX_METER_ID_BYTES or not METER_ID_RE.match(meter_id) or len(key_id) != KEY_ID_BYTES or seq == 0
+            or synced > 1 or quality & ~_KNOWN_QUALITY or pn > MAX_PROFILE_ID_BYTES or present >> len(_INSTANT_FIELDS)
+            or len(p) != o + 4 * count):
+        return None
+    if present:
+        values = iter(struct.unpack_from(f"<{count}i", p, o))
+        instant = Instantaneous._from_checked(
+            tuple(next(values) if present & (1 << i) else None for i in range(len(_INSTANT_FIELDS))))
+    else:
+        instant = _NO_INSTANT
+    return Reading._from_checked(meter_id, key_id, seq, read_at, bool(synced), imp, exp, profile_id,
+                                 Quality(quality), instant)
+
+
+def _decode_checked(payload: bytes) -> Reading:
     try:
         r = Reader(payload)
         _check_magic(r, READING_MAGIC, "reading")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firmware_config.loader import PROFILES_DIR, load_all
-from firmware_config.schema import Profile, ProfileError
+from firmware_config.schema import BAUDRATES, Profile, ProfileError
 from provisioning.errors import ProvisionError, ProvisionInputError
 from provisioning.probe import BusTarget, Identification, ProbeError, UnitCache, identify_all, opened, read_rule
 
@@ -145,8 +145,6 @@ def _csv(text: str | None, flag: str, allowed: Sequence[Any], cast: Callable[[st
 
 
 def options_from_args(args: Any) -> ScanOptions:
-    from agent.config import BAUDRATES
-
     try:
         every = load_all((PROFILES_DIR, *args.profile_dir))
     except ProfileError as exc:

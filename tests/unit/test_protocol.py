@@ -260,3 +260,36 @@ def test_topics() -> None:
     for bad in ("gridmeter/v1/+/readings", "gridmeter/v1/a/b/readings", "other/v1/M-1/readings"):
         with pytest.raises(InvalidFieldError):
             topics.parse_meter_topic(bad, "readings")
+
+
+def test_fast_and_checked_decoders_agree_on_mutated_payloads() -> None:
+    """decode_reading's fast path must accept exactly what the checked path accepts, with equal results."""
+    import random
+
+    from protocol.canonical import _decode_checked, _decode_fast
+
+    rng = random.Random(20261122)
+    seeds = [encode_reading(_reading(instant=Instantaneous(power_w=-5, current_l3_ma=7))), encode_reading(_reading()),
+             bytes.fromhex(VECTORS["readings"][1]["payload_hex"])]
+    checked_ok = 0
+    for i in range(20_000):
+        p = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 3)):
+            op = rng.random()
+            if op < 0.6 and p:
+                p[rng.randrange(len(p))] = rng.randrange(256)
+            elif op < 0.8 and p:
+                del p[rng.randrange(len(p)) :]
+            else:
+                p.insert(rng.randrange(len(p) + 1), rng.randrange(256))
+        payload = bytes(p)
+        fast = _decode_fast(payload)
+        try:
+            slow = _decode_checked(payload)
+        except ProtocolError:
+            assert fast is None, (i, payload.hex())
+            continue
+        checked_ok += 1
+        assert fast is None or fast == slow, (i, payload.hex())
+        assert decode_reading(payload) == slow
+    assert checked_ok > 1000  # the mutations must exercise the accepting side too
