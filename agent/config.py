@@ -20,6 +20,7 @@ from agent.toml_table import Table, between, one_of, path_or_none
 from protocol.errors import InvalidFieldError
 from protocol.reading import validate_meter_id
 from protocol.signing import VerifyKey
+from protocol.topics import client_id_problem, prefix_problem
 
 # Standard RS-485 meter rates; anything else is almost certainly a typo (9601).
 BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
@@ -199,7 +200,7 @@ def _mqtt(t: Table, env: Mapping[str, str], base: Path) -> MqttSection:
     gw = t.get("gateway_public_key", str, check=_gateway_key)
     host = t.get("host", str, "127.0.0.1", check=lambda v: None if v else "must not be empty")
     prefix = t.get("topic_prefix", str, "gridmeter/v1", check=_topic_prefix)
-    cid = t.get("client_id", str, "", check=lambda v: None if len(v) <= 64 else "at most 64 characters")
+    cid = t.get("client_id", str, "", check=lambda v: client_id_problem(v) if v else None)
     m = MqttSection(
         gateway_public_key=bytes.fromhex(gw) if gw else b"",
         host=host,
@@ -226,9 +227,7 @@ def _mqtt(t: Table, env: Mapping[str, str], base: Path) -> MqttSection:
 
 
 def _topic_prefix(v: str) -> str | None:
-    if not v or any(c in v for c in "+#\0") or v.startswith("/") or v.endswith("/"):
-        return "must be a non-empty MQTT topic without wildcards or leading/trailing '/'"
-    return None
+    return prefix_problem(v)
 
 
 def _store(t: Table) -> StoreSection:

@@ -21,6 +21,8 @@ from urllib.parse import urlparse
 
 import base58
 
+from protocol.topics import prefix_problem
+
 # The devnet deployment of the GridTokenX oracle (since 2026-06-07). It changed 19 times in the
 # program's history, so it is only a default: production sets chain.program_id.
 DEFAULT_PROGRAM_ID = "64Vgos61STZ8pW9NnHi2iGtXMTQr7NqBoMorK6Zg8RJU"
@@ -123,7 +125,7 @@ class MqttSection:
     max_pending_messages: int = 2000  # bound of the receive queue; paho stops reading beyond it
     checks: ClassVar[dict[str, Check]] = {
         "host": _nonempty, "port": _range(1, 65535), "client_id": _nonempty, "share_group": _nonempty,
-        "topic_prefix": _nonempty, "session_expiry_s": _range(0, 2**32 - 1),
+        "topic_prefix": prefix_problem, "session_expiry_s": _range(0, 2**32 - 1),
         "max_pending_messages": _range(1, 1_000_000),
     }
 

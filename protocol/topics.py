@@ -23,6 +23,23 @@ AGENT_STATUS_FILTER = f"{PREFIX}/agent/+/status"
 _AGENT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+_PREFIX_LEVEL_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def prefix_problem(prefix: str) -> str | None:
+    """Why `prefix` cannot be a topic prefix, or None. Plain levels only: a wildcard, space or newline in it
+    would widen the broker ACL lines provisioning writes from it."""
+    levels = prefix.split("/")
+    if not 1 <= len(levels) <= 8 or not all(_PREFIX_LEVEL_RE.match(level) for level in levels):
+        return "must be 1-8 '/'-separated levels of A-Z a-z 0-9 . _ - (no wildcards, spaces or empty levels)"
+    return None
+
+
+def client_id_problem(client_id: str) -> str | None:
+    """Why `client_id` cannot name an agent/gateway process (it becomes a topic level), or None."""
+    return None if _AGENT_ID_RE.match(client_id) else "must be 1-64 of A-Z a-z 0-9 . _ -"
+
+
 def readings_topic(meter_id: str, prefix: str = PREFIX) -> str:
     return f"{prefix}/{validate_meter_id(meter_id)}/readings"
 
