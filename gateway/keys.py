@@ -6,10 +6,10 @@ by it, so this key decides what agents delete from their stores.
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
+from gateway.durable_file import write_durably
 from protocol import SigningKey
 
 
@@ -38,26 +38,13 @@ def load_key_file(path: str | Path) -> SigningKey:
 
 
 def create_key_file(path: str | Path, *, overwrite: bool = False) -> SigningKey:
-    """Create a new key: O_EXCL temp file 0600, fsync, rename, fsync the directory."""
+    """Create a new key file, mode 0600, written durably (gateway.durable_file)."""
     p = Path(path)
     if p.exists() and not overwrite:
         raise KeyFileError(f"{p}: already exists (refusing to overwrite a key)")
-    p.parent.mkdir(parents=True, exist_ok=True)
     key = SigningKey.generate()
-    tmp = p.with_name(p.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, (key.seed.hex() + "\n").encode("ascii"))
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, p)
-    dfd = os.open(p.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        write_durably(p, (key.seed.hex() + "\n").encode("ascii"), 0o600)
+    except OSError as exc:
+        raise KeyFileError(f"{p}: cannot write key file ({exc.strerror or exc})") from exc
     return key

@@ -22,7 +22,6 @@ import asyncio
 import functools
 import json
 import logging
-import os
 import random
 import struct
 from collections.abc import Callable, Sequence
@@ -54,6 +53,7 @@ from solders.transaction import VersionedTransaction
 from solders.transaction_status import InstructionErrorCustom, TransactionErrorInstructionError
 
 from gateway import oracle_layout as ol
+from gateway.durable_file import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -138,21 +138,11 @@ def create_authority_key_file(path: str | Path, *, overwrite: bool = False) -> K
     p = Path(path)
     if p.exists() and not overwrite:
         raise OracleClientError(f"{p}: already exists (refusing to overwrite a key)")
-    p.parent.mkdir(parents=True, exist_ok=True)
     kp = Keypair()
-    tmp = p.with_name(p.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, json.dumps(list(bytes(kp))).encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, p)
-    dfd = os.open(p.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        write_durably(p, json.dumps(list(bytes(kp))).encode() + b"\n", 0o600)
+    except OSError as exc:
+        raise OracleClientError(f"{p}: cannot write authority key file ({exc.strerror or exc})") from exc
     return kp
 
 

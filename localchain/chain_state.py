@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,8 @@ from solders.address_lookup_table_account import ID as ALT_PROGRAM_ID
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.system_program import ID as SYSTEM_PROGRAM_ID
+
+from gateway.durable_file import write_durably
 
 if TYPE_CHECKING:
     from localchain.svm import LocalChain
@@ -103,20 +104,7 @@ def snapshot(chain: LocalChain) -> dict[str, Any]:
 
 def write_state(path: Path, state: dict[str, Any]) -> None:
     """Write the state file atomically (tmp + fsync + rename + fsync dir); raises OSError."""
-    data = json.dumps(state, separators=(",", ":")).encode()
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_durably(path, json.dumps(state, separators=(",", ":")).encode(), 0o600)
 
 
 def read_state(path: Path, program_id: Pubkey, chain_bridge: Pubkey | None) -> dict[str, Any]:
