@@ -23,6 +23,7 @@ from gateway.registry import Meter, MeterStatus
 from protocol import BadSignatureError, BatchItem, InvalidFieldError, Quality, Reading, VerifyKey
 
 _MS_PER_HOUR = 3_600_000
+_PLAUSIBILITY_SCALE = 100 * _MS_PER_HOUR  # percent x ms per hour
 
 
 class Outcome(StrEnum):
@@ -96,6 +97,10 @@ class Verdict:
         )
 
 
+ACCEPTED = Verdict(Outcome.ACCEPT)  # immutable: shared by every plain accepted reading
+NO_PROGRESS = Progress()  # a meter never heard from
+
+
 def _reject(reason: Reason, detail: str) -> Verdict:
     return Verdict(Outcome.REJECT, reason, detail)
 
@@ -161,19 +166,23 @@ def check_progress(r: Reading, meter: Meter, progress: Progress, now_ms: int, li
     verdict = _time_checks(r, progress, now_ms, limits) or _counter_checks(r, meter, progress, limits)
     if verdict is not None:  # refused, but its seq is authentic: the seqs it skipped are a gap all the same
         return Verdict(verdict.outcome, verdict.reason, verdict.detail, gap)
-    return Verdict(Outcome.ACCEPT, None, "", gap, rebaseline=_is_rebaseline(r, meter, progress))
+    rebaseline = _is_rebaseline(r, meter, progress)
+    if gap is None and not rebaseline:
+        return ACCEPTED  # the common case: one shared verdict, no object per reading
+    return Verdict(Outcome.ACCEPT, None, "", gap, rebaseline=rebaseline)
 
 
 def _time_checks(r: Reading, progress: Progress, now_ms: int, limits: Limits) -> Verdict | None:
-    if r.read_at_ms > now_ms + limits.future_skew_ms:
-        return _reject(Reason.READ_AT_FUTURE, f"read_at {r.read_at_ms} is {r.read_at_ms - now_ms} ms ahead")
-    if r.read_at_ms < now_ms - limits.acceptance_window_ms:
-        return _reject(Reason.READ_AT_TOO_OLD, f"read_at {r.read_at_ms} is {now_ms - r.read_at_ms} ms old")
+    at = r.read_at_ms
+    if at > now_ms + limits.future_skew_ms:
+        return _reject(Reason.READ_AT_FUTURE, f"read_at {at} is {at - now_ms} ms ahead")
+    if at < now_ms - limits.acceptance_window_ms:
+        return _reject(Reason.READ_AT_TOO_OLD, f"read_at {at} is {now_ms - at} ms old")
     last = progress.last_read_at_ms
-    if last is not None and r.read_at_ms <= last:
-        return _reject(Reason.READ_AT_NOT_INCREASING, f"read_at {r.read_at_ms} <= last {last}")
-    if last is not None and r.read_at_ms - last < limits.min_read_spacing_ms:
-        return _reject(Reason.TOO_FREQUENT, f"{r.read_at_ms - last} ms after the last reading")
+    if last is not None and at <= last:
+        return _reject(Reason.READ_AT_NOT_INCREASING, f"read_at {at} <= last {last}")
+    if last is not None and at - last < limits.min_read_spacing_ms:
+        return _reject(Reason.TOO_FREQUENT, f"{at - last} ms after the last reading")
     return None
 
 
@@ -184,26 +193,31 @@ def _is_rebaseline(r: Reading, meter: Meter, progress: Progress) -> bool:
 
 
 def _counter_checks(r: Reading, meter: Meter, progress: Progress, limits: Limits) -> Verdict | None:
-    if progress.last_import_wh is None or progress.last_export_wh is None or progress.last_read_at_ms is None:
+    old_imp, old_exp, last_at = progress.last_import_wh, progress.last_export_wh, progress.last_read_at_ms
+    if old_imp is None or old_exp is None or last_at is None:
         return None  # first accepted reading: the baseline
     if _is_rebaseline(r, meter, progress):
         return None  # a provisioned replacement: counters restart
-    for name, new, old in (("import", r.energy_import_wh, progress.last_import_wh),
-                           ("export", r.energy_export_wh, progress.last_export_wh)):
-        if new < old:
-            return _reject(Reason.COUNTER_DECREASED, f"energy_{name}_wh {new} < last {old}")
-    dt_ms = r.read_at_ms - progress.last_read_at_ms
+    imp, exp = r.energy_import_wh, r.energy_export_wh
+    if imp < old_imp:
+        return _reject(Reason.COUNTER_DECREASED, f"energy_import_wh {imp} < last {old_imp}")
+    if exp < old_exp:
+        return _reject(Reason.COUNTER_DECREASED, f"energy_export_wh {exp} < last {old_exp}")
+    dt_ms = r.read_at_ms - last_at
     # delta_wh <= rated_w * dt_h * (1 + margin) + slack, in integers (x 100 * 3.6e6)
-    scale = 100 * _MS_PER_HOUR
     allowed = meter.rated_max_power_w * dt_ms * (100 + limits.plausibility_margin_pct)
-    allowed += limits.plausibility_slack_wh * scale
-    for name, new, old in (("import", r.energy_import_wh, progress.last_import_wh),
-                           ("export", r.energy_export_wh, progress.last_export_wh)):
-        if (new - old) * scale > allowed:
-            mean_w = (new - old) * _MS_PER_HOUR // max(dt_ms, 1)
-            return _reject(Reason.IMPLAUSIBLE_ENERGY, f"energy_{name}_wh +{new - old} Wh in {dt_ms} ms = {mean_w} W "
-                                                      f"> rated {meter.rated_max_power_w} W")
+    allowed += limits.plausibility_slack_wh * _PLAUSIBILITY_SCALE
+    if (imp - old_imp) * _PLAUSIBILITY_SCALE > allowed:
+        return _implausible("import", imp - old_imp, dt_ms, meter)
+    if (exp - old_exp) * _PLAUSIBILITY_SCALE > allowed:
+        return _implausible("export", exp - old_exp, dt_ms, meter)
     return None
+
+
+def _implausible(name: str, delta_wh: int, dt_ms: int, meter: Meter) -> Verdict:
+    mean_w = delta_wh * _MS_PER_HOUR // max(dt_ms, 1)
+    return _reject(Reason.IMPLAUSIBLE_ENERGY, f"energy_{name}_wh +{delta_wh} Wh in {dt_ms} ms = {mean_w} W "
+                                              f"> rated {meter.rated_max_power_w} W")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
@@ -32,7 +33,9 @@ from protocol.topics import ack_topic
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GROUP_READINGS = 4000  # readings per commit: amortises fsync (~ms) over many readings
+DEFAULT_GROUP_READINGS = 4000  # readings per commit: amortises fsync, acks and queries (~ms) over many readings
+DEFAULT_READING_BYTES = 216  # a signed reading in a batch (2 + ~150 + 64): to size groups without decoding
+DEFAULT_PIPELINE_DEPTH = 2  # groups being verified while the oldest is committed: keeps the verify workers busy
 DEFAULT_IDLE_POLL_S = 0.2  # worker wakes this often to notice stop()
 DEFAULT_RETRY_S = 1.0  # after a failed commit (disk full, locked DB) before trying again
 DEFAULT_ATTEMPTS = 3  # attempts for one message before it is quarantined as internal_error
@@ -138,33 +141,33 @@ class Intake:
             first = self._queue.get(timeout=timeout_s) if timeout_s else self._queue.get_nowait()
         except queue.Empty:
             return []
-        group, size = [first], len(first.payload) // 100
+        group, size = [first], len(first.payload) // DEFAULT_READING_BYTES
         while size < DEFAULT_GROUP_READINGS:
             try:
                 m = self._queue.get_nowait()
             except queue.Empty:
                 break
             group.append(m)
-            size += len(m.payload) // 100
+            size += len(m.payload) // DEFAULT_READING_BYTES
         return group
 
     def _run(self) -> None:
-        """Pipelined: group N+1 is decoded and its signatures start verifying in the worker processes while
-        group N is committed and acked, so the stages overlap on separate cores."""
-        pending: tuple[list[mqtt.MQTTMessage], Prepared | None] | None = None
+        """Pipelined: the next groups are decoded and their signatures start verifying in the worker processes
+        while the oldest group is committed and acked, so the stages overlap on separate cores."""
+        pending: deque[tuple[list[mqtt.MQTTMessage], Prepared | None]] = deque()
         while not self._stop.is_set():
-            group = self._next_group(None if pending is not None else DEFAULT_IDLE_POLL_S)
-            prepared: Prepared | None = None
+            group = self._next_group(None if pending else DEFAULT_IDLE_POLL_S)
             if group:
+                prepared: Prepared | None = None
                 try:
                     prepared = self.acceptance.prepare([(m.topic, m.payload) for m in group])
                 except Exception:
                     log.exception("preparing %d messages failed; they are retried one by one", len(group))
-            if pending is not None:
-                self._handle(*pending)
-            pending = (group, prepared) if group else None
-        if pending is not None:
-            self._handle(*pending)
+                pending.append((group, prepared))
+            if pending and (not group or len(pending) > DEFAULT_PIPELINE_DEPTH):
+                self._handle(*pending.popleft())
+        while pending:
+            self._handle(*pending.popleft())
 
     def _handle(self, group: list[mqtt.MQTTMessage], prepared: Prepared | None = None) -> None:
         acks: dict[str, int] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from gateway.checks import Progress
 from gateway.database import Transaction, connect
@@ -69,9 +70,9 @@ _INSERT_REJECTION = ("INSERT INTO rejections (received_at_ms, source, topic_mete
 OUTBOX_STATUSES = ("pending", "sent", "confirmed", "held", "rejected")
 
 
-@dataclass(frozen=True, slots=True)
-class ReadingRow:
-    """One stored (accepted or held) reading."""
+class ReadingRow(NamedTuple):
+    """One stored (accepted or held) reading, in column order: a tuple, so executemany takes it as it is
+    (the intake builds tens of thousands of these a second)."""
 
     meter_id: str
     seq: int
@@ -132,11 +133,6 @@ class OutboxRow:
     created_at_ms: int
 
 
-def _reading_tuple(r: ReadingRow) -> tuple[object, ...]:
-    return (r.meter_id, r.seq, r.read_at_ms, r.import_wh, r.export_wh, r.quality, int(r.clock_synced), r.power_w,
-            r.status, r.reason, r.detail, int(r.rebaseline), r.payload, r.signature, r.received_at_ms)
-
-
 _OUTBOX_COLS = ("key, meter_id, zone_id, produced_wh, consumed_wh, reading_timestamp, status, reason, signature,"
                 " attempts, source, created_at_ms")
 
@@ -195,7 +191,7 @@ class Store:
         """Store a late reading now (within the caller's transaction) and shrink the gap it filled. The pieces
         keep the gap's detection time: filling one seq must not restart the grace period of the rest."""
         c = self.conn
-        c.execute(_INSERT_READING, _reading_tuple(row))
+        c.execute(_INSERT_READING, row)
         first, last, detected_at_ms = gap
         c.execute("DELETE FROM gaps WHERE meter_id = ? AND first_seq = ? AND last_seq = ?", (row.meter_id, first, last))
         rest = [(row.meter_id, a, b, detected_at_ms) for a, b in ((first, row.seq - 1), (row.seq + 1, last))
@@ -207,7 +203,7 @@ class Store:
     def write_batch(self, w: BatchWrite) -> None:
         """Caller holds the transaction (see `transaction`)."""
         c = self.conn
-        c.executemany(_INSERT_READING, [_reading_tuple(r) for r in w.readings])
+        c.executemany(_INSERT_READING, map(tuple, w.readings))  # plain tuples bind ~1 us/row faster; bools as 0/1
         c.executemany(_INSERT_REJECTION, [
             (r.received_at_ms, r.source, r.topic_meter_id, r.meter_id, r.seq, r.reason, r.detail,
              int(r.authenticated), r.payload, r.signature) for r in w.rejections])

@@ -28,8 +28,11 @@ Ack message (gateway -> agent, signed by the gateway key):
 
 from __future__ import annotations
 
+import operator
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 from protocol.errors import (
     DecodeError,
@@ -61,11 +64,22 @@ MAX_READING_BYTES = 256  # largest possible payload is 20+33+8+8+8+1+2+8+8+65+2+
 MAX_BATCH_READINGS = 1000
 MAX_BATCH_BYTES = len(BATCH_MAGIC) + 2 + MAX_BATCH_READINGS * (2 + MAX_READING_BYTES + SIGNATURE_BYTES)
 _INSTANT_FIELDS = Instantaneous.names()
-_FIXED = struct.Struct("<QQBHQQ")  # seq, read_at_ms, clock_synced, quality, import, export: 35 bytes
+_AFTER_ID = struct.Struct("<8sQQBHQQB")  # key_id, seq, read_at_ms, clock_synced, quality, import, export, len
 _PRESENT = struct.Struct("<H")
 _KNOWN_QUALITY = int(sum(Quality))
+_QUALITIES = tuple(Quality(q) for q in range(_KNOWN_QUALITY + 1))  # every known-flag combination (contiguous bits)
 _NO_INSTANT = Instantaneous()
 _MAGIC_LEN = len(READING_MAGIC)
+_BATCH_HEAD = len(BATCH_MAGIC) + 2
+_I32S = tuple(struct.Struct(f"<{n}i") for n in range(len(_INSTANT_FIELDS) + 1))  # present values, by count
+_SPREADS: dict[int, Callable[[tuple[int | None, ...]], tuple[int | None, ...]]] = {}  # by present mask (< 512)
+_INSTANT_SLOTS = tuple(getattr(Instantaneous, name).__set__ for name in _INSTANT_FIELDS)
+_READING_SLOTS = tuple(getattr(Reading, f.name).__set__ for f in fields(Reading))
+_TEXT_MEMO_MAX = 4096  # distinct meter/profile ids remembered by the decoder; a flood of made-up ids resets it
+_METER_IDS: dict[bytes, str | None] = {}
+_PROFILE_IDS: dict[bytes, str | None] = {}
+_UNSEEN = object()
+_T = TypeVar("_T")
 
 
 def _check_magic(r: Reader, magic: bytes, what: str) -> None:
@@ -112,33 +126,63 @@ def _decode_fast(p: bytes) -> Reading | None:
     try:
         if p[:_MAGIC_LEN] != READING_MAGIC:
             return None
-        n = p[_MAGIC_LEN]
-        o = _MAGIC_LEN + 1 + n
-        meter_id = p[_MAGIC_LEN + 1 : o].decode("utf-8")
-        key_id = p[o : o + KEY_ID_BYTES]
-        o += KEY_ID_BYTES
-        seq, read_at, synced, quality, imp, exp = _FIXED.unpack_from(p, o)
-        o += _FIXED.size
-        pn = p[o]
-        profile_id = p[o + 1 : o + 1 + pn].decode("utf-8")
-        o += 1 + pn
+        o = _MAGIC_LEN + 1 + p[_MAGIC_LEN]
+        meter_id = _text(p[_MAGIC_LEN + 1 : o], MAX_METER_ID_BYTES, _METER_IDS)
+        key_id, seq, read_at, synced, quality, imp, exp, pn = _AFTER_ID.unpack_from(p, o)
+        o += _AFTER_ID.size
+        profile_id = _text(p[o : o + pn], MAX_PROFILE_ID_BYTES, _PROFILE_IDS)
+        o += pn
         (present,) = _PRESENT.unpack_from(p, o)
         o += _PRESENT.size
-    except (IndexError, struct.error, UnicodeDecodeError):
+    except (IndexError, struct.error):
         return None
-    count = present.bit_count()
-    if (n > MAX_METER_ID_BYTES or not METER_ID_RE.match(meter_id) or len(key_id) != KEY_ID_BYTES or seq == 0
-            or synced > 1 or quality & ~_KNOWN_QUALITY or pn > MAX_PROFILE_ID_BYTES or present >> len(_INSTANT_FIELDS)
-            or len(p) != o + 4 * count):
+    if (meter_id is None or profile_id is None or seq == 0 or synced > 1 or quality & ~_KNOWN_QUALITY
+            or present >> len(_INSTANT_FIELDS) or len(p) != o + 4 * present.bit_count()):
         return None
     if present:
-        values = iter(struct.unpack_from(f"<{count}i", p, o))
-        instant = Instantaneous._from_checked(
-            tuple(next(values) if present & (1 << i) else None for i in range(len(_INSTANT_FIELDS))))
+        values = (*_I32S[present.bit_count()].unpack_from(p, o), None)
+        instant = _new(Instantaneous, _INSTANT_SLOTS, _spread(present)(values))
     else:
         instant = _NO_INSTANT
-    return Reading._from_checked(meter_id, key_id, seq, read_at, bool(synced), imp, exp, profile_id,
-                                 Quality(quality), instant)
+    return _new(Reading, _READING_SLOTS, (meter_id, key_id, seq, read_at, synced == 1, imp, exp, profile_id,
+                                          _QUALITIES[quality], instant))
+
+
+def _text(raw: bytes, max_len: int, memo: dict[bytes, str | None]) -> str | None:
+    """UTF-8 meter_id / profile_id, None if invalid. Memoised (bounded): a batch repeats the same few ids."""
+    text = memo.get(raw, _UNSEEN)
+    if text is _UNSEEN:
+        if len(memo) >= _TEXT_MEMO_MAX:
+            memo.clear()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None and memo is _METER_IDS and not METER_ID_RE.match(text):
+            text = None
+        memo[raw] = text = text if len(raw) <= max_len else None
+    return text  # type: ignore[return-value]
+
+
+def _spread(present: int) -> Callable[[tuple[int | None, ...]], tuple[int | None, ...]]:
+    """Maps the present values (+ a trailing None) onto all Instantaneous fields, in declaration order."""
+    spread = _SPREADS.get(present)
+    if spread is None:
+        n, order = present.bit_count(), []
+        for i in range(len(_INSTANT_FIELDS)):
+            order.append(bin(present & ((1 << i) - 1)).count("1") if present >> i & 1 else n)
+        spread = _SPREADS[present] = operator.itemgetter(*order)
+    return spread
+
+
+def _new(cls: type[_T], slot_setters: tuple[Callable[[object, object], None], ...], values: Sequence[object]) -> _T:
+    """An instance of a frozen slotted dataclass from values the decoder has already checked against the same
+    rules as its __post_init__ (what Reading._from_checked does, ~2x faster: gateway intake decodes tens of
+    thousands of readings a second)."""
+    obj = object.__new__(cls)
+    for set_slot, v in zip(slot_setters, values, strict=True):
+        set_slot(obj, v)
+    return obj
 
 
 def _decode_checked(payload: bytes) -> Reading:
@@ -219,20 +263,50 @@ def decode_batch(message: bytes) -> list[BatchItem]:
     item with `error` set so the gateway can quarantine it alone."""
     if len(message) > MAX_BATCH_BYTES:
         raise OversizedError(f"batch: {len(message)} bytes exceeds {MAX_BATCH_BYTES}")
+    message = bytes(message)
+    out: list[BatchItem] = []
+    for payload, sig in _split_fast(message) or _split_checked(message):
+        reading = _decode_fast(payload)
+        if reading is None:
+            try:
+                reading = _decode_checked(payload)
+            except ProtocolError as exc:
+                out.append(BatchItem(payload, sig, None, exc))
+                continue
+        out.append(BatchItem(payload, sig, SignedReading(payload, sig, reading), None))
+    return out
+
+
+def _split_fast(m: bytes) -> list[tuple[bytes, bytes]] | None:
+    """(payload, signature) pairs by slicing; None when the framing is not plainly well-formed (the checked
+    splitter then names the error, or accepts exactly the same pairs)."""
+    if m[: len(BATCH_MAGIC)] != BATCH_MAGIC or len(m) < _BATCH_HEAD:
+        return None
+    count = m[_BATCH_HEAD - 2] | m[_BATCH_HEAD - 1] << 8
+    if not 1 <= count <= MAX_BATCH_READINGS:
+        return None
+    out = []
+    o, end = _BATCH_HEAD, len(m)
+    try:
+        for _ in range(count):
+            n = m[o] | m[o + 1] << 8
+            p = o + 2 + n
+            o = p + SIGNATURE_BYTES
+            if n > MAX_READING_BYTES or o > end:
+                return None
+            out.append((m[p - n : p], m[p:o]))
+    except IndexError:
+        return None
+    return out if o == end else None
+
+
+def _split_checked(message: bytes) -> list[tuple[bytes, bytes]]:
     r = Reader(message)
     _check_magic(r, BATCH_MAGIC, "batch")
     count = r.u16("count")
     if not 1 <= count <= MAX_BATCH_READINGS:
         raise InvalidFieldError(f"batch count: 1..{MAX_BATCH_READINGS} (got {count})")
-    out: list[BatchItem] = []
-    for _ in range(count):
-        payload = r.bytes16("payload", MAX_READING_BYTES)
-        sig = r.take("signature", SIGNATURE_BYTES)
-        try:
-            reading = decode_reading(payload)
-            out.append(BatchItem(payload, sig, SignedReading(payload, sig, reading), None))
-        except ProtocolError as exc:
-            out.append(BatchItem(payload, sig, None, exc))
+    out = [(r.bytes16("payload", MAX_READING_BYTES), r.take("signature", SIGNATURE_BYTES)) for _ in range(count)]
     r.expect_end("batch")
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from agent.planner import char_time_s, t35_s
 from testbed.meter import Framing, SimulatedMeter
+
+log = logging.getLogger(__name__)
 
 # A SimDevice needs all four blocks non-empty (IndexError otherwise, B.1): a meter without holding (or input)
 # registers gets one register at the top of the address space, far from any profile's map.
@@ -100,6 +103,7 @@ class MeterServer:
         self.rtu_frames, self.client_framing = rtu_frames, client_framing
         self.faults: dict[int, Faults] = {}
         self.dropped = 0  # replies not sent (silence): unknown ids, framing mismatch, no_reply
+        self._last_mismatch: tuple[int, Framing | None] | None = None
         self.comparable: Callable[[Framing], Framing] = lambda f: f  # what the link can observe of a framing
 
     def set_fault(self, unit_id: int, **kw: object) -> None:
@@ -127,7 +131,14 @@ class MeterServer:
         if self.client_framing is None:
             return True
         client = self.client_framing()
-        return client is not None and self.comparable(client) == self.comparable(self.meter_framing(meter))
+        ok = client is not None and self.comparable(client) == self.comparable(self.meter_framing(meter))
+        if not ok:  # silence by design; say why once per distinct cause (a flaky test needs this to be diagnosed)
+            cause = (meter.unit_id, client)
+            if cause != self._last_mismatch:
+                self._last_mismatch = cause
+                log.warning("unit %d stays silent: client framing %s, meter framing %s", meter.unit_id, client,
+                            self.meter_framing(meter))
+        return ok
 
     def wire_time_s(self, meter: SimulatedMeter, response_bytes: int) -> float:
         """Request (8 bytes) + response + 2 x t3.5 at the meter's framing (B.3)."""
