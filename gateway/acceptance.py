@@ -3,10 +3,11 @@
 Transport-free (MQTT lives in intake.py): `process()` takes (topic, message bytes) pairs and returns
 the ack seq per meter AFTER everything is committed. Steps:
   1. decode the batch framing (framing errors quarantine the whole message);
-  2. per-meter ingress token bucket, envelope checks against a cached view (cheap; before any crypto);
+  2. per-meter ingress token bucket, envelope checks against the registry snapshot (cheap; before any crypto);
   3. Ed25519 verification of the survivors in a pool of worker PROCESSES (`verify_pool`): PyNaCl releases
      the GIL inside libsodium, but its Python wrapper (~10 us per call) does not, so threads contend with
-     the intake thread; processes scale with the cores. The next group is decoded meanwhile (prepare/finish);
+     the intake thread; processes scale with the cores. A chunk is sent as soon as its messages are decoded,
+     and the next group is decoded while this one is committed (prepare/finish);
   4. one SQLite transaction: progress re-read (another gateway process of the share group may have
      moved it), envelope + progress checks in seq order, readings/rejections/gaps/progress written; a
      reading arriving late inside a recorded gap is checked against its neighbours and stored.
@@ -161,10 +162,10 @@ class Acceptance:
         for i, it in enumerate(split):
             if i >= passed:
                 it.verdict = INGRESS_RATE
-                continue
-            it.verdict = check_envelope(it.item, mid, meter, NO_PROGRESS, None)  # type: ignore[arg-type]
-            if it.verdict is None and meter is not None:
-                todo.append((it, meter))
+            elif it.item is not None:
+                it.verdict = check_envelope(it.item, mid, meter, NO_PROGRESS, None)
+                if it.verdict is None and meter is not None:
+                    todo.append((it, meter))
 
     def finish(self, p: Prepared) -> dict[str, int]:
         """Wait for the signatures, then decide and commit everything in one transaction."""
@@ -243,6 +244,12 @@ class Acceptance:
                     return
             if verdict is _VERIFIED:
                 verdict = check_progress(r, meter, prog, w.now_ms, self.limits)
+        if verdict is ACCEPTED:  # the common case, in short: stored, acked, progress moves to it
+            w.readings.append(w.row(it.item, r, verdict))
+            w.ack.add(mid)
+            w.payloads[(mid, r.seq)] = it.item.payload
+            progress[mid] = advance(prog, r, verdict)
+            return
         if verdict is None or verdict is _VERIFIED:  # not verified (e.g. became known mid-batch): refuse
             verdict = Verdict(Outcome.REJECT, Reason.UNKNOWN_METER, "meter registered while the batch was in flight")
         outcome = verdict.outcome

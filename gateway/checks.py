@@ -163,10 +163,11 @@ def check_progress(r: Reading, meter: Meter, progress: Progress, now_ms: int, li
         if not r.clock_synced:
             flags.insert(0, "clock_unsynced")
         return Verdict(Outcome.HOLD, Reason.QUALITY, ",".join(dict.fromkeys(flags)), gap)
-    verdict = _time_checks(r, progress, now_ms, limits) or _counter_checks(r, meter, progress, limits)
+    rebaseline = _is_rebaseline(r, meter, progress)  # a provisioned replacement: counters restart
+    verdict = _time_checks(r, progress, now_ms, limits) or (None if rebaseline else
+                                                            _counter_checks(r, meter, progress, limits))
     if verdict is not None:  # refused, but its seq is authentic: the seqs it skipped are a gap all the same
         return Verdict(verdict.outcome, verdict.reason, verdict.detail, gap)
-    rebaseline = _is_rebaseline(r, meter, progress)
     if gap is None and not rebaseline:
         return ACCEPTED  # the common case: one shared verdict, no object per reading
     return Verdict(Outcome.ACCEPT, None, "", gap, rebaseline=rebaseline)
@@ -193,11 +194,10 @@ def _is_rebaseline(r: Reading, meter: Meter, progress: Progress) -> bool:
 
 
 def _counter_checks(r: Reading, meter: Meter, progress: Progress, limits: Limits) -> Verdict | None:
+    """Counters never decrease and move no faster than the meter's rated power (not after a replacement)."""
     old_imp, old_exp, last_at = progress.last_import_wh, progress.last_export_wh, progress.last_read_at_ms
     if old_imp is None or old_exp is None or last_at is None:
         return None  # first accepted reading: the baseline
-    if _is_rebaseline(r, meter, progress):
-        return None  # a provisioned replacement: counters restart
     imp, exp = r.energy_import_wh, r.energy_export_wh
     if imp < old_imp:
         return _reject(Reason.COUNTER_DECREASED, f"energy_import_wh {imp} < last {old_imp}")
@@ -261,12 +261,12 @@ _POST_VERIFY = frozenset({
 
 def advance(progress: Progress, r: Reading, verdict: Verdict) -> Progress:
     """Progress after handling an authenticated reading (pure)."""
+    if verdict.outcome is Outcome.ACCEPT:  # first and direct construction: this runs once per reading
+        return Progress(max(progress.last_seq, r.seq), r.read_at_ms, r.energy_import_wh, r.energy_export_wh)
     if not verdict.authenticated:
         return progress
-    seq = max(progress.last_seq, r.seq)
-    if verdict.outcome is Outcome.ACCEPT:  # direct construction: this runs once per reading
-        return Progress(seq, r.read_at_ms, r.energy_import_wh, r.energy_export_wh)
-    return Progress(seq, progress.last_read_at_ms, progress.last_import_wh, progress.last_export_wh)
+    return Progress(max(progress.last_seq, r.seq), progress.last_read_at_ms, progress.last_import_wh,
+                    progress.last_export_wh)
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,17 +63,6 @@ class Instantaneous:
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
 
-    @classmethod
-    def _from_checked(cls, values: tuple[int | None, ...]) -> Instantaneous:
-        """For the canonical decoder only: values came from i32 fields, so they are in range already."""
-        obj = object.__new__(cls)
-        for name, v in zip(_INSTANT_NAMES, values, strict=True):
-            object.__setattr__(obj, name, v)
-        return obj
-
-
-_INSTANT_NAMES = Instantaneous.names()
-
 
 @dataclass(frozen=True, slots=True)
 class Reading:
@@ -99,21 +88,6 @@ class Reading:
         check_range("quality", int(self.quality), 0, 0xFFFF)
         if len(self.profile_id.encode("utf-8")) > MAX_PROFILE_ID_BYTES:
             raise InvalidFieldError(f"profile_id: at most {MAX_PROFILE_ID_BYTES} UTF-8 bytes")
-
-    @classmethod
-    def _from_checked(cls, meter_id: str, key_id: bytes, seq: int, read_at_ms: int, clock_synced: bool,
-                      energy_import_wh: int, energy_export_wh: int, profile_id: str, quality: Quality,
-                      instant: Instantaneous) -> Reading:
-        """For the canonical decoder only, which has already checked every field against the same rules as
-        __post_init__ (fixed-width integers, meter_id pattern, seq >= 1, known quality bits). Skipping the
-        second validation keeps gateway intake cheap: it decodes tens of thousands of readings a second."""
-        obj = object.__new__(cls)
-        for name, v in (("meter_id", meter_id), ("key_id", key_id), ("seq", seq), ("read_at_ms", read_at_ms),
-                        ("clock_synced", clock_synced), ("energy_import_wh", energy_import_wh),
-                        ("energy_export_wh", energy_export_wh), ("profile_id", profile_id), ("quality", quality),
-                        ("instant", instant)):
-            object.__setattr__(obj, name, v)
-        return obj
 
     @property
     def good(self) -> bool:

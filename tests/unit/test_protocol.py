@@ -293,3 +293,30 @@ def test_fast_and_checked_decoders_agree_on_mutated_payloads() -> None:
         assert fast is None or fast == slow, (i, payload.hex())
         assert decode_reading(payload) == slow
     assert checked_ok > 1000  # the mutations must exercise the accepting side too
+
+
+def test_fast_and_checked_batch_splitters_agree_on_mutated_batches() -> None:
+    import random
+
+    from protocol.canonical import _split_checked, _split_fast
+
+    rng = random.Random(7)
+    good = encode_batch([sign_reading(_reading(seq=s), KEY) for s in range(1, 6)])
+    accepted = 0
+    for i in range(5_000):
+        m = bytearray(good)
+        for _ in range(rng.randint(1, 2)):
+            if rng.random() < 0.7:
+                m[rng.randrange(min(len(m), 60))] = rng.randrange(256)  # framing bytes live near the front
+            else:
+                del m[rng.randrange(len(m)) :]
+        msg = bytes(m)
+        fast = _split_fast(msg)
+        try:
+            slow = _split_checked(msg)
+        except ProtocolError:
+            assert fast is None, (i, msg.hex())
+            continue
+        accepted += 1
+        assert fast is None or fast == slow, (i, msg.hex())
+    assert accepted > 100
