@@ -76,7 +76,8 @@ def _main(args: argparse.Namespace) -> int:
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             print(f"gridmeter demo: {tool} is not installed; run scripts/demo (it installs it)", file=sys.stderr)
             return 1
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # solana-py logs every RPC call at INFO
+    for name in ("httpx", "httpx2"):  # solana-py logs every RPC call at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
     keep = args.workdir is not None
     work = Path(args.workdir) if keep else Path(tempfile.mkdtemp(prefix="gridmeter-demo-"))
     work.mkdir(parents=True, exist_ok=True)
