@@ -10,9 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_STATUS_URL = "http://127.0.0.1:9101/health"
+# The reason lands in the store's bounded event log: a sentence, not a document.
+MAX_REASON_CHARS = 500
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -37,70 +44,91 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     st.set_defaults(func=_status)
 
 
-def _load(path: str):  # type: ignore[no-untyped-def]
+class _CliError(Exception):
+    """A problem the operator must fix; printed as one line, the process exits with `code`."""
+
+    def __init__(self, message: object, code: int) -> None:
+        super().__init__(str(message))
+        self.code = code
+
+
+def _fail(exc: _CliError) -> int:
+    print(f"gridmeter agent: {exc}", file=sys.stderr)
+    return exc.code
+
+
+def _config(path: str) -> AgentConfig:
+    """The validated config; a bad file is a _CliError(EXIT_CONFIG) naming the file and the key."""
     from agent.config import ConfigError, load_config
-    from agent.keys import KeyFileError
-    from agent.service import build_service
 
     try:
-        return build_service(load_config(path))
-    except (ConfigError, KeyFileError) as exc:
-        print(f"gridmeter agent: {exc}", file=sys.stderr)
-        return None
+        return load_config(Path(path))
+    except ConfigError as exc:
+        raise _CliError(exc, EXIT_CONFIG) from None
 
 
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from agent.config import ConfigError
+    from agent.keys import KeyFileError
+    from agent.service import build_service
     from agent.store import StoreError
 
     try:
-        service = _load(args.config)
-    except StoreError as exc:
-        print(f"gridmeter agent: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    if service is None:
-        return EXIT_CONFIG
-    asyncio.run(service.run())
+        cfg = _config(args.config)
+        try:
+            service = build_service(cfg)
+        except (ConfigError, KeyFileError) as exc:
+            raise _CliError(exc, EXIT_CONFIG) from None
+        except StoreError as exc:
+            raise _CliError(exc, EXIT_FAILURE) from None
+        try:
+            asyncio.run(service.run())
+        except (OSError, StoreError) as exc:  # status port taken, store unwritable: say what, exit non-zero
+            raise _CliError(f"agent stopped: {exc}", EXIT_FAILURE) from None
+    except _CliError as exc:
+        return _fail(exc)
     return EXIT_OK
 
 
 def _check(args: argparse.Namespace) -> int:
-    from agent.config import ConfigError, build_specs, load_config
+    from agent.config import ConfigError, build_specs
     from agent.keys import KeyFileError, load_key_file
 
     try:
-        cfg = load_config(args.config)
+        cfg = _config(args.config)
         _buses, meters = build_specs(cfg)
         for m in cfg.meters:
             load_key_file(cfg.key_file_for(m))
     except (ConfigError, KeyFileError) as exc:
-        print(f"gridmeter agent: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _fail(_CliError(exc, EXIT_CONFIG))
+    except _CliError as exc:
+        return _fail(exc)
     print(f"{args.config}: OK ({len(cfg.buses)} buses, {len(meters)} meters: "
           + ", ".join(f"{m.meter_id}={m.profile.id}@{m.bus}/{m.unit_id}" for m in meters) + ")")
     return EXIT_OK
 
 
 def _reset_counter(args: argparse.Namespace) -> int:
-    from agent.config import ConfigError, load_config
     from agent.store import Store, StoreError
 
     try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"gridmeter agent: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    if args.meter_id not in {m.meter_id for m in cfg.meters}:
-        print(f"gridmeter agent: meter {args.meter_id!r} is not in {args.config}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        store = Store(cfg.db_path, max_readings=cfg.store.max_readings, overflow=cfg.store.overflow)
-        store.request_counter_reset(args.meter_id, args.reason)
-        store.close()
-    except StoreError as exc:
-        print(f"gridmeter agent: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        if not args.reason.strip() or len(args.reason) > MAX_REASON_CHARS:
+            raise _CliError(f"--reason: 1..{MAX_REASON_CHARS} characters (got {len(args.reason)})", EXIT_CONFIG)
+        cfg = _config(args.config)
+        if args.meter_id not in {m.meter_id for m in cfg.meters}:
+            raise _CliError(f"meter {args.meter_id!r} is not in {args.config}", EXIT_CONFIG)
+        try:
+            store = Store(cfg.db_path, max_readings=cfg.store.max_readings, overflow=cfg.store.overflow)
+            try:
+                store.request_counter_reset(args.meter_id, args.reason)
+            finally:
+                store.close()
+        except StoreError as exc:
+            raise _CliError(exc, EXIT_FAILURE) from None
+    except _CliError as exc:
+        return _fail(exc)
     print(f"{args.meter_id}: counter reset recorded; (re)start the agent to apply it")
     return EXIT_OK
 

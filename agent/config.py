@@ -12,18 +12,18 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from agent.bus import BusSpec
 from agent.toml_table import Table, between, one_of, path_or_none
+from firmware_config.schema import BAUDRATES, PARITIES
 from protocol.errors import InvalidFieldError
 from protocol.reading import validate_meter_id
 from protocol.signing import VerifyKey
 from protocol.topics import client_id_problem, prefix_problem
 
-# Standard RS-485 meter rates; anything else is almost certainly a typo (9601).
-BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 # 10 s is the common meter-poll cadence (mbmd/evcc); faster than 1 s floods a 9600 baud bus.
 DEFAULT_POLL_INTERVAL_S = 10.0
 # A gateway normally acks within a second; 30 s avoids resending during a short gateway hiccup.
@@ -106,23 +106,6 @@ class StatusSection:
 
 
 @dataclass(frozen=True)
-class BusConfig:
-    name: str
-    kind: Literal["rtu", "tcp", "rtu-over-tcp"]
-    port: str | None = None
-    baudrate: int = 9600
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: int = 1
-    bytesize: int = 8
-    host: str | None = None
-    tcp_port: int = 502
-    timeout_s: float = 1.0
-    retries: int = 2
-    turnaround_ms: int | None = None  # None: BusSpec default
-    inter_request_delay_ms: int | None = None
-
-
-@dataclass(frozen=True)
 class MeterConfig:
     meter_id: str
     bus: str
@@ -140,7 +123,7 @@ class AgentConfig:
     mqtt: MqttSection
     store: StoreSection
     status: StatusSection
-    buses: tuple[BusConfig, ...]
+    buses: tuple[BusSpec, ...]  # validated here, defaults and reasons from agent.bus
     meters: tuple[MeterConfig, ...]
 
     def key_file_for(self, meter: MeterConfig) -> Path:
@@ -258,29 +241,39 @@ def _status(t: Table) -> StatusSection:
 _BUS_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 
 
-def _bus(t: Table) -> BusConfig:
+# Defaults of every [[buses]] key come from agent.bus.BusSpec (one place, with the reasons next to them).
+_BUS_DEFAULTS = {f.name: f.default for f in fields(BusSpec) if f.default is not MISSING}
+
+
+def _bus(t: Table) -> tuple[str, BusSpec | None]:
+    """(name, spec); spec is None when the table had errors (they are in t.errors)."""
+    n_errors = len(t.errors)
+    d = _BUS_DEFAULTS
     kind = t.get("kind", str, check=one_of("rtu", "tcp", "rtu-over-tcp"))
-    b = BusConfig(
-        name=t.get("name", str, check=lambda v: None if _BUS_NAME_RE.match(v) else "1-32 of A-Z a-z 0-9 . _ -"),
-        kind=kind or "rtu",
-        port=t.get("port", str, None),
-        baudrate=t.get("baudrate", int, 9600, check=one_of(*BAUDRATES)),
-        parity=t.get("parity", str, "N", check=one_of("N", "E", "O")),
-        stopbits=t.get("stopbits", int, 1, check=one_of(1, 2)),
-        bytesize=t.get("bytesize", int, 8, check=one_of(7, 8)),
-        host=t.get("host", str, None),
-        tcp_port=t.get("tcp_port", int, 502, check=between(1, 65535)),
-        timeout_s=t.get("timeout_s", float, 1.0, check=between(0.05, 30)),
-        retries=t.get("retries", int, 2, check=between(0, 10)),
-        turnaround_ms=t.get("turnaround_ms", int, None, check=between(0, 5000)),
-        inter_request_delay_ms=t.get("inter_request_delay_ms", int, None, check=between(0, 5000)),
-    )
-    if kind == "rtu" and not b.port:
+    name = t.get("name", str, check=lambda v: None if _BUS_NAME_RE.match(v) else "1-32 of A-Z a-z 0-9 . _ -")
+    values = {
+        "port": t.get("port", str, d["port"]),
+        "baudrate": t.get("baudrate", int, d["baudrate"], check=one_of(*BAUDRATES)),
+        "parity": t.get("parity", str, d["parity"], check=one_of(*PARITIES)),
+        "stopbits": t.get("stopbits", int, d["stopbits"], check=one_of(1, 2)),
+        "bytesize": t.get("bytesize", int, d["bytesize"], check=one_of(7, 8)),
+        "host": t.get("host", str, d["host"]),
+        "tcp_port": t.get("tcp_port", int, d["tcp_port"], check=between(1, 65535)),
+        "timeout_s": t.get("timeout_s", float, d["timeout_s"], check=between(0.05, 30)),
+        "retries": t.get("retries", int, d["retries"], check=between(0, 10)),
+        # absent: BusSpec's default for the kind (RTU needs a turnaround pause, TCP none)
+        "turnaround_ms": t.get("turnaround_ms", int, d["turnaround_ms"], check=between(0, 5000)),
+        "inter_request_delay_ms": t.get("inter_request_delay_ms", int, d["inter_request_delay_ms"],
+                                        check=between(0, 5000)),
+    }
+    if kind == "rtu" and not values["port"]:
         t.errors.append(f"{t.path}.port: required for kind = \"rtu\" (serial device, e.g. /dev/ttyAMA0)")
-    if kind in ("tcp", "rtu-over-tcp") and not b.host:
+    if kind in ("tcp", "rtu-over-tcp") and not values["host"]:
         t.errors.append(f"{t.path}.host: required for kind = {kind!r}")
     t.done()
-    return b
+    if len(t.errors) > n_errors:
+        return name or "", None
+    return name, BusSpec(name=name, kind=kind, **values)
 
 
 def _meter_id(v: str) -> str | None:
@@ -313,18 +306,20 @@ def _array(data: Mapping[str, Any], key: str, errors: list[str]) -> list[tuple[A
     return [(item, f"{key}[{i}]") for i, item in enumerate(raw)]
 
 
-def _cross_check(buses: tuple[BusConfig, ...], meters: tuple[MeterConfig, ...], errors: list[str]) -> None:
+def _cross_check(buses: list[tuple[str, BusSpec | None]], meters: tuple[MeterConfig, ...],
+                 errors: list[str]) -> None:
     names: dict[str, int] = {}
     endpoints: dict[str, int] = {}
-    for i, b in enumerate(buses):
-        if b.name in names:
-            errors.append(f"buses[{i}].name: duplicate of buses[{names[b.name]}] (got {b.name!r})")
-        names.setdefault(b.name, i)
-        endpoint = b.port if b.kind == "rtu" else f"{b.host}:{b.tcp_port}"
-        if endpoint in endpoints:
-            errors.append(f"buses[{i}]: same device as buses[{endpoints[endpoint]}] (got {endpoint!r}); "
+    for i, (name, b) in enumerate(buses):
+        if name in names:
+            errors.append(f"buses[{i}].name: duplicate of buses[{names[name]}] (got {name!r})")
+        names.setdefault(name, i)
+        if b is None:
+            continue
+        if b.key in endpoints:
+            errors.append(f"buses[{i}]: same device as buses[{endpoints[b.key]}] (got {b.key!r}); "
                           "one bus per port, put all its meters on that bus")
-        endpoints.setdefault(endpoint, i)
+        endpoints.setdefault(b.key, i)
     if not meters:
         errors.append("meters: at least one [[meters]] entry is required")
     ids: dict[str, int] = {}
@@ -354,13 +349,14 @@ def parse_config(data: Mapping[str, Any], *, path: Path, env: Mapping[str, str] 
     store = _store(sections["store"])
     status = _status(sections["status"])
     root.seen |= {"buses", "meters"}
-    buses = tuple(_bus(Table(d, p, errors)) for d, p in _array(data, "buses", errors))
+    buses = [_bus(Table(d, p, errors)) for d, p in _array(data, "buses", errors)]
     meters = tuple(_meter(Table(d, p, errors), base) for d, p in _array(data, "meters", errors))
     root.done()
     _cross_check(buses, meters, errors)
     if errors:
         raise ConfigError(f"{path}: invalid config:\n  " + "\n  ".join(errors))
-    return AgentConfig(path, agent, clock, mqtt, store, status, buses, meters)
+    specs = tuple(b for _name, b in buses if b is not None)
+    return AgentConfig(path, agent, clock, mqtt, store, status, specs, meters)
 
 
 def load_config(path: Path, *, env: Mapping[str, str] | None = None) -> AgentConfig:
@@ -377,12 +373,11 @@ def load_config(path: Path, *, env: Mapping[str, str] | None = None) -> AgentCon
     return parse_config(data, path=path, env=env)
 
 
-def build_specs(cfg: AgentConfig, profiles: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], list[Any]]:
+def build_specs(cfg: AgentConfig, profiles: Mapping[str, Any] | None = None) -> tuple[dict[str, BusSpec], list[Any]]:
     """BusSpec per bus name and MeterSpec per meter for agent.poller; profiles from firmware_config.loader.
 
     Raises ConfigError naming `meters[i].profile` for an unknown or invalid profile.
     """
-    from agent.bus import BusSpec
     from agent.poller import MeterSpec
     from firmware_config.loader import PROFILES_DIR, load_all
     from firmware_config.schema import ProfileError
@@ -392,13 +387,7 @@ def build_specs(cfg: AgentConfig, profiles: Mapping[str, Any] | None = None) -> 
             profiles = load_all((PROFILES_DIR, *cfg.agent.profile_dirs))
         except ProfileError as exc:
             raise ConfigError(f"{cfg.path}: the profile library does not load: {exc}") from exc
-    buses: dict[str, Any] = {}
-    for b in cfg.buses:
-        optional = {k: v for k, v in (("turnaround_ms", b.turnaround_ms),
-                                      ("inter_request_delay_ms", b.inter_request_delay_ms)) if v is not None}
-        buses[b.name] = BusSpec(name=b.name, kind=b.kind, port=b.port, baudrate=b.baudrate, parity=b.parity,
-                                stopbits=b.stopbits, bytesize=b.bytesize, host=b.host, tcp_port=b.tcp_port,
-                                timeout_s=b.timeout_s, retries=b.retries, **optional)
+    buses = {b.name: b for b in cfg.buses}
     errors = [
         f"meters[{i}].profile: unknown profile; known: {', '.join(sorted(profiles))} (got {m.profile!r})"
         for i, m in enumerate(cfg.meters) if m.profile not in profiles

@@ -36,7 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config import ConfigError, MqttSection
-from agent.store import AckRejectedError, Store
+from agent.store import AckRejectedError, Store, StoreError
 from protocol.canonical import encode_batch
 from protocol.signing import VerifyKey
 from protocol.topics import ack_topic, agent_status_topic, parse_meter_topic, readings_topic, status_topic
@@ -73,6 +73,8 @@ class PublisherStats:
     acked_readings: int = 0
     last_publish_ms: int | None = None
     last_ack_ms: int | None = None
+    store_errors: int = 0  # drain attempts that failed to read the store (the loop keeps going)
+    last_store_error: str = ""
 
 
 @dataclass
@@ -261,9 +263,25 @@ class Publisher:
             self._wake.clear()
             if self.stats.connected:
                 self._rewind_timed_out(self._mono())
-                self._fill_window()
+                try:
+                    self._fill_window()
+                except StoreError as exc:  # e.g. locked or I/O error: the readings stay stored, retry next tick
+                    self._store_failed(str(exc))
+                else:
+                    self._store_recovered()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), DEFAULT_TICK_S)
+
+    def _store_failed(self, error: str) -> None:
+        self.stats.store_errors += 1
+        if error != self.stats.last_store_error:
+            log.error("cannot read the store to publish: %s (retrying every %.1f s)", error, DEFAULT_TICK_S)
+        self.stats.last_store_error = error
+
+    def _store_recovered(self) -> None:
+        if self.stats.last_store_error:
+            log.info("store readable again; publishing resumed")
+            self.stats.last_store_error = ""
 
     def _rewind_timed_out(self, now: float) -> None:
         for meter, st in self._streams.items():

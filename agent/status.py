@@ -29,6 +29,7 @@ _MQTT_METRICS = (
     ("acks_ok", "gridmeter_agent_acks", "valid gateway acks applied", True),
     ("acks_rejected", "gridmeter_agent_acks_rejected", "acks rejected (forged, malformed, wrong meter)", True),
     ("acked_readings", "gridmeter_agent_acked_readings", "readings covered by gateway acks", True),
+    ("store_errors", "gridmeter_agent_publish_store_errors", "drain attempts that could not read the store", True),
 )
 # (JSON key in health["devices"][meter], metric name, help, counter?)
 _DEVICE_METRICS = (

@@ -23,6 +23,7 @@ Choices, with reasons:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -166,7 +167,8 @@ class Store:
     def allocate_seq(self, meter_id: str) -> int:
         """Next seq for meter_id, strictly increasing; persisted with the next flush()."""
         if not self.accepting():
-            self._bump("refused_full", 1)
+            with contextlib.suppress(StoreError), self._tx():  # the refusal matters, not counting it
+                self._bump("refused_full", 1)
             raise StoreFullError(f"store holds {self._count} readings + {len(self._pending)} uncommitted "
                                  f"(max {self.max_readings}, overflow {self.overflow}, max pending {MAX_PENDING})")
         seq = self._next.get(meter_id, 1)
@@ -218,7 +220,7 @@ class Store:
                     m = s.reading.meter_id
                     self._per_meter[m] = self._per_meter.get(m, 0) + 1
                 dropped = self._apply_overflow()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StoreError) as exc:
             self._recount()
             raise StoreError(f"{self.path}: cannot commit {len(rows)} readings ({exc})") from exc
         self._pending.clear()
@@ -275,7 +277,8 @@ class Store:
         """Verify a gateway ack received on meter_id's ack topic and delete what it covers.
 
         Raises AckRejectedError (recorded as an event, counted) for anything but a valid ack from the
-        gateway key for this meter covering only seqs this store allocated. Returns rows deleted.
+        gateway key for this meter. A valid ack beyond what this store allocated resyncs the seqs (_resync).
+        Returns rows deleted.
         """
         try:
             ack = decode_ack(message, gateway_key)
@@ -284,11 +287,34 @@ class Store:
         if ack.meter_id != meter_id:
             self._reject(meter_id, "ack_wrong_meter", f"ack for {ack.meter_id!r} arrived on {meter_id!r}'s topic")
         if ack.acked_seq > self.last_allocated(meter_id):
-            self._reject(
-                meter_id, "ack_beyond_allocated",
-                f"ack covers seq {ack.acked_seq} but only {self.last_allocated(meter_id)} were allocated",
-            )
+            return self._resync(meter_id, ack.acked_seq)
         return self.ack(meter_id, ack.acked_seq)
+
+    def _resync(self, meter_id: str, acked_seq: int) -> int:
+        """A genuine gateway ack covers seqs this store never allocated: the gateway accepted readings signed
+        with this meter's key up to acked_seq in an earlier life of the store (state dir lost, SD card
+        re-imaged). Our seqs at or below it can never be accepted (the gateway drops them as duplicates and
+        keeps acking acked_seq), so without this the store would never drain again. Continue after acked_seq,
+        drop what the gateway will never take, and record it. Returns readings dropped."""
+        stale = [s for s in self._pending if s.reading.meter_id == meter_id and s.reading.seq <= acked_seq]
+        detail = (f"gateway acked seq {acked_seq} but this store allocated only up to "
+                  f"{self.last_allocated(meter_id)} (store lost or replaced?): seqs continue at {acked_seq + 1}")
+        with self._tx():
+            cur = self._db.execute("DELETE FROM readings WHERE meter_id = ? AND seq <= ?", (meter_id, acked_seq))
+            self._db.execute(
+                "INSERT INTO seqs (meter_id, next_seq, acked_seq) VALUES (?, ?, ?) ON CONFLICT(meter_id) DO UPDATE "
+                "SET next_seq = MAX(next_seq, excluded.next_seq), acked_seq = MAX(acked_seq, excluded.acked_seq)",
+                (meter_id, acked_seq + 1, acked_seq),
+            )
+            self._event("seq_resync", meter_id, f"{detail}; dropped {cur.rowcount + len(stale)} unpublishable")
+            self._bump("seq_resyncs", 1)
+        log.warning("%s: %s", meter_id, detail)
+        self._pending = [s for s in self._pending if s not in stale]
+        self._next[meter_id] = acked_seq + 1
+        self._acked[meter_id] = acked_seq
+        self._count -= cur.rowcount
+        self._per_meter[meter_id] = self._per_meter.get(meter_id, 0) - cur.rowcount
+        return cur.rowcount + len(stale)
 
     def _reject(self, meter_id: str, reason: str, detail: str) -> NoReturn:
         """Count every rejection; write it to disk at most once per reason per REJECT_RECORD_INTERVAL_S, so a
@@ -325,11 +351,14 @@ class Store:
 
     def fetch(self, meter_id: str, after_seq: int, limit: int) -> list[StoredReading]:
         """Committed readings of meter_id with seq > after_seq, in seq order."""
-        rows = self._db.execute(
-            "SELECT seq, read_at_ms, payload, signature FROM readings WHERE meter_id = ? AND seq > ? "
-            "ORDER BY seq LIMIT ?",
-            (meter_id, after_seq, limit),
-        ).fetchall()
+        try:
+            rows = self._db.execute(
+                "SELECT seq, read_at_ms, payload, signature FROM readings WHERE meter_id = ? AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (meter_id, after_seq, limit),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read {meter_id}'s readings after seq {after_seq} ({exc})") from exc
         return [StoredReading(meter_id, s, r, p, g) for s, r, p, g in rows]
 
     def backlog(self) -> dict[str, tuple[int, int, int]]:
@@ -391,7 +420,16 @@ class _Transaction:
         self._db = db
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:  # locked beyond busy_timeout, disk I/O error, closed
+            raise StoreError(f"cannot start a store transaction ({exc})") from exc
 
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+    def __exit__(self, exc_type: object, exc: BaseException | None, _tb: object) -> None:
+        try:
+            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        except sqlite3.Error as end_exc:
+            raise StoreError(f"cannot {'roll back' if exc_type else 'commit'} a store transaction ({end_exc})"
+                             ) from end_exc
+        if isinstance(exc, sqlite3.Error):  # callers see one error type for every store failure
+            raise StoreError(f"store write failed ({exc})") from exc

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,23 @@ DEFAULT_METERS = 4
 TARGET_READINGS_PER_S = 5_000
 
 
+def _bounded(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = lo - 1
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"must be a whole number in {lo}..{hi} (got {text!r})")
+        return n
+    return parse
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--readings", type=int, default=DEFAULT_READINGS)
-    p.add_argument("--meters", type=int, default=DEFAULT_METERS)
-    p.add_argument("--batch-max", type=int, default=500)
-    p.add_argument("--inflight", type=int, default=64)
+    p.add_argument("--readings", type=_bounded(1, 10_000_000), default=DEFAULT_READINGS)
+    p.add_argument("--meters", type=_bounded(1, 1000), default=DEFAULT_METERS)
+    p.add_argument("--batch-max", type=_bounded(1, 1000), default=500)  # agent config bounds batch_max the same
+    p.add_argument("--inflight", type=_bounded(1, 1000), default=64)
 
 
 def _fill(store: Store, keys: dict[str, SigningKey], total: int) -> None:
@@ -71,6 +84,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     meters = getattr(args, "meters", DEFAULT_METERS)
     batch_max = getattr(args, "batch_max", 500)
     inflight = getattr(args, "inflight", 64)
+    if total < meters:
+        raise SystemExit(f"bench drain: --readings ({total}) must be at least --meters ({meters})")
     keys = {f"BENCH-{i}": SigningKey.generate() for i in range(meters)}
     gateway = SigningKey.generate()
     with tempfile.TemporaryDirectory(prefix="gridmeter-bench-drain-") as tmp, Broker(workdir=Path(tmp) / "b") as broker:

@@ -1,9 +1,36 @@
 """The gridmeter gateway: verifies, checks and durably queues signed readings, then submits interval
 readings to the GridTokenX oracle. See gateway/README.md.
 
-Modules (imported directly; nothing is re-exported so `import gateway` stays free of solana/paho):
-config, keys, registry, checks (pure), intervals (pure), store, acceptance, intake (MQTT), ingest_http,
-submitter, oracle_layout (pure), oracle (RPC), fleet, web, metrics, service, cli.
+The names below are the package's public API. They are imported lazily (PEP 562) so that `import gateway`
+stays free of solana/paho until a name that needs them is used.
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "GatewayConfig": "gateway.config", "ConfigError": "gateway.config", "load_config": "gateway.config",
+    "parse_config": "gateway.config",
+    "Registry": "gateway.registry", "RegistryError": "gateway.registry", "Meter": "gateway.registry",
+    "MeterStatus": "gateway.registry",
+    "OracleLimits": "gateway.intervals", "Planned": "gateway.intervals", "PlanState": "gateway.intervals",
+    "Point": "gateway.intervals", "plan": "gateway.intervals", "oracle_verdict": "gateway.intervals",
+    "Submitter": "gateway.submitter",
+    "HttpIngest": "gateway.ingest_http",
+    "Dashboard": "gateway.web",
+    "Gateway": "gateway.service", "run": "gateway.service",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gateway' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

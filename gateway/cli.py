@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import wraps
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import DEFAULT_CONFIG_PATH
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+    from gateway.registry import Registry
+
+# A registration record is one line of a few hundred bytes; refuse to read anything much larger.
+MAX_RECORD_BYTES = 16 * 1024
+# Rows a listing prints at most: enough for a person, bounded for the database and the terminal.
+MAX_LIST_LIMIT = 10_000
+Handler = Callable[[argparse.Namespace], int]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -17,16 +31,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     gsub = p.add_subparsers(dest="gateway_command", metavar="COMMAND")
     gsub.required = True
 
-    def cmd(name: str, help_: str, func: object) -> argparse.ArgumentParser:
+    def cmd(name: str, help_: str, func: Handler) -> argparse.ArgumentParser:
         c = gsub.add_parser(name, help=help_)
         c.add_argument("--config", default=DEFAULT_CONFIG_PATH, help=f"gateway TOML (default {DEFAULT_CONFIG_PATH})")
-        c.set_defaults(func=func)
+        c.set_defaults(func=_guarded(func))
         return c
 
     cmd("run", "run the gateway service", _run)
     k = gsub.add_parser("keygen", help="create the gateway's ack-signing key file (0600)")
     k.add_argument("path")
-    k.set_defaults(func=_keygen)
+    k.set_defaults(func=_guarded(_keygen))
     m = gsub.add_parser("meters", help="the meter registry")
     msub = m.add_subparsers(dest="meters_command", metavar="COMMAND")
     msub.required = True
@@ -34,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                               ("list", "list registered meters", _meters_list)):
         c = msub.add_parser(name, help=help_)
         c.add_argument("--config", default=DEFAULT_CONFIG_PATH)
-        c.set_defaults(func=func)
+        c.set_defaults(func=_guarded(func))
         if name == "add":
             c.add_argument("record", help="file holding the record text, or - for stdin")
         else:
@@ -43,18 +57,49 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         c = msub.add_parser(status, help=f"{status} a meter")
         c.add_argument("meter_id")
         c.add_argument("--config", default=DEFAULT_CONFIG_PATH)
-        c.set_defaults(func=_meters_status, status=status)
+        c.set_defaults(func=_guarded(_meters_status), status=status)
     r = cmd("rejections", "show quarantined readings with their reasons", _rejections)
     r.add_argument("--meter")
-    r.add_argument("--limit", type=int, default=50)
+    r.add_argument("--limit", type=_limit, default=50, help=f"1..{MAX_LIST_LIMIT} (default 50)")
     r.add_argument("--json", action="store_true")
     o = cmd("outbox", "show interval submissions", _outbox)
     o.add_argument("--meter")
     o.add_argument("--status", choices=("pending", "sent", "confirmed", "held", "rejected"))
-    o.add_argument("--limit", type=int, default=50)
+    o.add_argument("--limit", type=_limit, default=50, help=f"1..{MAX_LIST_LIMIT} (default 50)")
 
 
-def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _limit(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_LIST_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be a whole number in 1..{MAX_LIST_LIMIT} (got {text!r})")
+    return n
+
+
+def _guarded(func: Handler) -> Handler:
+    """Every subcommand: a bad config, an unreadable file or an unusable database is one line naming the
+    problem and exit code 2, never a traceback."""
+
+    @wraps(func)
+    def handler(args: argparse.Namespace) -> int:
+        from gateway.config import ConfigError
+
+        try:
+            return func(args)
+        except ConfigError as exc:
+            return _fail(str(exc))
+        except sqlite3.Error as exc:
+            return _fail(f"database problem in the state directory ({exc}); check gateway.state_dir and "
+                         "its permissions")
+        except OSError as exc:
+            return _fail(f"{exc.filename or 'I/O'}: {exc.strerror or exc}")
+
+    return handler
+
+
+def _config(args: argparse.Namespace) -> GatewayConfig:
     from gateway.config import load_config
 
     return load_config(args.config)
@@ -93,21 +138,23 @@ def _keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _registry(args: argparse.Namespace) -> Registry:
     from gateway.registry import Registry, registry_path
 
     return Registry(registry_path(_config(args).gateway.state_dir))
 
 
 def _meters_add(args: argparse.Namespace) -> int:
-    from gateway.config import ConfigError
     from gateway.registry import RegistryError
 
+    cfg = _config(args)  # a bad config is reported before anything waits on stdin
     try:
-        text = sys.stdin.read() if args.record == "-" else Path(args.record).read_text(encoding="utf-8")
-        reg = _registry(args)
-    except (OSError, ConfigError) as exc:
+        text = _read_record(args.record)
+    except (OSError, ValueError) as exc:
         return _fail(str(exc))
+    from gateway.registry import Registry, registry_path
+
+    reg = Registry(registry_path(cfg.gateway.state_dir))
     try:
         meter, action = reg.add(text, int(time.time() * 1000))
     except RegistryError as exc:
@@ -117,6 +164,18 @@ def _meters_add(args: argparse.Namespace) -> int:
     print(f"{meter.meter_id}: {action} (key_id {meter.key_id.hex()}, zone {meter.zone_id}, "
           f"{meter.role.name.lower()}, {meter.rated_max_power_w} W, status {meter.status.value})")
     return 0
+
+
+def _read_record(name: str) -> str:
+    """The record text from a file or stdin ("-"), at most MAX_RECORD_BYTES, UTF-8."""
+    if name == "-":
+        raw = sys.stdin.buffer.read(MAX_RECORD_BYTES + 1)
+    else:
+        with open(name, "rb") as f:
+            raw = f.read(MAX_RECORD_BYTES + 1)
+    if len(raw) > MAX_RECORD_BYTES:
+        raise ValueError(f"{name}: over {MAX_RECORD_BYTES} bytes; a registration record is one GMREG1 line")
+    return raw.decode("utf-8")
 
 
 def _meters_list(args: argparse.Namespace) -> int:

@@ -77,6 +77,20 @@ def _pubkey(v: str) -> str | None:
     return None if ok else "must be a base58 Solana public key (32 bytes)"
 
 
+# A credential shorter than this is guessable by anyone who can reach the port (the dashboard shows fleet data,
+# an API key lets a client write intervals); an empty one would even match a request that sends none.
+MIN_SECRET_CHARS = 16
+
+
+def _secret(v: str) -> str | None:
+    return None if not v or len(v) >= MIN_SECRET_CHARS else f"must be at least {MIN_SECRET_CHARS} characters"
+
+
+def _api_keys(v: list[str]) -> str | None:
+    short = [k for k in v if len(k) < MIN_SECRET_CHARS]
+    return f"every key must be at least {MIN_SECRET_CHARS} characters ({len(short)} shorter)" if short else None
+
+
 def _nonempty(v: str) -> str | None:
     return None if v.strip() else "must not be empty"
 
@@ -138,7 +152,8 @@ class HttpSection:
     listen: str = "127.0.0.1:8081"
     api_keys: list[str] = field(default_factory=list)
     max_body_bytes: int = 16384  # a DLMS reading is < 1 KiB
-    checks: ClassVar[dict[str, Check]] = {"listen": _listen, "max_body_bytes": _range(256, 1 << 20)}
+    checks: ClassVar[dict[str, Check]] = {"listen": _listen, "max_body_bytes": _range(256, 1 << 20),
+                                          "api_keys": _api_keys}
 
 
 @dataclass(frozen=True)
@@ -150,7 +165,7 @@ class DashboardSection:
     password: str = ""
     tls_cert: str = ""  # serve HTTPS directly when both are set; else put it behind a TLS reverse proxy
     tls_key: str = ""
-    checks: ClassVar[dict[str, Check]] = {"listen": _listen}
+    checks: ClassVar[dict[str, Check]] = {"listen": _listen, "token": _secret}
 
 
 @dataclass(frozen=True)
@@ -253,7 +268,8 @@ def _section(name: str, data: object) -> object:
     checks: dict[str, Check] = getattr(cls, "checks", {})
     for key, check in checks.items():
         if key in values and (problem := check(values[key])):
-            raise ConfigError(f"{name}.{key}", problem, values[key])
+            secret = (name, key) in ENV_OVERRIDES  # never echo a credential into logs
+            raise ConfigError(f"{name}.{key}", problem, None if secret else values[key])
     return cls(**values)
 
 

@@ -48,6 +48,9 @@ DEFAULT_MAX_CLIENTS_TRACKED = 10_000
 IMPORT_OBIS = "1.1.1.8.0.255"  # active energy imported (consumed) in the interval, Wh
 EXPORT_OBIS = "1.1.2.8.0.255"  # active energy exported (generated) in the interval, Wh
 _MS_PER_HOUR = 3_600_000
+# Largest Wh value of one interval that is stored at all: SQLite integers are i64. (The oracle's own
+# max_energy_value, read from chain, bounds what is submitted; the rated-power check bounds it physically.)
+MAX_INTERVAL_WH = 2**63 - 1
 
 
 def rust_f64_display(x: float) -> str:
@@ -76,11 +79,24 @@ def _whole_wh(name: str, v: object) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, Decimal)):
         raise IngestRefused(400, "malformed", f"payload.{name}: must be a number of Wh")
     d = Decimal(v)
-    if not d.is_finite() or d < 0:
-        raise IngestRefused(400, "invalid_field", f"payload.{name}: must be >= 0 (got {d})")
+    if not d.is_finite() or not 0 <= d <= MAX_INTERVAL_WH:
+        raise IngestRefused(400, "invalid_field", f"payload.{name}: must be in 0..{MAX_INTERVAL_WH} Wh (got {d})")
     if d != d.to_integral_value():
         raise IngestRefused(400, "non_integral_wh", f"payload.{name}: {d} Wh is not a whole Wh (never rounded)")
     return int(d)
+
+
+def _kwh(v: object) -> float:
+    """The signed net kWh as the f64 the device printed (the signature covers its Rust Display form)."""
+    if isinstance(v, bool) or not isinstance(v, (int, Decimal)):
+        raise IngestRefused(400, "malformed", "payload.kwh: must be a number")
+    try:
+        kwh = float(v)
+    except OverflowError:  # an int beyond f64 range
+        kwh = math.inf
+    if not math.isfinite(kwh) or abs(kwh) * 1000 > MAX_INTERVAL_WH:
+        raise IngestRefused(400, "invalid_field", f"payload.kwh: must be within +-{MAX_INTERVAL_WH // 1000} kWh")
+    return kwh
 
 
 def _timestamp_s(v: object) -> int:
@@ -170,10 +186,7 @@ class HttpIngest:
         meter_id, p = _parse(body)
         imp, exp = _whole_wh(IMPORT_OBIS, p[IMPORT_OBIS]), _whole_wh(EXPORT_OBIS, p[EXPORT_OBIS])
         ts = _timestamp_s(p["timestamp"])
-        kwh_raw = p["kwh"]
-        if isinstance(kwh_raw, bool) or not isinstance(kwh_raw, (int, Decimal)):
-            raise IngestRefused(400, "malformed", "payload.kwh: must be a number")
-        kwh = float(kwh_raw)
+        kwh = _kwh(p["kwh"])
         sig_text = p["signature"]
         try:
             sig = base58.b58decode(sig_text) if isinstance(sig_text, str) and len(sig_text) <= 100 else b""
@@ -210,13 +223,13 @@ class HttpIngest:
             raise IngestRefused(409, "duplicate", f"{meter_id}: timestamp {ts} already ingested")
         if last is not None and ts * 1000 < last:
             raise IngestRefused(409, "read_at_not_increasing", f"timestamp {ts} is not after the last {last // 1000}")
-        if last is not None:
-            dt_ms = ts * 1000 - last
-            allowed = rated_w * dt_ms * (100 + self.limits.plausibility_margin_pct)
-            allowed += self.limits.plausibility_slack_wh * 100 * _MS_PER_HOUR
-            if max(imp, exp) * 100 * _MS_PER_HOUR > allowed:
-                raise IngestRefused(400, "implausible_energy", f"{max(imp, exp)} Wh in {dt_ms // 1000} s exceeds "
-                                                               f"rated {rated_w} W")
+        # A meter's first interval has no previous reading: it can span at most the acceptance window.
+        dt_ms = ts * 1000 - last if last is not None else self.limits.acceptance_window_ms
+        allowed = rated_w * dt_ms * (100 + self.limits.plausibility_margin_pct)
+        allowed += self.limits.plausibility_slack_wh * 100 * _MS_PER_HOUR
+        if max(imp, exp) * 100 * _MS_PER_HOUR > allowed:
+            raise IngestRefused(400, "implausible_energy", f"{max(imp, exp)} Wh in {dt_ms // 1000} s exceeds "
+                                                           f"rated {rated_w} W")
 
     def _quarantine(self, body: bytes, exc: IngestRefused) -> None:
         self.metrics.rejected.labels("http", exc.reason).inc()

@@ -9,7 +9,8 @@ Per meter, in seq order of ACCEPTED readings:
   delta; CONSUMPTION consumed = import delta (the other register is not an oracle quantity);
 - reading_timestamp = read_at_ms // 1000 of the reading closing the interval.
 The oracle's rules are mirrored exactly (`oracle_verdict`, thresholds from the OracleData account):
-- a non-zero value below min_energy_value is carried into the next interval (never rounded away);
+- a non-zero value below min_energy_value is carried into the next interval (never rounded away); at a meter
+  replacement there is no next interval, so such a remainder is held (`below_min_energy_value`);
 - a delta above max_energy_value is split into k submissions, each within [min, max], with timestamps
   spaced by min_reading_interval and ending at the closing reading's timestamp;
 - if the production/consumption ratio check would fail, the interval is HELD with a reason (stored,
@@ -148,6 +149,8 @@ def split_interval(produced: int, consumed: int, ts: int, last_ts: int | None,
     sequence; a reason string when it must be held; None when it cannot be placed yet (too soon)."""
     if limits.max_energy_value <= 0:
         return "max_energy_value_zero"
+    if _carry_small(produced, limits) != produced or _carry_small(consumed, limits) != consumed:
+        return "below_min_energy_value"  # only a final close gets here: other intervals carry such energy
     k = max(1, -(-produced // limits.max_energy_value), -(-consumed // limits.max_energy_value))
     ps, cs = split_value(produced, k, limits), split_value(consumed, k, limits)
     if ps is None or cs is None:
@@ -195,7 +198,8 @@ def plan(meter_id: str, role: MeterRole, state: PlanState, points: list[Point], 
 def _close(meter_id: str, role: MeterRole, state: PlanState, imp: int, exp: int, read_at_ms: int, seq: int,
            limits: OracleLimits, final: bool = False) -> tuple[PlanState, list[Planned]]:
     produced, consumed = map_role(role, imp - state.sub_import_wh, exp - state.sub_export_wh)
-    produced, consumed = _carry_small(produced, limits), _carry_small(consumed, limits)
+    if not final:  # a final close has no later interval to carry into: below-minimum energy is held instead
+        produced, consumed = _carry_small(produced, limits), _carry_small(consumed, limits)
     ts = read_at_ms // 1000
     if produced == 0 and consumed == 0:
         return (state if final else replace(state, anchor_read_at_ms=read_at_ms)), []

@@ -9,7 +9,9 @@ One cycle (`run_once`):
    reason `reconcile_mismatch` for a person to look at (never resent, never silently counted);
 4. mirror the oracle's checks on what is left (`intervals.oracle_verdict`, in order per meter);
    FutureReading waits, any other failure holds the row with the oracle's error name;
-5. mark `sent` (durable) BEFORE the RPC, submit, record confirmed / rejected / retry.
+5. mark `sent` (durable) BEFORE the RPC, submit, record confirmed / rejected / retry. A `sent` row whose
+   result never got recorded is due again only after DEFAULT_SENT_RECHECK_S (its blockhash has expired by
+   then), and goes through step 3 first.
 RPC failures back off exponentially (capped); rows are never lost: they stay pending or sent.
 """
 
@@ -33,6 +35,12 @@ log = logging.getLogger(__name__)
 DEFAULT_FIRST_BACKOFF_S = 1.0
 DEFAULT_MAX_ROWS_PER_CYCLE = 5000  # bounds one cycle's RPC work; the rest follows in the next cycle
 DEFAULT_FUTURE_MARGIN_S = 55  # the oracle allows +60 s; keep 5 s for clock differences with the validator
+# A row marked `sent` whose result was never recorded (RPC dropped mid-submit, crash) is looked at again only
+# after this long: a transaction's blockhash expires after 150 slots (~60-90 s), so by then the lost
+# transaction has either landed (reconciled as confirmed) or can never land. Resending earlier races it: the
+# resend fails with OutdatedReading, is recorded `rejected` although the energy is on chain, and every later
+# reconcile of that meter then sees a count mismatch.
+DEFAULT_SENT_RECHECK_S = 120
 
 
 class OracleLike(Protocol):
@@ -121,7 +129,8 @@ class Submitter:
         if not to_send:
             return {}
         now_ms = int(self.clock() * 1000)
-        self.store.set_outbox([r.key for r in to_send], "sent", now_ms, attempt=True)
+        self.store.set_outbox([r.key for r in to_send], "sent", now_ms, attempt=True,
+                              next_attempt_ms=now_ms + DEFAULT_SENT_RECHECK_S * 1000)
         results = await self.client.submit([self.make_submission(
             key=r.key, meter_id=r.meter_id, produced_wh=r.produced_wh, consumed_wh=r.consumed_wh,
             reading_timestamp=r.reading_timestamp, zone_id=r.zone_id) for r in to_send])
@@ -184,6 +193,7 @@ class Submitter:
             self.metrics.tx_sent.inc()
             self.metrics.readings_per_tx.observe(n)
         if retry:
-            self._failed(f"{len(retry)} submissions not landed: {results[0].error if results else ''}")
+            first = next(r for r in results if r.key == retry[0])
+            self._failed(f"{len(retry)} submissions not landed: {first.error or 'no error given'}")
             self.store.set_outbox(retry, "pending", now_ms, next_attempt_ms=now_ms + int(self.backoff_s * 1000))
         return dict(stats)

@@ -41,6 +41,12 @@ DEFAULT_SESSION_TTL_S = 12 * 3600
 DEFAULT_MAX_SSE_CLIENTS = 50
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison of a credential from the request with the configured one. Header bytes that are
+    not UTF-8 arrive as surrogates (aiohttp decodes with surrogateescape): they are simply not equal."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8"))
+
+
 class Dashboard:
     def __init__(self, cfg: DashboardSection, db_path: Path, registry_path: Path, metrics: Metrics,
                  *, clock: Callable[[], float] = time.time) -> None:
@@ -77,19 +83,25 @@ class Dashboard:
 
     # ---- auth ---------------------------------------------------------------------------------------
     def _token_ok(self, token: str) -> bool:
-        return bool(self.cfg.token) and hmac.compare_digest(token.encode(), self.cfg.token.encode())
+        return bool(self.cfg.token) and _same(token, self.cfg.token)
+
+    def _basic_ok(self, credentials: str) -> bool:
+        if not self.cfg.username:
+            return False
+        try:
+            user, _, pw = base64.b64decode(credentials, validate=True).decode().partition(":")
+        except (ValueError, UnicodeError):
+            return False
+        user_ok = _same(user, self.cfg.username)  # both compared always: no early exit on a wrong user name
+        pw_ok = _same(pw, self.cfg.password)
+        return user_ok and pw_ok
 
     def _authorized(self, req: web.Request) -> bool:
         auth = req.headers.get("Authorization", "")
-        if auth.startswith("Bearer ") and self._token_ok(auth[7:].strip()):
-            return True
-        if auth.startswith("Basic ") and self.cfg.username:
-            try:
-                user, _, pw = base64.b64decode(auth[6:].strip()).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                return False
-            return hmac.compare_digest(user.encode(), self.cfg.username.encode()) and hmac.compare_digest(
-                pw.encode(), self.cfg.password.encode())
+        if auth.startswith("Bearer "):
+            return self._token_ok(auth[7:].strip())
+        if auth.startswith("Basic "):
+            return self._basic_ok(auth[6:].strip())
         sid = req.cookies.get(COOKIE, "")
         expiry = self.sessions.get(sid)
         return expiry is not None and expiry > self.clock()
@@ -178,7 +190,7 @@ class Dashboard:
         try:
             version, quiet = None, 0.0
             await resp.write(b"retry: 2000\n\n")
-            while True:
+            while self._authorized(req):  # a session that expires mid-stream ends the stream
                 v = (self.conn.execute("PRAGMA data_version").fetchone()[0], self.registry.data_version())
                 if v != version:
                     version, quiet = v, 0.0

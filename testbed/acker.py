@@ -162,23 +162,21 @@ class Acker:
         with self._lock:
             return dict(self.readings)
 
+    def _reached(self, predicate: Callable[[Acker], bool], deadline: float, timeout_s: float, what: str) -> bool:
+        with self._lock:
+            if predicate(self):
+                return True
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"acker: {what} not reached within {timeout_s}s (stats {self.stats})")
+        return False
+
     def wait_until(self, predicate: Callable[[Acker], bool], timeout_s: float, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout_s
-        while True:
-            with self._lock:
-                if predicate(self):
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"acker: {what} not reached within {timeout_s}s (stats {self.stats})")
+        while not self._reached(predicate, deadline, timeout_s, what):
             time.sleep(0.02)
 
     async def wait(self, predicate: Callable[[Acker], bool], timeout_s: float, what: str = "condition") -> None:
         """Like wait_until, without blocking the event loop (for tests that run the agent in-process)."""
         deadline = time.monotonic() + timeout_s
-        while True:
-            with self._lock:
-                if predicate(self):
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"acker: {what} not reached within {timeout_s}s (stats {self.stats})")
+        while not self._reached(predicate, deadline, timeout_s, what):
             await asyncio.sleep(0.02)

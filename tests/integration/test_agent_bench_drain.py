@@ -17,3 +17,13 @@ def test_drain_bench_runs_and_verifies_everything() -> None:
     assert result["all_contiguous"] is True
     assert result["bad_signatures"] == 0 and result["duplicates"] == 0
     assert result["readings_per_s"] > 0
+
+
+@pytest.mark.parametrize("argv", [["--meters", "0"], ["--readings", "-5"], ["--batch-max", "1001"], ["--inflight", "x"]])
+def test_drain_bench_arguments_bounded(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """--meters 0 used to end in ZeroDivisionError after starting a broker."""
+    p = argparse.ArgumentParser()
+    drain.add_arguments(p)
+    with pytest.raises(SystemExit) as exc:
+        p.parse_args(argv)
+    assert exc.value.code == 2 and "must be a whole number in" in capsys.readouterr().err

@@ -198,6 +198,18 @@ def test_four_meters_rtu_and_tcp_end_to_end(rig: Rig) -> None:
     assert rig.acker.stats.duplicates == 0
 
 
+def assert_all_arrived(rig: Rig) -> dict[str, list[Reading]]:
+    """Every seq the store ever allocated (and committed) reached the acker, none twice with other bytes, and
+    the last reading of each meter carries exactly what its simulated registers serve."""
+    readings = check_readings(rig)
+    alloc = rig.allocated()
+    for meter, sim in rig.meters.items():
+        assert len(readings[meter]) == alloc[meter]
+        last = readings[meter][-1]
+        assert (last.energy_import_wh, last.energy_export_wh) == (sim.served_import_wh, sim.served_export_wh)
+    return readings
+
+
 def test_sigkill_twenty_times_loses_and_duplicates_nothing(rig: Rig) -> None:
     rng = random.Random(20261122)
     progress: list[int] = []
@@ -218,13 +230,7 @@ def test_sigkill_twenty_times_loses_and_duplicates_nothing(rig: Rig) -> None:
     t_stop = rig.stop_counting()
     wait_for(lambda: rig.drained_after(t_stop + 500) and rig.stored() == 0, 90, "full drain", rig.agent)
     assert rig.agent.terminate() == 0
-    readings = check_readings(rig)
-    alloc = rig.allocated()
-    for meter, sim in rig.meters.items():
-        # every seq the store ever allocated (and committed) reached the acker, none twice with other bytes
-        assert len(readings[meter]) == alloc[meter]
-        last = readings[meter][-1]
-        assert (last.energy_import_wh, last.energy_export_wh) == (sim.served_import_wh, sim.served_export_wh)
+    readings = assert_all_arrived(rig)
     assert rig.agent.starts == 21
     print(f"kill test: per-run committed readings {progress}, duplicates deduped by the acker "
           f"{rig.acker.stats.duplicates}, total {sum(len(r) for r in readings.values())}")
@@ -243,12 +249,7 @@ def test_broker_offline_period_then_full_drain(rig: Rig, broker: Broker) -> None
     wait_for(lambda: rig.drained_after(t_stop + 500) and rig.stored() == 0, 60, "drain after broker restart",
              rig.agent)
     assert rig.agent.terminate() == 0
-    readings = check_readings(rig)
-    alloc = rig.allocated()
-    for meter, sim in rig.meters.items():
-        assert len(readings[meter]) == alloc[meter]
-        last = readings[meter][-1]
-        assert (last.energy_import_wh, last.energy_export_wh) == (sim.served_import_wh, sim.served_export_wh)
+    assert_all_arrived(rig)
 
 
 def test_sd_notify_ready_watchdog_stopping(rig: Rig, tmp_path: Path) -> None:

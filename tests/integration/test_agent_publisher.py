@@ -171,3 +171,30 @@ async def test_broker_absent_at_start_then_appears(tmp_path: Path) -> None:
         await task
         store.close()
         late.close()
+
+
+async def test_store_read_failure_does_not_end_the_drain(
+    running: tuple[Store, Publisher], broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store read that fails (locked past busy_timeout, I/O error) used to escape Publisher.run() and end
+    the publisher task for good while the pollers kept reading: nothing was ever published again."""
+    from agent.store import StoreError
+
+    store, pub = running
+    real_fetch = store.fetch
+    failures = {"left": 3}
+
+    def flaky_fetch(meter_id: str, after_seq: int, limit: int) -> list:  # type: ignore[type-arg]
+        if failures["left"]:
+            failures["left"] -= 1
+            raise StoreError("database is locked")
+        return real_fetch(meter_id, after_seq, limit)
+
+    monkeypatch.setattr(store, "fetch", flaky_fetch)
+    await until(lambda: pub.stats.connected, 10, "connected")
+    with acker_for(broker) as acker:
+        add(store, "M1", 120)
+        pub.wake()
+        await until(lambda: store.count() == 0, 20, "drain after the store recovered")
+        assert acker.contiguous == {"M1": 120}
+    assert pub.stats.store_errors == 3 and pub.stats.last_store_error == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
@@ -133,6 +134,56 @@ async def test_tls_direct(tmp_path: Path) -> None:
                 assert r.status == 200 and (await r.json())["meters"] == []
     finally:
         await runner.cleanup()
+        d.close()
+        store.close()
+        registry.close()
+
+
+async def _raw_get(base: str, path: str, auth: bytes) -> bytes:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(base)
+    reader, writer = await asyncio.open_connection(u.hostname, u.port)
+    try:
+        writer.write(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: "
+                     + auth + b"\r\n\r\n")
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("auth", [b"Bearer \xff\xfe" + TOKEN.encode(), b"Basic " + base64.b64encode(b"staff:\xff"),
+                                  b"Basic !!!notbase64", b"Bearer"])
+async def test_garbage_credentials_get_401_not_500(dash: str, auth: bytes) -> None:
+    """Non-UTF-8 bytes in the Authorization header made str.encode() raise inside the auth middleware: 500."""
+    for path in ("/api/meters", "/metrics", "/api/events"):
+        head = (await _raw_get(dash, path, auth)).split(b"\r\n", 1)[0]
+        assert head == b"HTTP/1.1 401 Unauthorized", (path, head)
+
+
+async def test_event_stream_ends_when_the_session_expires(tmp_path: Path) -> None:
+    from gateway import web as web_mod
+
+    now = [1_000_000.0]
+    store, registry = Store(tmp_path / "gateway.sqlite"), Registry(tmp_path / "registry.sqlite")
+    d = Dashboard(DashboardSection(token=TOKEN), tmp_path / "gateway.sqlite", tmp_path / "registry.sqlite",
+                  Metrics(), clock=lambda: now[0])
+    srv = TestServer(d.app(), host="127.0.0.1")
+    await srv.start_server()
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:  # cookies for 127.0.0.1
+            async with s.get(srv.make_url(f"/login?token={TOKEN}"), allow_redirects=False) as r:
+                assert r.status == 302
+            async with s.get(srv.make_url("/api/events")) as r:
+                assert r.status == 200
+                assert (await r.content.readuntil(b"\n\n")).startswith(b"retry:")
+                assert (await r.content.readuntil(b"\n\n")).startswith(b"event: update")
+                now[0] += web_mod.DEFAULT_SESSION_TTL_S + 1
+                rest = await asyncio.wait_for(r.content.read(), 10)  # the server closes the stream
+                assert b"event: update" not in rest
+    finally:
+        await srv.close()
         d.close()
         store.close()
         registry.close()

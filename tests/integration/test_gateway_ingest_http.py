@@ -121,3 +121,21 @@ async def test_client_rate_limit(server: tuple[str, Store, Registry], monkeypatc
     statuses = [(await post(url, b"{}"))[0] for _ in range(5)]
     assert statuses == [400, 400, 400, 429, 429]
     assert store.conn.execute("SELECT COUNT(*) FROM rejections").fetchone()[0] == 3  # 429s are counted only
+
+
+async def test_out_of_range_numbers_are_400_not_500(server: tuple[str, Store, Registry]) -> None:
+    """A 400-digit kwh made float() raise OverflowError, and a signed Wh value beyond SQLite's i64 made the
+    outbox insert raise: both escaped as HTTP 500 with nothing quarantined."""
+    url, store, _ = server
+    status, doc = await post(url, body(kwh="1" + "0" * 400))
+    assert (status, doc["reason"]) == (400, "invalid_field") and "payload.kwh" in doc["error"]
+    huge = 2**64  # net 0 kWh: the signature is valid, only the split is absurd
+    sig = base58.b58encode(KEY.sign(signed_message("METER-001", 0.0, 1780734600))).decode()
+    status, doc = await post(url, body(imp=str(huge), exp=str(huge), kwh="0", sig=sig))
+    assert (status, doc["reason"]) == (400, "invalid_field") and "payload.1.1.1.8.0.255" in doc["error"]
+    # a meter's FIRST interval had no energy bound at all: now at most rated power over the acceptance window
+    status, doc = await post(url, body(imp=str(10**12), exp=str(10**12), kwh="0", sig=sig))
+    assert (status, doc["reason"]) == (400, "implausible_energy")
+    reasons = [r[0] for r in store.conn.execute("SELECT reason FROM rejections ORDER BY id")]
+    assert reasons == ["invalid_field", "invalid_field", "implausible_energy"]
+    assert store.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0

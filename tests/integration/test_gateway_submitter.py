@@ -166,3 +166,43 @@ async def test_http_intervals_reach_chain_or_are_held(env: Env) -> None:
                     -840: ("confirmed", None), 300: ("pending", None)}
     st = (await env.client.fetch_meter_states(["METER-001"]))["METER-001"]
     assert st is not None and (st.total_energy_consumed, st.total_readings) == (2200, 2)
+
+
+class _DropsAfterSend:
+    """The oracle client whose RPC connection drops right after the transactions went out: submit raises."""
+
+    def __init__(self, client: OracleClient) -> None:
+        self.client, self.sent = client, 0
+
+    async def fetch_config(self):  # type: ignore[no-untyped-def]
+        return await self.client.fetch_config()
+
+    async def fetch_meter_states(self, meter_ids):  # type: ignore[no-untyped-def]
+        return await self.client.fetch_meter_states(meter_ids)
+
+    async def submit(self, subs):  # type: ignore[no-untyped-def]
+        self.sent += 1
+        await self.client.submit(subs)
+        raise ConnectionResetError("connection reset by peer (after the transactions were sent)")
+
+
+async def test_unrecorded_send_is_not_resent_before_its_blockhash_expires(env: Env) -> None:
+    """Rows marked `sent` whose submit raised were due again at once: the next cycle re-sent them while the first
+    transaction could still land (here it already has; the resend would fail as OutdatedReading)."""
+    now = [time.time()]
+    start = (int(now[0] * 1000) // 900_000 - 3) * 900_000 + 1_000
+    env.registry.add(record_for("HOUSE-7", rated_w=20_000), int(now[0] * 1000))
+    env.acceptance.process(backlog("HOUSE-7", 200, start, 10_000, 0, 0, 2, 0))
+    dropping = _DropsAfterSend(env.client)
+    sub = Submitter(env.store, env.registry, dropping, env.metrics, epoch_s=900,
+                    authority=str(env.client.authority.pubkey()), make_submission=Submission, clock=lambda: now[0])
+    with pytest.raises(ConnectionResetError):
+        await sub.run_once()
+    rows = env.store.outbox_rows("HOUSE-7")
+    assert rows and {r.status for r in rows} == {"sent"}
+    await sub.run_once()  # a retry cycle right away: nothing is due yet
+    assert dropping.sent == 1 and {r.status for r in env.store.outbox_rows("HOUSE-7")} == {"sent"}
+    now[0] += 121  # past the recheck delay: the landed rows are reconciled, not resent
+    await sub.run_once()
+    assert dropping.sent == 1
+    assert {(r.status, r.reason) for r in env.store.outbox_rows("HOUSE-7")} == {("confirmed", "reconciled")}

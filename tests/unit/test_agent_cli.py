@@ -88,3 +88,28 @@ def test_reset_counter_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
     st = Store(tmp_path / "state" / "agent.sqlite", max_readings=1000)
     assert st.pending_counter_resets() == {"HOUSE-1"}
     st.close()
+
+
+def test_run_with_status_port_taken_is_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    create_key_file(tmp_path / "device.key")
+    path = write(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path.write_text(path.read_text() + f'[status]\nlisten = "127.0.0.1:{port}"\n')
+        assert main(["agent", "run", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gridmeter agent: agent stopped: ") and str(port) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("reason", ["", " ", "x" * 501])
+def test_reset_counter_reason_bounded(tmp_path: Path, capsys: pytest.CaptureFixture[str], reason: str) -> None:
+    path = write(tmp_path)
+    assert main(["agent", "reset-counter", "--config", str(path), "HOUSE-1", "--reason", reason]) == 2
+    assert "--reason: 1..500 characters" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()

@@ -21,7 +21,8 @@ def sample_health() -> dict[str, Any]:
         "last_ack_ms": None,
         "queue": {"depth": 42, "oldest_read_at_ms": 1_700_000_000_000, "oldest_age_s": 100.0},
         "mqtt": {"connected": False, "connects": 3, "published_readings": 10, "published_batches": 2,
-                 "puback_failures": 1, "resends": 0, "acks_ok": 5, "acks_rejected": 2, "acked_readings": 9},
+                 "puback_failures": 1, "resends": 0, "acks_ok": 5, "acks_rejected": 2, "acked_readings": 9,
+                 "store_errors": 1},
         "clock": {"synced": True, "source": "always-synced", "detail": "", "jumps": 1},
         "devices": {"HOUSE-1": {"reads": 7, "read_errors": 2, "glitches": 1, "consecutive_errors": 2,
                                 "last_read_ms": 1_700_000_090_000}},
@@ -47,6 +48,7 @@ async def test_health_json_and_metrics() -> None:
     assert "gridmeter_agent_queue_oldest_age_seconds 100.0" in lines
     assert "gridmeter_agent_mqtt_connected 0.0" in lines
     assert "gridmeter_agent_acks_rejected_total 2.0" in lines
+    assert "gridmeter_agent_publish_store_errors_total 1.0" in lines
     assert "gridmeter_agent_store_dropped_overflow_total 4.0" in lines
     assert 'gridmeter_agent_meter_read_errors_total{meter_id="HOUSE-1"} 2.0' in lines
     assert 'gridmeter_agent_meter_last_read_timestamp_seconds{meter_id="HOUSE-1"} 1.70000009e+09' in lines

@@ -87,7 +87,7 @@ def test_allocated_but_uncommitted_seq_is_handed_out_again(tmp_path: Path) -> No
     st2.close()
 
 
-def test_forged_malformed_wrong_meter_and_beyond_allocated_acks_delete_nothing(tmp_path: Path) -> None:
+def test_forged_malformed_and_wrong_meter_acks_delete_nothing(tmp_path: Path) -> None:
     st = Store(tmp_path / "s.db", max_readings=1000)
     fill(st, "M1", 5)
     forger = SigningKey(bytes(32))
@@ -97,7 +97,6 @@ def test_forged_malformed_wrong_meter_and_beyond_allocated_acks_delete_nothing(t
         (ack("M1", 5)[:20], "ack_"),  # truncated
         (b"gridmeter/ack/v9" + ack("M1", 5)[16:], "ack_unsupported_version"),
         (ack("M2", 5), "ack_wrong_meter"),
-        (ack("M1", 6), "ack_beyond_allocated"),
     ]
     for message, reason in cases:
         with pytest.raises(AckRejectedError) as exc:
@@ -107,12 +106,32 @@ def test_forged_malformed_wrong_meter_and_beyond_allocated_acks_delete_nothing(t
     assert sum(st.rejected.values()) == len(cases) and st.rejected["ack_bad_signature"] == 2
     # written to the event log once per reason (rate-limited: a forged-ack flood must not wear the SD card)
     assert sorted(e[1] for e in st.events()) == sorted(set(st.rejected))
-    assert {e[1] for e in st.events()} >= {"ack_bad_signature", "ack_wrong_meter", "ack_beyond_allocated"}
+    assert {e[1] for e in st.events()} >= {"ack_bad_signature", "ack_wrong_meter"}
     assert st.apply_ack("M1", ack("M1", 3), GATEWAY_PUB) == 3
     assert st.apply_ack("M1", ack("M1", 2), GATEWAY_PUB) == 0  # replayed old ack: harmless
     assert [r.seq for r in st.fetch("M1", 0, 10)] == [4, 5]
     assert st.acked_seq("M1") == 3
     st.close()
+
+
+def test_genuine_ack_beyond_allocated_resyncs_seqs_after_store_loss(tmp_path: Path) -> None:
+    """The state dir was lost: the new store allocates seq 1.. again, the gateway drops those as duplicates and
+    keeps acking its old seq 40. That ack used to be rejected (ack_beyond_allocated) forever: the store never
+    drained again and, with overflow = stop_reading, the agent stopped reading for good."""
+    st = Store(tmp_path / "s.db", max_readings=1000)
+    fill(st, "M1", 5)
+    st.append(signed(st, "M1"))  # seq 6 allocated, not yet committed
+    fill(st, "M2", 2)
+    assert st.apply_ack("M1", ack("M1", 40), GATEWAY_PUB) == 6  # 5 stored + 1 pending: none can be accepted now
+    assert st.count() == 2 and st.per_meter() == {"M2": 2} and st.acked_seq("M1") == 40
+    assert st.last_allocated("M1") == 40
+    assert st.counters()["seq_resyncs"] == 1
+    assert [e[1] for e in st.events()][0] == "seq_resync"
+    st.close()
+    again = Store(tmp_path / "s.db", max_readings=1000)
+    assert again.allocate_seq("M1") == 41 and again.acked_seq("M1") == 40 and again.count() == 2
+    assert again.apply_ack("M1", ack("M1", 40), GATEWAY_PUB) == 0  # the same ack again: nothing more
+    again.close()
 
 
 def test_overflow_drop_oldest_is_counted_and_recorded(tmp_path: Path) -> None:

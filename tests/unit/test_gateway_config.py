@@ -50,11 +50,24 @@ def test_dashboard_requires_auth() -> None:
 
 
 def test_env_overrides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GRIDMETER_GATEWAY_DASHBOARD_TOKEN", "from-env")
-    monkeypatch.setenv("GRIDMETER_GATEWAY_INGEST_API_KEYS", "k1, k2")
+    monkeypatch.setenv("GRIDMETER_GATEWAY_DASHBOARD_TOKEN", "from-env-0123456789")
+    monkeypatch.setenv("GRIDMETER_GATEWAY_INGEST_API_KEYS", "key-one-0123456789, key-two-0123456789")
     monkeypatch.setenv("GRIDMETER_GATEWAY_MQTT_PASSWORD", "pw")
     cfg = parse_config({"http": {"enabled": True}})
-    assert cfg.dashboard.token == "from-env" and cfg.http.api_keys == ["k1", "k2"] and cfg.mqtt.password == "pw"
+    assert cfg.dashboard.token == "from-env-0123456789"
+    assert cfg.http.api_keys == ["key-one-0123456789", "key-two-0123456789"] and cfg.mqtt.password == "pw"
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    # an empty API key matched a request without X-API-KEY (compare_digest(b"", b"") is True)
+    ({"http": {"enabled": True, "api_keys": [""]}}, "http.api_keys: every key must be at least 16 characters"),
+    ({"http": {"enabled": True, "api_keys": ["x" * 16, "short"]}}, "(1 shorter)"),
+    ({"dashboard": {"token": "letmein"}}, "dashboard.token: must be at least 16 characters"),
+])
+def test_weak_credentials_refused(data: dict, message: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    assert message in str(exc.value) and "letmein" not in str(exc.value) and "short'" not in str(exc.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -64,3 +77,51 @@ def test_missing_file(tmp_path: Path) -> None:
     bad.write_text("[mqtt\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("argv", [
+    ["gateway", "meters", "list"], ["gateway", "meters", "suspend", "M1"], ["gateway", "rejections"],
+    ["gateway", "outbox"], ["gateway", "meters", "add", "-"],
+])
+def test_cli_bad_config_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            argv: list[str]) -> None:
+    """Every subcommand used to let ConfigError (or sqlite3.Error) escape as a traceback."""
+    from gridmeter.cli import main
+
+    bad = tmp_path / "gateway.toml"
+    bad.write_text('[mqtt]\nport = "x"\n')
+    assert main([*argv, "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"gridmeter gateway: mqtt.port: must be an integer (got 'x')\n"
+
+
+def test_cli_unusable_state_dir_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gridmeter.cli import main
+
+    (tmp_path / "state").write_text("a file where the state directory should be\n")
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n[dashboard]\ntoken = "{"t" * 32}"\n')
+    assert main(["gateway", "meters", "list", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gridmeter gateway: ") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "10001", "many"])
+def test_cli_limit_bounded(tmp_path: Path, capsys: pytest.CaptureFixture[str], limit: str) -> None:
+    from gridmeter.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["gateway", "rejections", "--limit", limit, "--config", str(tmp_path / "g.toml")])
+    assert exc.value.code == 2
+    assert "must be a whole number in 1..10000" in capsys.readouterr().err
+
+
+def test_cli_oversized_record_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gridmeter.cli import main
+
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n[dashboard]\ntoken = "{"t" * 32}"\n')
+    big = tmp_path / "record.txt"
+    big.write_text("GMREG1:" + "A" * 20_000)
+    assert main(["gateway", "meters", "add", str(big), "--config", str(cfg)]) == 2
+    assert "over 16384 bytes" in capsys.readouterr().err

@@ -95,6 +95,18 @@ def test_replacement_rebaselines() -> None:
     assert state.sub_import_wh == 13
 
 
+def test_replacement_remainder_below_minimum_is_held_not_dropped() -> None:
+    """The old meter's last few Wh (below the oracle minimum, so carried) vanished at the rebaseline: no
+    submission, no held row, and the new PlanState forgot the carry. Now they are held with the oracle's reason."""
+    lim = OracleLimits(min_energy_value=50)
+    points = pts((0, 100, 0), (900, 200, 0), (1000, 230, 0))
+    points.append(Point(4, (T + 1100) * 1000, 3, 0, rebaseline=True))
+    state, out = plan("M", MeterRole.CONSUMPTION, PlanState(), points, lim, E)
+    assert [(p.consumed_wh, p.reading_timestamp, p.held_reason) for p in out] == [
+        (100, T + 900, None), (30, T + 1000, "below_min_energy_value")]
+    assert state.sub_import_wh == 3 and state.baseline_set
+
+
 def test_split_value_bounds() -> None:
     lim = OracleLimits(min_energy_value=10, max_energy_value=15)
     assert split_value(16, 2, lim) is None  # 2 parts of >= 10 would need 20; 1 part of <= 15 cannot hold 16
