@@ -20,6 +20,8 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_STATUS_URL = "http://127.0.0.1:9101/health"
 # The reason lands in the store's bounded event log: a sentence, not a document.
 MAX_REASON_CHARS = 500
+# /health of an agent with many meters is a few tens of kB; anything far larger is not our endpoint.
+MAX_HEALTH_BYTES = 4 * 1024 * 1024
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -139,9 +141,14 @@ def _status(args: argparse.Namespace) -> int:
 
     try:
         with urllib.request.urlopen(args.url, timeout=5) as resp:
-            body = json.loads(resp.read())
+            raw = resp.read(MAX_HEALTH_BYTES + 1)
+        if len(raw) > MAX_HEALTH_BYTES:
+            raise ValueError(f"answer over {MAX_HEALTH_BYTES} bytes")
+        body = json.loads(raw)
+        if not isinstance(body, dict):
+            raise ValueError(f"answer is not a JSON object (got {type(body).__name__})")
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(f"gridmeter agent: status endpoint {args.url} unreachable: {exc}", file=sys.stderr)
+        print(f"gridmeter agent: status endpoint {args.url} unreachable or not the agent: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     print(json.dumps(body, indent=2, sort_keys=True))
     return EXIT_OK if body.get("status") == "ok" else EXIT_FAILURE

@@ -205,6 +205,8 @@ def _mqtt(t: Table, env: Mapping[str, str], base: Path) -> MqttSection:
     )
     if (m.tls_cert is None) != (m.tls_key is None):
         t.errors.append(f"{t.path}.tls_cert/tls_key: give both or neither (got cert={m.tls_cert}, key={m.tls_key})")
+    if m.tls_cert is not None and m.tls_ca is None:  # TLS is switched on by tls_ca: without it, plain MQTT
+        t.errors.append(f"{t.path}.tls_ca: required with a client certificate (got tls_cert={m.tls_cert})")
     t.done()
     return m
 

@@ -6,7 +6,9 @@ the last GOOD reading of the same meter:
   - a counter decreased (this includes reading 0 after a non-zero value),
   - both counters read 0 with no history (the commonest glitch; a brand-new meter is flagged until it counts),
   - decode flagged a sentinel value,
-  - a counter grew faster than the meter's rated maximum power allows over the elapsed monotonic time.
+  - a counter grew faster than the meter's rated maximum power allows over the elapsed monotonic time,
+  - a counter grew by more than one resolution step while no elapsed time is known (restart with the wall
+    clock behind the last good reading: until the clock is past it again).
 The next good reading compares against the last GOOD counters, so one glitch cannot poison the baseline.
 """
 
@@ -73,9 +75,11 @@ def check_counters(
         if now < before:
             reasons.append(f"{name}_zero" if now == 0 else f"{name}_decreased")
     elapsed = elapsed_since(prev, monotonic_ms, read_at_ms)
-    if elapsed is not None:
-        limit = max_energy_wh(rated_max_power_w, elapsed)
-        for name, now, before in (("import", import_wh, prev.import_wh), ("export", export_wh, prev.export_wh)):
-            if now - before > limit:
-                reasons.append(f"{name}_jump")
+    # No elapsed time to judge a rise by (baseline from before a restart, wall clock now behind it): only the
+    # resolution slack is believable. Accepting more would let one glitch become the baseline, after which
+    # every honest reading looks like a decrease.
+    limit = DEFAULT_COUNTER_SLACK_WH if elapsed is None else max_energy_wh(rated_max_power_w, elapsed)
+    for name, now, before in (("import", import_wh, prev.import_wh), ("export", export_wh, prev.export_wh)):
+        if now - before > limit:
+            reasons.append(f"{name}_jump" if elapsed is not None else f"{name}_rise_elapsed_unknown")
     return Verdict(not reasons, tuple(reasons))

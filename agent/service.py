@@ -76,10 +76,12 @@ class AgentService:
         self.clock_jumps = 0
         self.last_read_ms: int | None = None
         self.skipped_full = 0
+        self.commit_error = ""  # last failed store commit, "" once commits work (shown in /health)
         self._full_since: float | None = None
         self._stop = asyncio.Event()
         self._pollers: list[Poller] = []
         self._bus_objs: list[Bus] = []
+        self._publisher_task: asyncio.Task[None] | None = None
         self.status: StatusServer | None = None
 
     # -- per sample -----------------------------------------------------------------------------
@@ -180,10 +182,16 @@ class AgentService:
 
     def _flush(self) -> None:
         try:
-            if self.store.flush():
-                self.publisher.wake()
+            committed = self.store.flush()
         except StoreError as exc:  # disk full, I/O error: keep the readings pending, retry next tick
-            log.error("%s", exc)
+            log.log(logging.DEBUG if str(exc) == self.commit_error else logging.ERROR, "%s", exc)
+            self.commit_error = str(exc)
+            return
+        if self.commit_error:
+            log.info("store commits work again")
+            self.commit_error = ""
+        if committed:
+            self.publisher.wake()
 
     async def _flush_loop(self) -> None:
         interval = max(self.cfg.store.flush_interval_ms, 50) / 1000
@@ -208,7 +216,8 @@ class AgentService:
 
     async def _watchdog_loop(self, notifier: Notifier, interval_s: float) -> None:
         """Ping only while every poller completes cycles (meters in backoff still count: their cycle runs
-        and skips them), so a wedged bus loop gets the service restarted, a dead meter does not."""
+        and skips them) and the publisher runs, so a wedged bus loop or a dead publisher (readings would pile
+        up unpublished) gets the service restarted; a dead meter does not."""
         liveness = max(LIVENESS_MIN_S, 5 * self.cfg.agent.poll_interval_s)
         last_cycles = [-1] * len(self._pollers)
         last_change = [time.monotonic()] * len(self._pollers)
@@ -217,7 +226,10 @@ class AgentService:
             for i, p in enumerate(self._pollers):
                 if p.stats.cycles != last_cycles[i]:
                     last_cycles[i], last_change[i] = p.stats.cycles, now
-            if all(now - t < liveness for t in last_change):
+            publisher = self._publisher_task
+            if publisher is not None and publisher.done():
+                log.error("the publisher stopped: withholding the watchdog ping so systemd restarts the agent")
+            elif all(now - t < liveness for t in last_change):
                 notifier.send("WATCHDOG=1")
             else:
                 log.error("a poller made no progress for %.0f s: withholding the watchdog ping", liveness)
@@ -239,7 +251,8 @@ class AgentService:
         notifier = Notifier.from_env()
         try:
             self.publisher.start()
-            tasks.append(asyncio.create_task(self.publisher.run(), name="publisher"))
+            self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
+            tasks.append(self._publisher_task)
             hp = self.cfg.status.host_port
             if hp is not None:
                 self.status = StatusServer(hp[0], hp[1], self.health)
@@ -301,7 +314,7 @@ class AgentService:
                 devices.setdefault(meter, {}).update(st)
         stats = self.publisher.stats
         failing = [m for m, d in devices.items() if d.get("consecutive_errors", 0)]
-        ok = stats.connected and clock.synced and not failing and self._full_since is None
+        ok = stats.connected and clock.synced and not failing and self._full_since is None and not self.commit_error
         return {
             "status": "ok" if ok else "degraded",
             "now_ms": now,
@@ -311,6 +324,7 @@ class AgentService:
             "queue": {
                 "depth": self.store.count(),
                 "pending_commit": self.store.pending,
+                "commit_error": self.commit_error,
                 "oldest_read_at_ms": oldest,
                 "oldest_age_s": None if oldest is None else max(0, now - oldest) / 1000,
                 "per_meter": self.store.per_meter(),

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NoReturn
 
+from agent.store_schema import StoreError, Transaction, open_store_db
 from protocol.canonical import decode_ack
 from protocol.errors import ProtocolError
 from protocol.reading import SignedReading
@@ -39,35 +40,6 @@ from protocol.signing import VerifyKey
 
 log = logging.getLogger(__name__)
 
-# 5 s: longer than any of our own transactions (ms), short enough that a stuck reader surfaces as an error.
-DEFAULT_BUSY_TIMEOUT_MS = 5000
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS readings (
-    id          INTEGER PRIMARY KEY,         -- global arrival order (drop_oldest)
-    meter_id    TEXT    NOT NULL,
-    seq         INTEGER NOT NULL,
-    read_at_ms  INTEGER NOT NULL,
-    payload     BLOB    NOT NULL,            -- the exact signed bytes
-    signature   BLOB    NOT NULL,
-    UNIQUE (meter_id, seq)
-);
-CREATE TABLE IF NOT EXISTS seqs (
-    meter_id    TEXT PRIMARY KEY,
-    next_seq    INTEGER NOT NULL,            -- next seq to allocate: never goes down
-    acked_seq   INTEGER NOT NULL DEFAULT 0   -- highest seq a valid gateway ack covered
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, kind TEXT NOT NULL, meter_id TEXT, detail TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meter_state (      -- last GOOD counters, for the glitch filter across restarts
-    meter_id TEXT PRIMARY KEY, import_wh INTEGER NOT NULL, export_wh INTEGER NOT NULL, read_at_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counter_resets (   -- meter replaced: next reading starts a new baseline
-    meter_id TEXT PRIMARY KEY, requested_at_ms INTEGER NOT NULL, reason TEXT NOT NULL
-);
-"""
 # Keep the event log bounded: it is a diagnostic trail, not a store.
 MAX_EVENTS = 10_000
 # Readings waiting in memory for a commit that keeps failing (disk full): beyond this, reading stops rather
@@ -75,10 +47,6 @@ MAX_EVENTS = 10_000
 MAX_PENDING = 10_000
 # Rejected acks are counted always, but written to the event log at most once per reason per minute.
 REJECT_RECORD_INTERVAL_S = 60.0
-
-
-class StoreError(Exception):
-    """The store cannot be opened or written (disk full, corrupt file, permissions)."""
 
 
 class StoreFullError(StoreError):
@@ -119,20 +87,13 @@ class Store:
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self.path, self.max_readings, self.overflow, self._wall_ms = Path(path), max_readings, overflow, wall_ms
+        self._db = open_store_db(self.path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute(f"PRAGMA busy_timeout = {DEFAULT_BUSY_TIMEOUT_MS}")
-            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                raise StoreError(f"{self.path}: cannot switch SQLite to WAL (journal_mode={mode})")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.executescript(_SCHEMA)
-            self._check_version()
             self._next = dict(self._db.execute("SELECT meter_id, next_seq FROM seqs").fetchall())
             self._acked = dict(self._db.execute("SELECT meter_id, acked_seq FROM seqs").fetchall())
             self._recount()
         except sqlite3.Error as exc:
+            self._db.close()
             raise StoreError(f"{self.path}: cannot open store ({exc})") from exc
         self._pending: list[SignedReading] = []
         self._dirty_seqs: set[str] = set()
@@ -147,13 +108,6 @@ class Store:
             self._db.execute("SELECT meter_id, COUNT(*) FROM readings GROUP BY meter_id").fetchall()
         )
         self._count = sum(self._per_meter.values())
-
-    def _check_version(self) -> None:
-        v = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if v == 0:
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        elif v != SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: store schema version {v}, this agent speaks {SCHEMA_VERSION}")
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -248,8 +202,8 @@ class Store:
         self._bump("dropped_overflow", excess)
         return excess
 
-    def _tx(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _tx(self) -> Transaction:
+        return Transaction(self._db)
 
     def _bump(self, name: str, n: int) -> None:
         self._db.execute(
@@ -411,25 +365,3 @@ class Store:
             self.flush()
         finally:
             self._db.close()
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception (autocommit connection)."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:  # locked beyond busy_timeout, disk I/O error, closed
-            raise StoreError(f"cannot start a store transaction ({exc})") from exc
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, _tb: object) -> None:
-        try:
-            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
-        except sqlite3.Error as end_exc:
-            raise StoreError(f"cannot {'roll back' if exc_type else 'commit'} a store transaction ({end_exc})"
-                             ) from end_exc
-        if isinstance(exc, sqlite3.Error):  # callers see one error type for every store failure
-            raise StoreError(f"store write failed ({exc})") from exc

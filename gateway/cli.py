@@ -221,16 +221,23 @@ def _rejections(args: argparse.Namespace) -> int:
 
     conn = connect(_config(args).db_path)
     try:
-        rows = fleet.rejections(conn, args.meter, args.limit)
+        rows = fleet.rejections(conn, args.meter, args.limit, max_payload_bytes=None)
     finally:
         conn.close()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
-        print(f"{_ts(r['received_at_ms'])} {r['source']:<4} {r['topic_meter_id'] or r['meter_id'] or '-':<20} "
-              f"seq {r['seq'] if r['seq'] is not None else '-':<8} {r['reason']:<24} {r['detail']}")
+        who = _printable(r["topic_meter_id"] or r["meter_id"] or "-")
+        print(f"{_ts(r['received_at_ms'])} {r['source']:<4} {who:<20} "
+              f"seq {r['seq'] if r['seq'] is not None else '-':<8} {r['reason']:<24} {_printable(r['detail'])}")
     return 0
+
+
+def _printable(text: str) -> str:
+    """Quarantined text may come from anyone (a claimed meter id, a topic): control characters are shown
+    escaped, so they cannot drive the operator's terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _outbox(args: argparse.Namespace) -> int:

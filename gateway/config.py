@@ -294,6 +294,8 @@ def _cross_check(cfg: GatewayConfig) -> GatewayConfig:
         raise ConfigError("http.api_keys", "the HTTP ingest needs at least one API key")
     if bool(cfg.mqtt.tls_cert) != bool(cfg.mqtt.tls_key):
         raise ConfigError("mqtt.tls_key", "tls_cert and tls_key go together")
+    if cfg.mqtt.tls_cert and not cfg.mqtt.tls_ca:  # the intake switches TLS on by tls_ca: else plain MQTT
+        raise ConfigError("mqtt.tls_ca", "required with a client certificate (tls_cert)")
     return cfg
 
 

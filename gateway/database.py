@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
 DEFAULT_BUSY_TIMEOUT_MS = 10_000  # a CLI `meters add` may wait for an intake batch commit (ms-scale)
 
@@ -18,7 +19,8 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
     p = Path(path)
     if not readonly:
         p.parent.mkdir(parents=True, exist_ok=True)
-    uri = f"file:{p}?mode=ro" if readonly else f"file:{p}"
+    # The path goes into a URI: '#', '?' and '%' in a directory name must not end or alter it.
+    uri = f"file:{quote(str(p))}" + ("?mode=ro" if readonly else "")
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout={DEFAULT_BUSY_TIMEOUT_MS}")
     if not readonly:

@@ -9,6 +9,9 @@ from gateway.registry import Meter
 
 DEFAULT_REJECTIONS_LIMIT = 200
 DEFAULT_READINGS_LIMIT = 720  # 2 h of 10-s readings for the chart
+# A rejected MQTT message is stored whole (up to a full batch, ~320 kB): the dashboard lists 200 of them on
+# every live update, so it shows the first bytes (a signed reading is < 256) and the stored size.
+DEFAULT_PAYLOAD_SHOWN_BYTES = 512
 
 
 def _outbox_by_meter(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
@@ -46,14 +49,18 @@ def meters_overview(conn: sqlite3.Connection, meters: dict[str, Meter], now_ms: 
     return rows
 
 
-def rejections(conn: sqlite3.Connection, meter_id: str | None = None,
-               limit: int = DEFAULT_REJECTIONS_LIMIT) -> list[dict[str, Any]]:
-    q = ("SELECT id, received_at_ms, source, topic_meter_id, meter_id, seq, reason, detail, authenticated, payload, "
-         "signature FROM rejections WHERE (? IS NULL OR meter_id = ? OR topic_meter_id = ?) ORDER BY id DESC LIMIT ?")
+def rejections(conn: sqlite3.Connection, meter_id: str | None = None, limit: int = DEFAULT_REJECTIONS_LIMIT,
+               max_payload_bytes: int | None = DEFAULT_PAYLOAD_SHOWN_BYTES) -> list[dict[str, Any]]:
+    """Newest first. Payloads are cut to max_payload_bytes (None: whole; the CLI's --json wants the evidence),
+    with payload_bytes telling the stored size."""
+    q = ("SELECT id, received_at_ms, source, topic_meter_id, meter_id, seq, reason, detail, authenticated, "
+         "substr(payload, 1, ?), length(payload), signature FROM rejections "
+         "WHERE (? IS NULL OR meter_id = ? OR topic_meter_id = ?) ORDER BY id DESC LIMIT ?")
+    cut = 2**31 - 1 if max_payload_bytes is None else max_payload_bytes  # SQLite blobs are < 2**31 bytes
     return [{"id": r[0], "received_at_ms": r[1], "source": r[2], "topic_meter_id": r[3], "meter_id": r[4],
              "seq": r[5], "reason": r[6], "detail": r[7], "authenticated": bool(r[8]),
-             "payload_hex": bytes(r[9]).hex(), "signature_hex": bytes(r[10]).hex()}
-            for r in conn.execute(q, (meter_id, meter_id, meter_id, limit))]
+             "payload_hex": bytes(r[9]).hex(), "payload_bytes": r[10], "signature_hex": bytes(r[11]).hex()}
+            for r in conn.execute(q, (cut, meter_id, meter_id, meter_id, limit))]
 
 
 def rejection_counts(conn: sqlite3.Connection) -> dict[str, int]:

@@ -156,7 +156,8 @@ class HttpIngest:
         return web.json_response({"status": "ok", "service": "gridmeter-gateway"})
 
     def _api_key_ok(self, req: web.Request) -> bool:
-        given = req.headers.get("X-API-KEY", "").encode()
+        # non-UTF-8 header bytes arrive as surrogates (aiohttp decodes with surrogateescape): just not equal
+        given = req.headers.get("X-API-KEY", "").encode("utf-8", "surrogateescape")
         return any(hmac.compare_digest(given, k) for k in self.api_keys)
 
     async def ingest(self, req: web.Request) -> web.Response:

@@ -107,20 +107,21 @@ class Gateway:
 
     def _start_intake(self, reg_path: Path) -> None:
         cfg = self.cfg
-        store, registry = Store(cfg.db_path), Registry(reg_path)
+        ack_key = load_key_file(cfg.gateway.ack_key_file)  # a bad key file fails before anything is opened
+        store, registry = self._own(Store(cfg.db_path)), self._own(Registry(reg_path))
         pool = verify_pool(cfg.gateway.verify_workers or len(os.sched_getaffinity(0)))
         acc = Acceptance(store, registry, limits_from(cfg),
                          IngressLimit(cfg.limits.ingress_rate_per_s, cfg.limits.ingress_burst), self.metrics, pool,
                          topic_prefix=cfg.mqtt.topic_prefix)
-        self.intake = Intake(cfg.mqtt, acc, load_key_file(cfg.gateway.ack_key_file), self.metrics)
+        self._closers.append(lambda: pool.shutdown(wait=True))
+        self.intake = Intake(cfg.mqtt, acc, ack_key, self.metrics)
         self.intake.start()
-        self._closers += [store.close, registry.close, lambda: pool.shutdown(wait=True)]
 
     def _start_submitter(self, reg_path: Path) -> None:
         from gateway.oracle import OracleClient, Submission
 
         cfg = self.cfg
-        store, registry = Store(cfg.db_path), Registry(reg_path)
+        store, registry = self._own(Store(cfg.db_path)), self._own(Registry(reg_path))
         tables = json.loads(store.get_setting("lookup_tables") or "[]")
         client = OracleClient.from_key_file(cfg.chain.rpc_url, cfg.chain.program_id, cfg.chain.authority_key_file,
                                             commitment=cfg.chain.commitment, lookup_tables=tables)
@@ -134,9 +135,8 @@ class Gateway:
                 store.set_setting("lookup_tables", json.dumps(tables))
 
         self.submitter.on_cycle = persist_tables
-        self._tasks.append(asyncio.create_task(self.submitter.run(self.stop_event, cfg.chain.submit_interval_s)))
-        self._closers += [store.close, registry.close]
         self._async_closers.append(client.close)
+        self._tasks.append(asyncio.create_task(self.submitter.run(self.stop_event, cfg.chain.submit_interval_s)))
 
     async def _watchdog(self) -> None:
         usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)

@@ -41,6 +41,22 @@ DEFAULT_SESSION_TTL_S = 12 * 3600
 DEFAULT_MAX_SSE_CLIENTS = 50
 
 
+# Fleet data must not be framed by another site (clickjacking), sniffed into another type, cached by a shared
+# proxy, or combined with scripts from anywhere else: app.js is ours, served from /static.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+async def _security_headers(_req: web.Request, resp: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        resp.headers.setdefault(name, value)
+
+
 def _same(given: str, expected: str) -> bool:
     """Constant-time comparison of a credential from the request with the configured one. Header bytes that are
     not UTF-8 arrive as surrogates (aiohttp decodes with surrogateescape): they are simply not equal."""
@@ -62,6 +78,7 @@ class Dashboard:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
+        app.on_response_prepare.append(_security_headers)
         r = app.router
         r.add_get("/login", self.login)
         r.add_get("/", self._static("index.html"))

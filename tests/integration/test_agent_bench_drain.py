@@ -19,7 +19,8 @@ def test_drain_bench_runs_and_verifies_everything() -> None:
     assert result["readings_per_s"] > 0
 
 
-@pytest.mark.parametrize("argv", [["--meters", "0"], ["--readings", "-5"], ["--batch-max", "1001"], ["--inflight", "x"]])
+@pytest.mark.parametrize("argv", [["--meters", "0"], ["--readings", "-5"], ["--batch-max", "1001"],
+                                  ["--inflight", "x"]])
 def test_drain_bench_arguments_bounded(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """--meters 0 used to end in ZeroDivisionError after starting a broker."""
     p = argparse.ArgumentParser()

@@ -85,6 +85,10 @@ async def test_auth_required(dash: str) -> None:
         assert "gridmeter_gateway_outbox_oldest_age_seconds" in text
         async with s.get(dash + "/metrics", headers={"Authorization": basic("staff", "nope")}) as r:
             assert r.status == 401
+        for path, auth in (("/", f"Bearer {TOKEN}"), ("/api/meters", f"Bearer {TOKEN}"), ("/api/meters", "")):
+            async with s.get(dash + path, headers={"Authorization": auth}) as r:
+                assert r.headers["X-Frame-Options"] == "DENY" and r.headers["Cache-Control"] == "no-store"
+                assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
 
 
 async def test_chromium_shows_meter_and_rejection_live(dash: str, tmp_path: Path, dash_state: Acceptance) -> None:
@@ -187,3 +191,18 @@ async def test_event_stream_ends_when_the_session_expires(tmp_path: Path) -> Non
         d.close()
         store.close()
         registry.close()
+
+
+async def test_rejection_payloads_are_cut_in_the_api(dash: str, dash_state: Acceptance) -> None:
+    """A rejected message is stored whole (up to a full batch); /api/rejections listed 200 of them in full hex on
+    every live update. It now shows the first 512 bytes and the stored size."""
+    from gateway.store import RejectionRow
+
+    dash_state.store.add_rejection(RejectionRow(int(time.time() * 1000), "mqtt", "HOUSE-1", None, None, "malformed",
+                                                "undecodable", False, b"\xab" * 100_000, b""))
+    async with aiohttp.ClientSession() as s, s.get(dash + "/api/rejections",
+                                                   headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+        doc = await r.json()
+    big = doc["rejections"][0]
+    assert big["payload_bytes"] == 100_000 and big["payload_hex"] == "ab" * 512
+    assert doc["rejections"][1]["payload_bytes"] == len(bytes.fromhex(doc["rejections"][1]["payload_hex"]))

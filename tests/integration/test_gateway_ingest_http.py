@@ -139,3 +139,23 @@ async def test_out_of_range_numbers_are_400_not_500(server: tuple[str, Store, Re
     reasons = [r[0] for r in store.conn.execute("SELECT reason FROM rejections ORDER BY id")]
     assert reasons == ["invalid_field", "invalid_field", "implausible_energy"]
     assert store.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+
+
+async def test_non_utf8_api_key_header_is_401_not_500(server: tuple[str, Store, Registry]) -> None:
+    import asyncio
+    from urllib.parse import urlsplit
+
+    url, store, _ = server
+    u = urlsplit(url)
+    data = body()
+    reader, writer = await asyncio.open_connection(u.hostname, u.port)
+    try:
+        writer.write(b"POST " + INGEST_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"X-API-KEY: \xff\xfesecret-key\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+        await writer.drain()
+        head = (await asyncio.wait_for(reader.read(), 10)).split(b"\r\n", 1)[0]
+    finally:
+        writer.close()
+    assert head == b"HTTP/1.1 401 Unauthorized"
+    assert store.conn.execute("SELECT COUNT(*) FROM rejections").fetchone()[0] == 0  # unauthenticated: counted only

@@ -113,3 +113,40 @@ def test_reset_counter_reason_bounded(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["agent", "reset-counter", "--config", str(path), "HOUSE-1", "--reason", reason]) == 2
     assert "--reason: 1..500 characters" in capsys.readouterr().err
     assert not (tmp_path / "state").exists()
+
+
+def test_status_answer_that_is_not_an_object_is_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
+    """A JSON list from the URL (not our endpoint) used to end in AttributeError ('list' has no .get)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"[1, 2]")
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        assert main(["agent", "status", "--url", f"http://127.0.0.1:{srv.server_port}/health"]) == 3
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(5)
+    assert "not a JSON object (got list)" in capsys.readouterr().err
+
+
+def test_unusable_state_dir_is_a_message_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """mkdir of the state dir raised OSError, which Store did not translate: a traceback instead of exit 1."""
+    create_key_file(tmp_path / "device.key")
+    (tmp_path / "state").write_text("a file where the state directory should be\n")
+    path = write(tmp_path)
+    assert main(["agent", "run", "--config", str(path)]) == 1
+    assert main(["agent", "reset-counter", "--config", str(path), "HOUSE-1", "--reason", "swapped"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("cannot open store") == 2 and "Traceback" not in err

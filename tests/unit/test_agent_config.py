@@ -154,3 +154,15 @@ def test_profile_dirs_relative_and_checked(tmp_path: Path) -> None:
     doc["agent"]["profile_dirs"] = ["nope"]
     with pytest.raises(ConfigError, match=r"agent\.profile_dirs: directory does not exist \(got '.*/nope'\)"):
         parse_config(doc, path=tmp_path / "agent.toml", env={})
+
+
+def test_client_certificate_without_ca_is_refused_not_silently_plaintext() -> None:
+    """tls_cert + tls_key without tls_ca loaded fine, and the publisher (TLS switched on by tls_ca) then spoke
+    plain MQTT: the operator believed the link was mutually authenticated."""
+    doc = base_doc()
+    doc["mqtt"].update(tls_cert=__file__, tls_key=__file__)
+    with pytest.raises(ConfigError) as exc:
+        parse(doc)
+    assert "mqtt.tls_ca: required with a client certificate" in str(exc.value)
+    doc["mqtt"]["tls_ca"] = __file__
+    assert parse(doc).mqtt.tls_ca is not None

@@ -169,3 +169,52 @@ async def test_counter_reset_after_meter_replacement(tmp_path: Path) -> None:
     await svc.on_sample(sample(30, 14))
     assert stored(svc)[-1].quality == Quality.NONE  # baseline is the new meter's
     svc.store.close()
+
+
+async def test_watchdog_withheld_once_the_publisher_task_died(tmp_path: Path) -> None:
+    """A publisher task that ended (any exception) left the agent reading and storing with nothing published,
+    while the watchdog kept being pinged: systemd never restarted it."""
+    import asyncio
+
+    svc = make_service(tmp_path)
+    sent: list[str] = []
+
+    class Notifier:
+        def send(self, state: str) -> None:
+            sent.append(state)
+            svc.request_stop()
+
+    async def dies() -> None:
+        raise RuntimeError("publisher crashed")
+
+    svc._publisher_task = asyncio.create_task(dies())
+    await asyncio.gather(svc._publisher_task, return_exceptions=True)
+    stopper = asyncio.get_running_loop().call_later(0.3, svc.request_stop)
+    await svc._watchdog_loop(Notifier(), 0.05)  # type: ignore[arg-type]
+    stopper.cancel()
+    assert sent == []
+    svc._publisher_task = None
+    svc._stop.clear()
+    await svc._watchdog_loop(Notifier(), 0.05)  # type: ignore[arg-type]
+    assert sent == ["WATCHDOG=1"]
+    svc.store.close()
+
+
+async def test_failing_commits_make_health_degraded_then_recover(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that cannot commit (disk full) was logged on every flush but /health still said ok."""
+    from agent.store import StoreError
+
+    svc = make_service(tmp_path)
+    svc.publisher.stats.connected = True  # health's other conditions hold; only the store matters here
+    real_flush = svc.store.flush
+    monkeypatch.setattr(svc.store, "flush", lambda: (_ for _ in ()).throw(StoreError("disk I/O error")))
+    await svc.on_sample(sample(0, 1000))  # type: ignore[arg-type]
+    h = svc.health()
+    assert h["status"] == "degraded" and h["queue"]["commit_error"] == "disk I/O error"
+    assert h["queue"]["pending_commit"] == 1
+    monkeypatch.setattr(svc.store, "flush", real_flush)
+    await svc.on_sample(sample(10, 1010))  # type: ignore[arg-type]
+    h = svc.health()
+    assert h["status"] == "ok" and h["queue"]["commit_error"] == "" and h["queue"]["depth"] == 2
+    svc.store.close()

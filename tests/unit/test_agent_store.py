@@ -126,7 +126,7 @@ def test_genuine_ack_beyond_allocated_resyncs_seqs_after_store_loss(tmp_path: Pa
     assert st.count() == 2 and st.per_meter() == {"M2": 2} and st.acked_seq("M1") == 40
     assert st.last_allocated("M1") == 40
     assert st.counters()["seq_resyncs"] == 1
-    assert [e[1] for e in st.events()][0] == "seq_resync"
+    assert st.events(1)[0][1] == "seq_resync"
     st.close()
     again = Store(tmp_path / "s.db", max_readings=1000)
     assert again.allocate_seq("M1") == 41 and again.acked_seq("M1") == 40 and again.count() == 2

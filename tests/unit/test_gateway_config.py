@@ -58,6 +58,13 @@ def test_env_overrides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.http.api_keys == ["key-one-0123456789", "key-two-0123456789"] and cfg.mqtt.password == "pw"
 
 
+def test_mqtt_client_certificate_needs_ca() -> None:
+    """Without tls_ca the intake connected in plain MQTT although a client certificate was configured."""
+    with pytest.raises(ConfigError, match=r"mqtt\.tls_ca: required with a client certificate"):
+        parse_config({**AUTH, "mqtt": {"tls_cert": "c.pem", "tls_key": "k.pem"}})
+    assert parse_config({**AUTH, "mqtt": {"tls_ca": "ca.pem", "tls_cert": "c.pem", "tls_key": "k.pem"}}).mqtt.tls_ca
+
+
 @pytest.mark.parametrize(("data", "message"), [
     # an empty API key matched a request without X-API-KEY (compare_digest(b"", b"") is True)
     ({"http": {"enabled": True, "api_keys": [""]}}, "http.api_keys: every key must be at least 16 characters"),
@@ -92,7 +99,7 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path: Path, capsys: pytest.Captur
     bad.write_text('[mqtt]\nport = "x"\n')
     assert main([*argv, "--config", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert err == f"gridmeter gateway: mqtt.port: must be an integer (got 'x')\n"
+    assert err == "gridmeter gateway: mqtt.port: must be an integer (got 'x')\n"
 
 
 def test_cli_unusable_state_dir_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -125,3 +132,22 @@ def test_cli_oversized_record_refused(tmp_path: Path, capsys: pytest.CaptureFixt
     big.write_text("GMREG1:" + "A" * 20_000)
     assert main(["gateway", "meters", "add", str(big), "--config", str(cfg)]) == 2
     assert "over 16384 bytes" in capsys.readouterr().err
+
+
+def test_cli_rejections_escape_control_characters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A claimed meter id from an unauthenticated HTTP body was printed raw: terminal escape sequences reached
+    the operator's terminal."""
+    from gateway.store import RejectionRow, Store
+    from gridmeter.cli import main
+
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n[dashboard]\ntoken = "{"t" * 32}"\n')
+    store = Store(tmp_path / "state" / "gateway.sqlite")
+    store.add_rejection(RejectionRow(1_780_000_000_000, "http", None, "\x1b]0;pwned\x07", None, "unknown_meter",
+                                     "detail\x1b[2J", False, b"{}", b""))
+    store.close()
+    assert main(["gateway", "rejections", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\\x1b]0;pwned\\x07" in out and "detail\\x1b[2J" in out
+    assert main(["gateway", "rejections", "--json", "--config", str(cfg)]) == 0  # the evidence in full
+    assert '"payload_hex": "7b7d"' in capsys.readouterr().out

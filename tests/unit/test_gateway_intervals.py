@@ -44,8 +44,9 @@ def test_oracle_verdict_mirrors_program() -> None:
     assert oracle_verdict(100, 10, 100, None, lim) is None  # 100*100 <= 1000*10: inclusive
     assert oracle_verdict(100, 0, 100, None, lim) is None  # consumed 0 skips the ratio
     lim2 = OracleLimits(max_energy_value=10**6, max_production_consumption_ratio=1000)
-    assert oracle_verdict(100, 1, 100, None, OracleLimits(max_production_consumption_ratio=10_000)) is None
-    assert oracle_verdict(101, 1, 100, None, OracleLimits(max_production_consumption_ratio=10_000)) is not None
+    lim100x = OracleLimits(max_production_consumption_ratio=10_000)
+    assert oracle_verdict(100, 1, 100, None, lim100x) is None
+    assert oracle_verdict(101, 1, 100, None, lim100x) == "AnomalousReading"
     assert oracle_verdict(11, 1, 100, None, lim2) == "AnomalousReading"
     assert oracle_verdict(1, 1, 100, 100, lim) == "OutdatedReading"
     assert oracle_verdict(1, 1, 159, 100, lim) == "RateLimitExceeded"  # the program checks time before energy

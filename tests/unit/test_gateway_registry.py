@@ -81,3 +81,18 @@ def test_status_changes(reg: Registry) -> None:
     other.set_status("HOUSE-1", MeterStatus.RETIRED, T0_MS)
     other.close()
     assert reg.data_version() != v0
+
+
+def test_database_path_with_uri_characters(tmp_path: Path) -> None:
+    """A state_dir containing '#' or '?' was cut short in the SQLite URI: the database landed in another file."""
+    from gateway.database import connect
+
+    d = tmp_path / "site #2?x=1 100%"
+    conn = connect(d / "g.sqlite")
+    conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site #2?x=1 100%"]
+    assert [p.name for p in d.iterdir() if p.suffix == ".sqlite"] == ["g.sqlite"]
+    ro = connect(d / "g.sqlite", readonly=True)
+    assert ro.execute("SELECT name FROM sqlite_master").fetchall() == [("t",)]
+    ro.close()
