@@ -272,12 +272,15 @@ class Store:
     # ---- outbox ---------------------------------------------------------------------------------
     def add_http_interval(self, meter_id: str, zone_id: int, produced: int, consumed: int, ts_ms: int,
                           body: bytes, now_ms: int) -> bool:
-        """One GridTokenX ingest reading -> one outbox row. False if (meter, timestamp) was seen already."""
+        """One GridTokenX ingest reading -> one outbox row (none for a 0/0 interval: nothing to submit, as for
+        MQTT intervals; the reading itself is still stored). False if (meter, timestamp) was seen already."""
         with Transaction(self.conn) as c:
             if c.execute("SELECT 1 FROM http_readings WHERE meter_id = ? AND timestamp_ms = ?",
                          (meter_id, ts_ms)).fetchone():
                 return False
             c.execute("INSERT INTO http_readings VALUES (?,?,?,?)", (meter_id, ts_ms, body, now_ms))
+            if produced == 0 and consumed == 0:
+                return True
             c.execute("INSERT INTO outbox (key, meter_id, zone_id, produced_wh, consumed_wh, reading_timestamp, "
                       "part, parts, source, status, created_at_ms, updated_at_ms) "
                       "VALUES (?,?,?,?,?,?,0,1,'http','pending',?,?)",

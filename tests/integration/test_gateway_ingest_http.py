@@ -78,6 +78,16 @@ async def test_vector_accepted_then_replay_409(server: tuple[str, Store, Registr
     assert (status, doc["reason"]) == (409, "duplicate")
 
 
+async def test_zero_interval_is_stored_but_not_submitted(server: tuple[str, Store, Registry]) -> None:
+    url, store, _ = server
+    status, doc = await post(url, signed_body(1780734600, 0, 0))
+    assert status == 202, doc
+    assert store.conn.execute("SELECT COUNT(*) FROM http_readings").fetchone() == (1,)
+    assert store.conn.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)  # no transaction for 0 Wh
+    status, doc = await post(url, signed_body(1780734600, 0, 0))
+    assert (status, doc["reason"]) == (409, "duplicate")
+
+
 async def test_refusals(server: tuple[str, Store, Registry]) -> None:
     url, store, _ = server
     assert (await post(url, body(), key="wrong"))[0] == 401
