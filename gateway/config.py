@@ -165,6 +165,9 @@ class DashboardSection:
     password: str = ""
     tls_cert: str = ""  # serve HTTPS directly when both are set; else put it behind a TLS reverse proxy
     tls_key: str = ""
+    # Set when a TLS reverse proxy terminates HTTPS in front of the dashboard: the session cookie is then
+    # marked Secure although this process speaks plain HTTP on localhost.
+    behind_tls_proxy: bool = False
     checks: ClassVar[dict[str, Check]] = {"listen": _listen, "token": _secret}
 
 

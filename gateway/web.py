@@ -140,8 +140,8 @@ class Dashboard:
         self.sessions = {s: t for s, t in self.sessions.items() if t > now}
         self.sessions[sid] = now + DEFAULT_SESSION_TTL_S
         resp = web.HTTPFound("/")
-        resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", secure=bool(self.cfg.tls_cert),
-                        max_age=DEFAULT_SESSION_TTL_S)
+        secure = bool(self.cfg.tls_cert) or self.cfg.behind_tls_proxy
+        resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", secure=secure, max_age=DEFAULT_SESSION_TTL_S)
         raise resp
 
     # ---- pages -----------------------------------------------------------------------------------------

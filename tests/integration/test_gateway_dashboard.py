@@ -206,3 +206,23 @@ async def test_rejection_payloads_are_cut_in_the_api(dash: str, dash_state: Acce
     big = doc["rejections"][0]
     assert big["payload_bytes"] == 100_000 and big["payload_hex"] == "ab" * 512
     assert doc["rejections"][1]["payload_bytes"] == len(bytes.fromhex(doc["rejections"][1]["payload_hex"]))
+
+
+@pytest.mark.parametrize(("behind_proxy", "secure"), [(False, False), (True, True)])
+async def test_session_cookie_is_secure_behind_a_tls_proxy(tmp_path: Path, behind_proxy: bool, secure: bool) -> None:
+    store, registry = Store(tmp_path / "gateway.sqlite"), Registry(tmp_path / "registry.sqlite")
+    d = Dashboard(DashboardSection(token=TOKEN, behind_tls_proxy=behind_proxy), tmp_path / "gateway.sqlite",
+                  tmp_path / "registry.sqlite", Metrics())
+    srv = TestServer(d.app(), host="127.0.0.1")
+    await srv.start_server()
+    try:
+        async with aiohttp.ClientSession() as s, s.get(srv.make_url(f"/login?token={TOKEN}"),
+                                                       allow_redirects=False) as r:
+            assert r.status == 302
+            cookie = r.headers["Set-Cookie"]
+        assert ("Secure" in cookie) is secure and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    finally:
+        await srv.close()
+        d.close()
+        store.close()
+        registry.close()
