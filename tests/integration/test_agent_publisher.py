@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from protocol.signing import SigningKey, VerifyKey
 from protocol.topics import ack_topic
 from testbed.acker import Acker
 from testbed.broker import Broker
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -44,13 +44,6 @@ def add(store: Store, meter: str, n: int) -> None:
         store.append(sign_reading(r, DEVICE))
     store.flush()
 
-
-async def until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

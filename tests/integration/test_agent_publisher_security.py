@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from protocol.canonical import sign_reading
 from protocol.reading import Reading
 from protocol.signing import SigningKey, VerifyKey
 from testbed.broker import Broker
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -39,13 +38,6 @@ def make_pki(d: Path) -> None:
         run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", f"{name}.crt", "-days", "2", *ext)
 
-
-async def until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

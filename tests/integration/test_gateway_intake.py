@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +25,10 @@ from protocol import Ack, Reading, SigningKey, VerifyKey, decode_ack, encode_rea
 from protocol.topics import readings_topic
 from testbed.broker import Broker
 from tests.gateway_support import batch, key_for, reading, record_for
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 
-
-def wait_for(cond: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @dataclass
