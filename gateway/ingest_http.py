@@ -211,7 +211,7 @@ class HttpIngest:
         if not self.store.add_http_interval(meter_id, meter.zone_id, produced, consumed, ts * 1000, body,
                                             int(self.clock() * 1000)):
             raise IngestRefused(409, "duplicate", f"{meter_id}: timestamp {ts} already ingested")
-        return f"{meter_id}:{ts}"
+        return f"http:{meter_id}:{ts}"  # outbox key: distinct from MQTT intervals of the same meter and second
 
     def _time_checks(self, meter_id: str, ts: int, imp: int, exp: int, rated_w: int) -> None:
         now_ms = int(self.clock() * 1000)

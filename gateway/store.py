@@ -284,7 +284,7 @@ class Store:
             c.execute("INSERT INTO outbox (key, meter_id, zone_id, produced_wh, consumed_wh, reading_timestamp, "
                       "part, parts, source, status, created_at_ms, updated_at_ms) "
                       "VALUES (?,?,?,?,?,?,0,1,'http','pending',?,?)",
-                      (f"{meter_id}:{ts_ms // 1000}", meter_id, zone_id, produced, consumed, ts_ms // 1000,
+                      (f"http:{meter_id}:{ts_ms // 1000}", meter_id, zone_id, produced, consumed, ts_ms // 1000,
                        now_ms, now_ms))
         return True
 
