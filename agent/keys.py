@@ -8,12 +8,11 @@ cut leaves either no key or a whole key, never half of one.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pwd
 import stat
 from pathlib import Path
 
+from agent.durable_file import write_durably
 from protocol.errors import InvalidFieldError
 from protocol.signing import SEED_BYTES, SigningKey
 
@@ -30,53 +29,26 @@ class KeyFileError(Exception):
     """A key file that is missing, unsafe or malformed. The message names the path, the problem and the fix."""
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes, owner: str | None, overwrite: bool) -> None:
+def _write_key(path: Path, data: bytes, owner: str | None, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise KeyFileError(_EXISTS.format(path=path))
-    directory = path.parent
-    if not directory.is_dir():
-        raise KeyFileError(f"{path}: directory {directory} does not exist; create it first")
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
+    if not path.parent.is_dir():
+        raise KeyFileError(f"{path}: directory {path.parent} does not exist; create it first")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
-        try:
-            os.fchmod(fd, KEY_FILE_MODE)  # the umask may have removed bits, never added: set exactly
-            if owner is not None:
-                pw = pwd.getpwnam(owner)
-                os.fchown(fd, pw.pw_uid, pw.pw_gid)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # atomic no-clobber: fails if another process created the key meanwhile
-        _fsync_dir(directory)
+        write_durably(path, data, KEY_FILE_MODE, owner=owner, exclusive=not overwrite, make_parents=False)
     except FileExistsError:
         raise KeyFileError(_EXISTS.format(path=path)) from None
     except KeyError as exc:
         raise KeyFileError(f"{path}: owner {owner!r} is not a known user") from exc
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot write key file ({exc.strerror or exc})") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def create_key_file(path: Path, *, owner: str | None = None, overwrite: bool = False) -> SigningKey:
     """Generate a new key and write it to `path` (mode 0600, chown to `owner` if given)."""
     path = Path(path)
     key = SigningKey.generate()
-    _write_atomic(path, key.seed.hex().encode("ascii") + b"\n", owner, overwrite)
+    _write_key(path, key.seed.hex().encode("ascii") + b"\n", owner, overwrite)
     return key
 
 
@@ -122,16 +94,7 @@ def _parse_key(path: Path, raw: bytes) -> SigningKey:
 def write_public_key(path: Path, key: SigningKey) -> None:
     """Write the public key (64 hex + newline), world-readable: it is given to the gateway."""
     path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     try:
-        tmp.write_bytes(key.public_key.hex().encode("ascii") + b"\n")
-        os.chmod(tmp, 0o644)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        write_durably(path, key.public_key.hex().encode("ascii") + b"\n", 0o644, make_parents=False)
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot write public key ({exc.strerror or exc})") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()

@@ -2,6 +2,7 @@
 
 tmp (mode set before any byte is written, so a secret is never readable by others) + fsync + rename +
 fsync(dir): a crash leaves the old file or the new one, never half of one (style rule 7).
+agent/durable_file.py is the agent's copy: agent and gateway never import each other.
 """
 
 from __future__ import annotations

@@ -30,10 +30,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agent.durable_file import write_durably
 from protocol.errors import InvalidFieldError
 from protocol.reading import validate_meter_id
 from protocol.topics import PREFIX, ack_topic, readings_topic, status_topic
-from provisioning.durable_file import write_durably
 from provisioning.errors import ProvisionError, ProvisionInputError
 
 # mosquitto 2.0 mosquitto_passwd: PBKDF2-SHA512, 101 iterations, 12-byte salt ("$7$101$salt$hash").
