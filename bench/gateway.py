@@ -8,7 +8,7 @@
    (verify_per_s_per_core x cores); target >= 0.6.
 3. readings_per_tx: the submitter sends one interval submission for each of many meters to the local chain
    (LiteSVM behind JSON-RPC); mean submit instructions per landed transaction. max_readings_per_tx is
-   computed from the wire format with lookup tables (gateway.oracle.max_submits_per_tx) for the same meter
+   computed from the wire format with lookup tables (gateway.tx_packing.max_submits_per_tx) for the same meter
    ids; tx_fill = readings_per_tx / max_readings_per_tx, target >= 0.9.
 """
 
@@ -150,8 +150,10 @@ def intake_throughput(work: Path, n_meters: int, n_readings: int, batch: int, n_
 async def _packing(work: Path, n_meters: int) -> dict[str, Any]:
     from solders.keypair import Keypair
 
-    from gateway.oracle import OracleClient, Submission, max_submits_per_tx
+    from gateway.oracle import OracleClient
+    from gateway.oracle_submission import Submission
     from gateway.submitter import Submitter
+    from gateway.tx_packing import max_submits_per_tx
     from localchain.server import LocalChainServer
 
     authority = Keypair()

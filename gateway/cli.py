@@ -115,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from gateway.config import ConfigError
     from gateway.keys import KeyFileError
-    from gateway.oracle import OracleClientError
+    from gateway.oracle_errors import OracleClientError
     from gateway.service import run
 
     try:

@@ -1,6 +1,7 @@
 """Submitting interval readings to the GridTokenX oracle over any Solana JSON-RPC URL (solana-py + solders).
 
-The only gateway module that talks to a chain. It reaches the local test chain exactly as it reaches devnet.
+The gateway's only chain client (oracle_landing sends and confirms its transactions). It reaches the local
+test chain exactly as it reaches devnet.
 
 How a batch of submissions becomes transactions:
 - Each submission is one `submit_meter_reading` instruction (4 accounts: oracle_data, meter_state, authority,
@@ -14,17 +15,18 @@ How a batch of submissions becomes transactions:
   with the oracle's error name, the rest are checked with simulateTransaction until clean and resubmitted.
 - Blockhash expiry: after lastValidBlockHeight passes without the signature landing (checked once more), the
   batch is re-signed with a fresh blockhash and a new nonce.
+
+OracleClient (reads, submit, lookup tables) lives here; its parts live in oracle_submission, oracle_instructions,
+tx_packing, oracle_landing, oracle_errors and oracle_authority_key (their public names are re-exported here).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
 import random
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,263 +35,57 @@ from solana.exceptions import SolanaRpcException
 from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Commitment
 from solana.rpc.core import RPCException
-from solana.rpc.models import TxOpts
 from solders.address_lookup_table_account import ID as ALT_PROGRAM_ID
-from solders.address_lookup_table_account import (
-    AddressLookupTable,
-    AddressLookupTableAccount,
-    derive_lookup_table_address,
-)
+from solders.address_lookup_table_account import AddressLookupTable, AddressLookupTableAccount
 from solders.compute_budget import set_compute_unit_limit, set_compute_unit_price
 from solders.hash import Hash
-from solders.instruction import AccountMeta, Instruction
+from solders.instruction import Instruction
 from solders.keypair import Keypair
 from solders.message import MessageV0
 from solders.pubkey import Pubkey
-from solders.rpc.responses import SendTransactionPreflightFailureMessage
 from solders.signature import Signature
 from solders.system_program import ID as SYSTEM_PROGRAM_ID
 from solders.transaction import VersionedTransaction
-from solders.transaction_status import InstructionErrorCustom, TransactionErrorInstructionError
 
 from gateway import oracle_layout as ol
-from gateway.durable_file import write_durably
+from gateway.oracle_authority_key import create_authority_key_file, load_authority_keypair
+from gateway.oracle_errors import OracleClientError, TxFailure, parse_tx_error
+from gateway.oracle_instructions import (
+    DEFAULT_CU_BASE,
+    DEFAULT_CU_FIRST_READING,
+    DEFAULT_CU_NONCE_RANGE,
+    DEFAULT_CU_PER_BUMP_STEP,
+    DEFAULT_CU_READING,
+    MAX_CU_PER_TX,
+    create_lookup_table_instruction,
+    estimate_compute_units,
+    extend_lookup_table_instruction,
+    meter_pda,
+    oracle_pda,
+    submit_instruction,
+)
+from gateway.oracle_landing import Landing, TxBuilder, land
+from gateway.oracle_submission import Submission, SubmitResult, rejected_before_sending, settled_by_chain_state
+from gateway.tx_packing import (
+    PACKET_DATA_SIZE,
+    disjoint_wave,
+    max_submits_per_tx,
+    pack_submits,
+    submit_data_len,
+    submit_tx_size,
+)
 
 log = logging.getLogger(__name__)
 
-PACKET_DATA_SIZE = 1232  # max serialized transaction size a validator accepts (IPv6 MTU - headers)
 LOOKUP_TABLE_MAX_ADDRESSES = 256
-# Compute units per submit_meter_reading. Measured on localchain/program/oracle.so: 13,302 for a meter's first
-# reading (creates the account) and 11,732 after when the MeterState bump is 255, plus 1,500 per bump-search step
-# (find_program_address tries 255, 254, ...): over 300 meters the mean is ~14.8k first / ~13.3k after. The real
-# Anchor program measured ~16,050 / ~13,376. The estimate covers both with a margin; the limit only caps.
-DEFAULT_CU_FIRST_READING = 17_000  # creates the MeterState account (CPI to the system program)
-DEFAULT_CU_READING = 14_500
-DEFAULT_CU_PER_BUMP_STEP = 1_600
-DEFAULT_CU_BASE = 1_000  # compute-budget instructions and transaction overhead
-DEFAULT_CU_NONCE_RANGE = 997  # added to the limit to make every transaction unique
-MAX_CU_PER_TX = 1_400_000
 DEFAULT_POLL_S = 0.25  # signature-status polling interval (a slot is ~0.4 s)
-DEFAULT_MAX_SIGNINGS = 4  # blockhash expiries tolerated per batch before reporting "retry"
 DEFAULT_CU_TABLE_ADMIN = 100_000  # lookup table program (core BPF): measured 22.3k create+extend, 11.8k extend
 DEFAULT_EXTEND_CHUNK = 20  # addresses per ExtendLookupTable transaction (fits 1232 bytes with the create ix)
 DEFAULT_TABLE_READY_TIMEOUT_S = 30.0  # waiting for the slot after an extension (a few hundred ms normally)
 DEFAULT_RPC_TIMEOUT_S = 30.0
-DEFAULT_PDA_CACHE = 65_536  # meter PDAs kept (32 + a few bytes each)
 MAX_ACCOUNTS_PER_REQUEST = 100  # getMultipleAccounts limit
-MAX_SIGNATURES_PER_REQUEST = 256  # getSignatureStatuses limit
 
 
-@dataclass(frozen=True)
-class Submission:
-    key: str  # unique, e.g. f"{meter_id}:{reading_timestamp}"
-    meter_id: str
-    produced_wh: int
-    consumed_wh: int
-    reading_timestamp: int
-    zone_id: int
-
-
-@dataclass(frozen=True)
-class SubmitResult:
-    key: str
-    status: Literal["confirmed", "rejected", "retry"]
-    signature: str | None
-    error: str | None  # error NAME e.g. "RateLimitExceeded"; code in `code`
-    code: int | None = None
-
-
-class OracleClientError(Exception):
-    """The oracle cannot be used (not initialized, unreadable account, RPC unreachable)."""
-
-
-# ---- authority key file -------------------------------------------------------------------------------------
-def load_authority_keypair(path: str | Path) -> Keypair:
-    """The chain_bridge keypair: solana-keygen JSON (64-byte array) or 64 hex chars of an Ed25519 seed."""
-    p = Path(path)
-    try:
-        st = p.stat()
-        text = p.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        raise OracleClientError(f"{p}: authority key file missing (create one with solana-keygen or "
-                                "`gridmeter gateway keygen`)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise OracleClientError(f"{p}: cannot read authority key file ({e})") from e
-    if st.st_mode & 0o077:
-        raise OracleClientError(f"{p}: readable by group/other (mode {st.st_mode & 0o777:o}); chmod 600 it")
-    try:
-        if text.startswith("["):
-            raw = bytes(json.loads(text))
-            if len(raw) != 64:
-                raise ValueError("expected 64 bytes")
-            kp = Keypair.from_bytes(raw)
-        else:
-            seed = bytes.fromhex(text)
-            if len(seed) != 32:
-                raise ValueError("expected 64 hex characters")
-            kp = Keypair.from_seed(seed)
-    except ValueError as e:
-        raise OracleClientError(f"{p}: not a keypair file ({e}); expected solana-keygen JSON or a hex seed") from e
-    return kp
-
-
-def create_authority_key_file(path: str | Path, *, overwrite: bool = False) -> Keypair:
-    """Write a new keypair in solana-keygen JSON format, mode 0600 (tmp + fsync + rename + fsync dir)."""
-    p = Path(path)
-    if p.exists() and not overwrite:
-        raise OracleClientError(f"{p}: already exists (refusing to overwrite a key)")
-    kp = Keypair()
-    try:
-        write_durably(p, json.dumps(list(bytes(kp))).encode() + b"\n", 0o600)
-    except OSError as exc:
-        raise OracleClientError(f"{p}: cannot write authority key file ({exc.strerror or exc})") from exc
-    return kp
-
-
-# ---- instructions (pure) ------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=DEFAULT_PDA_CACHE)
-def meter_pda(program_id: Pubkey, meter_id: str) -> tuple[Pubkey, int]:
-    """MeterState PDA and bump (cached: the bump search is the costly part of packing)."""
-    return ol.meter_state_pda(program_id, meter_id)
-
-
-@functools.lru_cache(maxsize=16)
-def oracle_pda(program_id: Pubkey) -> Pubkey:
-    return ol.oracle_data_pda(program_id)[0]
-
-
-def submit_instruction(program_id: Pubkey, authority: Pubkey, sub: Submission) -> Instruction:
-    oracle_data = oracle_pda(program_id)
-    meter_state, _ = meter_pda(program_id, sub.meter_id)
-    return Instruction(
-        program_id,
-        ol.submit_meter_reading_data(sub.meter_id, sub.produced_wh, sub.consumed_wh, sub.reading_timestamp,
-                                     sub.zone_id),
-        [
-            AccountMeta(oracle_data, is_signer=False, is_writable=False),
-            AccountMeta(meter_state, is_signer=False, is_writable=True),
-            AccountMeta(authority, is_signer=True, is_writable=True),
-            AccountMeta(SYSTEM_PROGRAM_ID, is_signer=False, is_writable=False),
-        ],
-    )
-
-
-def create_lookup_table_instruction(authority: Pubkey, payer: Pubkey, recent_slot: int) -> tuple[Instruction, Pubkey]:
-    table, bump = derive_lookup_table_address(authority, recent_slot)
-    ix = Instruction(ALT_PROGRAM_ID, struct.pack("<IQB", 0, recent_slot, bump), [
-        AccountMeta(table, is_signer=False, is_writable=True),
-        AccountMeta(authority, is_signer=True, is_writable=False),
-        AccountMeta(payer, is_signer=True, is_writable=True),
-        AccountMeta(SYSTEM_PROGRAM_ID, is_signer=False, is_writable=False),
-    ])
-    return ix, table
-
-
-def extend_lookup_table_instruction(table: Pubkey, authority: Pubkey, payer: Pubkey,
-                                    addresses: Sequence[Pubkey]) -> Instruction:
-    data = struct.pack("<IQ", 2, len(addresses)) + b"".join(bytes(a) for a in addresses)
-    return Instruction(ALT_PROGRAM_ID, data, [
-        AccountMeta(table, is_signer=False, is_writable=True),
-        AccountMeta(authority, is_signer=True, is_writable=False),
-        AccountMeta(payer, is_signer=True, is_writable=True),
-        AccountMeta(SYSTEM_PROGRAM_ID, is_signer=False, is_writable=False),
-    ])
-
-
-# ---- wire-format size (pure) --------------------------------------------------------------------------------
-def _compact_len(n: int) -> int:
-    return 1 if n < 0x80 else 2 if n < 0x4000 else 3
-
-
-def _ix_size(n_accounts: int, data_len: int) -> int:
-    return 1 + _compact_len(n_accounts) + n_accounts + _compact_len(data_len) + data_len
-
-
-def submit_data_len(meter_id: str) -> int:
-    return 8 + 4 + len(meter_id.encode("utf-8")) + 8 + 8 + 8 + 4
-
-
-def submit_tx_size(meter_ids: Sequence[str], *, with_lookup_tables: bool = True, cu_price: bool = False) -> int:
-    """Serialized size of one transaction carrying a submit for each id (one signer: the authority).
-
-    With lookup tables (v0): static keys = authority, ComputeBudget program, oracle program; oracle_data,
-    system program and every MeterState PDA come from a single table. Without: a legacy transaction with every
-    account as a 32-byte static key.
-    """
-    distinct = list(dict.fromkeys(meter_ids))
-    ixs = [_ix_size(0, 5)]  # SetComputeUnitLimit
-    if cu_price:
-        ixs.append(_ix_size(0, 9))
-    ixs += [_ix_size(4, submit_data_len(m)) for m in meter_ids]
-    if with_lookup_tables:
-        n_static = 3
-        lookups = 32 + _compact_len(len(distinct)) + len(distinct) + _compact_len(2) + 2
-        msg = 1 + 3 + _compact_len(n_static) + 32 * n_static + 32 + _compact_len(len(ixs)) + sum(ixs)
-        msg += _compact_len(1) + lookups
-    else:
-        n_static = 5 + len(distinct)  # authority, oracle_data, system, ComputeBudget, program + PDAs
-        msg = 3 + _compact_len(n_static) + 32 * n_static + 32 + _compact_len(len(ixs)) + sum(ixs)
-    return _compact_len(1) + 64 + msg
-
-
-def _v0_size(n_static: int, ix_sizes: list[int], n_submit_ixs: int, tables: dict[int, list[int]]) -> int:
-    """v0 transaction size, one signature. ix_sizes: the fixed instructions then one entry holding the summed
-    size of the n_submit_ixs submits; tables: per used table [writable count, readonly count]."""
-    n_ix = len(ix_sizes) - 1 + n_submit_ixs
-    msg = 1 + 3 + _compact_len(n_static) + 32 * n_static + 32 + _compact_len(n_ix) + sum(ix_sizes)
-    msg += _compact_len(len(tables)) + sum(32 + _compact_len(w) + w + _compact_len(r) + r for w, r in tables.values())
-    return _compact_len(1) + 64 + msg
-
-
-def max_submits_per_tx(meter_ids: Sequence[str], with_lookup_tables: bool = True) -> int:
-    """How many submit_meter_reading instructions for these meter ids (taken in order, repeating the list
-    if it is short) fit in one 1232-byte transaction, at best (all addresses in one lookup table)."""
-    if not meter_ids:
-        raise ValueError("max_submits_per_tx: no meter ids")
-    n = 0
-    while True:
-        ids = [meter_ids[i % len(meter_ids)] for i in range(n + 1)]
-        if submit_tx_size(ids, with_lookup_tables=with_lookup_tables) > PACKET_DATA_SIZE:
-            return n
-        n += 1
-
-
-def estimate_compute_units(program_id: Pubkey, subs: Sequence[Submission], existing: set[str],
-                           cu_first: int = DEFAULT_CU_FIRST_READING, cu_after: int = DEFAULT_CU_READING) -> int:
-    total = DEFAULT_CU_BASE
-    seen: set[str] = set()
-    for s in subs:
-        _, bump = meter_pda(program_id, s.meter_id)
-        first = s.meter_id not in existing and s.meter_id not in seen
-        total += (cu_first if first else cu_after) + (255 - bump) * DEFAULT_CU_PER_BUMP_STEP
-        seen.add(s.meter_id)
-    return min(total, MAX_CU_PER_TX - DEFAULT_CU_NONCE_RANGE)
-
-
-# ---- errors -------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TxFailure:
-    """A transaction error: the failing instruction (if any), its custom code and a readable name."""
-
-    index: int | None
-    code: int | None
-    name: str
-
-    @property
-    def is_oracle_rejection(self) -> bool:
-        return self.code is not None and self.code in ol.ERRORS
-
-
-def parse_tx_error(err: Any, table: dict[int, str] | None = None) -> TxFailure:
-    if isinstance(err, TransactionErrorInstructionError):
-        inner = err.err
-        if isinstance(inner, InstructionErrorCustom):
-            return TxFailure(err.index, inner.code, ol.error_name(inner.code, table))
-        return TxFailure(err.index, None, str(inner).split(".")[-1].split("(")[0])
-    return TxFailure(None, None, str(err).split(".")[-1])
-
-
-# ---- client -------------------------------------------------------------------------------------------------
 @dataclass
 class _Table:
     address: Pubkey
@@ -297,16 +93,6 @@ class _Table:
 
     def account(self) -> AddressLookupTableAccount:
         return AddressLookupTableAccount(self.address, list(self.addresses))
-
-
-@dataclass
-class _Landing:
-    """Outcome of getting one batch on chain: landed (slot, err), preflight-refused (err) or unknown."""
-
-    signature: str | None
-    landed: bool
-    err: Any = None
-    unknown: str | None = None  # why the outcome is unknown (RPC errors, expiry limit)
 
 
 class OracleClient:
@@ -416,14 +202,11 @@ class OracleClient:
         results: dict[int, SubmitResult] = {}
         todo: list[int] = []
         for i, s in enumerate(subs):
-            problem = _invalid(s)
-            if problem is not None:
-                name, code = problem
-                if code is not None:  # this deployment's number for the name
-                    code = {v: k for k, v in (self.error_table or ol.ERRORS).items()}.get(name)
-                results[i] = SubmitResult(s.key, "rejected", None, name, code)
-            else:
+            rejected = rejected_before_sending(s, self.error_table)
+            if rejected is None:
                 todo.append(i)
+            else:
+                results[i] = rejected
         if todo:
             try:
                 async with self._submit_lock:
@@ -439,21 +222,17 @@ class OracleClient:
         states = await self.fetch_meter_states([subs[i].meter_id for i in todo])
         pending: list[int] = []
         for i in todo:
-            s, st = subs[i], states.get(subs[i].meter_id)
-            if st is not None and s.reading_timestamp == st.last_reading_timestamp and (
-                    s.produced_wh, s.consumed_wh) == (st.energy_produced, st.energy_consumed):
-                results[i] = SubmitResult(s.key, "confirmed", None, None)  # already on chain (resubmission)
-            elif st is not None and s.reading_timestamp <= st.last_reading_timestamp:
-                code = {v: k for k, v in (self.error_table or ol.ERRORS).items()}.get("OutdatedReading")
-                results[i] = SubmitResult(s.key, "rejected", None, "OutdatedReading", code)
-            else:
+            settled = settled_by_chain_state(subs[i], states.get(subs[i].meter_id), self.error_table)
+            if settled is None:
                 pending.append(i)
+            else:
+                results[i] = settled
         if not pending:
             return
         await self._ensure_tables([meter_pda(self.program_id, subs[i].meter_id)[0] for i in pending])
         batches = self._pack(subs, pending)
         while batches:
-            wave, batches = _disjoint_wave(subs, batches)
+            wave, batches = disjoint_wave(subs, batches)
             landings = await self._land([self._builder(subs, b) for b in wave])
             for batch, landing in zip(wave, landings, strict=True):
                 again = await self._settle(subs, batch, landing, results)
@@ -467,33 +246,11 @@ class OracleClient:
         for n, t in enumerate(self._tables or []):
             for a in t.addresses:
                 where.setdefault(a, n)
-        fixed_ixs = [_ix_size(0, 5)] + ([_ix_size(0, 9)] if self.cu_price else [])
-
-        def size(pdas: set[Pubkey], n: int, ix_bytes: int) -> int:
-            tables: dict[int, list[int]] = {}
-            for ro in (self._oracle_data, SYSTEM_PROGRAM_ID):
-                tables.setdefault(where[ro], [0, 0])[1] += 1
-            for p in pdas:
-                tables.setdefault(where[p], [0, 0])[0] += 1
-            return _v0_size(3, [*fixed_ixs, ix_bytes], n, tables)
-
-        batches: list[list[int]] = []
-        cur: list[int] = []
-        pdas: set[Pubkey] = set()
-        ix_bytes = 0
-        for i in idx:
-            pda = meter_pda(self.program_id, subs[i].meter_id)[0]
-            add = _ix_size(4, submit_data_len(subs[i].meter_id))
-            if cur and size(pdas | {pda}, len(cur) + 1, ix_bytes + add) > PACKET_DATA_SIZE:
-                batches.append(cur)
-                cur, pdas, ix_bytes = [], set(), 0
-            cur.append(i)
-            pdas.add(pda)
-            ix_bytes += add
-        if cur:
-            batches.append(cur)
+        items = [(meter_pda(self.program_id, subs[i].meter_id)[0], subs[i].meter_id) for i in idx]
+        packed = pack_submits(items, where, (self._oracle_data, SYSTEM_PROGRAM_ID), cu_price=bool(self.cu_price))
         out: list[list[int]] = []
-        for b in batches:  # the arithmetic is exact; the compiled transaction has the last word
+        for b in ([idx[p] for p in positions] for positions in packed):
+            # the arithmetic is exact; the compiled transaction has the last word
             while len(b) > 1 and self._tx_size(subs, b) > PACKET_DATA_SIZE:
                 log.error("packing arithmetic disagrees with the compiled size: splitting a transaction")
                 out.append(b[:-1])
@@ -520,10 +277,10 @@ class OracleClient:
                                     blockhash)
         return VersionedTransaction(msg, [self.authority])
 
-    def _builder(self, subs: Sequence[Submission], batch: list[int]) -> Callable[[Hash], VersionedTransaction]:
+    def _builder(self, subs: Sequence[Submission], batch: list[int]) -> TxBuilder:
         return lambda bh: self._build(subs, batch, bh)
 
-    async def _settle(self, subs: Sequence[Submission], batch: list[int], landing: _Landing,
+    async def _settle(self, subs: Sequence[Submission], batch: list[int], landing: Landing,
                       results: dict[int, SubmitResult]) -> list[int]:
         """Record results for a landed/refused batch; returns the submissions to send again (may be empty)."""
         if landing.unknown is not None:
@@ -577,68 +334,9 @@ class OracleClient:
         return batch
 
     # ---- getting transactions on chain --------------------------------------------------------------------
-    async def _land(self, builders: list[Callable[[Hash], VersionedTransaction]]) -> list[_Landing]:
+    async def _land(self, builders: list[TxBuilder]) -> list[Landing]:
         """Sign, send and confirm transactions concurrently, re-signing after blockhash expiry."""
-        out: list[_Landing | None] = [None] * len(builders)
-        waiting = list(range(len(builders)))
-        for _attempt in range(DEFAULT_MAX_SIGNINGS):
-            if not waiting:
-                break
-            bh_resp = await self._rpc.get_latest_blockhash(self.commitment)
-            blockhash, last_valid = bh_resp.value.blockhash, bh_resp.value.last_valid_block_height
-            sent: dict[int, Signature] = {}
-            for k in waiting:
-                tx = builders[k](blockhash)
-                try:
-                    await self._rpc.send_raw_transaction(bytes(tx), TxOpts(skip_preflight=False,
-                                                                           preflight_commitment=self.commitment))
-                    self.stats["transactions"] += 1
-                    sent[k] = tx.signatures[0]
-                except RPCException as e:
-                    err = e.args[0] if e.args else None
-                    if isinstance(err, SendTransactionPreflightFailureMessage):
-                        sim_err = err.data.err
-                        if sim_err is not None and "BlockhashNotFound" not in str(sim_err):
-                            out[k] = _Landing(None, False, sim_err)  # refused by simulation
-                        continue  # blockhash expired between fetch and send: re-sign next attempt
-                    out[k] = _Landing(str(tx.signatures[0]), False, unknown=f"RpcError: {err}")
-                except SolanaRpcException as e:
-                    # transport error: it may or may not have reached the node; its status (or the blockhash
-                    # expiring without it) decides, like any other sent transaction
-                    log.warning("sendTransaction %s: %s", tx.signatures[0], e)
-                    sent[k] = tx.signatures[0]
-            statuses = await self._await_statuses(sent, last_valid)
-            for k, sig in sent.items():
-                st = statuses.get(k)
-                if st is not None:
-                    out[k] = _Landing(str(sig), True, st.err)
-            waiting = [k for k in waiting if out[k] is None]
-            if waiting:
-                self.stats["resigned"] += len(waiting)
-                log.warning("%d transaction(s) not landed before blockhash expiry: re-signing", len(waiting))
-        return [o if o is not None else _Landing(None, False, unknown="BlockhashExpired: not landed after "
-                                                  f"{DEFAULT_MAX_SIGNINGS} signings") for o in out]
-
-    async def _await_statuses(self, sent: dict[int, Signature], last_valid: int) -> dict[int, Any]:
-        """Poll until every signature reached the commitment or the blockhash expired (then check once more)."""
-        found: dict[int, Any] = {}
-        rank = {"processed": 0, "confirmed": 1, "finalized": 2}[str(self.commitment)]
-        expired = False
-        while len(found) < len(sent):
-            keys = [k for k in sent if k not in found]
-            for j in range(0, len(keys), MAX_SIGNATURES_PER_REQUEST):
-                chunk = keys[j : j + MAX_SIGNATURES_PER_REQUEST]
-                resp = await self._rpc.get_signature_statuses([sent[k] for k in chunk])
-                for k, st in zip(chunk, resp.value, strict=True):
-                    if st is not None and _status_rank(st) >= rank:
-                        found[k] = st
-            if expired or len(found) == len(sent):
-                break
-            height = (await self._rpc.get_block_height(self.commitment)).value
-            expired = height > last_valid  # one more status check after expiry, then give up on them
-            if not expired:
-                await asyncio.sleep(self.poll_s)
-        return found
+        return await land(self._rpc, builders, commitment=self.commitment, poll_s=self.poll_s, stats=self.stats)
 
     # ---- address lookup tables ----------------------------------------------------------------------------
     async def _ensure_tables(self, meter_states: Sequence[Pubkey]) -> None:
@@ -718,49 +416,10 @@ class OracleClient:
         return tables
 
 
-def _status_rank(st: Any) -> int:
-    cs = st.confirmation_status
-    if cs is None:
-        return 2  # a rooted transaction reports no confirmation status
-    return {"Processed": 0, "Confirmed": 1, "Finalized": 2}.get(str(cs).split(".")[-1], 0)
-
-
-def _invalid(s: Submission) -> tuple[str, int | None] | None:
-    """Submissions the chain cannot take in any state: rejected before sending (name, oracle code)."""
-    if len(s.meter_id.encode("utf-8")) > ol.MAX_METER_ID_SEED:
-        return "MeterIdTooLong", ol.ERROR_CODES["MeterIdTooLong"]
-    if not s.meter_id:
-        return "InvalidSubmission: empty meter_id", None
-    for name, v, lo, hi in (("produced_wh", s.produced_wh, 0, ol.U64_MAX),
-                            ("consumed_wh", s.consumed_wh, 0, ol.U64_MAX),
-                            ("reading_timestamp", s.reading_timestamp, -(2**63), 2**63 - 1),
-                            ("zone_id", s.zone_id, -(2**31), 2**31 - 1)):
-        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-            return f"InvalidSubmission: {name} out of range", None
-    return None
-
-
-def _disjoint_wave(subs: Sequence[Submission], batches: list[list[int]]) -> tuple[list[list[int]], list[list[int]]]:
-    """Leading batches that share no meter (sent concurrently); the rest waits for them."""
-    wave: list[list[int]] = []
-    meters: set[str] = set()
-    for n, b in enumerate(batches):
-        ms = {subs[i].meter_id for i in b}
-        if ms & meters:
-            return wave, batches[n:]
-        wave.append(b)
-        meters |= ms
-    return wave, []
-
-
-__all__ = [
-    "OracleClient",
-    "OracleClientError",
-    "Submission",
-    "SubmitResult",
-    "create_authority_key_file",
-    "load_authority_keypair",
-    "max_submits_per_tx",
-    "parse_tx_error",
-    "submit_tx_size",
+__all__ = [  # OracleClient plus the names that moved to the modules above
+    "DEFAULT_CU_BASE", "DEFAULT_CU_FIRST_READING", "DEFAULT_CU_NONCE_RANGE", "DEFAULT_CU_PER_BUMP_STEP",
+    "DEFAULT_CU_READING", "MAX_CU_PER_TX", "PACKET_DATA_SIZE", "OracleClient", "OracleClientError", "Submission",
+    "SubmitResult", "TxFailure", "create_authority_key_file", "create_lookup_table_instruction",
+    "estimate_compute_units", "extend_lookup_table_instruction", "load_authority_keypair", "max_submits_per_tx",
+    "meter_pda", "oracle_pda", "parse_tx_error", "submit_data_len", "submit_instruction", "submit_tx_size",
 ]

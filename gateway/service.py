@@ -118,7 +118,8 @@ class Gateway:
         self.intake.start()
 
     def _start_submitter(self, reg_path: Path) -> None:
-        from gateway.oracle import OracleClient, Submission
+        from gateway.oracle import OracleClient
+        from gateway.oracle_submission import Submission
 
         cfg = self.cfg
         store, registry = self._own(Store(cfg.db_path)), self._own(Registry(reg_path))

@@ -175,7 +175,7 @@ class Demo:
         from agent.keys import create_key_file
         from firmware_config.loader import load_all
         from gateway.keys import create_key_file as create_gateway_key
-        from gateway.oracle import create_authority_key_file
+        from gateway.oracle_authority_key import create_authority_key_file
         from testbed.broker import Broker
         from testbed.meter import SimulatedMeter
         from testbed.ports import free_port, wait_port

@@ -16,7 +16,8 @@ from solders.keypair import Keypair
 from gateway.acceptance import Acceptance, IngressLimit
 from gateway.checks import Limits
 from gateway.metrics import Metrics
-from gateway.oracle import OracleClient, Submission
+from gateway.oracle import OracleClient
+from gateway.oracle_submission import Submission
 from gateway.registry import Registry
 from gateway.store import Store
 from gateway.submitter import Submitter

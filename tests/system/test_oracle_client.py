@@ -18,7 +18,9 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 
 from gateway import oracle_layout as ol
-from gateway.oracle import PACKET_DATA_SIZE, OracleClient, Submission, max_submits_per_tx
+from gateway.oracle import OracleClient
+from gateway.oracle_submission import Submission
+from gateway.tx_packing import PACKET_DATA_SIZE, max_submits_per_tx
 from localchain.server import LocalChainServer
 from localchain.svm import LocalChain
 
@@ -185,7 +187,7 @@ async def test_unreachable_rpc_gives_retry(bridge: Keypair) -> None:
 
 
 async def test_worked_example_instruction(bridge: Keypair) -> None:
-    from gateway.oracle import submit_instruction
+    from gateway.oracle_instructions import submit_instruction
 
     pid = Pubkey.from_string(ol.DEVNET_PROGRAM_ID)
     ix = submit_instruction(pid, bridge.pubkey(), Submission("k", "METER-001", 1500, 300, 1750000000, 1))
@@ -219,7 +221,7 @@ async def test_crash_after_send_before_recording(srv: LocalChainServer, bridge: 
     from solders.message import MessageV0
     from solders.transaction import VersionedTransaction
 
-    from gateway.oracle import submit_instruction
+    from gateway.oracle_instructions import submit_instruction
 
     now = int(time.time())
     meters = [f"CRASH-{i}" for i in range(8)]

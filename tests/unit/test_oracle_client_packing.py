@@ -23,20 +23,11 @@ from solders.transaction_status import (
 )
 
 from gateway import oracle_layout as ol
-from gateway.oracle import (
-    PACKET_DATA_SIZE,
-    OracleClientError,
-    Submission,
-    TxFailure,
-    _disjoint_wave,
-    create_authority_key_file,
-    estimate_compute_units,
-    load_authority_keypair,
-    max_submits_per_tx,
-    parse_tx_error,
-    submit_instruction,
-    submit_tx_size,
-)
+from gateway.oracle_authority_key import create_authority_key_file, load_authority_keypair
+from gateway.oracle_errors import OracleClientError, TxFailure, parse_tx_error
+from gateway.oracle_instructions import estimate_compute_units, submit_instruction
+from gateway.oracle_submission import Submission
+from gateway.tx_packing import PACKET_DATA_SIZE, disjoint_wave, max_submits_per_tx, submit_tx_size
 
 PID = Pubkey.from_string(ol.DEVNET_PROGRAM_ID)
 AUTH = Keypair()
@@ -115,9 +106,9 @@ def test_parse_tx_error_with_deployment_table() -> None:
 
 def test_waves_never_share_a_meter() -> None:
     subs = [Submission(str(i), m, 1, 1, i, 1) for i, m in enumerate(["A", "B", "C", "A", "D", "E"])]
-    wave, rest = _disjoint_wave(subs, [[0, 1], [2], [3, 4], [5]])
+    wave, rest = disjoint_wave(subs, [[0, 1], [2], [3, 4], [5]])
     assert (wave, rest) == ([[0, 1], [2]], [[3, 4], [5]])
-    assert _disjoint_wave(subs, [[3, 4], [5]]) == ([[3, 4], [5]], [])
+    assert disjoint_wave(subs, [[3, 4], [5]]) == ([[3, 4], [5]], [])
 
 
 def test_compute_unit_estimate() -> None:
@@ -154,7 +145,8 @@ def test_authority_key_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("cu_price", [0, 5])
 async def test_packing_is_tight_across_two_lookup_tables(cu_price: int) -> None:
-    from gateway.oracle import OracleClient, _Table, meter_pda
+    from gateway.oracle import OracleClient, _Table
+    from gateway.oracle_instructions import meter_pda
 
     client = OracleClient("http://127.0.0.1:9", ol.DEVNET_PROGRAM_ID, AUTH, cu_price_micro_lamports=cu_price)
     meters = [f"{'M' * (i % 23)}-{i:03d}" for i in range(120)]  # ids of 4..26 bytes
