@@ -33,7 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from agent.durable_file import write_durably
 from protocol.errors import InvalidFieldError
 from protocol.reading import validate_meter_id
-from protocol.topics import PREFIX, ack_topic, readings_topic, status_topic
+from protocol.topics import PREFIX, ack_topic, agent_status_topic, prefix_problem, readings_topic, status_topic
 from provisioning.errors import ProvisionError, ProvisionInputError
 
 # mosquitto 2.0 mosquitto_passwd: PBKDF2-SHA512, 101 iterations, 12-byte salt ("$7$101$salt$hash").
@@ -45,9 +45,6 @@ DEFAULT_PASSWORD_BYTES = 24
 # Client certificates live on a Pi for years but must be renewable; 2 years matches common fleet CA policy.
 DEFAULT_CERT_DAYS = 730
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-# Topic prefixes that go into an ACL file: plain levels only. No wildcards (they would widen the grant), no
-# whitespace or newline (a newline would inject a line of its own, e.g. "topic readwrite #"), no empty level.
-TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+){0,7}$")
 
 
 class CredentialsError(ProvisionInputError):
@@ -95,15 +92,18 @@ def mosquitto_password_line(username: str, password: str, *, salt: bytes | None 
 
 
 def validate_topic_prefix(prefix: str, flag: str = "--topic-prefix") -> str:
-    if not TOPIC_PREFIX_RE.match(prefix):
-        raise CredentialsError(f"{flag}: 1-8 topic levels of A-Z a-z 0-9 . _ - separated by '/' (got {prefix!r})")
+    problem = prefix_problem(prefix)
+    if problem:
+        raise CredentialsError(f"{flag}: {problem} (got {prefix!r})")
     return prefix
 
 
 def acl_lines(username: str, meter_ids: Sequence[str], prefix: str = PREFIX) -> list[str]:
-    """mosquitto acl_file block: this user may write readings/status and read acks of its meters only."""
+    """mosquitto acl_file block: this user may write readings/status and read acks of its meters only, plus
+    its own agent status topic (the LWT); the agent uses the username as its MQTT client id."""
     validate_topic_prefix(prefix)
-    lines = [f"# gridmeter agent {username}: own meters only", f"user {validate_username(username)}"]
+    lines = [f"# gridmeter agent {username}: own meters only", f"user {validate_username(username)}",
+             f"topic write {agent_status_topic(username, prefix)}"]
     for m in meter_ids:
         lines += [
             f"topic write {readings_topic(m, prefix)}",
@@ -294,6 +294,7 @@ def _update_config(config: Path, username: str, files: dict[str, Path]) -> None:
         doc = read_doc(config)
         mqtt = dict(doc.get("mqtt", {}))
         mqtt["username"] = username
+        mqtt["client_id"] = username  # the ACL grants the agent status topic (LWT) under this id
         if "tls_cert" in files:
             mqtt["tls_cert"], mqtt["tls_key"] = str(files["tls_cert"].absolute()), str(files["tls_key"].absolute())
         doc["mqtt"] = mqtt

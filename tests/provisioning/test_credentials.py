@@ -49,6 +49,7 @@ def test_acl_lines_confine_to_own_topics() -> None:
     assert acl_lines("gm-a", ["A-1", "A-2"]) == [
         "# gridmeter agent gm-a: own meters only",
         "user gm-a",
+        "topic write gridmeter/v1/agent/gm-a/status",
         "topic write gridmeter/v1/A-1/readings",
         "topic write gridmeter/v1/A-1/status",
         "topic read gridmeter/v1/A-1/ack",
@@ -212,6 +213,8 @@ def test_acl_enforced_by_real_mosquitto(acl_broker: tuple[Broker, dict[str, str]
         assert agent.publish("gridmeter/v1/HOUSE-1/readings", b"r1") < 0x80
         assert gw.wait_message("gridmeter/v1/HOUSE-1/readings") == b"r1"
         assert agent.publish("gridmeter/v1/HOUSE-1/status", b"online") < 0x80
+        assert agent.publish(f"gridmeter/v1/agent/{creds['agent_user']}/status", b"online") < 0x80  # its LWT topic
+        assert agent.publish("gridmeter/v1/agent/someone-else/status", b"offline") == 135
         assert agent.publish("gridmeter/v1/OTHER-9/readings", b"forged") == 135  # Not authorized
         assert agent.publish("gridmeter/v1/HOUSE-1/ack", b"self-ack") == 135  # acks come only from the gateway
 
