@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -244,9 +245,11 @@ class AgentService:
         from agent.poller import Poller
 
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
+        else:  # signals reach only the main thread: whoever runs us there stops us with request_stop()
+            log.info("agent service not in the main thread: SIGTERM/SIGINT are left to the caller")
         tasks: list[asyncio.Task[Any]] = []
         notifier = Notifier.from_env()
         try:

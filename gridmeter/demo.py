@@ -121,9 +121,12 @@ class Demo:
                        dash_port: int) -> tuple[Path, Path]:
         import tomli_w
 
+        from gateway.oracle_layout import DEVNET_PROGRAM_ID  # the local chain's default; gateway uses the same
+
         gw = {
             "gateway": {"state_dir": str(self.work / "gateway"), "ack_key_file": str(self.work / "gateway.key")},
-            "chain": {"rpc_url": rpc_url, "authority_key_file": str(self.work / "chain-bridge.json"),
+            "chain": {"rpc_url": rpc_url, "program_id": DEVNET_PROGRAM_ID,
+                      "authority_key_file": str(self.work / "chain-bridge.json"),
                       "submit_interval_s": 1.0},
             "mqtt": {"port": broker_port, "client_id": "gridmeter-demo-gateway"},
             "dashboard": {"listen": f"127.0.0.1:{dash_port}", "token": DASHBOARD_TOKEN},
@@ -217,8 +220,9 @@ class Demo:
             _say("agent running; every reading is signed, committed to SQLite, then published")
             spy = self._spy(broker.port)
             from gateway.oracle import OracleClient
+            from gateway.oracle_layout import DEVNET_PROGRAM_ID
 
-            client = OracleClient(rpc_url, _program_id_from(gw_cfg), authority)
+            client = OracleClient(rpc_url, DEVNET_PROGRAM_ID, authority)
             await self._watch(dash_port, client)
             spy.loop_stop()
             spy.disconnect()
@@ -320,12 +324,3 @@ class Demo:
             print(f"  {m.meter_id:8} registers +{moved_imp} import / +{moved_exp} export; on chain produced {prod},"
                   f" consumed {cons}; gateway accepted {row.get('accepted', 0)} readings, rejected "
                   f"{row.get('rejected', 0)}", flush=True)
-
-
-def _program_id_from(gw_cfg: Path) -> str:
-    import tomllib
-
-    from gateway.oracle_layout import DEVNET_PROGRAM_ID
-
-    chain = tomllib.loads(gw_cfg.read_text()).get("chain", {})
-    return str(chain.get("program_id", DEVNET_PROGRAM_ID))
