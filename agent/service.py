@@ -291,8 +291,10 @@ class AgentService:
         await self.publisher.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
         for bus in self._bus_objs:
-            with contextlib.suppress(Exception):
+            try:
                 await bus.close()
+            except Exception:  # shutting down anyway: say so, and close the rest
+                log.warning("closing bus %s failed", bus.name, exc_info=True)
         if self.status is not None:
             await self.status.stop()
         self.store.close()
