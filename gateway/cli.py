@@ -1,4 +1,4 @@
-"""`gridmeter gateway` subcommands: run, keygen, meters add|list|suspend|resume|retire, rejections, outbox."""
+"""`gridmeter gateway` subcommands: run, check-config, keygen, meters add|list|suspend|resume|retire, rejections, outbox."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         return c
 
     cmd("run", "run the gateway service", _run)
+    cmd("check-config", "validate the config and its key files; start nothing", _check_config)
     k = gsub.add_parser("keygen", help="create the gateway's ack-signing key file (0600)")
     k.add_argument("path")
     k.set_defaults(func=_guarded(_keygen))
@@ -125,6 +126,24 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except OSError as exc:  # e.g. the dashboard port is taken, the state directory is not writable
         return _fail(f"cannot start: {exc}")
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError
+    from gateway.keys import KeyFileError, load_key_file
+    from gateway.oracle_authority_key import load_authority_keypair
+    from gateway.oracle_errors import OracleClientError
+
+    try:
+        cfg = _config(args)
+        ack = load_key_file(cfg.gateway.ack_key_file)
+        if cfg.chain.enabled:
+            load_authority_keypair(cfg.chain.authority_key_file)
+    except (ConfigError, KeyFileError, OracleClientError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+    print(f"{args.config}: OK (gateway public key {ack.public_key.hex()}, chain "
+          f"{cfg.chain.rpc_url if cfg.chain.enabled else 'disabled'}, MQTT {cfg.mqtt.host}:{cfg.mqtt.port})")
+    return 0
 
 
 def _keygen(args: argparse.Namespace) -> int:
