@@ -21,7 +21,7 @@ KEY_ID_BYTES = 8
 
 
 class Quality(IntFlag):
-    """Quality flags carried inside the signed bytes. A reading with any flag set is not 'good'."""
+    """Quality flags carried inside the signed bytes. A reading with any flag outside NOT_MEASURED is not 'good'."""
 
     NONE = 0
     GLITCH_SUSPECTED = 1 << 0  # counter decreased, read 0, sentinel, or jumped faster than rated power
@@ -29,6 +29,15 @@ class Quality(IntFlag):
     CLOCK_JUMPED = 1 << 2  # wall clock moved against the monotonic clock since the last reading
     PARTIAL = 1 << 3  # some instantaneous registers failed; energy counters are intact
     COUNTER_RESET = 1 << 4  # a provisioned meter replacement reset the counters
+    # The meter has no such counter (declared absent, exception 2, or its "not implemented" marker). The field
+    # repeats the last measured value of that counter (0 if it never had one): no energy is booked for it in
+    # this reading and none is lost (movement since the last measured value counts when it is measured again).
+    # Informational: a reading with only these flags is still good (an import-only meter is not a fault).
+    IMPORT_NOT_MEASURED = 1 << 5
+    EXPORT_NOT_MEASURED = 1 << 6
+
+
+NOT_MEASURED = Quality.IMPORT_NOT_MEASURED | Quality.EXPORT_NOT_MEASURED
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +92,8 @@ class Reading:
 
     @property
     def good(self) -> bool:
-        """Good = clock synchronised and no quality flag: the only readings that may move money."""
-        return self.clock_synced and self.quality == Quality.NONE
+        """Good = clock synchronised and no quality flag but NOT_MEASURED: the only readings that may move money."""
+        return self.clock_synced and not self.quality & ~NOT_MEASURED
 
 
 @dataclass(frozen=True, slots=True)
