@@ -56,7 +56,8 @@ from gateway.ingest_payload import (
 from gateway.metrics import Metrics
 from gateway.registry import MeterStatus, Registry
 from gateway.store import RejectionRow, Store
-from protocol import BadSignatureError, MeterRole, ProtocolError, VerifyKey, validate_meter_id
+from protocol import BadSignatureError, MeterRole, ProtocolError, VerifyKey
+from protocol.identifiers import validate_device_id
 
 __all__ = ["EXPORT_OBIS", "IMPORT_OBIS", "INGEST_PATH", "HttpIngest", "IngestRefused", "rust_f64_display",
            "signed_message"]
@@ -225,9 +226,9 @@ class HttpIngest:
         if not self._api_key_ok(req):
             return web.json_response({"error": "X-API-KEY missing or not accepted"}, status=401)
         try:
-            meter_id = validate_meter_id(req.match_info["device_id"])
+            meter_id = validate_device_id(req.match_info["device_id"])
         except ProtocolError as exc:
-            return web.json_response({"error": f"device_id: {exc}"}, status=400)
+            return web.json_response({"error": str(exc)}, status=400)
         meter = self.registry.get(meter_id)
         if meter is None:
             return web.json_response({"error": f"{meter_id} is not registered"}, status=404)

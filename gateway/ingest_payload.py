@@ -26,7 +26,8 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 
 import base58
 
-from protocol import ProtocolError, validate_meter_id
+from protocol import ProtocolError
+from protocol.identifiers import validate_device_id
 
 IMPORT_OBIS = "1.1.1.8.0.255"  # active energy imported (consumed) in the interval, Wh
 EXPORT_OBIS = "1.1.2.8.0.255"  # active energy exported (generated) in the interval, Wh
@@ -150,9 +151,9 @@ def parse_body(body: bytes) -> tuple[IngestReading, dict[str, object]]:
     if not isinstance(doc, dict) or doc.get("protocol") != "dlms" or not isinstance(doc.get("payload"), dict):
         raise IngestRefused(400, "malformed", 'body: needs "protocol": "dlms", "device_id" and a "payload" object')
     try:
-        meter_id = validate_meter_id(doc.get("device_id"))  # type: ignore[arg-type]
+        meter_id = validate_device_id(doc.get("device_id"))
     except ProtocolError as exc:
-        raise IngestRefused(400, "invalid_field", f"device_id: {exc}") from None
+        raise IngestRefused(400, "invalid_field", str(exc)) from None
     p: dict[str, object] = doc["payload"]
     for k in REQUIRED_FIELDS:
         if k not in p:
