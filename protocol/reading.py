@@ -6,18 +6,18 @@ scaled integers (units in the field names). Nothing here is a float.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, fields
 from enum import IntFlag
 
 from protocol.errors import InvalidFieldError
+from protocol.identifiers import MAX_METER_ID_BYTES as MAX_METER_ID_BYTES  # re-exported: existing importers
+from protocol.identifiers import METER_ID_RE as METER_ID_RE
+from protocol.identifiers import validate_meter_id
 from protocol.wire import I32_MAX, I32_MIN, U64_MAX, check_range
 
-MAX_METER_ID_BYTES = 32  # becomes an on-chain PDA seed: Solana caps a seed at 32 bytes
 MAX_PROFILE_ID_BYTES = 64
 KEY_ID_BYTES = 8
-# meter_id is also an MQTT topic level and a file name: letters, digits and . _ - only.
-METER_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+# meter_id's rule and validator live in protocol.identifiers (one validator per identifier kind).
 
 
 class Quality(IntFlag):
@@ -38,14 +38,6 @@ class Quality(IntFlag):
 
 
 NOT_MEASURED = Quality.IMPORT_NOT_MEASURED | Quality.EXPORT_NOT_MEASURED
-
-
-def validate_meter_id(meter_id: str) -> str:
-    if not isinstance(meter_id, str) or not METER_ID_RE.match(meter_id):
-        raise InvalidFieldError(
-            f"meter_id: 1-{MAX_METER_ID_BYTES} characters of A-Z a-z 0-9 . _ - (got {meter_id!r})"
-        )
-    return meter_id
 
 
 @dataclass(frozen=True, slots=True)
