@@ -1,4 +1,5 @@
-"""`gridmeter gateway` subcommands: run, keygen, meters add|list|suspend|resume|retire, rejections, outbox."""
+"""`gridmeter gateway` subcommands: run, keygen, meters add|list|suspend|resume|retire, rejections, ingest-status,
+outbox."""
 
 from __future__ import annotations
 
@@ -62,6 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--meter")
     r.add_argument("--limit", type=_limit, default=50, help=f"1..{MAX_LIST_LIMIT} (default 50)")
     r.add_argument("--json", action="store_true")
+    h = cmd("ingest-status", "GridTokenX HTTP ingest: a meter's energy books, or what became of one reading",
+            _ingest_status)
+    h.add_argument("meter_id", nargs="?", help="the meter (device_id)")
+    h.add_argument("--reading", metavar="READING_ID", help="the reading_id the ingest answered with (202)")
+    h.add_argument("--json", action="store_true")
     o = cmd("outbox", "show interval submissions", _outbox)
     o.add_argument("--meter")
     o.add_argument("--status", choices=("pending", "sent", "confirmed", "held", "rejected"))
@@ -238,6 +244,49 @@ def _printable(text: str) -> str:
     """Quarantined text may come from anyone (a claimed meter id, a topic): control characters are shown
     escaped, so they cannot drive the operator's terminal."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _ingest_status(args: argparse.Namespace) -> int:
+    from gateway import fleet
+    from gateway.database import connect
+
+    if not args.meter_id and not args.reading:
+        return _fail("ingest-status: give a METER_ID or --reading READING_ID")
+    cfg = _config(args)
+    conn, reg = connect(cfg.db_path), _registry(args)
+    try:
+        if args.reading:
+            doc = fleet.http_reading_status(conn, reg, args.reading)
+            if doc is None:
+                return _fail(f"reading {args.reading!r}: not found")
+        else:
+            meter = reg.get(args.meter_id)
+            if meter is None:
+                return _fail(f"{args.meter_id!r}: not registered")
+            doc = fleet.http_meter_status(conn, meter)
+    finally:
+        conn.close()
+        reg.close()
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    elif args.reading:
+        print(f"{doc['reading_id']} {doc['device_id']} {_ts(doc['timestamp_ms'])}: {doc['status']} "
+              f"({doc['meaning']}) {' '.join(doc['reasons'])}")
+        for i in doc["intervals"]:
+            print(f"  {i['key']:<44} {i['status']:<9} produced {i['produced_wh']} Wh consumed {i['consumed_wh']} Wh "
+                  f"{i['reason'] or ''}")
+    else:
+        print(f"{doc['device_id']} ({doc['role']}, {doc['meter_status']}): {doc['readings']} readings")
+        for name, d in doc["energy"].items():
+            rest = (f"planned {d['planned_wh']} Wh as {d['submitted_as']}, waiting {d['waiting_wh']} Wh"
+                    if d["submitted_as"] else "recorded only (not an oracle quantity for this role)")
+            print(f"  {name}: received {d['received_wh']} Wh; {rest}")
+        for st, o in sorted(doc["outbox"].items()):
+            print(f"  {st}: {o['intervals']} intervals, produced {o['produced_wh']} Wh, consumed {o['consumed_wh']} Wh")
+        for i in doc["not_submitted"]:
+            print(f"  NOT SUBMITTED {i['key']} produced {i['produced_wh']} Wh consumed {i['consumed_wh']} Wh: "
+                  f"{i['reason']}")
+    return 0
 
 
 def _outbox(args: argparse.Namespace) -> int:
