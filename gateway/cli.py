@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -37,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         c.set_defaults(func=_guarded(func))
         return c
 
-    cmd("run", "run the gateway service", _run)
+    run = cmd("run", "run the gateway service", _run)
+    run.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("GRIDMETER_LOG_FORMAT", "text"),
+                     help="json: one JSON object per line, for journald/Loki (default text, or $GRIDMETER_LOG_FORMAT)")
     k = gsub.add_parser("keygen", help="create the gateway's ack-signing key file (0600)")
     k.add_argument("path")
     k.set_defaults(func=_guarded(_keygen))
@@ -116,8 +119,9 @@ def _run(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError
     from gateway.keys import KeyFileError
     from gateway.oracle_errors import OracleClientError
-    from gateway.service import run
+    from gateway.service import configure_logging, run
 
+    configure_logging(args.log_format)
     try:
         cfg = _config(args)
         return asyncio.run(run(cfg))

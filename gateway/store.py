@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS rejections (
     authenticated INTEGER NOT NULL, payload BLOB NOT NULL, signature BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rejections_meter ON rejections (meter_id, seq);
+CREATE INDEX IF NOT EXISTS rejections_received ON rejections (received_at_ms);  -- fleet health: recent ones
+CREATE INDEX IF NOT EXISTS readings_held ON readings (received_at_ms) WHERE status = 'held';  -- held listing
 CREATE TABLE IF NOT EXISTS gaps (
     meter_id TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, detected_at_ms INTEGER NOT NULL
 );
