@@ -140,24 +140,12 @@ class _FleetCollector(Collector):
 
 def chain_error_reason(exc: BaseException) -> str:
     """Bounded reason code of a failed submitter cycle (metric label)."""
-    import httpx
-    from solana.exceptions import SolanaRpcException
-    from solana.rpc.core import RPCException
+    from gateway.oracle import rpc_failure_reason
 
     code = getattr(exc, "reason", None)
     if isinstance(code, str) and code in CHAIN_ERROR_REASONS:
         return code
-    if isinstance(exc, SolanaRpcException | httpx.TransportError | OSError | TimeoutError):
-        return "rpc_unreachable"
-    if isinstance(exc.__cause__, httpx.TransportError | OSError):
-        return "rpc_unreachable"
-    if isinstance(exc, RPCException):
-        return "rpc_error"
-    from gateway.oracle_errors import OracleClientError
-
-    if isinstance(exc, OracleClientError):
-        return "rpc_error"
-    return "internal_error"
+    return rpc_failure_reason(exc) or "internal_error"
 
 
 class ChainHealth:
