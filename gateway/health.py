@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from protocol import Quality
+from protocol.reading import NOT_MEASURED
 
 
 class State(StrEnum):
@@ -38,7 +39,10 @@ class State(StrEnum):
 SEVERITY = {s: i for i, s in enumerate(State)}  # most urgent first (declaration order)
 
 # Reasons a reading is held: the first of its quality flags (a bounded set: metric label values).
-HELD_REASONS = ("clock_unsynced", *(f.name.lower() for f in Quality if f and f.name != "CLOCK_UNSYNCED"), "quality")
+# *_NOT_MEASURED flags are informational (a meter without that counter), never a reason to hold.
+HELD_REASONS = ("clock_unsynced", *(f.name.lower() for f in Quality
+                                    if f and f.name and f.name != "CLOCK_UNSYNCED" and not f & NOT_MEASURED),
+                "quality")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +87,11 @@ class Health:
 
 
 def held_reason(reason: str | None, detail: str | None) -> str:
-    """Bounded reason of a held reading: its first quality flag ("clock_unsynced", "partial", ...)."""
-    first = (detail or "").split(",", 1)[0].strip()
-    if reason == "quality" and first in HELD_REASONS:
-        return first
+    """Bounded reason of a held reading: its first quality flag that holds it ("clock_unsynced", "partial", ...)."""
+    if reason == "quality":
+        for flag in (detail or "").split(","):
+            if flag.strip() in HELD_REASONS:
+                return flag.strip()
     return reason if reason in HELD_REASONS else "quality"
 
 

@@ -93,6 +93,8 @@ def test_observed_interval(newest: tuple[int, int] | None, earlier: tuple[int, i
     ("quality", "clock_unsynced,partial", "clock_unsynced"),
     ("quality", "glitch_suspected", "glitch_suspected"),
     ("quality", "late; quality not good", "quality"),
+    ("quality", "export_not_measured,partial", "partial"),  # *_not_measured is informational, never the reason
+    ("quality", "import_not_measured", "quality"),
     ("quality", "made-up\nflag", "quality"),  # bounded: anything unknown is "quality"
     (None, None, "quality"),
 ])
