@@ -268,7 +268,7 @@ def _meters_list(args: argparse.Namespace) -> int:
     store = Store(cfg.db_path)
     now_ms = int(time.time() * 1000)
     try:
-        health = fleet.fleet_health(store.conn, meters, now_ms, _thresholds(cfg), cfg.intervals.epoch_s * 1000)
+        health = fleet.fleet_health(store.conn, meters, now_ms, _thresholds(cfg))
     finally:
         store.close()
     rows = []
