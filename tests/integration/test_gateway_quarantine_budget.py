@@ -16,13 +16,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+import gateway.store as store_mod
 from gateway.acceptance import Acceptance, IngressLimit
 from gateway.checks import Limits
 from gateway.config import MqttSection
 from gateway.intake import Intake
 from gateway.metrics import Metrics
 from gateway.registry import Registry
-from gateway.store import QUARANTINE_PREFIX_BYTES, Store
+from gateway.store import Store
 from protocol import SigningKey, VerifyKey, decode_ack
 from protocol.topics import readings_topic
 from testbed.broker import Broker
@@ -32,6 +33,7 @@ from tests.polling import wait_for
 pytestmark = pytest.mark.integration
 
 MB = 1_000_000
+PREFIX = 256  # bytes of an unauthenticated message kept (one whole signed reading)
 
 
 def db_bytes(store: Store) -> int:
@@ -44,7 +46,9 @@ def db_bytes(store: Store) -> int:
 def wide_broker(tmp_path: Path) -> Iterator[Broker]:
     """A broker configured WITHOUT the project's message_size_limit (an operator's own broker): the gateway
     must hold on its own."""
-    with Broker(workdir=tmp_path / "broker", message_size_limit=2 * MB) as b:
+    b = Broker(workdir=tmp_path / "broker")
+    b.message_size_limit = 2 * MB
+    with b:
         yield b
 
 
@@ -89,12 +93,13 @@ def test_hundred_garbage_megabytes_grow_the_database_by_kilobytes(wide_broker: B
                  "100 rejections")
         grown = db_bytes(store) - before
         assert grown < 256 * 1024, f"database grew by {grown} bytes for 100 MB of garbage"
+        assert getattr(store_mod, "QUARANTINE_PREFIX_BYTES", None) == PREFIX
         rows = store.conn.execute("SELECT payload, payload_len, payload_sha256, authenticated FROM rejections "
                                   "ORDER BY id").fetchall()
         for i, (payload, n, digest, authenticated) in enumerate(rows):
             whole = garbage[i % 4]
             assert (bytes(payload), n, bytes(digest), authenticated) == (
-                whole[:QUARANTINE_PREFIX_BYTES], MB, hashlib.sha256(whole).digest(), 0)
+                whole[:PREFIX], MB, hashlib.sha256(whole).digest(), 0)
         print(f"\n100 x 1 MB garbage: database grew by {grown} bytes")
     finally:
         intake.stop()
