@@ -55,9 +55,10 @@ def meters_overview(conn: sqlite3.Connection, meters: dict[str, Meter], now_ms: 
 def rejections(conn: sqlite3.Connection, meter_id: str | None = None, limit: int = DEFAULT_REJECTIONS_LIMIT,
                max_payload_bytes: int | None = DEFAULT_PAYLOAD_SHOWN_BYTES) -> list[dict[str, Any]]:
     """Newest first. Payloads are cut to max_payload_bytes (None: whole; the CLI's --json wants the evidence),
-    with payload_bytes telling the stored size."""
+    with payload_bytes telling the size of the message received (an unauthenticated one is stored as a prefix:
+    gateway.store.QUARANTINE_PREFIX_BYTES, with its length and sha256)."""
     q = ("SELECT id, received_at_ms, source, topic_meter_id, meter_id, seq, reason, detail, authenticated, "
-         "substr(payload, 1, ?), length(payload), signature FROM rejections "
+         "substr(payload, 1, ?), COALESCE(payload_len, length(payload)), signature FROM rejections "
          "WHERE (? IS NULL OR meter_id = ? OR topic_meter_id = ?) ORDER BY id DESC LIMIT ?")
     cut = 2**31 - 1 if max_payload_bytes is None else max_payload_bytes  # SQLite blobs are < 2**31 bytes
     return [{"id": r[0], "received_at_ms": r[1], "source": r[2], "topic_meter_id": r[3], "meter_id": r[4],
