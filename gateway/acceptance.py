@@ -351,9 +351,9 @@ class _Writer:
 
     def row(self, item: BatchItem, r: Reading, v: Verdict) -> ReadingRow:
         if v is ACCEPTED:  # the common case: no reason, detail or rebaseline to spell out
-            return ReadingRow(r.meter_id, r.seq, r.read_at_ms, r.energy_import_wh, r.energy_export_wh, 0, True,
-                              r.instant.power_w, "accepted", None, None, False, item.payload, item.signature,
-                              self.now_ms)  # accepted = good: no quality flag, clock synced
+            return ReadingRow(r.meter_id, r.seq, r.read_at_ms, r.energy_import_wh, r.energy_export_wh, int(r.quality),
+                              True, r.instant.power_w, "accepted", None, None, False, item.payload, item.signature,
+                              self.now_ms)  # accepted = good: clock synced, no flag but *_NOT_MEASURED
         return ReadingRow(
             r.meter_id, r.seq, r.read_at_ms, r.energy_import_wh, r.energy_export_wh, int(r.quality), r.clock_synced,
             r.instant.power_w, "held" if v.outcome is Outcome.HOLD else "accepted",
