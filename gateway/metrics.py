@@ -24,6 +24,9 @@ class Metrics:
                                 ["source", "reason"], registry=r)
         self.not_stored = Counter("gridmeter_gateway_rejections_not_stored",
                                   "Unauthenticated rejections only counted (flood limit reached)", registry=r)
+        self.quarantine_bytes_not_stored = Counter(
+            "gridmeter_gateway_quarantine_bytes_not_stored",
+            "Bytes of unauthenticated messages over the quarantine byte budget (counted, not stored)", registry=r)
         self.gaps = Counter("gridmeter_gateway_seq_missing", "Sequence numbers skipped by meters", registry=r)
         self.verify_seconds = Histogram(
             "gridmeter_gateway_verify_seconds", "Ed25519 verification time per batch of messages", registry=r,

@@ -25,9 +25,9 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from gateway.intervals import OracleLimits, oracle_verdict, plan
+from gateway.intervals import OracleLimits, oracle_verdict, plan, plan_http
 from gateway.metrics import Metrics
-from gateway.registry import Registry
+from gateway.registry import MeterStatus, Registry
 from gateway.store import OutboxRow, Store
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,11 @@ DEFAULT_FUTURE_MARGIN_S = 55  # the oracle allows +60 s; keep 5 s for clock diff
 # resend fails with OutdatedReading, is recorded `rejected` although the energy is on chain, and every later
 # reconcile of that meter then sees a count mismatch.
 DEFAULT_SENT_RECHECK_S = 120
+# A GridTokenX HTTP client that stopped posting leaves its last interval open: once that interval's epoch is
+# over and no reading came for this long, it is closed without waiting for a next reading (intervals.close_idle).
+# 60 s = four missed readings of a client posting every 15 s; a client catching up on old readings posts
+# faster than that, so its back-filled readings are still binned per epoch.
+DEFAULT_HTTP_IDLE_CLOSE_S = 60
 
 
 class OracleLike(Protocol):
@@ -62,6 +67,7 @@ class Submitter:
         self.backoff_s = 0.0
         self.limits: OracleLimits | None = None
         self.last_error: str | None = None
+        self.http_idle_close_s = DEFAULT_HTTP_IDLE_CLOSE_S
 
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
         while not stop.is_set():
@@ -90,6 +96,7 @@ class Submitter:
         if not self.limits.active:
             raise RuntimeError("the oracle is inactive (update_oracle_status): submissions wait")
         await self._plan(self.limits)
+        await self._plan_http(self.limits)
         stats = await self._submit_due(self.limits)
         if self.last_error is not None and not stats.get("retry"):
             log.info("submitter recovered")
@@ -114,6 +121,27 @@ class Submitter:
                                       chain.last_reading_timestamp if chain is not None else None)
             self.store.save_plan(mid, new_state, planned, meter.zone_id, now_ms)
 
+    async def _plan_http(self, limits: OracleLimits) -> None:
+        """GridTokenX ingest readings (interval energies in mWh) through the same planner (intervals.plan_http)."""
+        meter_ids = self.store.http_meters_to_plan()
+        if not meter_ids:
+            return
+        states = await self.client.fetch_meter_states(meter_ids)
+        now_ms = int(self.clock() * 1000)
+        for mid in meter_ids:
+            meter = self.registry.get(mid)
+            if meter is None:
+                continue
+            state, points, received_ms = self.store.http_plan_inputs(mid)
+            chain = states.get(mid)
+            retired = meter.status is MeterStatus.RETIRED
+            new_state, planned = plan_http(
+                mid, meter.role, state, points, limits, self.epoch_s, now_ms // 1000,
+                quiet=now_ms - received_ms >= self.http_idle_close_s * 1000, retired=retired,
+                chain_last_ts=chain.last_reading_timestamp if chain is not None else None)
+            if new_state != state or planned:
+                self.store.save_http_plan(mid, new_state, planned, meter.zone_id, now_ms)
+
     async def _submit_due(self, limits: OracleLimits) -> dict[str, int]:
         now = self.clock()
         rows = self.store.outbox_due(int(now * 1000), DEFAULT_MAX_ROWS_PER_CYCLE)
@@ -125,6 +153,9 @@ class Submitter:
         states = await self.client.fetch_meter_states(list(by_meter))
         to_send: list[OutboxRow] = []
         for mid, mrows in by_meter.items():
+            meter = self.registry.get(mid)
+            if meter is not None and meter.status is MeterStatus.RETIRED:
+                mrows = self._hold_retired(mrows, int(now * 1000))
             to_send += self._prepare(mid, mrows, states.get(mid), limits, int(now))
         if not to_send:
             return {}
@@ -158,6 +189,14 @@ class Submitter:
             out.append(r)
             last_ts = r.reading_timestamp
         return out
+
+    def _hold_retired(self, rows: list[OutboxRow], now_ms: int) -> list[OutboxRow]:
+        """GridTokenX ingest rows of a retired meter not sent yet are held (`meter_retired`; the client sees it
+        in the ingest's status endpoints). Rows already `sent` still go through reconciliation."""
+        held = [r.key for r in rows if r.source == "http" and r.status == "pending"]
+        if held:
+            self.store.set_outbox(held, "held", now_ms, reason="meter_retired")
+        return [r for r in rows if r.key not in held]
 
     def _reconcile(self, mid: str, landed: list[OutboxRow], chain: Any, now_ms: int) -> None:
         confirmed = self.store.conn.execute("SELECT COUNT(*) FROM outbox WHERE meter_id = ? AND status = 'confirmed'",
