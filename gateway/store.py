@@ -11,6 +11,7 @@ reconciles it with the meter's on-chain last_reading_timestamp before resending 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,9 +50,15 @@ CREATE TABLE IF NOT EXISTS readings (
 CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY AUTOINCREMENT, received_at_ms INTEGER NOT NULL, source TEXT NOT NULL,
     topic_meter_id TEXT, meter_id TEXT, seq INTEGER, reason TEXT NOT NULL, detail TEXT NOT NULL,
-    authenticated INTEGER NOT NULL, payload BLOB NOT NULL, signature BLOB NOT NULL
+    authenticated INTEGER NOT NULL, payload BLOB NOT NULL, signature BLOB NOT NULL,
+    payload_len INTEGER, payload_sha256 BLOB
 );
 CREATE INDEX IF NOT EXISTS rejections_meter ON rejections (meter_id, seq);
+CREATE INDEX IF NOT EXISTS rejections_received ON rejections (received_at_ms);  -- fleet health: recent ones
+CREATE INDEX IF NOT EXISTS readings_held ON readings (received_at_ms) WHERE status = 'held';  -- held listing
+CREATE TABLE IF NOT EXISTS quarantine_dropped (
+    hour_ms INTEGER PRIMARY KEY, messages INTEGER NOT NULL, bytes INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS gaps (
     meter_id TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, detected_at_ms INTEGER NOT NULL
 );
@@ -84,7 +91,16 @@ CREATE TABLE IF NOT EXISTS http_readings (
 """ + _HTTP_SCHEMA
 _INSERT_READING = "INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_REJECTION = ("INSERT INTO rejections (received_at_ms, source, topic_meter_id, meter_id, seq, reason, detail,"
-                     " authenticated, payload, signature) VALUES (?,?,?,?,?,?,?,?,?,?)")
+                     " authenticated, payload, signature, payload_len, payload_sha256)"
+                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+# Quarantine bounds. An unauthenticated rejection (anyone allowed to publish can cause one) keeps this much of
+# the message, its length and its sha256: one whole signed reading (protocol MAX_READING_BYTES) stays complete
+# evidence, a 1 MB garbage message costs a few hundred bytes. Authenticated ones (a registered device key
+# signed them) are single readings and kept whole: they prove what a meter sent and detect changed resends.
+QUARANTINE_PREFIX_BYTES = 256
+MAX_DETAIL_CHARS = 512  # a detail may quote a hostile topic (MQTT allows 64 KiB)
+ROW_OVERHEAD_BYTES = 96  # columns other than payload/signature/detail, hash, index entry (approximate)
+HOUR_MS = 3_600_000
 OUTBOX_STATUSES = ("pending", "sent", "confirmed", "held", "rejected")
 
 
@@ -123,6 +139,19 @@ class RejectionRow:
     signature: bytes
 
 
+def quarantine_cost(r: RejectionRow) -> int:
+    """Bytes a rejection row takes once stored (what the quarantine byte budget counts)."""
+    payload = len(r.payload) if r.authenticated else min(len(r.payload), QUARANTINE_PREFIX_BYTES)
+    return payload + len(r.signature) + min(len(r.detail), MAX_DETAIL_CHARS) + ROW_OVERHEAD_BYTES
+
+
+def _rejection_params(r: RejectionRow) -> tuple[object, ...]:
+    payload = bytes(r.payload)
+    kept = payload if r.authenticated else payload[:QUARANTINE_PREFIX_BYTES]
+    return (r.received_at_ms, r.source, r.topic_meter_id, r.meter_id, r.seq, r.reason, r.detail[:MAX_DETAIL_CHARS],
+            int(r.authenticated), kept, bytes(r.signature)[:64], len(payload), hashlib.sha256(payload).digest())
+
+
 @dataclass(frozen=True, slots=True)
 class BatchWrite:
     """Everything one intake batch changes, written in one transaction."""
@@ -133,6 +162,7 @@ class BatchWrite:
     progress: dict[str, Progress]
     counts: dict[str, dict[str, int]]  # meter_id -> {accepted, held, rejected, duplicates, missing}
     seen_ms: int
+    dropped: tuple[int, int] = (0, 0)  # unauthenticated rejections over the quarantine budget: messages, bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +190,10 @@ class Store:
         self.path = Path(path)
         self.conn = connect(path)
         self.conn.executescript(_SCHEMA)
+        cols = {r[1] for r in self.conn.execute("PRAGMA table_info(rejections)")}
+        for col, typ in (("payload_len", "INTEGER"), ("payload_sha256", "BLOB")):  # databases of older versions
+            if col not in cols:
+                self.conn.execute(f"ALTER TABLE rejections ADD COLUMN {col} {typ}")
 
     def close(self) -> None:
         self.conn.close()
@@ -222,9 +256,11 @@ class Store:
         """Caller holds the transaction (see `transaction`)."""
         c = self.conn
         c.executemany(_INSERT_READING, map(tuple, w.readings))  # plain tuples bind ~1 us/row faster; bools as 0/1
-        c.executemany(_INSERT_REJECTION, [
-            (r.received_at_ms, r.source, r.topic_meter_id, r.meter_id, r.seq, r.reason, r.detail,
-             int(r.authenticated), r.payload, r.signature) for r in w.rejections])
+        c.executemany(_INSERT_REJECTION, map(_rejection_params, w.rejections))
+        if w.dropped[0]:
+            c.execute("INSERT INTO quarantine_dropped VALUES (?,?,?) ON CONFLICT (hour_ms) DO UPDATE SET "
+                      "messages = messages + excluded.messages, bytes = bytes + excluded.bytes",
+                      (w.seen_ms - w.seen_ms % HOUR_MS, *w.dropped))
         c.executemany("INSERT INTO gaps VALUES (?,?,?,?)", w.gaps)
         rows = []
         for m, p in w.progress.items():
@@ -241,8 +277,17 @@ class Store:
             "missing=missing+excluded.missing", rows)
 
     def add_rejection(self, r: RejectionRow) -> None:
+        self.write_rejections([r], r.received_at_ms)
+
+    def write_rejections(self, rows: list[RejectionRow], now_ms: int, dropped: tuple[int, int] = (0, 0)) -> None:
         with Transaction(self.conn):
-            self.write_batch(BatchWrite([], [r], [], {}, {}, r.received_at_ms))
+            self.write_batch(BatchWrite([], rows, [], {}, {}, now_ms, dropped))
+
+    def quarantine_dropped(self, since_ms: int = 0) -> tuple[int, int]:
+        """(messages, bytes) of unauthenticated rejections counted but not stored (quarantine budget) since."""
+        r = self.conn.execute("SELECT COALESCE(SUM(messages), 0), COALESCE(SUM(bytes), 0) FROM quarantine_dropped "
+                              "WHERE hour_ms >= ?", (since_ms - since_ms % HOUR_MS,)).fetchone()
+        return int(r[0]), int(r[1])
 
     def transaction(self) -> Transaction:
         return Transaction(self.conn)
