@@ -103,7 +103,12 @@ class StoreSection:
 
 @dataclass(frozen=True)
 class StatusSection:
-    listen: str = DEFAULT_STATUS_LISTEN  # "" disables the endpoint
+    listen: str = DEFAULT_STATUS_LISTEN  # "" disables the endpoint (and the household page on it)
+    # Read-only Solana JSON-RPC for the household page's "what the chain says" (on-chain totals, last confirmed
+    # submission): one getMultipleAccounts per chain_refresh_s, no key. "" = the page shows no chain column.
+    chain_rpc_url: str = ""
+    chain_program_id: str = ""  # the oracle program the gateway submits to (required with chain_rpc_url)
+    chain_refresh_s: float = 60.0
 
     @property
     def host_port(self) -> tuple[str, int] | None:
@@ -112,6 +117,25 @@ class StatusSection:
         m = _HOST_PORT_RE.fullmatch(self.listen)
         assert m is not None  # validated at load
         return m["host"].strip("[]"), int(m["port"])
+
+
+@dataclass(frozen=True)
+class HomeAssistantSection:
+    """Optional MQTT discovery for Home Assistant on a LOCAL broker (never the uplink): per meter an import and an
+    export energy sensor (kWh, total_increasing: the Energy dashboard) and a power sensor. Values are the
+    agent's readings as they are stored, so HA sees the same numbers the gateway gets."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = ""
+    password: str = ""  # env GRIDMETER_HA_MQTT_PASSWORD overrides
+    client_id: str = ""  # "" = gridmeter-ha-<hostname>
+    discovery_prefix: str = "homeassistant"  # Home Assistant's default
+    state_interval_s: float = 10.0  # publish states at most this often (retained, QoS 0: only the latest matters)
+
+    def __repr__(self) -> str:  # never print the password
+        return f"HomeAssistantSection(enabled={self.enabled}, host={self.host!r}, port={self.port})"
 
 
 @dataclass(frozen=True)
@@ -134,6 +158,7 @@ class AgentConfig:
     status: StatusSection
     buses: tuple[BusSpec, ...]  # validated here, defaults and reasons from agent.bus
     meters: tuple[MeterConfig, ...]
+    homeassistant: HomeAssistantSection = HomeAssistantSection()
 
     def key_file_for(self, meter: MeterConfig) -> Path:
         return meter.key_file or self.agent.key_file
@@ -248,10 +273,54 @@ def _listen(v: str) -> str | None:
     return None
 
 
+def _http_url(v: str) -> str | None:
+    if v == "" or re.fullmatch(r"https?://[A-Za-z0-9.\-:\[\]]+(:\d{1,5})?(/[^\s]*)?", v):
+        return None
+    return 'must be an http:// or https:// URL (or "" to disable)'
+
+
+def _program_id(v: str) -> str | None:
+    if v == "":
+        return None
+    from solders.pubkey import Pubkey
+
+    try:
+        Pubkey.from_string(v)
+    except ValueError:
+        return "must be a base58 Solana program id"
+    return None
+
+
 def _status(t: Table) -> StatusSection:
-    s = StatusSection(listen=t.get("listen", str, DEFAULT_STATUS_LISTEN, check=_listen))
+    s = StatusSection(
+        listen=t.get("listen", str, DEFAULT_STATUS_LISTEN, check=_listen),
+        chain_rpc_url=t.get("chain_rpc_url", str, "", check=_http_url),
+        chain_program_id=t.get("chain_program_id", str, "", check=_program_id),
+        chain_refresh_s=t.get("chain_refresh_s", float, 60.0, check=between(5, 86400)),
+    )
+    if s.chain_rpc_url and not s.chain_program_id:
+        t.errors.append(f"{t.path}.chain_program_id: required with chain_rpc_url (got \"\")")
     t.done()
     return s
+
+
+def _homeassistant(t: Table, env: Mapping[str, str]) -> HomeAssistantSection:
+    if "GRIDMETER_HA_MQTT_PASSWORD" in env:
+        t.data["password"] = env["GRIDMETER_HA_MQTT_PASSWORD"]
+    prefix = t.get("discovery_prefix", str, "homeassistant",
+                   check=lambda v: None if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v) else "1-64 of A-Z a-z 0-9 _ -")
+    h = HomeAssistantSection(
+        enabled=t.get("enabled", bool, False),
+        host=t.get("host", str, "127.0.0.1", check=lambda v: None if v else "must not be empty"),
+        port=t.get("port", int, 1883, check=between(1, 65535)),
+        username=t.get("username", str, ""),
+        password=t.get("password", str, ""),
+        client_id=t.get("client_id", str, "", check=lambda v: client_id_problem(v) if v else None),
+        discovery_prefix=prefix,
+        state_interval_s=t.get("state_interval_s", float, 10.0, check=between(1, 3600)),
+    )
+    t.done()
+    return h
 
 
 _BUS_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
@@ -350,12 +419,14 @@ def parse_config(data: Mapping[str, Any], *, path: Path, env: Mapping[str, str] 
     errors: list[str] = []
     base = path.parent
     root = Table(data, "", errors)
-    sections = {k: Table(root.get(k, dict, {}), k, errors) for k in ("agent", "clock", "mqtt", "store", "status")}
+    sections = {k: Table(root.get(k, dict, {}), k, errors)
+                for k in ("agent", "clock", "mqtt", "store", "status", "homeassistant")}
     agent = _agent(sections["agent"], base)
     clock = _clock(sections["clock"])
     mqtt = _mqtt(sections["mqtt"], env, base)
     store = _store(sections["store"])
     status = _status(sections["status"])
+    homeassistant = _homeassistant(sections["homeassistant"], env)
     root.seen |= {"buses", "meters"}
     buses = [_bus(Table(d, p, errors)) for d, p in _array(data, "buses", errors)]
     meters = tuple(_meter(Table(d, p, errors), base) for d, p in _array(data, "meters", errors))
@@ -364,7 +435,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path, env: Mapping[str, str] 
     if errors:
         raise ConfigError(f"{path}: invalid config:\n  " + "\n  ".join(errors))
     specs = tuple(b for _name, b in buses if b is not None)
-    return AgentConfig(path, agent, clock, mqtt, store, status, specs, meters)
+    return AgentConfig(path, agent, clock, mqtt, store, status, specs, meters, homeassistant)
 
 
 def load_config(path: Path, *, env: Mapping[str, str] | None = None) -> AgentConfig:

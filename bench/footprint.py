@@ -305,14 +305,14 @@ def _workdir(arg: Path | None) -> tuple[Path, bool]:
 
 
 def _fs_type(path: Path) -> str:
-    best, kind = "", "?"
+    best, kind, where = "", "?", str(path.resolve())
     with open("/proc/mounts") as f:
         for line in f:
             parts = line.split()
             mnt = parts[1]
-            if str(path.resolve()).startswith(mnt.rstrip("/") + "/") or str(path.resolve()) == mnt:
-                if len(mnt) > len(best):
-                    best, kind = mnt, parts[2]
+            inside = where.startswith(mnt.rstrip("/") + "/") or where == mnt
+            if inside and len(mnt) > len(best):
+                best, kind = mnt, parts[2]
     return kind
 
 

@@ -1,5 +1,5 @@
-"""`gridmeter gateway` subcommands: run, check-config, keygen, authority-key, meters add|list|suspend|resume|retire, rejections,
-held, ingest-status, outbox.
+"""`gridmeter gateway` subcommands: run, check-config, keygen, authority-key, meters add|list|suspend|resume|retire,
+rejections, held, ingest-status, outbox.
 
 Only `run` needs the whole configuration (broker account, dashboard secret, API keys): the registry and
 read-only commands read [gateway] (state_dir) and [health] only, so an operator can run them with a config
