@@ -91,6 +91,7 @@ class Dashboard:
         self.registry = Registry(registry_path)
         self.sessions: dict[str, float] = {}
         self.sse_clients = 0
+        self.sse_tick_s = DEFAULT_SSE_TICK_S
         self._meters: tuple[tuple[int, int], dict[str, Meter]] | None = None
         self._fleet: tuple[float, tuple[object, ...], int, list[dict[str, Any]]] | None = None
         self.last_compute_ms: tuple[float, float] = (0.0, 0.0)  # wall, CPU of the last fleet computation
@@ -362,7 +363,7 @@ class Dashboard:
             await resp.write(b"retry: 2000\n\n")
             while self._authorized(req):  # a session that expires mid-stream ends the stream
                 v = (self.conn.execute("PRAGMA data_version").fetchone()[0], self.registry.data_version())
-                if v != version or quiet >= DEFAULT_SSE_TICK_S:
+                if v != version or quiet >= self.sse_tick_s:
                     version, quiet = v, 0.0
                     await resp.write(f"event: update\ndata: {json.dumps({'at_ms': int(self.clock() * 1000)})}\n\n"
                                      .encode())
