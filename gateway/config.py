@@ -127,7 +127,7 @@ class MqttSection:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 1883
-    client_id: str = "gridmeter-gateway-1"  # unique per gateway process (persistent session)
+    client_id: str = "gridmeter-gateway-1"  # unique per gateway process
     share_group: str = "gridmeter-gateway"  # $share/<group>/...: processes of one group split the load
     username: str = ""
     password: str = ""
@@ -135,7 +135,9 @@ class MqttSection:
     tls_cert: str = ""
     tls_key: str = ""
     topic_prefix: str = "gridmeter/v1"
-    session_expiry_s: int = 86400  # broker keeps our queue this long while we are down
+    # 0: the MQTT session ends with the connection, so a stopped gateway leaves the $share group at once (the
+    # agents re-send what no gateway acked). Above 0 the broker keeps feeding a stopped gateway its share.
+    session_expiry_s: int = 0
     max_pending_messages: int = 2000  # bound of the receive queue; paho stops reading beyond it
     checks: ClassVar[dict[str, Check]] = {
         "host": _nonempty, "port": _range(1, 65535), "client_id": _nonempty, "share_group": _nonempty,
