@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     k = gsub.add_parser("keygen", help="create the gateway's ack-signing key file (0600)")
     k.add_argument("path")
     k.set_defaults(func=_guarded(_keygen))
+    t = gsub.add_parser("gen-token", help="print a new random secret for dashboard.token, dashboard.password or "
+                                          "an http.api_keys entry")
+    t.set_defaults(func=_gen_token)
     m = gsub.add_parser("meters", help="the meter registry")
     msub = m.add_subparsers(dest="meters_command", metavar="COMMAND")
     msub.required = True
@@ -135,6 +138,13 @@ def _keygen(args: argparse.Namespace) -> int:
     except KeyFileError as exc:
         return _fail(str(exc))
     print(f"gateway public key (agents' mqtt.gateway_public_key): {key.public_key.hex()}")
+    return 0
+
+
+def _gen_token(_args: argparse.Namespace) -> int:
+    from gateway.config import generate_token
+
+    print(generate_token())
     return 0
 
 
