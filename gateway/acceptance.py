@@ -42,6 +42,7 @@ from gateway.checks import (
     check_progress,
     verify_signatures,
 )
+from gateway.health import held_reason
 from gateway.metrics import Metrics
 from gateway.registry import Meter, Registry
 from gateway.store import BatchWrite, ReadingRow, RejectionRow, Store, quarantine_cost
@@ -329,7 +330,7 @@ class Acceptance:
         if verdict.outcome is Outcome.ACCEPT:
             w.late += 1
         else:
-            w.late_held += 1
+            w.late_held_reasons.append(held_reason(verdict.reason, verdict.detail))
         return True
 
     def _count(self, w: _Writer) -> None:
@@ -343,7 +344,16 @@ class Acceptance:
                         "not stored", w.not_stored, w.not_stored_bytes)
         n_acc = sum(1 for r in w.readings if r.status == "accepted") + w.late
         m.accepted.labels("mqtt").inc(n_acc)
-        m.held.inc(len(w.readings) + w.late + w.late_held - n_acc)
+        held = Counter(held_reason(r.reason, r.detail) for r in w.readings if r.status == "held")
+        held.update(w.late_held_reasons)
+        for reason, n in held.items():
+            m.held.labels(reason).inc(n)
+        newest: dict[str, int] = {}
+        for r in w.readings:
+            if r.read_at_ms > newest.get(r.meter_id, -1):
+                newest[r.meter_id] = r.read_at_ms
+        for read_at_ms in newest.values():
+            m.intake_lag.observe(max(0, w.now_ms - read_at_ms) / 1000)
         m.duplicates.inc(sum(c.get("duplicates", 0) for c in w.counts.values()))
         m.gaps.inc(sum(c.get("missing", 0) for c in w.counts.values()))
 
@@ -370,7 +380,7 @@ class _Writer:
         self.ack: set[str] = set()
         self.counts_only: list[str] = []
         self.late = 0
-        self.late_held = 0
+        self.late_held_reasons: list[str] = []
         self.payloads: dict[tuple[str, int], bytes] = {}
 
     def count(self, mid: str, what: str, n: int = 1) -> None:

@@ -262,6 +262,18 @@ class IntervalsSection:
 
 
 @dataclass(frozen=True)
+class HealthSection:
+    """Meter health on the dashboard and /metrics (gateway.health): each meter's cadence is learnt from its
+    readings; these are the fleet defaults around it."""
+
+    expected_interval_s: float = 10.0  # until a meter has sent two readings (the agent's default poll interval)
+    late_margin_s: float = 10.0  # late after one interval + max(margin, half an interval) without a message
+    silent_after_s: float = 300.0  # silent after max(this, 10 intervals)
+    checks: ClassVar[dict[str, Check]] = {"expected_interval_s": _range(0.1, 86400),
+                                          "late_margin_s": _range(0, 86400), "silent_after_s": _range(1, 30 * 86400)}
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     chain: ChainSection = field(default_factory=ChainSection)
@@ -270,6 +282,7 @@ class GatewayConfig:
     dashboard: DashboardSection = field(default_factory=DashboardSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     intervals: IntervalsSection = field(default_factory=IntervalsSection)
+    health: HealthSection = field(default_factory=HealthSection)
 
     @property
     def db_path(self) -> Path:

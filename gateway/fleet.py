@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from gateway.health import MeterFacts, Thresholds, held_reason, meter_health, observed_interval_ms
 from gateway.ingest_payload import wh_text
 from gateway.registry import Meter, MeterStatus, Registry
 from protocol import MeterRole
@@ -95,6 +96,116 @@ def meter_intervals(conn: sqlite3.Connection, meter_id: str, limit: int = 500) -
 def gaps(conn: sqlite3.Connection, meter_id: str) -> list[dict[str, Any]]:
     q = "SELECT first_seq, last_seq, detected_at_ms FROM gaps WHERE meter_id = ? ORDER BY first_seq DESC LIMIT 100"
     return [{"first_seq": a, "last_seq": b, "detected_at_ms": t} for a, b, t in conn.execute(q, (meter_id,))]
+
+
+# ---- fleet health ------------------------------------------------------------------------------------------------
+
+_FLEET_FACTS = """
+SELECT p.meter_id, p.last_seq, p.last_read_at_ms, p.last_import_wh, p.last_export_wh, p.last_seen_ms, p.accepted,
+       p.held, p.rejected, p.duplicates, p.missing, r.seq, r.read_at_ms, r.received_at_ms, r.status, r.reason,
+       r.detail,
+       (SELECT e.seq FROM readings e WHERE e.meter_id = p.meter_id AND e.seq <= r.seq - :k ORDER BY e.seq DESC
+        LIMIT 1),
+       (SELECT e.read_at_ms FROM readings e WHERE e.meter_id = p.meter_id AND e.seq <= r.seq - :k
+        ORDER BY e.seq DESC LIMIT 1),
+       (SELECT e.seq FROM readings e WHERE e.meter_id = p.meter_id AND e.seq < r.seq ORDER BY e.seq LIMIT 1),
+       (SELECT e.read_at_ms FROM readings e WHERE e.meter_id = p.meter_id AND e.seq < r.seq ORDER BY e.seq LIMIT 1)
+FROM progress p
+LEFT JOIN readings r ON r.meter_id = p.meter_id
+     AND r.seq = (SELECT MAX(x.seq) FROM readings x WHERE x.meter_id = p.meter_id)
+WHERE :only IS NULL OR p.meter_id = :only
+"""
+
+
+def _http_facts(conn: sqlite3.Connection, meter_id: str, k: int) -> tuple[int, int, int, int | None] | None:
+    """(seq, timestamp_ms, received_at_ms, cadence) of a GridTokenX HTTP meter's newest reading, or None."""
+    newest = conn.execute("SELECT seq, timestamp_ms, received_at_ms FROM http_ingest WHERE meter_id = ? "
+                          "ORDER BY seq DESC LIMIT 1", (meter_id,)).fetchone()
+    if newest is None:
+        return None
+    earlier = conn.execute("SELECT seq, timestamp_ms FROM http_ingest WHERE meter_id = ? AND seq <= ? "
+                           "ORDER BY seq DESC LIMIT 1", (meter_id, max(1, newest[0] - k))).fetchone()
+    return newest[0], newest[1], newest[2], observed_interval_ms((newest[0], newest[1]), earlier)
+
+
+def fleet_health(conn: sqlite3.Connection, meters: dict[str, Meter], now_ms: int,
+                 th: Thresholds) -> list[dict[str, Any]]:
+    """Every registered meter with its health (gateway.health) and counts, in meter_id order. A few index seeks
+    per meter (newest reading, one some seqs earlier), one pass over recent rejections."""
+    only = next(iter(meters)) if len(meters) == 1 else None
+    prog = {r[0]: r for r in conn.execute(_FLEET_FACTS, {"k": th.window_readings, "only": only})}
+    window_start = now_ms - th.silent_after_ms
+    rejected = {m: (t, reason) for m, t, reason in conn.execute(
+        "SELECT COALESCE(topic_meter_id, meter_id) AS m, MAX(received_at_ms), reason FROM rejections "
+        "WHERE received_at_ms >= ? AND m IS NOT NULL GROUP BY m", (window_start,))}
+    uses_http = conn.execute("SELECT 1 FROM http_ingest LIMIT 1").fetchone() is not None
+    rows = []
+    for mid, m in sorted(meters.items()):
+        p = prog.get(mid)
+        rej = rejected.get(mid)
+        if p is not None:
+            earlier = (p[17], p[18]) if p[17] is not None else ((p[19], p[20]) if p[19] is not None else None)
+            newest = (p[11], p[12]) if p[11] is not None else None
+            facts = MeterFacts(m.status.value, p[5], p[12], p[13], p[14], p[15], p[16],
+                               observed_interval_ms(newest, earlier), *(rej or (None, None)))
+        elif uses_http and (hf := _http_facts(conn, mid, th.window_readings)) is not None:
+            _seq, ts, rcv, interval = hf
+            facts = MeterFacts(m.status.value, rcv, ts, rcv, "accepted", observed_interval_ms=interval,
+                               last_rejection_ms=rej[0] if rej else None,
+                               last_rejection_reason=rej[1] if rej else None)
+        else:
+            facts = MeterFacts(m.status.value, *((None,) * 7), *(rej or (None, None)))
+        h = meter_health(facts, now_ms, th)
+        rows.append({
+            "meter_id": mid, "status": m.status.value, "zone_id": m.zone_id, "role": m.role.name.lower(),
+            "profile": m.profile, "rated_max_power_w": m.rated_max_power_w, "serial_number": m.serial_number,
+            "state": h.state.value, "state_reason": h.reason, "state_text": h.text,
+            "expected_interval_s": h.expected_interval_ms / 1000, "last_seen_ms": facts.last_seen_ms,
+            "heard_age_s": None if h.heard_age_ms is None else h.heard_age_ms // 1000,
+            "newest_read_at_ms": facts.newest_read_at_ms,
+            "lag_s": None if h.lag_ms is None else h.lag_ms // 1000,
+            "last_read_at_ms": p[2] if p else None, "last_seq": p[1] if p else 0,
+            "import_wh": p[3] if p else None, "export_wh": p[4] if p else None,
+            "accepted": p[6] if p else 0, "held": p[7] if p else 0, "rejected": p[8] if p else 0,
+            "duplicates": p[9] if p else 0, "missing": p[10] if p else 0,
+            "held_detail": facts.newest_detail if facts.newest_status == "held" else None,
+        })
+    return rows
+
+
+def outbox_by_meters(conn: sqlite3.Connection, meter_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Outbox counts per meter for a page of meters (through the (status, meter_id) index)."""
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(meter_ids), 500):
+        chunk = meter_ids[i : i + 500]
+        q = ("SELECT meter_id, status, COUNT(*), SUM(produced_wh), SUM(consumed_wh), MAX(reading_timestamp) "
+             "FROM outbox WHERE status IN ('pending','sent','confirmed','held','rejected') "
+             f"AND meter_id IN ({','.join('?' * len(chunk))}) GROUP BY meter_id, status")
+        for mid, status, n, prod, cons, last_ts in conn.execute(q, chunk):
+            d = out.setdefault(mid, {"confirmed": 0, "pending": 0, "sent": 0, "held": 0, "rejected": 0,
+                                     "confirmed_produced_wh": 0, "confirmed_consumed_wh": 0,
+                                     "last_confirmed_ts": None})
+            d[status] = n
+            if status == "confirmed":
+                d.update(confirmed_produced_wh=prod, confirmed_consumed_wh=cons, last_confirmed_ts=last_ts)
+    return out
+
+
+def held_readings(conn: sqlite3.Connection, meter_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """Held readings, newest first, with reason and detail (the quality flags)."""
+    q = ("SELECT meter_id, seq, read_at_ms, received_at_ms, import_wh, export_wh, reason, detail FROM readings "
+         "WHERE status = 'held' AND (? IS NULL OR meter_id = ?) ORDER BY received_at_ms DESC LIMIT ?")
+    return [{"meter_id": r[0], "seq": r[1], "read_at_ms": r[2], "received_at_ms": r[3], "import_wh": r[4],
+             "export_wh": r[5], "reason": held_reason(r[6], r[7]), "detail": r[7]}
+            for r in conn.execute(q, (meter_id, meter_id, limit))]
+
+
+def held_intervals(conn: sqlite3.Connection, meter_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """Interval submissions held back from the chain, with the reason (oracle check name, reconcile_mismatch)."""
+    q = ("SELECT key, meter_id, reading_timestamp, produced_wh, consumed_wh, reason, updated_at_ms FROM outbox "
+         "WHERE status = 'held' AND (? IS NULL OR meter_id = ?) ORDER BY updated_at_ms DESC LIMIT ?")
+    return [{"key": r[0], "meter_id": r[1], "reading_timestamp": r[2], "produced_wh": r[3], "consumed_wh": r[4],
+             "reason": r[5], "updated_at_ms": r[6]} for r in conn.execute(q, (meter_id, meter_id, limit))]
 
 
 # ---- GridTokenX HTTP ingest: what became of a reading / a meter's energy (client status endpoints, CLI) ----

@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS rejections (
     payload_len INTEGER, payload_sha256 BLOB
 );
 CREATE INDEX IF NOT EXISTS rejections_meter ON rejections (meter_id, seq);
+CREATE INDEX IF NOT EXISTS rejections_received ON rejections (received_at_ms);  -- fleet health: recent ones
+CREATE INDEX IF NOT EXISTS readings_held ON readings (received_at_ms) WHERE status = 'held';  -- held listing
 CREATE TABLE IF NOT EXISTS quarantine_dropped (
     hour_ms INTEGER PRIMARY KEY, messages INTEGER NOT NULL, bytes INTEGER NOT NULL
 );

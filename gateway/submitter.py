@@ -48,6 +48,14 @@ DEFAULT_SENT_RECHECK_S = 120
 DEFAULT_HTTP_IDLE_CLOSE_S = 60
 
 
+class ChainNotReady(RuntimeError):
+    """The chain answers but submissions cannot work (reason: not_chain_bridge, oracle_inactive)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class OracleLike(Protocol):
     """What the submitter needs from gateway.oracle.OracleClient (a fake in unit tests)."""
 
@@ -68,14 +76,20 @@ class Submitter:
         self.limits: OracleLimits | None = None
         self.last_error: str | None = None
         self.http_idle_close_s = DEFAULT_HTTP_IDLE_CLOSE_S
+        metrics.chain.start(epoch_s)
 
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
         while not stop.is_set():
             try:
-                await self.run_once()
+                stats = await self.run_once()
                 if self.on_cycle is not None:
                     self.on_cycle()
+                if stats.get("retry"):
+                    self.metrics.chain.cycle_failed(self.last_error or "submissions not landed", "not_landed")
+                else:
+                    self.metrics.chain.cycle_ok()
             except Exception as exc:  # RPC down, chain not initialised: back off, keep the outbox
+                self.metrics.chain.cycle_failed(exc)
                 self._failed(f"{type(exc).__name__}: {exc}")
             delay = max(interval_s, self.backoff_s)
             with contextlib.suppress(TimeoutError):
@@ -91,10 +105,10 @@ class Submitter:
         cfg = await self.client.fetch_config()
         self.limits = OracleLimits.from_config(cfg)
         if self.authority is not None and str(cfg.chain_bridge) != self.authority:
-            raise RuntimeError(f"this gateway's authority {self.authority} is not the oracle's chain_bridge "
-                               f"{cfg.chain_bridge}: every submission would fail (UnauthorizedGateway)")
+            raise ChainNotReady("not_chain_bridge", f"this gateway's authority {self.authority} is not the oracle's "
+                                f"chain_bridge {cfg.chain_bridge}: every submission would fail (UnauthorizedGateway)")
         if not self.limits.active:
-            raise RuntimeError("the oracle is inactive (update_oracle_status): submissions wait")
+            raise ChainNotReady("oracle_inactive", "the oracle is inactive (update_oracle_status): submissions wait")
         await self._plan(self.limits)
         await self._plan_http(self.limits)
         stats = await self._submit_due(self.limits)
@@ -205,6 +219,7 @@ class Submitter:
         if confirmed + len(landed) == chain.total_readings:
             self.store.set_outbox(keys, "confirmed", now_ms, reason="reconciled")
             self.metrics.submitted.inc(len(keys))
+            self.metrics.chain.submitted(len(keys))
         else:
             reason = (f"reconcile_mismatch: chain has {chain.total_readings} readings up to "
                       f"{chain.last_reading_timestamp}, gateway expected {confirmed + len(landed)}")
@@ -228,6 +243,7 @@ class Submitter:
             else:
                 retry.append(res.key)
         self.metrics.submitted.inc(stats["confirmed"])
+        self.metrics.chain.submitted(stats["confirmed"])
         for n in per_tx.values():
             self.metrics.tx_sent.inc()
             self.metrics.readings_per_tx.observe(n)
