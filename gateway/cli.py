@@ -1,5 +1,5 @@
 """`gridmeter gateway` subcommands: run, keygen, authority-key, meters add|list|suspend|resume|retire, rejections,
-held, outbox.
+held, ingest-status, outbox.
 
 Only `run` needs the whole configuration (broker account, dashboard secret, API keys): the registry and
 read-only commands read [gateway] (state_dir) and [health] only, so an operator can run them with a config
@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "(hex) that agents pin as mqtt.gateway_public_key")
     k.add_argument("path")
     k.set_defaults(func=_guarded(_keygen))
+    t = gsub.add_parser("gen-token", help="print a new random secret for dashboard.token, dashboard.password or "
+                                          "an http.api_keys entry")
+    t.set_defaults(func=_gen_token)
     a = gsub.add_parser("authority-key", help="create the chain_bridge authority key (Solana keypair, 0600) that "
                         "signs every oracle submission; prints its base58 public key",
                         description="Creates the keypair file chain.authority_key_file points at (solana-keygen "
@@ -88,6 +91,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     h.add_argument("--meter")
     h.add_argument("--limit", type=_limit, default=50, help=f"1..{MAX_LIST_LIMIT} per list (default 50)")
     h.add_argument("--json", action="store_true")
+    i = cmd("ingest-status", "GridTokenX HTTP ingest: a meter's energy books, or what became of one reading",
+            _ingest_status)
+    i.add_argument("meter_id", nargs="?", help="the meter (device_id)")
+    i.add_argument("--reading", metavar="READING_ID", help="the reading_id the ingest answered with (202)")
+    i.add_argument("--json", action="store_true")
     o = cmd("outbox", "show interval submissions", _outbox)
     o.add_argument("--meter")
     o.add_argument("--status", choices=("pending", "sent", "confirmed", "held", "rejected"))
@@ -210,6 +218,13 @@ def _authority_key(args: argparse.Namespace) -> int:
     if not args.show:
         print(f"created {args.path} (mode 0600; set chain.authority_key_file to it)", file=sys.stderr)
     print(f"chain_bridge public key (base58): {kp.pubkey()}")
+    return 0
+
+
+def _gen_token(_args: argparse.Namespace) -> int:
+    from gateway.config import generate_token
+
+    print(generate_token())
     return 0
 
 
@@ -374,6 +389,48 @@ def _held(args: argparse.Namespace) -> int:
     for i in intervals:
         print(f"  {_ts(i['reading_timestamp'] * 1000)} {i['meter_id']:<24} produced {i['produced_wh']:>8} Wh "
               f"consumed {i['consumed_wh']:>8} Wh  {_printable(i['reason'] or '')}")
+    return 0
+
+
+def _ingest_status(args: argparse.Namespace) -> int:
+    from gateway import fleet
+    from gateway.database import connect
+
+    if not args.meter_id and not args.reading:
+        return _fail("ingest-status: give a METER_ID or --reading READING_ID")
+    conn, reg = connect(_state_config(args).db_path), _registry(args)
+    try:
+        if args.reading:
+            doc = fleet.http_reading_status(conn, reg, args.reading)
+            if doc is None:
+                return _fail(f"reading {args.reading!r}: not found")
+        else:
+            meter = reg.get(args.meter_id)
+            if meter is None:
+                return _fail(f"{args.meter_id!r}: not registered")
+            doc = fleet.http_meter_status(conn, meter)
+    finally:
+        conn.close()
+        reg.close()
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    elif args.reading:
+        print(f"{doc['reading_id']} {doc['device_id']} {_ts(doc['timestamp_ms'])}: {doc['status']} "
+              f"({doc['meaning']}) {' '.join(doc['reasons'])}")
+        for i in doc["intervals"]:
+            print(f"  {i['key']:<44} {i['status']:<9} produced {i['produced_wh']} Wh consumed {i['consumed_wh']} Wh "
+                  f"{i['reason'] or ''}")
+    else:
+        print(f"{doc['device_id']} ({doc['role']}, {doc['meter_status']}): {doc['readings']} readings")
+        for name, d in doc["energy"].items():
+            rest = (f"planned {d['planned_wh']} Wh as {d['submitted_as']}, waiting {d['waiting_wh']} Wh"
+                    if d["submitted_as"] else "recorded only (not an oracle quantity for this role)")
+            print(f"  {name}: received {d['received_wh']} Wh; {rest}")
+        for st, o in sorted(doc["outbox"].items()):
+            print(f"  {st}: {o['intervals']} intervals, produced {o['produced_wh']} Wh, consumed {o['consumed_wh']} Wh")
+        for i in doc["not_submitted"]:
+            print(f"  NOT SUBMITTED {i['key']} produced {i['produced_wh']} Wh consumed {i['consumed_wh']} Wh: "
+                  f"{i['reason']}")
     return 0
 
 

@@ -211,6 +211,8 @@ class HttpIngest:
 
     # ---- status ---------------------------------------------------------------------------------------
     async def reading_status(self, req: web.Request) -> web.Response:
+        if not self._client_allowed(req):
+            return web.json_response({"error": "client_rate_exceeded"}, status=429)
         if not self._api_key_ok(req):
             return web.json_response({"error": "X-API-KEY missing or not accepted"}, status=401)
         try:
@@ -223,6 +225,8 @@ class HttpIngest:
         return web.json_response(doc)
 
     async def meter_status(self, req: web.Request) -> web.Response:
+        if not self._client_allowed(req):
+            return web.json_response({"error": "client_rate_exceeded"}, status=429)
         if not self._api_key_ok(req):
             return web.json_response({"error": "X-API-KEY missing or not accepted"}, status=401)
         try:
