@@ -86,7 +86,6 @@ async def test_scan_names_every_model_on_one_bus(every_meter: tuple[VirtualRtuBu
     assert not wrong, wrong
     # the only names the scan may not tell apart are declared twins; every other family is told apart
     assert {pid for pid in RTU_IDS if twins(pid)} <= {"eastron-sdm120", "eastron-sdm230"}
-    print(f"\nmixed bus: {len(RTU_IDS)} meters, scan {out.err.strip().splitlines()[-1] if out.err else ''}")
 
 
 @pytest.mark.integration
