@@ -20,7 +20,7 @@ from agent.bus import BusSpec
 from agent.toml_table import Table, between, one_of, path_or_none
 from firmware_config.schema import BAUDRATES, PARITIES
 from protocol.errors import InvalidFieldError
-from protocol.reading import validate_meter_id
+from protocol.identifiers import meter_id_problem, mqtt_username_problem
 from protocol.signing import VerifyKey
 from protocol.topics import client_id_problem, prefix_problem
 
@@ -39,7 +39,7 @@ ENV_OVERRIDES = {
     "GRIDMETER_MQTT_USERNAME": ("mqtt", "username"),
     "GRIDMETER_MQTT_PASSWORD": ("mqtt", "password"),
 }
-_HOST_PORT_RE = re.compile(r"^(?P<host>[A-Za-z0-9.\-:\[\]]+):(?P<port>\d{1,5})$")
+_HOST_PORT_RE = re.compile(r"(?P<host>[A-Za-z0-9.\-:\[\]]+):(?P<port>[0-9]{1,5})")
 
 
 class ConfigError(Exception):
@@ -100,7 +100,7 @@ class StatusSection:
     def host_port(self) -> tuple[str, int] | None:
         if not self.listen:
             return None
-        m = _HOST_PORT_RE.match(self.listen)
+        m = _HOST_PORT_RE.fullmatch(self.listen)
         assert m is not None  # validated at load
         return m["host"].strip("[]"), int(m["port"])
 
@@ -184,12 +184,17 @@ def _mqtt(t: Table, env: Mapping[str, str], base: Path) -> MqttSection:
     host = t.get("host", str, "127.0.0.1", check=lambda v: None if v else "must not be empty")
     prefix = t.get("topic_prefix", str, "gridmeter/v1", check=_topic_prefix)
     cid = t.get("client_id", str, "", check=lambda v: client_id_problem(v) if v else None)
+    if not cid:
+        cid = f"gridmeter-agent-{os.uname().nodename}"[:64]
+        if client_id_problem(cid):
+            t.errors.append(f"{t.path}.client_id: not set, and the default {cid!r} (from the host name) "
+                            "is not a valid client id; set it (1-64 characters of A-Z a-z 0-9 . _ -)")
     m = MqttSection(
         gateway_public_key=bytes.fromhex(gw) if gw else b"",
         host=host,
         port=t.get("port", int, 1883, check=between(1, 65535)),
-        client_id=cid or f"gridmeter-agent-{os.uname().nodename}",
-        username=t.get("username", str, ""),
+        client_id=cid,
+        username=t.get("username", str, "", check=lambda v: mqtt_username_problem(v) if v else None),
         password=t.get("password", str, ""),
         tls_ca=path_or_none(t, "tls_ca", base, must_exist=True),
         tls_cert=path_or_none(t, "tls_cert", base, must_exist=True),
@@ -228,7 +233,7 @@ def _store(t: Table) -> StoreSection:
 def _listen(v: str) -> str | None:
     if v == "":
         return None
-    m = _HOST_PORT_RE.match(v)
+    m = _HOST_PORT_RE.fullmatch(v)
     if m is None or not 1 <= int(m["port"]) <= 65535:
         return 'must be "host:port" (or "" to disable)'
     return None
@@ -240,7 +245,7 @@ def _status(t: Table) -> StatusSection:
     return s
 
 
-_BUS_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+_BUS_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
 
 
 # Defaults of every [[buses]] key come from agent.bus.BusSpec (one place, with the reasons next to them).
@@ -252,7 +257,7 @@ def _bus(t: Table) -> tuple[str, BusSpec | None]:
     n_errors = len(t.errors)
     d = _BUS_DEFAULTS
     kind = t.get("kind", str, check=one_of("rtu", "tcp", "rtu-over-tcp"))
-    name = t.get("name", str, check=lambda v: None if _BUS_NAME_RE.match(v) else "1-32 of A-Z a-z 0-9 . _ -")
+    name = t.get("name", str, check=lambda v: None if _BUS_NAME_RE.fullmatch(v) else "1-32 of A-Z a-z 0-9 . _ -")
     values = {
         "port": t.get("port", str, d["port"]),
         "baudrate": t.get("baudrate", int, d["baudrate"], check=one_of(*BAUDRATES)),
@@ -278,18 +283,10 @@ def _bus(t: Table) -> tuple[str, BusSpec | None]:
     return name, BusSpec(name=name, kind=kind, **values)
 
 
-def _meter_id(v: str) -> str | None:
-    try:
-        validate_meter_id(v)
-    except InvalidFieldError:
-        return "1-32 characters of A-Z a-z 0-9 . _ -"
-    return None
-
-
 def _meter(t: Table, base: Path) -> MeterConfig:
     key = t.get("key_file", str, "")
     m = MeterConfig(
-        meter_id=t.get("meter_id", str, check=_meter_id),
+        meter_id=t.get("meter_id", str, check=meter_id_problem),
         bus=t.get("bus", str),
         unit_id=t.get("unit_id", int, check=between(1, 247)),
         profile=t.get("profile", str, check=lambda v: None if v else "must not be empty"),

@@ -17,6 +17,7 @@ from firmware_config.schema import (
     Register,
     SerialDefaults,
     SerialNumberRule,
+    SunSpec,
     sentinel_raw,
     validate_profile,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Register",
     "SerialDefaults",
     "SerialNumberRule",
+    "SunSpec",
     "get_profile",
     "load_all",
     "load_profile",

@@ -37,6 +37,7 @@ from firmware_config.schema import (
     Register,
     SerialDefaults,
     SerialNumberRule,
+    SunSpec,
     validate_profile,
 )
 
@@ -160,7 +161,8 @@ def _register(t: _Table, dec: dict[str, Any]) -> Register:
     units = UNITS[FAMILY_OF[m]]
     unit = t.choice("unit", units)
     reg = Register(name=m, measurement=m, unit=unit, scale=_scale(t, "scale"),
-                   scale_factor=t.take("scale_factor", str, None), not_implemented=sentinels, **common)
+                   scale_factor=t.take("scale_factor", str, None), not_implemented=sentinels,
+                   optional=t.take("optional", bool, False), **common)
     t.done()
     return reg
 
@@ -180,8 +182,12 @@ def _identify(t: _Table, dec: dict[str, Any], serial_number: bool = False) -> An
     want = str if rtype == "string" else int
     if not expected or any(isinstance(x, bool) or not isinstance(x, want) for x in expected):
         raise t.fail("expected", f"must be a non-empty array of {_kind_name(want)}s", expected)
-    rule = IdentifyRule(expected=tuple(expected), confirmed=t.take("confirmed", bool, False),
-                        note=t.take("note", str, ""), **common)
+    weak = t.take("weak", list, [])
+    if any(isinstance(x, bool) or not isinstance(x, want) for x in weak):
+        raise t.fail("weak", f"must be an array of {_kind_name(want)}s", weak)
+    rule = IdentifyRule(expected=tuple(expected) + tuple(x for x in weak if x not in expected),
+                        confirmed=t.take("confirmed", bool, False), note=t.take("note", str, ""),
+                        weak=tuple(weak), **common)
     t.done()
     return rule
 
@@ -226,6 +232,7 @@ def _rated(t: _Table) -> Rated:
         frequency_min_hz=t.int_in("frequency_min_hz", 0, 1000, 0),
         frequency_max_hz=t.int_in("frequency_max_hz", 0, 1000, 0),
         max_current_a=t.int_in("max_current_a", 0, 100_000, 0),
+        current_transformer=t.take("current_transformer", bool, False),
     )
     if r.voltage_min_v > r.voltage_max_v or r.frequency_min_hz > r.frequency_max_hz:
         raise t.fail("voltage_min_v", "min must not exceed max", (r.voltage_min_v, r.voltage_max_v))
@@ -251,11 +258,13 @@ def parse_profile(data: dict[str, Any], source: str) -> Profile:
     if not transports:
         raise root.fail("transports", "must not be empty")
     serial = _serial(root.sub("serial")) if "serial" in data or "rtu" in transports else None
+    sunspec = _sunspec(root.sub("sunspec")) if "sunspec" in data else None
     sn = root.sub("serial_number") if "serial_number" in data else None
     profile = Profile(
         id=root.take("id", str), manufacturer=root.take("manufacturer", str), model=root.take("model", str),
         description=root.take("description", str, ""), transports=transports,
         default_unit_id=root.int_in("default_unit_id", 0, 255), tcp_port=root.int_in("tcp_port", 1, 65535, 502),
+        sunspec=sunspec,
         serial=serial, read=_read(root.sub("read")), rated=_rated(root.sub("rated")),
         identify=tuple(_identify(t, dec) for t in root.items("identify")),
         serial_number=_identify(sn, dec, serial_number=True) if sn is not None else None,
@@ -269,8 +278,16 @@ def parse_profile(data: dict[str, Any], source: str) -> Profile:
     return validate_profile(profile)
 
 
+def _sunspec(t: _Table) -> SunSpec:
+    s = SunSpec(models=_int_list(t, "models", 1, 0xFFFE), model_address=t.int_in("model_address", 0, 0xFFFF),
+                occurrence=t.int_in("occurrence", 1, 16, 1))
+    t.done()
+    return s
+
+
 def _fact(t: _Table) -> Fact:
-    f = Fact(text=t.take("text", str), confirmed=t.take("confirmed", bool), source=t.take("source", str, ""))
+    f = Fact(text=t.take("text", str), confirmed=t.take("confirmed", bool), source=t.take("source", str, ""),
+             check=t.take("check", str, ""))
     t.done()
     return f
 

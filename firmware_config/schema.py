@@ -18,7 +18,9 @@ from protocol.reading import Instantaneous
 
 ENERGY_MEASUREMENTS = ("energy_import_wh", "energy_export_wh")
 MEASUREMENTS: tuple[str, ...] = ENERGY_MEASUREMENTS + Instantaneous.names()
-REQUIRED_MEASUREMENTS = ENERGY_MEASUREMENTS  # a MeterSample always carries both counters
+# A profile reads at least one energy counter; a meter without the other (import-only, production-only) simply
+# leaves it out, or marks its register `optional` when only some variants have it.
+REQUIRED_ANY_MEASUREMENT = ENERGY_MEASUREMENTS
 
 # register type -> (words, signed, kind)   kind: int | float | acc | sf
 REGISTER_TYPES: dict[str, tuple[int, bool, str]] = {
@@ -100,6 +102,9 @@ class Register:
     scale: Fraction = Fraction(1)
     scale_factor: str | None = None  # name of a sunssf register of the same profile
     not_implemented: tuple[str, ...] = ()
+    # Some variants of the model lack this value: exception 2 on its own read, a `not_implemented` sentinel or
+    # NaN mean "not measured" (an energy counter is then flagged *_NOT_MEASURED), never a failed read.
+    optional: bool = False
 
     @property
     def words(self) -> int:
@@ -150,6 +155,9 @@ class IdentifyRule:
     word_order: str = "big"
     confirmed: bool = False
     note: str = ""
+    # Values that match only weakly (e.g. 0 from early SDM630 firmware without a meter code): the scan marks the
+    # match as needing a look at the label.
+    weak: tuple[int | str, ...] = ()
 
     @property
     def words(self) -> int:
@@ -177,6 +185,9 @@ class Rated:
     frequency_min_hz: int = 0
     frequency_max_hz: int = 0
     max_current_a: int = 0
+    # Current-transformer meter: current and power scale with the CT fitted. max_power_w / max_current_a are
+    # then the largest CT the meter supports (a glitch bound only); commissioning asks the CT's primary current.
+    current_transformer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +195,20 @@ class Fact:
     text: str
     confirmed: bool
     source: str = ""
+    # A question an installer can answer by looking at the meter (label, display, a known load), with how.
+    # Commissioning asks only facts that have one; the others are documentation.
+    check: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SunSpec:
+    """SunSpec device: the register addresses of the profile assume the meter model's ID register at
+    `model_address`; discovery (SunS at 40000, 0 or 50000, then the model chain) finds where it really is and
+    every address shifts by the difference. Works over TCP and RTU."""
+
+    models: tuple[int, ...]  # accepted meter model ids (201-204 int+SF, 211-214 float)
+    model_address: int  # where this profile's addresses put the model's ID register
+    occurrence: int = 1  # the n-th matching model in the chain (SolarEdge: meter 1, 2, 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +226,7 @@ class Profile:
     rated: Rated
     registers: tuple[Register, ...]
     tcp_port: int = 502
+    sunspec: SunSpec | None = None
     facts: tuple[Fact, ...] = ()
     sources: tuple[str, ...] = ()
     source_path: str = field(default="", compare=False)
@@ -214,6 +240,16 @@ class Profile:
             if r.name == name:
                 return r
         raise KeyError(f"profile {self.id}: no register named {name!r}")
+
+    @property
+    def absent_measurements(self) -> tuple[str, ...]:
+        """Energy counters this model never has (import-only / production-only meters)."""
+        return tuple(m for m in ENERGY_MEASUREMENTS if m not in self.measurements)
+
+    @property
+    def installer_checks(self) -> tuple[str, ...]:
+        """Questions commissioning asks: only what can be checked on the meter, each saying how."""
+        return tuple(dict.fromkeys(f.check for f in self.facts if f.check))
 
     @property
     def unconfirmed(self) -> tuple[str, ...]:
@@ -254,9 +290,13 @@ def validate_profile(p: Profile) -> Profile:
             raise ProfileError(src, f"registers[{i}].scale_factor", "must name a sunssf register", r.scale_factor)
         if sf.function_code != r.function_code:
             raise ProfileError(src, f"registers[{i}].scale_factor", "scale factor read with another function code")
-    for m in REQUIRED_MEASUREMENTS:
-        if m not in names:
-            raise ProfileError(src, "registers", f"missing required measurement {m}")
+    energy = [p.registers[names[m]] for m in REQUIRED_ANY_MEASUREMENT if m in names]
+    if not energy:
+        raise ProfileError(src, "registers", "needs energy_import_wh or energy_export_wh (or both)")
+    if all(r.optional for r in energy):
+        raise ProfileError(src, "registers", "at least one energy counter must not be optional")
+    if p.sunspec is not None and not p.sunspec.models:
+        raise ProfileError(src, "sunspec.models", "must not be empty")
     _check_overlaps(p, src)
     return p
 

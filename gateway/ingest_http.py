@@ -37,7 +37,8 @@ from gateway.intervals import map_role
 from gateway.metrics import Metrics
 from gateway.registry import MeterStatus, Registry
 from gateway.store import RejectionRow, Store
-from protocol import BadSignatureError, ProtocolError, VerifyKey, validate_meter_id
+from protocol import BadSignatureError, ProtocolError, VerifyKey
+from protocol.identifiers import validate_device_id
 
 INGEST_PATH = "/v1/private-network/ingest"
 # Per client address: a head-end posting every meter of a feeder every 15 min stays far below this; a
@@ -119,9 +120,9 @@ def _parse(body: bytes) -> tuple[str, dict[str, object]]:
     if not isinstance(doc, dict) or doc.get("protocol") != "dlms" or not isinstance(doc.get("payload"), dict):
         raise IngestRefused(400, "malformed", 'body: needs "protocol": "dlms", "device_id" and a "payload" object')
     try:
-        meter_id = validate_meter_id(doc.get("device_id"))  # type: ignore[arg-type]
+        meter_id = validate_device_id(doc.get("device_id"))
     except ProtocolError as exc:
-        raise IngestRefused(400, "invalid_field", f"device_id: {exc}") from None
+        raise IngestRefused(400, "invalid_field", str(exc)) from None
     payload: dict[str, object] = doc["payload"]
     for k in (IMPORT_OBIS, EXPORT_OBIS, "kwh", "timestamp", "signature"):
         if k not in payload:

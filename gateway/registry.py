@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gateway.database import Transaction, connect
 from protocol import MeterRole, ProtocolError, Registration, key_id, parse_registration
+from protocol.identifiers import validate_meter_id
 
 
 class MeterStatus(StrEnum):
@@ -115,6 +116,7 @@ class Registry:
         """Verify and apply a registration record; returns (meter, action). Raises RegistryError."""
         try:
             signed = parse_registration(record_text)
+            validate_meter_id(signed.registration.meter_id)  # the one meter_id rule (protocol.identifiers)
         except ProtocolError as exc:
             raise RegistryError(exc.reason, f"registration record refused: {exc}") from exc
         reg = signed.registration
@@ -170,6 +172,10 @@ class Registry:
                           (meter_id, action, detail, now_ms))
 
     def set_status(self, meter_id: str, status: MeterStatus, now_ms: int) -> Meter:
+        try:
+            validate_meter_id(meter_id)
+        except ProtocolError as exc:
+            raise RegistryError(exc.reason, str(exc)) from exc
         with Transaction(self.conn):
             current = self.get(meter_id)
             if current is None:

@@ -156,7 +156,7 @@ def _text(raw: bytes, max_len: int, memo: dict[bytes, str | None], pattern: re.P
         text: str | None = raw.decode("utf-8")
     except UnicodeDecodeError:
         text = None
-    if text is not None and (len(raw) > max_len or (pattern is not None and not pattern.match(text))):
+    if text is not None and (len(raw) > max_len or (pattern is not None and not pattern.fullmatch(text))):
         text = None
     if len(memo) >= _TEXT_MEMO_MAX:
         memo.clear()

@@ -6,22 +6,22 @@ scaled integers (units in the field names). Nothing here is a float.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, fields
 from enum import IntFlag
 
 from protocol.errors import InvalidFieldError
+from protocol.identifiers import MAX_METER_ID_BYTES as MAX_METER_ID_BYTES  # re-exported: existing importers
+from protocol.identifiers import METER_ID_RE as METER_ID_RE
+from protocol.identifiers import validate_meter_id
 from protocol.wire import I32_MAX, I32_MIN, U64_MAX, check_range
 
-MAX_METER_ID_BYTES = 32  # becomes an on-chain PDA seed: Solana caps a seed at 32 bytes
 MAX_PROFILE_ID_BYTES = 64
 KEY_ID_BYTES = 8
-# meter_id is also an MQTT topic level and a file name: letters, digits and . _ - only.
-METER_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+# meter_id's rule and validator live in protocol.identifiers (one validator per identifier kind).
 
 
 class Quality(IntFlag):
-    """Quality flags carried inside the signed bytes. A reading with any flag set is not 'good'."""
+    """Quality flags carried inside the signed bytes. A reading with any flag outside NOT_MEASURED is not 'good'."""
 
     NONE = 0
     GLITCH_SUSPECTED = 1 << 0  # counter decreased, read 0, sentinel, or jumped faster than rated power
@@ -29,14 +29,15 @@ class Quality(IntFlag):
     CLOCK_JUMPED = 1 << 2  # wall clock moved against the monotonic clock since the last reading
     PARTIAL = 1 << 3  # some instantaneous registers failed; energy counters are intact
     COUNTER_RESET = 1 << 4  # a provisioned meter replacement reset the counters
+    # The meter has no such counter (declared absent, exception 2, or its "not implemented" marker). The field
+    # repeats the last measured value of that counter (0 if it never had one): no energy is booked for it in
+    # this reading and none is lost (movement since the last measured value counts when it is measured again).
+    # Informational: a reading with only these flags is still good (an import-only meter is not a fault).
+    IMPORT_NOT_MEASURED = 1 << 5
+    EXPORT_NOT_MEASURED = 1 << 6
 
 
-def validate_meter_id(meter_id: str) -> str:
-    if not isinstance(meter_id, str) or not METER_ID_RE.match(meter_id):
-        raise InvalidFieldError(
-            f"meter_id: 1-{MAX_METER_ID_BYTES} characters of A-Z a-z 0-9 . _ - (got {meter_id!r})"
-        )
-    return meter_id
+NOT_MEASURED = Quality.IMPORT_NOT_MEASURED | Quality.EXPORT_NOT_MEASURED
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +92,8 @@ class Reading:
 
     @property
     def good(self) -> bool:
-        """Good = clock synchronised and no quality flag: the only readings that may move money."""
-        return self.clock_synced and self.quality == Quality.NONE
+        """Good = clock synchronised and no quality flag but NOT_MEASURED: the only readings that may move money."""
+        return self.clock_synced and not self.quality & ~NOT_MEASURED
 
 
 @dataclass(frozen=True, slots=True)

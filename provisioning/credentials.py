@@ -18,7 +18,6 @@ import base64
 import datetime as dt
 import hashlib
 import os
-import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,8 +31,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.durable_file import write_durably
 from protocol.errors import InvalidFieldError
-from protocol.reading import validate_meter_id
-from protocol.topics import PREFIX, ack_topic, agent_status_topic, prefix_problem, readings_topic, status_topic
+from protocol.identifiers import USERNAME_RULE, meter_id_problem, mqtt_username_problem, topic_prefix_problem
+from protocol.topics import PREFIX, ack_topic, agent_status_topic, readings_topic, status_topic
 from provisioning.errors import ProvisionError, ProvisionInputError
 
 # mosquitto 2.0 mosquitto_passwd: PBKDF2-SHA512, 101 iterations, 12-byte salt ("$7$101$salt$hash").
@@ -44,7 +43,6 @@ MOSQUITTO_SALT_BYTES = 12
 DEFAULT_PASSWORD_BYTES = 24
 # Client certificates live on a Pi for years but must be renewable; 2 years matches common fleet CA policy.
 DEFAULT_CERT_DAYS = 730
-USERNAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class CredentialsError(ProvisionInputError):
@@ -62,9 +60,16 @@ class MqttCredentials:
 
 
 def validate_username(username: str) -> str:
-    if not USERNAME_RE.match(username):
-        raise CredentialsError(f"--username: 1-64 characters of A-Z a-z 0-9 . _ - (got {username!r})")
+    if mqtt_username_problem(username):
+        raise CredentialsError(f"--username: {USERNAME_RULE} (got {username!r})")
     return username
+
+
+def validate_meter_id(meter_id: str, flag: str = "--meter-id") -> str:
+    problem = meter_id_problem(meter_id)
+    if problem:
+        raise CredentialsError(f"{flag}: {problem} (got {meter_id!r})")
+    return meter_id
 
 
 def default_username(meter_ids: Sequence[str]) -> str:
@@ -92,7 +97,7 @@ def mosquitto_password_line(username: str, password: str, *, salt: bytes | None 
 
 
 def validate_topic_prefix(prefix: str, flag: str = "--topic-prefix") -> str:
-    problem = prefix_problem(prefix)
+    problem = topic_prefix_problem(prefix)
     if problem:
         raise CredentialsError(f"{flag}: {problem} (got {prefix!r})")
     return prefix

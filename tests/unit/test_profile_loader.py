@@ -30,7 +30,16 @@ ERRORS = [
     ("duplicate measurement", lambda d: d["registers"][1].update(measurement="voltage_l1_dv", unit="V"),
      "registers[1].measurement: duplicate of registers[0]"),
     ("overlap", lambda d: d["registers"][1].update(address=1), "registers[1].address: overlaps registers[0]"),
-    ("missing energy", lambda d: d.update(registers=d["registers"][:-1]), "missing required measurement"),
+    ("missing energy", lambda d: d.update(registers=[r for r in d["registers"] if "energy" not in r["measurement"]]),
+     "needs energy_import_wh or energy_export_wh"),
+    ("all energy optional", lambda d: [r.update(optional=True) for r in d["registers"] if "energy" in r["measurement"]],
+     "at least one energy counter must not be optional"),
+    ("optional not bool", lambda d: d["registers"][0].update(optional="yes"), "registers[0].optional: must be"),
+    ("weak type", lambda d: d["identify"][0].update(weak=["0"]), "identify[0].weak"),
+    ("sunspec unknown key", lambda d: d.update(sunspec={"models": [203], "model_address": 40069, "base": 0}),
+     "sunspec.base: unknown key"),
+    ("sunspec no models", lambda d: d.update(sunspec={"models": [], "model_address": 40069}),
+     "sunspec.models: must not be empty"),
     ("baud", lambda d: d["serial"].update(baudrate=9601), "serial.baudrate: must be one of"),
     ("max registers", lambda d: d["read"].update(max_registers=126), "read.max_registers: must be in 1..125"),
     ("barrier inside register", lambda d: d["read"].update(barriers=[0x49]), "covers barrier"),
@@ -92,6 +101,30 @@ def test_shipped_profiles_load() -> None:
     profiles = load_all()
     p = profiles["eastron-sdm630"]
     assert p.serial is not None and (p.serial.baudrate, p.serial.parity, p.serial.stopbits) == (9600, "N", 1)
-    assert p.identify[0].function_codes == (3, 4) and p.identify[0].expected == (112, 121)
+    assert p.identify[0].function_codes == (3, 4) and p.identify[0].expected == (112, 0)
+    assert p.identify[0].weak == (0,)  # early SDM630 firmware; 121 is the SDM630MCT (issue 9 defect 5)
     assert p.rated.max_power_w == 83000
     assert p.unconfirmed  # provisioning asks the installer about these
+
+
+def test_import_only_profile_declares_export_absent() -> None:
+    """A model without an export counter leaves it out: its readings carry EXPORT_NOT_MEASURED."""
+    p = parse_profile(mutate(lambda d: d.update(
+        registers=[r for r in d["registers"] if r["measurement"] != "energy_export_wh"])), "x.toml")
+    assert p.absent_measurements == ("energy_export_wh",)
+
+
+def test_new_fields_parse() -> None:
+    def add(d: dict[str, Any]) -> None:
+        d["registers"][-1]["optional"] = True
+        d["identify"][0]["weak"] = [0]
+        d["rated"]["current_transformer"] = True
+        d["facts"] = [{"text": "t", "confirmed": False, "check": "Does the label say SDM120?"}]
+        d["sunspec"] = {"models": [201, 203], "model_address": 40069, "occurrence": 2}
+
+    p = parse_profile(mutate(add), "x.toml")
+    assert p.registers[-1].optional and p.rated.current_transformer
+    assert p.identify[0].weak == (0,) and 0 in p.identify[0].expected
+    assert p.installer_checks == ("Does the label say SDM120?",)
+    assert p.sunspec is not None and (p.sunspec.models, p.sunspec.model_address, p.sunspec.occurrence) == (
+        (201, 203), 40069, 2)
