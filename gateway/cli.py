@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "(hex) that agents pin as mqtt.gateway_public_key")
     k.add_argument("path")
     k.set_defaults(func=_guarded(_keygen))
+    t = gsub.add_parser("gen-token", help="print a new random secret for dashboard.token, dashboard.password or "
+                                          "an http.api_keys entry")
+    t.set_defaults(func=_gen_token)
     a = gsub.add_parser("authority-key", help="create the chain_bridge authority key (Solana keypair, 0600) that "
                         "signs every oracle submission; prints its base58 public key",
                         description="Creates the keypair file chain.authority_key_file points at (solana-keygen "
@@ -234,6 +237,13 @@ def _authority_key(args: argparse.Namespace) -> int:
     if not args.show:
         print(f"created {args.path} (mode 0600; set chain.authority_key_file to it)", file=sys.stderr)
     print(f"chain_bridge public key (base58): {kp.pubkey()}")
+    return 0
+
+
+def _gen_token(_args: argparse.Namespace) -> int:
+    from gateway.config import generate_token
+
+    print(generate_token())
     return 0
 
 

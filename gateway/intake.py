@@ -1,8 +1,11 @@
 """MQTT intake: shared subscription to the agents' reading topics, durable commit, then signed acks.
 
-paho-mqtt 2.x (VERSION2 callbacks, MQTT v5), QoS 1, persistent session (clean_start=False with a session
-expiry) and MANUAL broker acks: a message is PUBACKed only after its readings are committed, so a
-gateway crash between receipt and commit makes the broker redeliver it. The receive queue is bounded:
+paho-mqtt 2.x (VERSION2 callbacks, MQTT v5), QoS 1, MANUAL broker acks: a message is PUBACKed only after its
+readings are committed. The session is NOT persistent (clean start, session expiry mqtt.session_expiry_s,
+default 0): a gateway that stops or dies leaves the $share group with its connection. With a persistent session
+mosquitto (2.0.x) kept handing a stopped gateway its share of the readings, queued for nobody, and the live
+ones saw every second seq. Nothing is lost without it: what a gateway had not committed is not acked to the
+agent, and the agents re-send everything the gateways have not acked. The receive queue is bounded:
 when the worker falls behind, paho's network thread blocks on it and stops reading the socket (TCP back
 pressure) instead of growing memory. One worker thread drains the queue in groups, hands them to
 `Acceptance.process`, then publishes one signed ack per meter (protocol.canonical.encode_ack) to
@@ -127,7 +130,12 @@ class Intake:
         gc.set_threshold(max(self._gc_threshold[0], DEFAULT_GC_THRESHOLD), *self._gc_threshold[1:])
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.cfg.session_expiry_s
-        self.client.connect_async(self.cfg.host, self.cfg.port, DEFAULT_KEEPALIVE_S, clean_start=False,
+        if self.cfg.session_expiry_s:
+            log.warning("mqtt.session_expiry_s = %d: for that long after this gateway stops, the broker keeps "
+                        "sending it its share of the readings (the other gateways of share group %r see gaps until "
+                        "the agents re-send); 0 is right unless this is the only gateway",
+                        self.cfg.session_expiry_s, self.cfg.share_group)
+        self.client.connect_async(self.cfg.host, self.cfg.port, DEFAULT_KEEPALIVE_S, clean_start=True,
                                   properties=props)
         self.client.loop_start()
         self._worker = threading.Thread(target=self._run, name="gateway-intake", daemon=True)
