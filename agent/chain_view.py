@@ -57,6 +57,15 @@ def decode_meter_state(data: bytes) -> OnChain:
     return OnChain(tprod, tcons, total, last_ts)
 
 
+def program_id_problem(text: str) -> str | None:
+    """None if text is a base58 Solana program id, else what is wrong (for config errors)."""
+    try:
+        Pubkey.from_string(text)
+    except ValueError:
+        return "must be a base58 Solana program id"
+    return None
+
+
 def meter_state_address(program_id: Pubkey, meter_id: str) -> Pubkey:
     seed = meter_id.encode("utf-8")
     if len(seed) > MAX_METER_ID_SEED:

@@ -282,13 +282,9 @@ def _http_url(v: str) -> str | None:
 def _program_id(v: str) -> str | None:
     if v == "":
         return None
-    from solders.pubkey import Pubkey
+    from agent.chain_view import program_id_problem
 
-    try:
-        Pubkey.from_string(v)
-    except ValueError:
-        return "must be a base58 Solana program id"
-    return None
+    return program_id_problem(v)
 
 
 def _status(t: Table) -> StatusSection:

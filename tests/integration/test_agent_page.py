@@ -259,7 +259,8 @@ async def test_home_assistant_discovery_and_states_on_a_local_broker(rig: Rig) -
             assert (cfg["device_class"], cfg["state_class"], cfg["unit_of_measurement"]) == (
                 "energy", "total_increasing", "kWh")
         else:
-            assert (cfg["device_class"], cfg["state_class"], cfg["unit_of_measurement"]) == ("power", "measurement", "W")
+            assert (cfg["device_class"], cfg["state_class"], cfg["unit_of_measurement"]) == (
+                "power", "measurement", "W")
     imp = json.loads(ha.last("homeassistant/sensor/gridmeter_HOUSE-1/energy_import/config") or b"")
     assert imp["state_topic"] == "gridmeter-ha/gridmeter_HOUSE-1/state"
     assert imp["value_template"] == "{{ value_json.import_kwh }}"

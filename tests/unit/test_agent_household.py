@@ -80,7 +80,7 @@ def test_summary_is_plain_words_not_json() -> None:
 class _Health(BaseHTTPRequestHandler):
     body = b""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self.send_response(200)
         self.end_headers()
         self.wfile.write(self.body)

@@ -42,7 +42,6 @@ def test_acks_write_nothing_until_the_next_flush_which_groups_them_with_new_read
     add(st, "M2", 5)
     assert st.flush() == 10
     wal = wal_size(db)
-    commits = st._db.execute("PRAGMA data_version").fetchone()[0]
     assert ack(st, "M1", 3) == 3 and ack(st, "M2", 5) == 5 and ack(st, "M1", 4) == 1
     assert wal_size(db) == wal  # three acks: not a byte written
     # ...but applied at once for everything that reads the store
