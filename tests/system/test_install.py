@@ -22,8 +22,9 @@ SYSTEMD_UNITS = Path("/usr/lib/systemd/system")
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 
-def sh(*argv: str | Path, ok: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+def sh(*argv: str | Path, ok: bool = True, timeout: float = 900,
+       env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**{k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}, **(env or {})}
     out = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout, env=env)
     if ok and out.returncode != 0:
         raise AssertionError(f"{argv} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
@@ -100,7 +101,11 @@ def test_install_upgrade_uninstall_into_a_staging_root(tmp_path: Path) -> None:
     from gateway.oracle_authority_key import create_authority_key_file
 
     create_authority_key_file(root / "etc/gridmeter/chain-bridge.json")
-    assert "OK (gateway public key" in sh(gm, "gateway", "check-config", "--config", gw_config).stdout
+    placeholder = sh(gm, "gateway", "check-config", "--config", gw_config, ok=False)
+    assert placeholder.returncode == 2 and "dashboard.token" in placeholder.stderr  # never started on a placeholder
+    token = sh(gm, "gateway", "gen-token").stdout.strip().split()[-1]
+    checked = sh(gm, "gateway", "check-config", "--config", gw_config, env={"GRIDMETER_GATEWAY_DASHBOARD_TOKEN": token})
+    assert "OK (gateway public key" in checked.stdout
 
     # a broken unit is caught: the verify step is not a formality
     os.rename(root / "opt/gridmeter/.venv", root / "opt/gridmeter/.venv-moved")
