@@ -185,8 +185,12 @@ class SimulatedMeter:
                 out.update({reg.address + i: w for i, w in enumerate(words)})
             if function_code == 3:
                 out.update(self.chain)
+            measured = {a for r in self.profile.registers if r.function_code == function_code
+                        for a in range(r.address, r.end)}
             for rule in self.profile.identify if not self.chain else ():
-                if self._identity_fc(rule) == function_code:
+                if self._identity_fc(rule) == function_code and not measured & set(range(rule.address,
+                                                                                         rule.address + rule.words)):
+                    # (an identification read of a measured value, e.g. a plausible voltage: the value speaks)
                     words = _encode_identity(rule, self.identity.get(rule.address, rule.expected[0]))
                     out.update({rule.address + i: w for i, w in enumerate(words)})
             sn = self.profile.serial_number

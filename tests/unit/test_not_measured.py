@@ -38,7 +38,8 @@ def test_frozen_vectors_do_not_use_the_new_bits() -> None:
     cases = json.loads(VECTORS.read_text())["readings"]
     for c in cases:
         assert c["fields"]["quality"] & int(NOT_MEASURED) == 0
-        assert decode_reading(bytes.fromhex(c["payload_hex"])).quality == c["fields"]["quality"]
+        if c["fields"]["energy_import_wh"] < 2**63:  # the 2^64-1 vector is refused at decode (one integer domain)
+            assert decode_reading(bytes.fromhex(c["payload_hex"])).quality == c["fields"]["quality"]
 
 
 def test_gateway_accepts_import_only_readings_and_counts_only_import() -> None:
