@@ -357,8 +357,12 @@ class AgentService:
                 t.cancel()
         await asyncio.gather(*[t for t in tasks if t.get_name() != "publisher"], return_exceptions=True)
         self._record_failure()
-        with contextlib.suppress(StoreCorruptError):  # logged by _flush; moved aside at the next start
+        try:
             self._flush()
+        except StoreCorruptError:
+            pass  # logged by _flush; moved aside at the next start
+        except Exception:  # the flush may be what failed: the rest of the stop must still happen
+            log.exception("the last flush failed; uncommitted readings were never published (re-read at start)")
         self.publisher.wake()
         await self._drain_before_stop()
         await self.publisher.stop()
@@ -372,8 +376,8 @@ class AgentService:
             await self.status.stop()
         try:
             self.store.close()
-        except StoreError as exc:  # the last flush failed: those readings were never published (re-read later)
-            log.error("closing the store: %s", exc)
+        except Exception as exc:  # its flush failed (logged above); the file is closed all the same
+            log.error("closing the store: %s: %s", type(exc).__name__, exc)
         log.info("agent stopped")
 
     async def _drain_before_stop(self) -> None:
