@@ -2,8 +2,13 @@
 
 A failing meter is reported through `on_error`, never fatal to the loop. Dead meters are backed off (capped
 exponential) and probed without retries, so one dead meter costs at most one timeout per probe and cannot starve
-the others. Energy blocks must succeed (else MeterReadError); a failed block of optional values only marks the
+the others. Energy blocks must succeed (else MeterReadError); a failed block of instantaneous values only marks the
 sample partial (`errors`).
+
+Values a meter does not have are "not measured", never errors: a register the profile marks `optional` that
+answers exception 2 (read on its own once a block containing it was refused), one of its declared sentinels or
+NaN; any instantaneous value showing its declared "not implemented" sentinel; an energy counter the profile leaves
+out. An energy counter not measured is listed in `MeterSample.not_measured`; at least one must be measured.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from dataclasses import dataclass, field
 
 from agent.bus import Bus, BusError, BusExceptionResponse, DeviceTiming
 from agent.decode import decode_image, image_from_block
-from agent.planner import ReadBlock, char_time_s, plan_reads
-from firmware_config.schema import ENERGY_MEASUREMENTS, Profile
+from agent.planner import ReadBlock, char_time_s, plan_registers
+from firmware_config.schema import ENERGY_MEASUREMENTS, Profile, Register
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,9 @@ DEFAULT_BACKOFF_AFTER = 2
 # Cap of the exponential backoff: a meter that died is still probed every 5 minutes, so it comes back on its own.
 DEFAULT_BACKOFF_MAX_S = 300.0
 ILLEGAL_DATA_ADDRESS = 2  # Modbus exception 2: the device rejects the address range (e.g. a gap-spanning block)
+# Decode results that mean "the meter does not have this value" for an `optional` register (sentinel, NaN, Inf,
+# exception 2 on its own read); a declared sentinel means the same for any instantaneous value.
+ABSENT_REASONS = frozenset({"not_implemented", "nan", "infinite", "absent"})
 
 
 @dataclass(frozen=True)
@@ -49,8 +57,9 @@ class MeterSample:
     unit_id: int
     read_at_ms: int  # wall-clock unix ms when the energy registers were read
     monotonic_ms: int  # monotonic ms at the same moment
-    values: dict[str, int]  # vocabulary; energy_import_wh and energy_export_wh always present
-    errors: tuple[str, ...] = ()  # failed blocks / invalid optional values (PARTIAL)
+    values: dict[str, int]  # vocabulary; every energy counter not listed in not_measured is present
+    errors: tuple[str, ...] = ()  # failed blocks / invalid instantaneous values (PARTIAL)
+    not_measured: tuple[str, ...] = ()  # energy counters this meter does not have (IMPORT/EXPORT_NOT_MEASURED)
 
 
 class MeterReadError(Exception):
@@ -63,6 +72,7 @@ class MeterReadError(Exception):
 class _State:
     blocks: tuple[ReadBlock, ...]
     bridge_holes: bool = True
+    isolate_optional: bool = False  # optional registers read on their own (the device refused a block with one)
     last_ok_ms: int | None = None
     consecutive_errors: int = 0
     last_error: str | None = None
@@ -101,11 +111,16 @@ class Poller:
                                                           r.turnaround_ms))
             self._state[m.meter_id] = _State(blocks=self._plan(m, bridge_holes=True))
 
-    def _plan(self, meter: MeterSpec, *, bridge_holes: bool) -> tuple[ReadBlock, ...]:
+    def _plan(self, meter: MeterSpec, *, bridge_holes: bool, isolate_optional: bool = False) -> tuple[ReadBlock, ...]:
         s = self.bus.spec
-        transport = "rtu" if s.kind == "rtu" else "tcp"
-        return plan_reads(meter.profile, transport=transport, bridge_holes=bridge_holes,
-                          char_time=char_time_s(s.baudrate, s.parity, s.stopbits, s.bytesize))
+        kw = dict(transport="rtu" if s.kind == "rtu" else "tcp", bridge_holes=bridge_holes,
+                  char_time=char_time_s(s.baudrate, s.parity, s.stopbits, s.bytesize))
+        regs, policy = meter.profile.registers, meter.profile.read
+        if not isolate_optional:
+            return plan_registers(regs, policy, **kw)  # type: ignore[arg-type]
+        groups: list[tuple[Register, ...]] = [tuple(r for r in regs if not r.optional)]
+        groups += [(r,) for r in regs if r.optional]
+        return tuple(b for g in groups if g for b in plan_registers(g, policy, **kw))  # type: ignore[arg-type]
 
     def plan(self, meter: MeterSpec) -> tuple[ReadBlock, ...]:
         return self._state[meter.meter_id].blocks
@@ -132,9 +147,10 @@ class Poller:
     async def _read(self, meter: MeterSpec, st: _State) -> MeterSample:
         image: dict[tuple[int, int], int] = {}
         errors: list[str] = []
+        absent: set[str] = set()  # optional registers whose own read answered exception 2
         stamp: tuple[int, int] | None = None
         for block in st.blocks:
-            energy = any(r.measurement in ENERGY_MEASUREMENTS for r in block.registers)
+            energy = any(r.measurement in ENERGY_MEASUREMENTS and not r.optional for r in block.registers)
             try:
                 words = await self._read_block(meter, st, block)
             except BusExceptionResponse as e:
@@ -142,8 +158,18 @@ class Poller:
                     log.warning("meter %s rejected a gap-spanning read (%s); reading without holes from now on",
                                 meter.meter_id, e)
                     st.bridge_holes = False
-                    st.blocks = self._plan(meter, bridge_holes=False)
+                    st.blocks = self._plan(meter, bridge_holes=False, isolate_optional=st.isolate_optional)
                     return await self._read(meter, st)
+                optional = [r for r in block.registers if r.optional]
+                if e.code == ILLEGAL_DATA_ADDRESS and optional and len(optional) < len(block.registers):
+                    log.warning("meter %s rejected a read containing optional registers (%s); reading those on "
+                                "their own from now on", meter.meter_id, e)
+                    st.isolate_optional = True
+                    st.blocks = self._plan(meter, bridge_holes=st.bridge_holes, isolate_optional=True)
+                    return await self._read(meter, st)
+                if e.code == ILLEGAL_DATA_ADDRESS and optional:  # the meter does not have these values
+                    absent.update(r.name for r in optional)
+                    continue
                 if energy:
                     raise MeterReadError(meter.meter_id, e.reason, str(e)) from None
                 errors.append(f"block FC{block.function_code:02d}@{block.address:#06x}+{block.count}: {e.reason}")
@@ -157,16 +183,26 @@ class Poller:
                 stamp = (self._wall() // 1_000_000, self._mono() // 1_000_000)
             image.update(image_from_block(block.function_code, block.address, words))
         decoded = decode_image(meter.profile, image)
-        for m in ENERGY_MEASUREMENTS:
-            if m in decoded.invalid:
-                raise MeterReadError(meter.meter_id, "decode", f"{m}: {decoded.invalid[m]}")
+        not_measured = list(meter.profile.absent_measurements)
+        for reg in meter.profile.registers:
+            m = reg.measurement
+            if m is None or m not in decoded.invalid:
+                continue
+            reason = "absent" if reg.name in absent else decoded.invalid[m]
+            missing = reg.optional and reason in ABSENT_REASONS
+            if m in ENERGY_MEASUREMENTS:
+                if not missing:
+                    raise MeterReadError(meter.meter_id, "decode", f"{m}: {reason}")
+                not_measured.append(m)
+            elif not (missing or reason == "not_implemented") and reason != "missing":
+                errors.append(f"{m}: {reason}")  # "missing" = its block failed, already listed
+        if len(not_measured) == len(ENERGY_MEASUREMENTS):
+            raise MeterReadError(meter.meter_id, "decode", "no energy counter measured: "
+                                 + ", ".join(f"{m}: {decoded.invalid.get(m, 'absent')}" for m in not_measured))
         assert stamp is not None  # energy blocks either succeeded or raised
-        for name, reason in decoded.invalid.items():
-            if reason != "missing":  # "missing" = its block failed, already listed
-                errors.append(f"{name}: {reason}")
         return MeterSample(meter_id=meter.meter_id, profile_id=meter.profile.id, unit_id=meter.unit_id,
                            read_at_ms=stamp[0], monotonic_ms=stamp[1], values=decoded.values,
-                           errors=tuple(errors))
+                           errors=tuple(errors), not_measured=tuple(sorted(not_measured)))
 
     async def _read_block(self, meter: MeterSpec, st: _State, block: ReadBlock) -> list[int]:
         # A meter that keeps failing is probed once per attempt (no retries): it must not eat the others' time.
@@ -248,6 +284,7 @@ class Poller:
                 "backoff_s": st.backoff_s, "next_attempt_in_s": max(0.0, st.next_due - now),
                 "reads": st.reads, "errors": st.errors, "partial": st.partial,
                 "requests_per_read": len(st.blocks), "gap_reads": st.bridge_holes,
+                "optional_read_alone": st.isolate_optional,
             }
             for m in self.meters for st in (self._state[m.meter_id],)
         }

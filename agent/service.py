@@ -126,12 +126,13 @@ class AgentService:
         quality = Quality.PARTIAL if sample.errors else Quality.NONE
         synced, clock_q = reading_clock_quality(self.clock.state().synced, self._jumped(sample))
         quality |= clock_q
-        imp, exp = sample.values["energy_import_wh"], sample.values["energy_export_wh"]
         rated = spec.rated_max_power_w or spec.profile.rated.max_power_w
         reset = meter in self._resets
         if reset:
             quality |= Quality.COUNTER_RESET
         baseline = None if reset else self._baseline.get(meter)
+        imp, exp, absent_q = _counters(sample, baseline)
+        quality |= absent_q
         verdict = check_counters(baseline, imp, exp, monotonic_ms=sample.monotonic_ms,
                                  read_at_ms=sample.read_at_ms, rated_max_power_w=rated)
         if not verdict.good:
@@ -437,6 +438,21 @@ def _task_state(task: asyncio.Task[Any]) -> str:
         return "cancelled"
     exc = task.exception()
     return f"failed: {type(exc).__name__}: {exc}" if exc is not None else "ended"
+
+
+def _counters(sample: MeterSample, baseline: Baseline | None) -> tuple[int, int, Quality]:
+    """(import, export, flags): a counter the meter does not have repeats its last good value (0 if none) and is
+    flagged *_NOT_MEASURED, so it books no energy now and loses none when it is measured again."""
+    flags = Quality.NONE
+    out = []
+    for name, flag, last in (("energy_import_wh", Quality.IMPORT_NOT_MEASURED, baseline and baseline.import_wh),
+                             ("energy_export_wh", Quality.EXPORT_NOT_MEASURED, baseline and baseline.export_wh)):
+        if name in sample.not_measured:
+            flags |= flag
+            out.append(last or 0)
+        else:
+            out.append(sample.values[name])
+    return out[0], out[1], flags
 
 
 def _instant(values: dict[str, int]) -> tuple[Instantaneous, bool]:

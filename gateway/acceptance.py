@@ -42,9 +42,10 @@ from gateway.checks import (
     check_progress,
     verify_signatures,
 )
+from gateway.health import held_reason
 from gateway.metrics import Metrics
 from gateway.registry import Meter, Registry
-from gateway.store import BatchWrite, ReadingRow, RejectionRow, Store
+from gateway.store import BatchWrite, ReadingRow, RejectionRow, Store, quarantine_cost
 from protocol import BatchItem, ProtocolError, Reading, decode_batch
 from protocol.topics import PREFIX, parse_meter_topic
 
@@ -60,6 +61,10 @@ DEFAULT_INLINE_MAX = 100  # a group with fewer signatures is verified inline: th
 # first line of defence).
 DEFAULT_FLOOD_RATE_PER_S = 200.0
 DEFAULT_FLOOD_BURST = 20_000
+# ... and up to this many BYTES (quarantine_cost: a bounded prefix of the message, its length and sha256, the
+# detail): sustained 4 KiB/s is at most ~350 MB a day of a publisher's garbage; a burst absorbs an incident.
+DEFAULT_QUARANTINE_BYTES_PER_S = 4096.0
+DEFAULT_QUARANTINE_BURST_BYTES = 8 * 1024 * 1024
 BAD_SIGNATURE = Verdict(Outcome.REJECT, Reason.BAD_SIGNATURE, "signature does not verify against the registered key")
 INGRESS_RATE = Verdict(Outcome.REJECT, Reason.INGRESS_RATE, "per-meter ingress rate exceeded")
 
@@ -87,6 +92,24 @@ class IngressLimit:
         return passed
 
 
+class QuarantineBudget:
+    """What unauthenticated rejections may write: rows and bytes per second (token buckets). Beyond it a
+    rejection is only counted (metrics + the store's quarantine_dropped hourly counter)."""
+
+    def __init__(self, bytes_per_s: float, burst_bytes: int, now_s: float) -> None:
+        self.bytes_per_s, self.burst_bytes = bytes_per_s, burst_bytes
+        self._rows = TokenBucket(float(DEFAULT_FLOOD_BURST), now_s)
+        self._bytes = TokenBucket(float(burst_bytes), now_s)
+
+    def allows(self, nbytes: int, now_s: float) -> bool:
+        rows, ok_rows = self._rows.take(1, now_s, DEFAULT_FLOOD_RATE_PER_S, DEFAULT_FLOOD_BURST)
+        size, ok_bytes = self._bytes.take(nbytes, now_s, self.bytes_per_s, self.burst_bytes)
+        if ok_rows and ok_bytes:
+            self._rows, self._bytes = rows, size
+            return True
+        return False
+
+
 @dataclass
 class Prepared:
     """A group of messages decoded and envelope-checked, its signatures being verified."""
@@ -110,16 +133,38 @@ class _Item:
 class Acceptance:
     def __init__(self, store: Store, registry: Registry, limits: Limits, ingress: IngressLimit, metrics: Metrics,
                  pool: Executor | None = None, *, topic_prefix: str = PREFIX,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 quarantine_bytes_per_s: float = DEFAULT_QUARANTINE_BYTES_PER_S,
+                 quarantine_burst_bytes: int = DEFAULT_QUARANTINE_BURST_BYTES) -> None:
         self.store, self.registry, self.limits, self.ingress = store, registry, limits, ingress
         self.metrics, self.pool, self.prefix, self.clock = metrics, pool, topic_prefix, clock
         self._meters: dict[str, Meter] = {}
         self._registry_version: tuple[int, int] | None = None
-        self._flood = TokenBucket(float(DEFAULT_FLOOD_BURST), clock())
+        self.budget = QuarantineBudget(quarantine_bytes_per_s, quarantine_burst_bytes, clock())
 
-    def _flood_allows(self, now_s: float) -> bool:
-        self._flood, ok = self._flood.take(1, now_s, DEFAULT_FLOOD_RATE_PER_S, DEFAULT_FLOOD_BURST)
-        return ok
+    def quarantine_failed(self, topic: str, message: bytes, detail: str) -> None:
+        """Store a message whose processing raised (reason internal_error, `detail` = the error), with the
+        meter_id and seq it names where they can be read; unauthenticated, so within the quarantine budget."""
+        try:
+            mid: str | None = parse_meter_topic(topic, "readings", self.prefix)
+        except ProtocolError:
+            mid = None
+        meter_id, seq = None, None
+        try:
+            readings = [it.signed.reading for it in decode_batch(message) if it.signed is not None]
+        except ProtocolError:
+            readings = []
+        if readings:
+            meter_id, seq = readings[0].meter_id, readings[0].seq
+            detail += f" (batch of {len(readings)} readings, seq {seq}..{max(r.seq for r in readings)})"
+        now_ms = int(self.clock() * 1000)
+        row = RejectionRow(now_ms, "mqtt", mid, meter_id, seq, "internal_error", detail, False, message, b"")
+        if self.budget.allows(quarantine_cost(row), now_ms / 1000):
+            self.store.write_rejections([row], now_ms)
+        else:
+            self.store.write_rejections([], now_ms, dropped=(1, len(message)))
+            self.metrics.not_stored.inc()
+            self.metrics.quarantine_bytes_not_stored.inc(len(message))
 
     def meters(self) -> dict[str, Meter]:
         v = self.registry.data_version()
@@ -215,12 +260,12 @@ class Acceptance:
         with self.store.transaction():
             mids = {it.topic_meter_id for it in items if it.topic_meter_id}
             progress = self.store.load_progress(mids)
-            w = _Writer(now_ms, self._flood_allows)
+            w = _Writer(now_ms, self.budget.allows)
             for it in items:
                 self._decide(it, meters, progress, w)
             w.count_stored()
             self.store.write_batch(BatchWrite(w.readings, w.rejections, w.gaps, w.touched(progress, meters), w.counts,
-                                              now_ms))
+                                              now_ms, (w.not_stored, w.not_stored_bytes)))
         self.metrics.commit_seconds.observe(time.perf_counter() - t0)
         self._count(w)
         open_after = now_ms - self.limits.gap_grace_ms
@@ -285,7 +330,7 @@ class Acceptance:
         if verdict.outcome is Outcome.ACCEPT:
             w.late += 1
         else:
-            w.late_held += 1
+            w.late_held_reasons.append(held_reason(verdict.reason, verdict.detail))
         return True
 
     def _count(self, w: _Writer) -> None:
@@ -294,10 +339,21 @@ class Acceptance:
             m.rejected.labels("mqtt", reason).inc()
         if w.not_stored:
             m.not_stored.inc(w.not_stored)
-            log.warning("unauthenticated input flood: %d rejections counted but not stored", w.not_stored)
+            m.quarantine_bytes_not_stored.inc(w.not_stored_bytes)
+            log.warning("unauthenticated input over the quarantine budget: %d rejections (%d bytes) counted, "
+                        "not stored", w.not_stored, w.not_stored_bytes)
         n_acc = sum(1 for r in w.readings if r.status == "accepted") + w.late
         m.accepted.labels("mqtt").inc(n_acc)
-        m.held.inc(len(w.readings) + w.late + w.late_held - n_acc)
+        held = Counter(held_reason(r.reason, r.detail) for r in w.readings if r.status == "held")
+        held.update(w.late_held_reasons)
+        for reason, n in held.items():
+            m.held.labels(reason).inc(n)
+        newest: dict[str, int] = {}
+        for r in w.readings:
+            if r.read_at_ms > newest.get(r.meter_id, -1):
+                newest[r.meter_id] = r.read_at_ms
+        for read_at_ms in newest.values():
+            m.intake_lag.observe(max(0, w.now_ms - read_at_ms) / 1000)
         m.duplicates.inc(sum(c.get("duplicates", 0) for c in w.counts.values()))
         m.gaps.inc(sum(c.get("missing", 0) for c in w.counts.values()))
 
@@ -312,10 +368,11 @@ def _triples(todo: list[tuple[_Item, Meter]]) -> list[tuple[bytes, bytes, bytes]
 class _Writer:
     """Rows collected for one transaction."""
 
-    def __init__(self, now_ms: int, flood_allows: Callable[[float], bool]) -> None:
+    def __init__(self, now_ms: int, budget_allows: Callable[[int, float], bool]) -> None:
         self.now_ms = now_ms
-        self.flood_allows = flood_allows
+        self.budget_allows = budget_allows
         self.not_stored = 0
+        self.not_stored_bytes = 0
         self.readings: list[ReadingRow] = []
         self.rejections: list[RejectionRow] = []
         self.gaps: list[tuple[str, int, int, int]] = []
@@ -323,7 +380,7 @@ class _Writer:
         self.ack: set[str] = set()
         self.counts_only: list[str] = []
         self.late = 0
-        self.late_held = 0
+        self.late_held_reasons: list[str] = []
         self.payloads: dict[tuple[str, int], bytes] = {}
 
     def count(self, mid: str, what: str, n: int = 1) -> None:
@@ -335,25 +392,26 @@ class _Writer:
         return {m: progress.get(m, Progress()) for m in self.counts if m in meters}
 
     def reject(self, it: _Item, v: Verdict, authenticated: bool) -> None:
-        if not authenticated and not self.flood_allows(self.now_ms / 1000):
-            self.not_stored += 1  # counted by reason in the metrics, not stored (flood of unauthenticated input)
-            self.counts_only.append(str(v.reason or Reason.MALFORMED))
-            return
         signed = it.item.signed if it.item else None
         r = signed.reading if signed else None
         payload = it.item.payload if it.item else it.raw
         sig = it.item.signature if it.item else b""
-        self.rejections.append(RejectionRow(self.now_ms, "mqtt", it.topic_meter_id, r.meter_id if r else None,
-                                            r.seq if r else None, str(v.reason or Reason.MALFORMED), v.detail,
-                                            authenticated, payload, sig))
+        row = RejectionRow(self.now_ms, "mqtt", it.topic_meter_id, r.meter_id if r else None, r.seq if r else None,
+                           str(v.reason or Reason.MALFORMED), v.detail, authenticated, payload, sig)
+        if not authenticated and not self.budget_allows(quarantine_cost(row), self.now_ms / 1000):
+            self.not_stored += 1  # counted by reason in the metrics, not stored (flood of unauthenticated input)
+            self.not_stored_bytes += len(payload)
+            self.counts_only.append(row.reason)
+            return
+        self.rejections.append(row)
         if it.topic_meter_id is not None:
             self.count(it.topic_meter_id, "rejected")
 
     def row(self, item: BatchItem, r: Reading, v: Verdict) -> ReadingRow:
         if v is ACCEPTED:  # the common case: no reason, detail or rebaseline to spell out
-            return ReadingRow(r.meter_id, r.seq, r.read_at_ms, r.energy_import_wh, r.energy_export_wh, 0, True,
-                              r.instant.power_w, "accepted", None, None, False, item.payload, item.signature,
-                              self.now_ms)  # accepted = good: no quality flag, clock synced
+            return ReadingRow(r.meter_id, r.seq, r.read_at_ms, r.energy_import_wh, r.energy_export_wh, int(r.quality),
+                              True, r.instant.power_w, "accepted", None, None, False, item.payload, item.signature,
+                              self.now_ms)  # accepted = good: clock synced, no flag but *_NOT_MEASURED
         return ReadingRow(
             r.meter_id, r.seq, r.read_at_ms, r.energy_import_wh, r.energy_export_wh, int(r.quality), r.clock_synced,
             r.instant.power_w, "held" if v.outcome is Outcome.HOLD else "accepted",

@@ -11,7 +11,9 @@ read from the OracleData account on chain at run time.
 
 from __future__ import annotations
 
+import itertools
 import os
+import secrets
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -79,16 +81,60 @@ def _pubkey(v: str) -> str | None:
 
 # A credential shorter than this is guessable by anyone who can reach the port (the dashboard shows fleet data,
 # an API key lets a client write intervals); an empty one would even match a request that sends none.
-MIN_SECRET_CHARS = 16
+MIN_SECRET_CHARS = 16  # dashboard token, ingest API keys
+MIN_PASSWORD_CHARS = 12  # dashboard password (typed by people; still not a PIN)
+MIN_DISTINCT_CHARS = 8  # "tttttttttttttttt" is 16 characters and no secret
+GEN_TOKEN_HINT = "generate one with `gridmeter gateway gen-token`"
+# Values copied from examples and documentation, and words that say "not set yet". Compared lower-case with
+# '_' and ' ' read as '-'. The example config's own placeholder is the first.
+PLACEHOLDERS = ("change-me", "changeme", "replace-me", "replaceme", "your-token", "your-password", "your-key",
+                "placeholder", "example", "insert-", "fixme", "password", "secret", "letmein", "default")
+
+
+def generate_token() -> str:
+    """A fresh credential: 32 random bytes, URL-safe base64 (43 characters); drawn again in the (~1e-8) case
+    that it happens to spell a placeholder word."""
+    while weak_secret(token := secrets.token_urlsafe(32)):
+        pass
+    return token
+
+
+def weak_secret(v: str, min_chars: int = MIN_SECRET_CHARS) -> str | None:
+    """Why `v` is not a usable credential (without quoting it), or None. Empty = not configured: None."""
+    if not v:
+        return None
+    if len(v) < min_chars:
+        return f"must be at least {min_chars} characters; {GEN_TOKEN_HINT}"
+    norm = v.lower().replace("_", "-").replace(" ", "-")
+    if any(p in norm for p in PLACEHOLDERS):
+        return f"is a placeholder or a well-known word, not a secret; {GEN_TOKEN_HINT}"
+    steps = {ord(b) - ord(a) for a, b in itertools.pairwise(v)}
+    if len(set(v)) < MIN_DISTINCT_CHARS or len(steps) == 1:
+        return f"is too predictable (repeated or sequential characters); {GEN_TOKEN_HINT}"
+    return None
 
 
 def _secret(v: str) -> str | None:
-    return None if not v or len(v) >= MIN_SECRET_CHARS else f"must be at least {MIN_SECRET_CHARS} characters"
+    return weak_secret(v, MIN_SECRET_CHARS)
+
+
+def _password(v: str) -> str | None:
+    return weak_secret(v, MIN_PASSWORD_CHARS)
+
+
+def _mqtt_password(v: str) -> str | None:
+    """The broker decides its own password rules; a placeholder is still refused here."""
+    problem = weak_secret(v, 1)
+    return problem if problem and "placeholder" in problem else None
 
 
 def _api_keys(v: list[str]) -> str | None:
-    short = [k for k in v if len(k) < MIN_SECRET_CHARS]
-    return f"every key must be at least {MIN_SECRET_CHARS} characters ({len(short)} shorter)" if short else None
+    if any(not k for k in v):
+        return f"every key must be at least {MIN_SECRET_CHARS} characters (an empty one)"
+    weak = [p for k in v if (p := weak_secret(k))]
+    if weak:
+        return f"{len(weak)} of {len(v)} keys: {weak[0]}"
+    return None
 
 
 def _nonempty(v: str) -> str | None:
@@ -127,18 +173,21 @@ class MqttSection:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 1883
-    client_id: str = "gridmeter-gateway-1"  # unique per gateway process (persistent session)
+    client_id: str = "gridmeter-gateway-1"  # unique per gateway process
     share_group: str = "gridmeter-gateway"  # $share/<group>/...: processes of one group split the load
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)  # a secret: never in a repr (nor in a log line)
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
     topic_prefix: str = "gridmeter/v1"
-    session_expiry_s: int = 86400  # broker keeps our queue this long while we are down
+    # 0: the MQTT session ends with the connection, so a stopped gateway leaves the $share group at once (the
+    # agents re-send what no gateway acked). Above 0 the broker keeps feeding a stopped gateway its share.
+    session_expiry_s: int = 0
     max_pending_messages: int = 2000  # bound of the receive queue; paho stops reading beyond it
     checks: ClassVar[dict[str, Check]] = {
         "host": _nonempty, "port": _range(1, 65535), "client_id": _nonempty, "share_group": _nonempty,
+        "password": _mqtt_password,
         "topic_prefix": prefix_problem, "session_expiry_s": _range(0, 2**32 - 1),
         "max_pending_messages": _range(1, 1_000_000),
     }
@@ -150,7 +199,7 @@ class HttpSection:
 
     enabled: bool = False
     listen: str = "127.0.0.1:8081"
-    api_keys: list[str] = field(default_factory=list)
+    api_keys: list[str] = field(default_factory=list, repr=False)
     max_body_bytes: int = 16384  # a DLMS reading is < 1 KiB
     checks: ClassVar[dict[str, Check]] = {"listen": _listen, "max_body_bytes": _range(256, 1 << 20),
                                           "api_keys": _api_keys}
@@ -160,15 +209,15 @@ class HttpSection:
 class DashboardSection:
     enabled: bool = True
     listen: str = "127.0.0.1:8090"
-    token: str = ""  # bearer token (also accepted by /login?token=... for browsers)
+    token: str = field(default="", repr=False)  # bearer token (also accepted by /login?token=... for browsers)
     username: str = ""  # HTTP basic auth, with password
-    password: str = ""
+    password: str = field(default="", repr=False)
     tls_cert: str = ""  # serve HTTPS directly when both are set; else put it behind a TLS reverse proxy
     tls_key: str = ""
     # Set when a TLS reverse proxy terminates HTTPS in front of the dashboard: the session cookie is then
     # marked Secure although this process speaks plain HTTP on localhost.
     behind_tls_proxy: bool = False
-    checks: ClassVar[dict[str, Check]] = {"listen": _listen, "token": _secret}
+    checks: ClassVar[dict[str, Check]] = {"listen": _listen, "token": _secret, "password": _password}
 
 
 @dataclass(frozen=True)
@@ -213,6 +262,18 @@ class IntervalsSection:
 
 
 @dataclass(frozen=True)
+class HealthSection:
+    """Meter health on the dashboard and /metrics (gateway.health): each meter's cadence is learnt from its
+    readings; these are the fleet defaults around it."""
+
+    expected_interval_s: float = 10.0  # until a meter has sent two readings (the agent's default poll interval)
+    late_margin_s: float = 10.0  # late after one interval + max(margin, half an interval) without a message
+    silent_after_s: float = 300.0  # silent after max(this, 10 intervals)
+    checks: ClassVar[dict[str, Check]] = {"expected_interval_s": _range(0.1, 86400),
+                                          "late_margin_s": _range(0, 86400), "silent_after_s": _range(1, 30 * 86400)}
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     chain: ChainSection = field(default_factory=ChainSection)
@@ -221,6 +282,7 @@ class GatewayConfig:
     dashboard: DashboardSection = field(default_factory=DashboardSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     intervals: IntervalsSection = field(default_factory=IntervalsSection)
+    health: HealthSection = field(default_factory=HealthSection)
 
     @property
     def db_path(self) -> Path:

@@ -2,140 +2,87 @@
 
 POST /v1/private-network/ingest (header X-API-KEY), body
   {"protocol": "dlms", "device_id": "<meter_id>", "payload": {"1.1.1.8.0.255": <import Wh>,
-   "1.1.2.8.0.255": <export Wh>, "kwh": <net kWh>, "timestamp": "<RFC 3339, seconds>", "signature": "<base58>"}}
-The device signs UTF-8 "{meter_id}:{kwh}:{timestamp_ms}" with kwh printed like Rust's f64 Display.
-Status codes (as the GridTokenX bridge): 202 accepted, 400 malformed, 401 API key wrong or signature
-could not be checked (unknown meter), 403 signature invalid or meter suspended/retired, 409 replayed
-(timestamp not after the meter's last one); added: 429 when one client address exceeds its request rate.
-GET /health answers {"status": "ok"}.
+   "1.1.2.8.0.255": <export Wh>, "kwh": <net kWh>, "timestamp": "<RFC 3339, seconds>", "signature": "<base58>",
+   "energy_generated": <kWh>, "energy_consumed": <kWh>, ...}}
+The device signs UTF-8 "{meter_id}:{kwh}:{timestamp_ms}" with kwh printed like Rust's f64 Display. Values,
+precision and consistency rules: gateway/ingest_payload.py.
+Status codes (as the GridTokenX bridge): 202 accepted, 400 malformed, 401 API key wrong or signature could not
+be checked (unknown meter), 403 signature invalid or meter suspended/retired, 409 replayed (timestamp not
+after the meter's last one); added: 408 body not received within DEFAULT_BODY_READ_TIMEOUT_S, 413 body over
+http.max_body_bytes, 429 when one client address exceeds its request rate. GET /health answers {"status": "ok"}.
 
-These are per-interval energies, stored directly as interval submissions (outbox). Rules this gateway
-adds: Wh values must be whole (the oracle takes integer Wh; a fractional Wh is refused, never rounded);
-the signature covers only the NET kWh, so the import/export split is accepted only if
-export - import == kwh * 1000 exactly; timestamps strictly increase per meter, lie within the
-acceptance window and not in the future beyond the skew; energy per interval is bounded by the meter's
-rated power over the time since its previous reading. Every refusal is stored in the quarantine with its
-reason and the original body, and counted.
+What 202 means here: the reading is committed, and its energy will reach the chain or its status will say why
+not. Readings are interval energies; each is added, in integer mWh, to its meter's running sums, and the
+submitter's interval planner (intervals.plan_http, the same planner as for MQTT counters) bins them in market
+epochs, submits whole Wh at most once per epoch (so the oracle's min_reading_interval holds by construction)
+and carries the sub-Wh remainder into the next interval. (GridTokenX's own bridge also binned in 15-minute
+windows, but applied no rate, order, bounds or anomaly check and never called the oracle: its 202 promised
+nothing about the chain.) Status, with the same X-API-KEY:
+  GET /v1/private-network/readings/{reading_id}   one reading: open / queued / on_chain / not_submitted + reasons
+  GET /v1/private-network/meters/{device_id}      the meter's books in mWh and every interval not submitted
+Rules this gateway adds: timestamps strictly increase per meter, lie within the acceptance window and not in
+the future beyond the skew; energy per reading is bounded by the meter's rated power over the time since its
+previous reading; a meter feeds the chain from one source (a meter with MQTT readings is refused here:
+`source_conflict`). Every refusal is stored in the quarantine with its reason and the original body, and
+counted (a wrong API key is only counted).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
-import math
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-import base58
 from aiohttp import web
 
+from gateway import fleet
 from gateway.checks import Limits, TokenBucket
-from gateway.intervals import map_role
+from gateway.ingest_payload import (
+    EXPORT_OBIS,
+    IMPORT_OBIS,
+    IngestReading,
+    IngestRefused,
+    check_consistency,
+    parse_body,
+    rust_f64_display,
+    signed_message,
+    wh_text,
+)
 from gateway.metrics import Metrics
 from gateway.registry import MeterStatus, Registry
 from gateway.store import RejectionRow, Store
-from protocol import BadSignatureError, ProtocolError, VerifyKey
+from protocol import BadSignatureError, MeterRole, ProtocolError, VerifyKey
 from protocol.identifiers import validate_device_id
 
+__all__ = ["EXPORT_OBIS", "IMPORT_OBIS", "INGEST_PATH", "HttpIngest", "IngestRefused", "rust_f64_display",
+           "signed_message"]
+
 INGEST_PATH = "/v1/private-network/ingest"
+READING_STATUS_PATH = "/v1/private-network/readings/{reading_id}"
+METER_STATUS_PATH = "/v1/private-network/meters/{device_id}"
 # Per client address: a head-end posting every meter of a feeder every 15 min stays far below this; a
 # misbehaving client gets 429 instead of filling the quarantine.
 DEFAULT_CLIENT_RATE_PER_S = 100.0
 DEFAULT_CLIENT_BURST = 2000
 DEFAULT_MAX_CLIENTS_TRACKED = 10_000
-IMPORT_OBIS = "1.1.1.8.0.255"  # active energy imported (consumed) in the interval, Wh
-EXPORT_OBIS = "1.1.2.8.0.255"  # active energy exported (generated) in the interval, Wh
+# A body is < 1 KiB: a client that has not sent all of it within this time stalled (or is holding
+# connections open on purpose). It gets 408 and the connection is closed.
+DEFAULT_BODY_READ_TIMEOUT_S = 10.0
 _MS_PER_HOUR = 3_600_000
-# Largest Wh value of one interval that is stored at all: SQLite integers are i64. (The oracle's own
-# max_energy_value, read from chain, bounds what is submitted; the rated-power check bounds it physically.)
-MAX_INTERVAL_WH = 2**63 - 1
-
-
-def rust_f64_display(x: float) -> str:
-    """Rust's `{}` for f64: shortest round-trip digits, never an exponent, integral values without ".0"."""
-    if math.isnan(x):
-        return "NaN"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    s = format(Decimal(repr(x)), "f")
-    if "." in s:
-        s = s.rstrip("0").rstrip(".")
-    return s
-
-
-def signed_message(meter_id: str, kwh: float, timestamp_s: int) -> bytes:
-    return f"{meter_id}:{rust_f64_display(kwh)}:{timestamp_s * 1000}".encode()
-
-
-class IngestRefused(Exception):
-    def __init__(self, status: int, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.reason, self.detail = status, reason, detail
-
-
-def _whole_wh(name: str, v: object) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, Decimal)):
-        raise IngestRefused(400, "malformed", f"payload.{name}: must be a number of Wh")
-    d = Decimal(v)
-    if not d.is_finite() or not 0 <= d <= MAX_INTERVAL_WH:
-        raise IngestRefused(400, "invalid_field", f"payload.{name}: must be in 0..{MAX_INTERVAL_WH} Wh (got {d})")
-    if d != d.to_integral_value():
-        raise IngestRefused(400, "non_integral_wh", f"payload.{name}: {d} Wh is not a whole Wh (never rounded)")
-    return int(d)
-
-
-def _kwh(v: object) -> float:
-    """The signed net kWh as the f64 the device printed (the signature covers its Rust Display form)."""
-    if isinstance(v, bool) or not isinstance(v, (int, Decimal)):
-        raise IngestRefused(400, "malformed", "payload.kwh: must be a number")
-    try:
-        kwh = float(v)
-    except OverflowError:  # an int beyond f64 range
-        kwh = math.inf
-    if not math.isfinite(kwh) or abs(kwh) * 1000 > MAX_INTERVAL_WH:
-        raise IngestRefused(400, "invalid_field", f"payload.kwh: must be within +-{MAX_INTERVAL_WH // 1000} kWh")
-    return kwh
-
-
-def _timestamp_s(v: object) -> int:
-    if not isinstance(v, str) or len(v) > 40:
-        raise IngestRefused(400, "malformed", "payload.timestamp: must be an RFC 3339 string")
-    try:
-        dt = datetime.fromisoformat(v)
-    except ValueError:
-        raise IngestRefused(400, "malformed", f"payload.timestamp: not RFC 3339 ({v!r})") from None
-    if dt.tzinfo is None or dt.microsecond:
-        raise IngestRefused(400, "malformed", "payload.timestamp: needs a UTC offset and whole seconds")
-    return int(dt.timestamp())
-
-
-def _parse(body: bytes) -> tuple[str, dict[str, object]]:
-    try:
-        doc = json.loads(body, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise IngestRefused(400, "malformed", f"body: not JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("protocol") != "dlms" or not isinstance(doc.get("payload"), dict):
-        raise IngestRefused(400, "malformed", 'body: needs "protocol": "dlms", "device_id" and a "payload" object')
-    try:
-        meter_id = validate_device_id(doc.get("device_id"))
-    except ProtocolError as exc:
-        raise IngestRefused(400, "invalid_field", str(exc)) from None
-    payload: dict[str, object] = doc["payload"]
-    for k in (IMPORT_OBIS, EXPORT_OBIS, "kwh", "timestamp", "signature"):
-        if k not in payload:
-            raise IngestRefused(400, "malformed", f"payload.{k}: missing")
-    return meter_id, payload
 
 
 class HttpIngest:
     def __init__(self, store: Store, registry: Registry, limits: Limits, api_keys: list[str], metrics: Metrics,
-                 *, max_body_bytes: int = 16384, clock: Callable[[], float] = time.time) -> None:
+                 *, max_body_bytes: int = 16384, clock: Callable[[], float] = time.time,
+                 body_read_timeout_s: float = DEFAULT_BODY_READ_TIMEOUT_S) -> None:
         self.store, self.registry, self.limits, self.metrics = store, registry, limits, metrics
         self.api_keys = [k.encode() for k in api_keys]
-        self.max_body_bytes, self.clock = max_body_bytes, clock
+        self.max_body_bytes, self.clock, self.body_read_timeout_s = max_body_bytes, clock, body_read_timeout_s
         self.clients: dict[str, TokenBucket] = {}
 
     def _client_allowed(self, req: web.Request) -> bool:
@@ -150,6 +97,8 @@ class HttpIngest:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_bytes)
         app.router.add_post(INGEST_PATH, self.ingest)
+        app.router.add_get(READING_STATUS_PATH, self.reading_status)
+        app.router.add_get(METER_STATUS_PATH, self.meter_status)
         app.router.add_get("/health", self.health)
         return app
 
@@ -161,6 +110,7 @@ class HttpIngest:
         given = req.headers.get("X-API-KEY", "").encode("utf-8", "surrogateescape")
         return any(hmac.compare_digest(given, k) for k in self.api_keys)
 
+    # ---- ingest ---------------------------------------------------------------------------------------
     async def ingest(self, req: web.Request) -> web.Response:
         self.metrics.received.labels("http").inc()
         body = b""
@@ -170,67 +120,80 @@ class HttpIngest:
                 return web.json_response({"status": "rejected", "reason": "client_rate_exceeded"}, status=429)
             if not self._api_key_ok(req):
                 raise IngestRefused(401, "bad_api_key", "X-API-KEY missing or not accepted")
-            if req.content_length is not None and req.content_length > self.max_body_bytes:
-                raise IngestRefused(400, "oversized", f"body over {self.max_body_bytes} bytes")
-            try:
-                body = await req.read()
-            except web.HTTPRequestEntityTooLarge:
-                raise IngestRefused(400, "oversized", f"body over {self.max_body_bytes} bytes") from None
-            key = self._accept(body)
+            body = await self._read_body(req)
+            accepted = self._accept(body)
         except IngestRefused as exc:
             self._quarantine(body, exc)
-            return web.json_response({"status": "rejected", "reason": exc.reason, "error": exc.detail},
+            resp = web.json_response({"status": "rejected", "reason": exc.reason, "error": exc.detail, **exc.extra},
                                      status=exc.status)
+            if exc.status in (408, 413):
+                resp.force_close()  # the rest of the body is not read: the connection cannot be reused
+            return resp
         self.metrics.accepted.labels("http").inc()
-        return web.json_response({"status": "accepted", "reading_id": str(uuid.uuid4()), "key": key}, status=202)
+        return web.json_response(accepted, status=202)
 
-    def _accept(self, body: bytes) -> str:
-        meter_id, p = _parse(body)
-        imp, exp = _whole_wh(IMPORT_OBIS, p[IMPORT_OBIS]), _whole_wh(EXPORT_OBIS, p[EXPORT_OBIS])
-        ts = _timestamp_s(p["timestamp"])
-        kwh = _kwh(p["kwh"])
-        sig_text = p["signature"]
+    async def _read_body(self, req: web.Request) -> bytes:
+        too_big = IngestRefused(413, "oversized", f"body over {self.max_body_bytes} bytes")
+        if req.content_length is not None and req.content_length > self.max_body_bytes:
+            raise too_big
         try:
-            sig = base58.b58decode(sig_text) if isinstance(sig_text, str) and len(sig_text) <= 100 else b""
-        except ValueError:
-            sig = b""
-        if len(sig) != 64:
-            raise IngestRefused(400, "malformed", "payload.signature: must be base58 of 64 bytes")
-        meter = self.registry.get(meter_id)
+            async with asyncio.timeout(self.body_read_timeout_s):
+                return await req.read()
+        except TimeoutError:
+            raise IngestRefused(408, "body_timeout", f"body not received within {self.body_read_timeout_s:g} s"
+                                ) from None
+        except web.HTTPRequestEntityTooLarge:  # chunked, no Content-Length: counted while reading
+            raise too_big from None
+
+    def _accept(self, body: bytes) -> dict[str, Any]:
+        r, payload = parse_body(body)
+        meter = self.registry.get(r.meter_id)
         if meter is None:
-            raise IngestRefused(401, "unknown_meter", f"{meter_id}: not registered, signature cannot be checked")
+            raise IngestRefused(401, "unknown_meter", f"{r.meter_id}: not registered, signature cannot be checked")
         try:
-            VerifyKey(meter.public_key).verify(signed_message(meter_id, kwh, ts), sig)
+            VerifyKey(meter.public_key).verify(signed_message(r.meter_id, r.kwh_text, r.timestamp_s), r.signature)
         except BadSignatureError:
             raise IngestRefused(403, "bad_signature", "signature does not verify against the registered key") from None
         if meter.status is not MeterStatus.ACTIVE:
-            raise IngestRefused(403, f"meter_{meter.status.value}", f"{meter_id} is {meter.status.value}")
-        if Decimal(rust_f64_display(kwh)) * 1000 != exp - imp:
-            raise IngestRefused(400, "kwh_mismatch", f"export {exp} Wh - import {imp} Wh != signed net {kwh} kWh")
-        self._time_checks(meter_id, ts, imp, exp, meter.rated_max_power_w)
-        produced, consumed = map_role(meter.role, imp, exp)
-        if not self.store.add_http_interval(meter_id, meter.zone_id, produced, consumed, ts * 1000, body,
-                                            int(self.clock() * 1000)):
-            raise IngestRefused(409, "duplicate", f"{meter_id}: timestamp {ts} already ingested")
-        return f"http:{meter_id}:{ts}"  # outbox key: distinct from MQTT intervals of the same meter and second
+            raise IngestRefused(403, f"meter_{meter.status.value}", f"{r.meter_id} is {meter.status.value}")
+        check_consistency(payload, r)
+        if self.store.has_mqtt_readings(r.meter_id):
+            raise IngestRefused(409, "source_conflict", f"{r.meter_id} already sends readings over MQTT: one meter, "
+                                                        "one source (its submissions would collide on chain)")
+        self._time_checks(r, meter.rated_max_power_w)
+        reading_id = str(uuid.uuid4())
+        outcome, original = self.store.add_http_reading(r.meter_id, r.timestamp_s * 1000, r.import_mwh, r.export_mwh,
+                                                        body, reading_id, int(self.clock() * 1000))
+        if outcome == "duplicate":
+            raise IngestRefused(409, "duplicate", f"{r.meter_id}: timestamp {r.timestamp_s} already ingested",
+                                _original_id(original))
+        if outcome == "not_increasing":
+            raise IngestRefused(409, "read_at_not_increasing", f"timestamp {r.timestamp_s} is not after the last one")
+        if outcome == "overflow":
+            raise IngestRefused(400, "invalid_field", f"{r.meter_id}: running energy sum beyond 2^63 mWh")
+        return _accepted_doc(reading_id, r, meter.role)
 
-    def _time_checks(self, meter_id: str, ts: int, imp: int, exp: int, rated_w: int) -> None:
-        now_ms = int(self.clock() * 1000)
-        if ts * 1000 > now_ms + self.limits.future_skew_ms:
-            raise IngestRefused(400, "read_at_future", f"timestamp {ts} is in the future")
-        if ts * 1000 < now_ms - self.limits.acceptance_window_ms:
-            raise IngestRefused(400, "read_at_too_old", f"timestamp {ts} is older than the acceptance window")
-        last = self.store.last_http_timestamp_ms(meter_id)
-        if last is not None and ts * 1000 == last:
-            raise IngestRefused(409, "duplicate", f"{meter_id}: timestamp {ts} already ingested")
-        if last is not None and ts * 1000 < last:
-            raise IngestRefused(409, "read_at_not_increasing", f"timestamp {ts} is not after the last {last // 1000}")
-        # A meter's first interval has no previous reading: it can span at most the acceptance window.
-        dt_ms = ts * 1000 - last if last is not None else self.limits.acceptance_window_ms
-        allowed = rated_w * dt_ms * (100 + self.limits.plausibility_margin_pct)
+    def _time_checks(self, r: IngestReading, rated_w: int) -> None:
+        now_ms, ts_ms = int(self.clock() * 1000), r.timestamp_s * 1000
+        if ts_ms > now_ms + self.limits.future_skew_ms:
+            raise IngestRefused(400, "read_at_future", f"timestamp {r.timestamp_s} is in the future")
+        if ts_ms < now_ms - self.limits.acceptance_window_ms:
+            raise IngestRefused(400, "read_at_too_old",
+                                f"timestamp {r.timestamp_s} is older than the acceptance window")
+        last = self.store.last_http_timestamp_ms(r.meter_id)
+        if last is not None and ts_ms == last:
+            raise IngestRefused(409, "duplicate", f"{r.meter_id}: timestamp {r.timestamp_s} already ingested",
+                                _original_id(self.store.http_reading_id(r.meter_id, ts_ms)))
+        if last is not None and ts_ms < last:
+            raise IngestRefused(409, "read_at_not_increasing", f"timestamp {r.timestamp_s} is not after the last "
+                                                               f"{last // 1000}")
+        # A meter's first reading has no previous one: it can span at most the acceptance window.
+        dt_ms = ts_ms - last if last is not None else self.limits.acceptance_window_ms
+        allowed = rated_w * dt_ms * (100 + self.limits.plausibility_margin_pct)  # in Wh * 100 * ms/h
         allowed += self.limits.plausibility_slack_wh * 100 * _MS_PER_HOUR
-        if max(imp, exp) * 100 * _MS_PER_HOUR > allowed:
-            raise IngestRefused(400, "implausible_energy", f"{max(imp, exp)} Wh in {dt_ms // 1000} s exceeds "
+        most = max(r.import_mwh, r.export_mwh)
+        if most * 100 * _MS_PER_HOUR > allowed * 1000:
+            raise IngestRefused(400, "implausible_energy", f"{wh_text(most)} Wh in {dt_ms // 1000} s exceeds "
                                                            f"rated {rated_w} W")
 
     def _quarantine(self, body: bytes, exc: IngestRefused) -> None:
@@ -246,5 +209,50 @@ class HttpIngest:
         self.store.add_rejection(RejectionRow(int(self.clock() * 1000), "http", None, meter_id, None, exc.reason,
                                               exc.detail, exc.reason not in _UNAUTHENTICATED, body, b""))
 
+    # ---- status ---------------------------------------------------------------------------------------
+    async def reading_status(self, req: web.Request) -> web.Response:
+        if not self._client_allowed(req):
+            return web.json_response({"error": "client_rate_exceeded"}, status=429)
+        if not self._api_key_ok(req):
+            return web.json_response({"error": "X-API-KEY missing or not accepted"}, status=401)
+        try:
+            reading_id = str(uuid.UUID(req.match_info["reading_id"]))
+        except ValueError:
+            return web.json_response({"error": "reading_id: not a UUID"}, status=400)
+        doc = fleet.http_reading_status(self.store.conn, self.registry, reading_id)
+        if doc is None:
+            return web.json_response({"error": f"reading {reading_id} not found"}, status=404)
+        return web.json_response(doc)
 
-_UNAUTHENTICATED = {"malformed", "invalid_field", "oversized", "unknown_meter", "bad_signature", "non_integral_wh"}
+    async def meter_status(self, req: web.Request) -> web.Response:
+        if not self._client_allowed(req):
+            return web.json_response({"error": "client_rate_exceeded"}, status=429)
+        if not self._api_key_ok(req):
+            return web.json_response({"error": "X-API-KEY missing or not accepted"}, status=401)
+        try:
+            meter_id = validate_device_id(req.match_info["device_id"])
+        except ProtocolError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        meter = self.registry.get(meter_id)
+        if meter is None:
+            return web.json_response({"error": f"{meter_id} is not registered"}, status=404)
+        return web.json_response(fleet.http_meter_status(self.store.conn, meter))
+
+
+def _original_id(reading_id: str | None) -> dict[str, str] | None:
+    return {"reading_id": reading_id} if reading_id else None
+
+
+def _accepted_doc(reading_id: str, r: IngestReading, role: MeterRole) -> dict[str, Any]:
+    doc: dict[str, Any] = {"status": "accepted", "reading_id": reading_id, "device_id": r.meter_id,
+                           "timestamp_ms": r.timestamp_s * 1000, "import_wh": wh_text(r.import_mwh),
+                           "export_wh": wh_text(r.export_mwh),
+                           "status_url": READING_STATUS_PATH.format(reading_id=reading_id)}
+    unsubmitted = fleet.role_unsubmitted(role, r.import_mwh, r.export_mwh)
+    if unsubmitted is not None:
+        doc["recorded_only"] = unsubmitted
+    return doc
+
+
+# Refusals decided before the signature was verified: not attributable to the meter.
+_UNAUTHENTICATED = {"malformed", "invalid_field", "oversized", "unknown_meter", "bad_signature", "body_timeout"}

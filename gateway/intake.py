@@ -1,8 +1,11 @@
 """MQTT intake: shared subscription to the agents' reading topics, durable commit, then signed acks.
 
-paho-mqtt 2.x (VERSION2 callbacks, MQTT v5), QoS 1, persistent session (clean_start=False with a session
-expiry) and MANUAL broker acks: a message is PUBACKed only after its readings are committed, so a
-gateway crash between receipt and commit makes the broker redeliver it. The receive queue is bounded:
+paho-mqtt 2.x (VERSION2 callbacks, MQTT v5), QoS 1, MANUAL broker acks: a message is PUBACKed only after its
+readings are committed. The session is NOT persistent (clean start, session expiry mqtt.session_expiry_s,
+default 0): a gateway that stops or dies leaves the $share group with its connection. With a persistent session
+mosquitto (2.0.x) kept handing a stopped gateway its share of the readings, queued for nobody, and the live
+ones saw every second seq. Nothing is lost without it: what a gateway had not committed is not acked to the
+agent, and the agents re-send everything the gateways have not acked. The receive queue is bounded:
 when the worker falls behind, paho's network thread blocks on it and stops reading the socket (TCP back
 pressure) instead of growing memory. One worker thread drains the queue in groups, hands them to
 `Acceptance.process`, then publishes one signed ack per meter (protocol.canonical.encode_ack) to
@@ -14,6 +17,7 @@ from __future__ import annotations
 import gc
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -28,7 +32,6 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gateway.acceptance import Acceptance, Prepared
 from gateway.config import MqttSection
 from gateway.metrics import Metrics
-from gateway.store import RejectionRow
 from protocol import Ack, SigningKey, encode_ack
 from protocol.topics import ack_topic
 
@@ -39,7 +42,6 @@ DEFAULT_READING_BYTES = 216  # a signed reading in a batch (2 + ~150 + 64): to s
 DEFAULT_PIPELINE_DEPTH = 1  # groups being verified while the oldest is committed (2 measured no faster)
 DEFAULT_IDLE_POLL_S = 0.2  # worker wakes this often to notice stop()
 DEFAULT_RETRY_S = 1.0  # after a failed commit (disk full, locked DB) before trying again
-DEFAULT_ATTEMPTS = 3  # attempts for one message before it is quarantined as internal_error
 DEFAULT_KEEPALIVE_S = 30
 # Allocations between young-generation garbage collections (CPython's default is 700). A group of readings
 # is ~10 objects per reading that live until its commit; at 700 they are traversed and promoted again and
@@ -51,8 +53,13 @@ class BrokerUnavailableError(Exception):
     pass
 
 
-class _RetrySingly(Exception):
-    """Internal: the group could not be prepared; handle its messages one at a time."""
+class _Isolate(Exception):
+    """Internal: the group could not be prepared; find the message that fails."""
+
+
+def transient(exc: BaseException) -> bool:
+    """An error of the storage, not of a message: locked, full, read-only or failing database."""
+    return isinstance(exc, sqlite3.OperationalError)
 
 
 class Intake:
@@ -123,7 +130,12 @@ class Intake:
         gc.set_threshold(max(self._gc_threshold[0], DEFAULT_GC_THRESHOLD), *self._gc_threshold[1:])
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.cfg.session_expiry_s
-        self.client.connect_async(self.cfg.host, self.cfg.port, DEFAULT_KEEPALIVE_S, clean_start=False,
+        if self.cfg.session_expiry_s:
+            log.warning("mqtt.session_expiry_s = %d: for that long after this gateway stops, the broker keeps "
+                        "sending it its share of the readings (the other gateways of share group %r see gaps until "
+                        "the agents re-send); 0 is right unless this is the only gateway",
+                        self.cfg.session_expiry_s, self.cfg.share_group)
+        self.client.connect_async(self.cfg.host, self.cfg.port, DEFAULT_KEEPALIVE_S, clean_start=True,
                                   properties=props)
         self.client.loop_start()
         self._worker = threading.Thread(target=self._run, name="gateway-intake", daemon=True)
@@ -179,37 +191,47 @@ class Intake:
             self._handle(*pending.popleft())
 
     def _handle(self, group: list[mqtt.MQTTMessage], prepared: Prepared | None = None) -> None:
-        acks: dict[str, int] = {}
         try:
             if prepared is None:
-                raise _RetrySingly()
+                raise _Isolate()
             acks = self.acceptance.finish(prepared)
         except Exception as exc:
-            if not isinstance(exc, _RetrySingly):
-                log.exception("processing %d messages failed; retrying one by one", len(group))
-            self._handle_singly(group)
+            if not isinstance(exc, _Isolate):
+                log.warning("processing %d messages failed (%s: %s); isolating the cause", len(group),
+                            type(exc).__name__, exc)
+            self._isolate(group, exc)
             return
         self._done(group, acks)
 
-    def _handle_singly(self, group: list[mqtt.MQTTMessage]) -> None:
-        """Each message alone, a few attempts (a locked or briefly full disk recovers); one that still
-        fails is quarantined as internal_error. While even that fails, nothing is PUBACKed: on stop the
-        broker redelivers."""
-        for m in group:
-            attempts = 0
-            while True:
-                if self._stop.is_set():
-                    return
+    def _isolate(self, group: list[mqtt.MQTTMessage], exc: BaseException) -> None:
+        """The group failed as a whole. A transient storage error (locked database, disk full or failing:
+        sqlite3.OperationalError) is waited out and the same messages tried again, nothing PUBACKed meanwhile
+        (on stop the broker redelivers). Any other error is a property of one message: the group is halved
+        until that message stands alone, it is quarantined with the error as its reason, and every other
+        message of the group is committed and acked without any waiting."""
+        todo: list[tuple[list[mqtt.MQTTMessage], BaseException | None]] = [(group, exc)]
+        while todo and not self._stop.is_set():
+            part, failed = todo.pop()
+            if failed is None:
                 try:
-                    acks = self.acceptance.process([(m.topic, m.payload)])
-                    break
-                except Exception:
-                    attempts += 1
-                    if attempts >= DEFAULT_ATTEMPTS and self._quarantine_failed(m):
-                        acks = {}
-                        break
-                    time.sleep(DEFAULT_RETRY_S)
-            self._done([m], acks)
+                    acks = self.acceptance.process([(m.topic, m.payload) for m in part])
+                except Exception as e:
+                    failed = e
+                else:
+                    self._done(part, acks)
+                    continue
+            if transient(failed):
+                log.error("storage unavailable (%s: %s); retrying %d messages in %.0f s", type(failed).__name__,
+                          failed, len(part), DEFAULT_RETRY_S)
+                self._stop.wait(DEFAULT_RETRY_S)
+                todo.append((part, None))
+            elif len(part) == 1:
+                if not self._quarantine_failed(part[0], failed):
+                    self._stop.wait(DEFAULT_RETRY_S)
+                    todo.append((part, failed))
+            else:
+                half = len(part) // 2
+                todo += [(part[half:], None), (part[:half], None)]  # popped first half first: in arrival order
 
     def _done(self, group: list[mqtt.MQTTMessage], acks: dict[str, int]) -> None:
         self._publish_acks(acks)
@@ -218,18 +240,19 @@ class Intake:
         if self.on_batch is not None:
             self.on_batch(acks)
 
-    def _quarantine_failed(self, m: mqtt.MQTTMessage) -> bool:
-        """A message that makes processing raise is stored with reason internal_error (never dropped)."""
-        log.exception("message on %s could not be processed; quarantined as internal_error", m.topic)
+    def _quarantine_failed(self, m: mqtt.MQTTMessage, exc: BaseException) -> bool:
+        """A message that makes processing raise is stored with reason internal_error, the error as its detail
+        and the meter_id / seq it names where they can be read (never dropped); then PUBACKed."""
+        log.error("message on %s could not be processed (%s: %s); quarantined as internal_error",
+                  m.topic[:200], type(exc).__name__, exc, exc_info=exc)
         try:
-            self.acceptance.store.add_rejection(RejectionRow(
-                int(time.time() * 1000), "mqtt", None, None, None, "internal_error", f"topic {m.topic[:200]}",
-                False, bytes(m.payload), b""))
-            self.metrics.rejected.labels("mqtt", "internal_error").inc()
-            return True
+            self.acceptance.quarantine_failed(m.topic, bytes(m.payload), f"{type(exc).__name__}: {exc}")
         except Exception:
             log.exception("cannot even quarantine (database unavailable?); retrying")
             return False
+        self.metrics.rejected.labels("mqtt", "internal_error").inc()
+        self._done([m], {})
+        return True
 
     def _publish_acks(self, acks: dict[str, int]) -> None:
         now_ms = int(time.time() * 1000)

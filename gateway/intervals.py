@@ -215,3 +215,77 @@ def _close(meter_id: str, role: MeterRole, state: PlanState, imp: int, exp: int,
         return replace(new_state, last_ts=subs[-1][2]), planned
     reason = subs if isinstance(subs, str) else "meter_replaced_remainder"
     return new_state, [Planned(meter_id, produced, consumed, ts, seq, 0, 1, reason)]
+
+
+# ---- sources whose readings carry interval energies (GridTokenX HTTP ingest) ----------------------------
+# Such a reading is turned into a point of a virtual cumulative counter: import_wh = floor(sum of import mWh
+# received so far / 1000) (likewise export). The planner above then bins it exactly like an MQTT counter
+# (epochs, min_reading_interval, oracle thresholds) and the sub-Wh remainder simply stays in the counter: it
+# is carried into the next interval by construction, never rounded away. Two differences, both here:
+# - there is no baseline reading: the counter starts at 0 and the first reading's energy counts;
+# - a meter that stops sending would leave its last interval open for ever (an MQTT counter is read again
+#   later; a client that went away is not): once the epoch of its last reading is over and the meter has
+#   been quiet, the open interval is closed at the last reading's timestamp (`close_idle`).
+
+
+def http_point(seq: int, timestamp_ms: int, cum_import_mwh: int, cum_export_mwh: int) -> Point:
+    return Point(seq, timestamp_ms, cum_import_mwh // 1000, cum_export_mwh // 1000)
+
+
+def open_energy(role: MeterRole, state: PlanState, limits: OracleLimits) -> tuple[int, int]:
+    """(produced, consumed) Wh received but not planned yet, that could be submitted now."""
+    produced, consumed = map_role(role, state.last_import_wh - state.sub_import_wh,
+                                  state.last_export_wh - state.sub_export_wh)
+    return _carry_small(produced, limits), _carry_small(consumed, limits)
+
+
+def close_idle(meter_id: str, role: MeterRole, state: PlanState, limits: OracleLimits, epoch_s: int,
+               now_s: int) -> tuple[PlanState, list[Planned]]:
+    """Close the open interval of a meter whose last reading's epoch is over (the caller decides that the
+    meter has been quiet). Its timestamp is the last reading's, moved later only as far as the oracle's
+    min_reading_interval after the previous submission requires (never past now)."""
+    if not state.baseline_set or now_s < (state.last_read_at_ms // 1000 // epoch_s + 1) * epoch_s:
+        return state, []
+    produced, consumed = open_energy(role, state, limits)
+    if produced == 0 and consumed == 0:
+        return state, []
+    mx = limits.max_energy_value
+    k = max(1, -(-produced // mx), -(-consumed // mx)) if mx > 0 else 1
+    ts = state.last_read_at_ms // 1000
+    if state.last_ts is not None:
+        ts = max(ts, state.last_ts + k * max(limits.min_reading_interval, 1))
+    if ts > now_s:
+        return state, []
+    return _close(meter_id, role, state, state.last_import_wh, state.last_export_wh, ts * 1000, state.last_seq,
+                  limits)
+
+
+def hold_open(meter_id: str, role: MeterRole, state: PlanState, reason: str) -> tuple[PlanState, list[Planned]]:
+    """Everything received and not planned yet becomes one held row (e.g. the meter was retired)."""
+    produced, consumed = map_role(role, state.last_import_wh - state.sub_import_wh,
+                                  state.last_export_wh - state.sub_export_wh)
+    if produced == 0 and consumed == 0:
+        return state, []
+    ts = max(state.last_read_at_ms, state.anchor_read_at_ms) // 1000
+    new_state = replace(state, anchor_read_at_ms=ts * 1000, sub_import_wh=state.sub_import_wh + consumed,
+                        sub_export_wh=state.sub_export_wh + produced)
+    return new_state, [Planned(meter_id, produced, consumed, ts, state.last_seq, 0, 1, reason)]
+
+
+def plan_http(meter_id: str, role: MeterRole, state: PlanState | None, points: list[Point], limits: OracleLimits,
+              epoch_s: int, now_s: int, *, quiet: bool, chain_last_ts: int | None = None,
+              retired: bool = False) -> tuple[PlanState, list[Planned]]:
+    """`plan` for interval-energy points (`http_point`), plus the idle close (`quiet`: no reading received
+    for a while) and, for a retired meter, holding what is still open (`meter_retired`)."""
+    if state is None:
+        if not points:
+            return PlanState(), []
+        state = PlanState(True, 0, points[0].read_at_ms, 0, 0, 0, 0, points[0].read_at_ms, None)
+    state, out = plan(meter_id, role, state, points, limits, epoch_s, chain_last_ts)
+    if retired:  # retired is final: nothing more is sent on its behalf; what it sent is reported, not lost
+        state, held = hold_open(meter_id, role, state, "meter_retired")
+        return state, [replace(p, held_reason=p.held_reason or "meter_retired") for p in out] + held
+    if quiet:
+        state, more = close_idle(meter_id, role, state, limits, epoch_s, now_s)
+        out += more
+    return state, out

@@ -86,6 +86,17 @@ DEFAULT_RPC_TIMEOUT_S = 30.0
 MAX_ACCOUNTS_PER_REQUEST = 100  # getMultipleAccounts limit
 
 
+def rpc_failure_reason(exc: BaseException) -> str | None:
+    """"rpc_unreachable" (no answer: connection refused, timeout), "rpc_error" (the RPC answered with an error, or
+    the oracle cannot be used) or None (not an RPC failure). For the chain-health metrics."""
+    for e in (exc, exc.__cause__):
+        if isinstance(e, SolanaRpcException | OSError | TimeoutError):
+            return "rpc_unreachable"
+    if isinstance(exc, RPCException | OracleClientError):
+        return "rpc_error"
+    return None
+
+
 @dataclass
 class _Table:
     address: Pubkey

@@ -24,6 +24,7 @@ from aiohttp import web
 from gateway.acceptance import Acceptance, IngressLimit, verify_pool
 from gateway.checks import Limits
 from gateway.config import GatewayConfig
+from gateway.health import Thresholds
 from gateway.ingest_http import HttpIngest
 from gateway.intake import Intake
 from gateway.keys import load_key_file
@@ -36,6 +37,31 @@ from gateway.web import Dashboard
 log = logging.getLogger(__name__)
 
 DEFAULT_WATCHDOG_FRACTION = 0.5  # ping systemd at half of WatchdogSec
+# Client libraries that log one INFO line per request (httpx: every JSON-RPC call, every 5 s): WARNING and up only,
+# unless -vv asked for debug logging.
+QUIET_LOGGERS = ("httpx", "httpcore", "solana", "urllib3")
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line (journald / Loki): time (ISO 8601 UTC), level, logger, message[, exception]."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+               "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def configure_logging(log_format: str = "text") -> None:
+    """Gateway logging: one line per event that matters; `json` for journald/Loki. Call after basicConfig."""
+    root = logging.getLogger()
+    if log_format == "json":
+        for handler in root.handlers:
+            handler.setFormatter(JsonLogFormatter())
+    debug = root.getEffectiveLevel() <= logging.DEBUG
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
 _Closable = TypeVar("_Closable", Store, Registry)
 
 
@@ -91,7 +117,11 @@ class Gateway:
                                 max_body_bytes=cfg.http.max_body_bytes)
             self.runners.append(await _site(ingest.app(), cfg.http.listen))
         if cfg.dashboard.enabled:
-            self.dashboard = Dashboard(cfg.dashboard, cfg.db_path, reg_path, self.metrics)
+            h = cfg.health
+            th = Thresholds(int(h.expected_interval_s * 1000), int(h.late_margin_s * 1000),
+                            int(h.silent_after_s * 1000))
+            self.dashboard = Dashboard(cfg.dashboard, cfg.db_path, reg_path, self.metrics,
+                                       epoch_s=cfg.intervals.epoch_s, thresholds=th)
             self._closers.append(self.dashboard.close)
             self.runners.append(await _site(self.dashboard.app(), cfg.dashboard.listen, self.dashboard.ssl_context()))
         if cfg.chain.enabled:

@@ -11,6 +11,7 @@ reconciles it with the meter's on-chain last_reading_timestamp before resending 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,26 @@ from typing import NamedTuple
 
 from gateway.checks import Progress
 from gateway.database import Transaction, connect
-from gateway.intervals import Planned, PlanState, Point
+from gateway.intervals import Planned, PlanState, Point, http_point
 
+# GridTokenX HTTP ingest (the older table http_readings holds rows of gateway versions that sent each
+# reading on its own; they still count for duplicate and order checks). Energies in integer mWh as received,
+# with the per-meter running sums the interval planner reads (intervals.http_point); http_plan_state is that
+# planner's state, as plan_state is for MQTT meters.
+_HTTP_SCHEMA = """
+CREATE TABLE IF NOT EXISTS http_ingest (
+    meter_id TEXT NOT NULL, seq INTEGER NOT NULL, reading_id TEXT NOT NULL UNIQUE, timestamp_ms INTEGER NOT NULL,
+    import_mwh INTEGER NOT NULL, export_mwh INTEGER NOT NULL, cum_import_mwh INTEGER NOT NULL,
+    cum_export_mwh INTEGER NOT NULL, body BLOB NOT NULL, received_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (meter_id, seq), UNIQUE (meter_id, timestamp_ms)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS http_plan_state (
+    meter_id TEXT PRIMARY KEY, baseline_set INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    anchor_read_at_ms INTEGER NOT NULL, sub_import_wh INTEGER NOT NULL, sub_export_wh INTEGER NOT NULL,
+    last_import_wh INTEGER NOT NULL, last_export_wh INTEGER NOT NULL, last_read_at_ms INTEGER NOT NULL,
+    last_ts INTEGER
+);
+"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
     meter_id TEXT NOT NULL, seq INTEGER NOT NULL, read_at_ms INTEGER NOT NULL,
@@ -31,9 +50,15 @@ CREATE TABLE IF NOT EXISTS readings (
 CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY AUTOINCREMENT, received_at_ms INTEGER NOT NULL, source TEXT NOT NULL,
     topic_meter_id TEXT, meter_id TEXT, seq INTEGER, reason TEXT NOT NULL, detail TEXT NOT NULL,
-    authenticated INTEGER NOT NULL, payload BLOB NOT NULL, signature BLOB NOT NULL
+    authenticated INTEGER NOT NULL, payload BLOB NOT NULL, signature BLOB NOT NULL,
+    payload_len INTEGER, payload_sha256 BLOB
 );
 CREATE INDEX IF NOT EXISTS rejections_meter ON rejections (meter_id, seq);
+CREATE INDEX IF NOT EXISTS rejections_received ON rejections (received_at_ms);  -- fleet health: recent ones
+CREATE INDEX IF NOT EXISTS readings_held ON readings (received_at_ms) WHERE status = 'held';  -- held listing
+CREATE TABLE IF NOT EXISTS quarantine_dropped (
+    hour_ms INTEGER PRIMARY KEY, messages INTEGER NOT NULL, bytes INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS gaps (
     meter_id TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, detected_at_ms INTEGER NOT NULL
 );
@@ -63,10 +88,19 @@ CREATE TABLE IF NOT EXISTS http_readings (
     meter_id TEXT NOT NULL, timestamp_ms INTEGER NOT NULL, body BLOB NOT NULL, received_at_ms INTEGER NOT NULL,
     PRIMARY KEY (meter_id, timestamp_ms)
 ) WITHOUT ROWID;
-"""
+""" + _HTTP_SCHEMA
 _INSERT_READING = "INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_REJECTION = ("INSERT INTO rejections (received_at_ms, source, topic_meter_id, meter_id, seq, reason, detail,"
-                     " authenticated, payload, signature) VALUES (?,?,?,?,?,?,?,?,?,?)")
+                     " authenticated, payload, signature, payload_len, payload_sha256)"
+                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+# Quarantine bounds. An unauthenticated rejection (anyone allowed to publish can cause one) keeps this much of
+# the message, its length and its sha256: one whole signed reading (protocol MAX_READING_BYTES) stays complete
+# evidence, a 1 MB garbage message costs a few hundred bytes. Authenticated ones (a registered device key
+# signed them) are single readings and kept whole: they prove what a meter sent and detect changed resends.
+QUARANTINE_PREFIX_BYTES = 256
+MAX_DETAIL_CHARS = 512  # a detail may quote a hostile topic (MQTT allows 64 KiB)
+ROW_OVERHEAD_BYTES = 96  # columns other than payload/signature/detail, hash, index entry (approximate)
+HOUR_MS = 3_600_000
 OUTBOX_STATUSES = ("pending", "sent", "confirmed", "held", "rejected")
 
 
@@ -105,6 +139,19 @@ class RejectionRow:
     signature: bytes
 
 
+def quarantine_cost(r: RejectionRow) -> int:
+    """Bytes a rejection row takes once stored (what the quarantine byte budget counts)."""
+    payload = len(r.payload) if r.authenticated else min(len(r.payload), QUARANTINE_PREFIX_BYTES)
+    return payload + len(r.signature) + min(len(r.detail), MAX_DETAIL_CHARS) + ROW_OVERHEAD_BYTES
+
+
+def _rejection_params(r: RejectionRow) -> tuple[object, ...]:
+    payload = bytes(r.payload)
+    kept = payload if r.authenticated else payload[:QUARANTINE_PREFIX_BYTES]
+    return (r.received_at_ms, r.source, r.topic_meter_id, r.meter_id, r.seq, r.reason, r.detail[:MAX_DETAIL_CHARS],
+            int(r.authenticated), kept, bytes(r.signature)[:64], len(payload), hashlib.sha256(payload).digest())
+
+
 @dataclass(frozen=True, slots=True)
 class BatchWrite:
     """Everything one intake batch changes, written in one transaction."""
@@ -115,6 +162,7 @@ class BatchWrite:
     progress: dict[str, Progress]
     counts: dict[str, dict[str, int]]  # meter_id -> {accepted, held, rejected, duplicates, missing}
     seen_ms: int
+    dropped: tuple[int, int] = (0, 0)  # unauthenticated rejections over the quarantine budget: messages, bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +190,10 @@ class Store:
         self.path = Path(path)
         self.conn = connect(path)
         self.conn.executescript(_SCHEMA)
+        cols = {r[1] for r in self.conn.execute("PRAGMA table_info(rejections)")}
+        for col, typ in (("payload_len", "INTEGER"), ("payload_sha256", "BLOB")):  # databases of older versions
+            if col not in cols:
+                self.conn.execute(f"ALTER TABLE rejections ADD COLUMN {col} {typ}")
 
     def close(self) -> None:
         self.conn.close()
@@ -204,9 +256,11 @@ class Store:
         """Caller holds the transaction (see `transaction`)."""
         c = self.conn
         c.executemany(_INSERT_READING, map(tuple, w.readings))  # plain tuples bind ~1 us/row faster; bools as 0/1
-        c.executemany(_INSERT_REJECTION, [
-            (r.received_at_ms, r.source, r.topic_meter_id, r.meter_id, r.seq, r.reason, r.detail,
-             int(r.authenticated), r.payload, r.signature) for r in w.rejections])
+        c.executemany(_INSERT_REJECTION, map(_rejection_params, w.rejections))
+        if w.dropped[0]:
+            c.execute("INSERT INTO quarantine_dropped VALUES (?,?,?) ON CONFLICT (hour_ms) DO UPDATE SET "
+                      "messages = messages + excluded.messages, bytes = bytes + excluded.bytes",
+                      (w.seen_ms - w.seen_ms % HOUR_MS, *w.dropped))
         c.executemany("INSERT INTO gaps VALUES (?,?,?,?)", w.gaps)
         rows = []
         for m, p in w.progress.items():
@@ -223,8 +277,17 @@ class Store:
             "missing=missing+excluded.missing", rows)
 
     def add_rejection(self, r: RejectionRow) -> None:
+        self.write_rejections([r], r.received_at_ms)
+
+    def write_rejections(self, rows: list[RejectionRow], now_ms: int, dropped: tuple[int, int] = (0, 0)) -> None:
         with Transaction(self.conn):
-            self.write_batch(BatchWrite([], [r], [], {}, {}, r.received_at_ms))
+            self.write_batch(BatchWrite([], rows, [], {}, {}, now_ms, dropped))
+
+    def quarantine_dropped(self, since_ms: int = 0) -> tuple[int, int]:
+        """(messages, bytes) of unauthenticated rejections counted but not stored (quarantine budget) since."""
+        r = self.conn.execute("SELECT COALESCE(SUM(messages), 0), COALESCE(SUM(bytes), 0) FROM quarantine_dropped "
+                              "WHERE hour_ms >= ?", (since_ms - since_ms % HOUR_MS,)).fetchone()
+        return int(r[0]), int(r[1])
 
     def transaction(self) -> Transaction:
         return Transaction(self.conn)
@@ -270,27 +333,80 @@ class Store:
                  for p in planned])
 
     # ---- outbox ---------------------------------------------------------------------------------
-    def add_http_interval(self, meter_id: str, zone_id: int, produced: int, consumed: int, ts_ms: int,
-                          body: bytes, now_ms: int) -> bool:
-        """One GridTokenX ingest reading -> one outbox row (none for a 0/0 interval: nothing to submit, as for
-        MQTT intervals; the reading itself is still stored). False if (meter, timestamp) was seen already."""
+    # ---- GridTokenX HTTP ingest ------------------------------------------------------------------------
+    def add_http_reading(self, meter_id: str, timestamp_ms: int, import_mwh: int, export_mwh: int, body: bytes,
+                         reading_id: str, now_ms: int) -> tuple[str, str | None]:
+        """Store one accepted reading with its running sums, atomically with the per-meter order check.
+        Returns ("stored" | "duplicate" | "not_increasing" | "overflow", reading_id of a duplicate)."""
         with Transaction(self.conn) as c:
-            if c.execute("SELECT 1 FROM http_readings WHERE meter_id = ? AND timestamp_ms = ?",
-                         (meter_id, ts_ms)).fetchone():
-                return False
-            c.execute("INSERT INTO http_readings VALUES (?,?,?,?)", (meter_id, ts_ms, body, now_ms))
-            if produced == 0 and consumed == 0:
-                return True
-            c.execute("INSERT INTO outbox (key, meter_id, zone_id, produced_wh, consumed_wh, reading_timestamp, "
-                      "part, parts, source, status, created_at_ms, updated_at_ms) "
-                      "VALUES (?,?,?,?,?,?,0,1,'http','pending',?,?)",
-                      (f"http:{meter_id}:{ts_ms // 1000}", meter_id, zone_id, produced, consumed, ts_ms // 1000,
-                       now_ms, now_ms))
-        return True
+            dup = c.execute("SELECT reading_id FROM http_ingest WHERE meter_id = ? AND timestamp_ms = ?",
+                            (meter_id, timestamp_ms)).fetchone()
+            if dup or c.execute("SELECT 1 FROM http_readings WHERE meter_id = ? AND timestamp_ms = ?",
+                                (meter_id, timestamp_ms)).fetchone():
+                return "duplicate", dup[0] if dup else None
+            last = self.last_http_timestamp_ms(meter_id)
+            if last is not None and timestamp_ms < last:
+                return "not_increasing", None
+            prev = c.execute("SELECT seq, cum_import_mwh, cum_export_mwh FROM http_ingest WHERE meter_id = ? "
+                             "ORDER BY seq DESC LIMIT 1", (meter_id,)).fetchone() or (0, 0, 0)
+            cum_imp, cum_exp = prev[1] + import_mwh, prev[2] + export_mwh
+            if max(cum_imp, cum_exp) > 2**63 - 1:
+                return "overflow", None
+            c.execute("INSERT INTO http_ingest VALUES (?,?,?,?,?,?,?,?,?,?)",
+                      (meter_id, prev[0] + 1, reading_id, timestamp_ms, import_mwh, export_mwh, cum_imp, cum_exp,
+                       body, now_ms))
+        return "stored", None
 
     def last_http_timestamp_ms(self, meter_id: str) -> int | None:
-        r = self.conn.execute("SELECT MAX(timestamp_ms) FROM http_readings WHERE meter_id = ?", (meter_id,)).fetchone()
+        r = self.conn.execute("SELECT MAX(t) FROM (SELECT MAX(timestamp_ms) AS t FROM http_ingest WHERE meter_id = ? "
+                              "UNION ALL SELECT MAX(timestamp_ms) FROM http_readings WHERE meter_id = ?)",
+                              (meter_id, meter_id)).fetchone()
         return r[0] if r else None
+
+    def http_reading_id(self, meter_id: str, timestamp_ms: int) -> str | None:
+        r = self.conn.execute("SELECT reading_id FROM http_ingest WHERE meter_id = ? AND timestamp_ms = ?",
+                              (meter_id, timestamp_ms)).fetchone()
+        return r[0] if r else None
+
+    def has_mqtt_readings(self, meter_id: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM progress WHERE meter_id = ? AND last_read_at_ms IS NOT NULL",
+                                 (meter_id,)).fetchone() is not None
+
+    def http_meters_to_plan(self) -> list[str]:
+        """HTTP meters with readings not planned yet, or with energy received but not planned (open interval)."""
+        q = ("SELECT i.meter_id FROM (SELECT meter_id, MAX(seq) AS seq FROM http_ingest GROUP BY meter_id) i "
+             "LEFT JOIN http_plan_state s ON s.meter_id = i.meter_id WHERE s.meter_id IS NULL OR s.last_seq < i.seq "
+             "OR s.last_import_wh > s.sub_import_wh OR s.last_export_wh > s.sub_export_wh")
+        return [r[0] for r in self.conn.execute(q)]
+
+    def http_plan_inputs(self, meter_id: str, limit: int = 100_000) -> tuple[PlanState | None, list[Point], int]:
+        """(planner state or None before the first plan, new points, received_at_ms of the newest reading)."""
+        s = self.conn.execute("SELECT baseline_set, last_seq, anchor_read_at_ms, sub_import_wh, sub_export_wh, "
+                              "last_import_wh, last_export_wh, last_read_at_ms, last_ts FROM http_plan_state "
+                              "WHERE meter_id = ?", (meter_id,)).fetchone()
+        state = PlanState(bool(s[0]), *s[1:]) if s else None
+        pts = [http_point(*r) for r in self.conn.execute(
+            "SELECT seq, timestamp_ms, cum_import_mwh, cum_export_mwh FROM http_ingest WHERE meter_id = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?", (meter_id, state.last_seq if state else 0, limit))]
+        received = self.conn.execute("SELECT MAX(received_at_ms) FROM http_ingest WHERE meter_id = ?",
+                                     (meter_id,)).fetchone()[0]
+        return state, pts, received or 0
+
+    def save_http_plan(self, meter_id: str, state: PlanState, planned: Sequence[Planned], zone_id: int,
+                       now_ms: int) -> None:
+        """Planner state and new outbox rows (keys "http:<meter>:<ts>") in one transaction."""
+        with Transaction(self.conn) as c:
+            c.execute("INSERT OR REPLACE INTO http_plan_state VALUES (?,?,?,?,?,?,?,?,?,?)",
+                      (meter_id, int(state.baseline_set), state.last_seq, state.anchor_read_at_ms,
+                       state.sub_import_wh, state.sub_export_wh, state.last_import_wh, state.last_export_wh,
+                       state.last_read_at_ms, state.last_ts))
+            c.executemany(
+                "INSERT INTO outbox (key, meter_id, zone_id, produced_wh, consumed_wh, reading_timestamp, closing_seq,"
+                " part, parts, source, status, reason, created_at_ms, updated_at_ms) "
+                "VALUES (?,?,?,?,?,?,?,?,?,'http',?,?,?,?)",
+                [("http:" + p.key, p.meter_id, zone_id, p.produced_wh, p.consumed_wh, p.reading_timestamp,
+                  p.closing_seq, p.part, p.parts, "held" if p.held_reason else "pending", p.held_reason, now_ms,
+                  now_ms) for p in planned])
 
     def outbox_due(self, now_ms: int, limit: int = 5000) -> list[OutboxRow]:
         q = (f"SELECT {_OUTBOX_COLS} FROM outbox WHERE status IN ('pending', 'sent') AND next_attempt_ms <= ? "

@@ -25,9 +25,9 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from gateway.intervals import OracleLimits, oracle_verdict, plan
+from gateway.intervals import OracleLimits, oracle_verdict, plan, plan_http
 from gateway.metrics import Metrics
-from gateway.registry import Registry
+from gateway.registry import MeterStatus, Registry
 from gateway.store import OutboxRow, Store
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,19 @@ DEFAULT_FUTURE_MARGIN_S = 55  # the oracle allows +60 s; keep 5 s for clock diff
 # resend fails with OutdatedReading, is recorded `rejected` although the energy is on chain, and every later
 # reconcile of that meter then sees a count mismatch.
 DEFAULT_SENT_RECHECK_S = 120
+# A GridTokenX HTTP client that stopped posting leaves its last interval open: once that interval's epoch is
+# over and no reading came for this long, it is closed without waiting for a next reading (intervals.close_idle).
+# 60 s = four missed readings of a client posting every 15 s; a client catching up on old readings posts
+# faster than that, so its back-filled readings are still binned per epoch.
+DEFAULT_HTTP_IDLE_CLOSE_S = 60
+
+
+class ChainNotReady(RuntimeError):
+    """The chain answers but submissions cannot work (reason: not_chain_bridge, oracle_inactive)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class OracleLike(Protocol):
@@ -62,14 +75,21 @@ class Submitter:
         self.backoff_s = 0.0
         self.limits: OracleLimits | None = None
         self.last_error: str | None = None
+        self.http_idle_close_s = DEFAULT_HTTP_IDLE_CLOSE_S
+        metrics.chain.start(epoch_s)
 
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
         while not stop.is_set():
             try:
-                await self.run_once()
+                stats = await self.run_once()
                 if self.on_cycle is not None:
                     self.on_cycle()
+                if stats.get("retry"):
+                    self.metrics.chain.cycle_failed(self.last_error or "submissions not landed", "not_landed")
+                else:
+                    self.metrics.chain.cycle_ok()
             except Exception as exc:  # RPC down, chain not initialised: back off, keep the outbox
+                self.metrics.chain.cycle_failed(exc)
                 self._failed(f"{type(exc).__name__}: {exc}")
             delay = max(interval_s, self.backoff_s)
             with contextlib.suppress(TimeoutError):
@@ -85,11 +105,12 @@ class Submitter:
         cfg = await self.client.fetch_config()
         self.limits = OracleLimits.from_config(cfg)
         if self.authority is not None and str(cfg.chain_bridge) != self.authority:
-            raise RuntimeError(f"this gateway's authority {self.authority} is not the oracle's chain_bridge "
-                               f"{cfg.chain_bridge}: every submission would fail (UnauthorizedGateway)")
+            raise ChainNotReady("not_chain_bridge", f"this gateway's authority {self.authority} is not the oracle's "
+                                f"chain_bridge {cfg.chain_bridge}: every submission would fail (UnauthorizedGateway)")
         if not self.limits.active:
-            raise RuntimeError("the oracle is inactive (update_oracle_status): submissions wait")
+            raise ChainNotReady("oracle_inactive", "the oracle is inactive (update_oracle_status): submissions wait")
         await self._plan(self.limits)
+        await self._plan_http(self.limits)
         stats = await self._submit_due(self.limits)
         if self.last_error is not None and not stats.get("retry"):
             log.info("submitter recovered")
@@ -114,6 +135,27 @@ class Submitter:
                                       chain.last_reading_timestamp if chain is not None else None)
             self.store.save_plan(mid, new_state, planned, meter.zone_id, now_ms)
 
+    async def _plan_http(self, limits: OracleLimits) -> None:
+        """GridTokenX ingest readings (interval energies in mWh) through the same planner (intervals.plan_http)."""
+        meter_ids = self.store.http_meters_to_plan()
+        if not meter_ids:
+            return
+        states = await self.client.fetch_meter_states(meter_ids)
+        now_ms = int(self.clock() * 1000)
+        for mid in meter_ids:
+            meter = self.registry.get(mid)
+            if meter is None:
+                continue
+            state, points, received_ms = self.store.http_plan_inputs(mid)
+            chain = states.get(mid)
+            retired = meter.status is MeterStatus.RETIRED
+            new_state, planned = plan_http(
+                mid, meter.role, state, points, limits, self.epoch_s, now_ms // 1000,
+                quiet=now_ms - received_ms >= self.http_idle_close_s * 1000, retired=retired,
+                chain_last_ts=chain.last_reading_timestamp if chain is not None else None)
+            if new_state != state or planned:
+                self.store.save_http_plan(mid, new_state, planned, meter.zone_id, now_ms)
+
     async def _submit_due(self, limits: OracleLimits) -> dict[str, int]:
         now = self.clock()
         rows = self.store.outbox_due(int(now * 1000), DEFAULT_MAX_ROWS_PER_CYCLE)
@@ -125,6 +167,9 @@ class Submitter:
         states = await self.client.fetch_meter_states(list(by_meter))
         to_send: list[OutboxRow] = []
         for mid, mrows in by_meter.items():
+            meter = self.registry.get(mid)
+            if meter is not None and meter.status is MeterStatus.RETIRED:
+                mrows = self._hold_retired(mrows, int(now * 1000))
             to_send += self._prepare(mid, mrows, states.get(mid), limits, int(now))
         if not to_send:
             return {}
@@ -159,6 +204,14 @@ class Submitter:
             last_ts = r.reading_timestamp
         return out
 
+    def _hold_retired(self, rows: list[OutboxRow], now_ms: int) -> list[OutboxRow]:
+        """GridTokenX ingest rows of a retired meter not sent yet are held (`meter_retired`; the client sees it
+        in the ingest's status endpoints). Rows already `sent` still go through reconciliation."""
+        held = [r.key for r in rows if r.source == "http" and r.status == "pending"]
+        if held:
+            self.store.set_outbox(held, "held", now_ms, reason="meter_retired")
+        return [r for r in rows if r.key not in held]
+
     def _reconcile(self, mid: str, landed: list[OutboxRow], chain: Any, now_ms: int) -> None:
         confirmed = self.store.conn.execute("SELECT COUNT(*) FROM outbox WHERE meter_id = ? AND status = 'confirmed'",
                                             (mid,)).fetchone()[0]
@@ -166,6 +219,7 @@ class Submitter:
         if confirmed + len(landed) == chain.total_readings:
             self.store.set_outbox(keys, "confirmed", now_ms, reason="reconciled")
             self.metrics.submitted.inc(len(keys))
+            self.metrics.chain.submitted(len(keys))
         else:
             reason = (f"reconcile_mismatch: chain has {chain.total_readings} readings up to "
                       f"{chain.last_reading_timestamp}, gateway expected {confirmed + len(landed)}")
@@ -189,6 +243,7 @@ class Submitter:
             else:
                 retry.append(res.key)
         self.metrics.submitted.inc(stats["confirmed"])
+        self.metrics.chain.submitted(stats["confirmed"])
         for n in per_tx.values():
             self.metrics.tx_sent.inc()
             self.metrics.readings_per_tx.observe(n)

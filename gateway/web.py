@@ -1,12 +1,18 @@
 """Fleet dashboard for utility staff (aiohttp) + Prometheus /metrics. Static HTML/JS in gateway/web/.
 
 Every route requires authentication (it shows fleet data): `Authorization: Bearer <token>`, HTTP Basic
-user/password, or the session cookie set by `/login?token=<token>` (for browsers: EventSource cannot
-send headers). Anything else gets 401. TLS: set dashboard.tls_cert/tls_key to serve HTTPS directly, or
-keep listen on 127.0.0.1 behind a TLS reverse proxy (nginx `proxy_pass http://127.0.0.1:8090;` with
-`proxy_buffering off;` for the SSE stream at /api/events).
+user/password, or the session cookie set by `/login?token=<token>&next=/meter/ID` (or the form that /login
+shows; for browsers: EventSource cannot send headers), which then returns to `next`. Anything else gets 401
+(a browser asking for a page gets the login form with it).
+TLS: set dashboard.tls_cert/tls_key to serve HTTPS directly, or keep listen on 127.0.0.1 behind a TLS reverse
+proxy (nginx `proxy_pass http://127.0.0.1:8090;` with `proxy_buffering off;` for the SSE stream at /api/events).
 Live updates: /api/events is a Server-Sent Events stream that says "update" whenever the gateway's
-database changed (PRAGMA data_version), so it also sees writes by other gateway processes.
+database changed (PRAGMA data_version), so it also sees writes by other gateway processes, and at least every
+DEFAULT_SSE_TICK_S (a meter that stops sending changes nothing in the database, but turns late as time passes).
+
+Fleet view at scale: /api/meters computes every meter's health (gateway.health) once per database change and
+at most once per DEFAULT_FLEET_CACHE_S, then filters, sorts and returns one page; its `Server-Timing` header
+says how long the computation took (wall and CPU).
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import html
 import json
+import re
 import secrets
 import ssl
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,8 +37,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import fleet
 from gateway.config import DashboardSection
 from gateway.database import connect
-from gateway.metrics import Metrics
-from gateway.registry import Registry
+from gateway.health import SEVERITY, ChainFacts, State, Thresholds, chain_banner
+from gateway.metrics import FleetFigures, Metrics
+from gateway.registry import Meter, Registry
 from protocol import validate_meter_id
 from protocol.errors import InvalidFieldError
 
@@ -39,6 +49,13 @@ DEFAULT_SSE_POLL_S = 1.0  # how often the event stream checks for new data
 DEFAULT_SSE_KEEPALIVE_S = 15.0  # comment lines keep proxies from closing an idle stream
 DEFAULT_SESSION_TTL_S = 12 * 3600
 DEFAULT_MAX_SSE_CLIENTS = 50
+DEFAULT_SSE_TICK_S = 5.0  # an update at least this often: states change with time alone
+DEFAULT_FLEET_CACHE_S = 1.0  # fleet health is recomputed at most this often (and on every database change)
+DEFAULT_PER_PAGE = 100
+MAX_PER_PAGE = 500
+_SORTS = ("state", "meter", "lag", "last_seen", "held", "rejected", "zone")
+# Where /login may send a browser back to: a path of this dashboard, never another site ("//host", "/\\host").
+_NEXT_RE = re.compile(r"/(?:meter/[A-Za-z0-9._-]{1,64})?")
 
 
 # Fleet data must not be framed by another site (clickjacking), sniffed into another type, cached by a shared
@@ -65,12 +82,20 @@ def _same(given: str, expected: str) -> bool:
 
 class Dashboard:
     def __init__(self, cfg: DashboardSection, db_path: Path, registry_path: Path, metrics: Metrics,
-                 *, clock: Callable[[], float] = time.time) -> None:
+                 *, clock: Callable[[], float] = time.time, thresholds: Thresholds | None = None,
+                 epoch_s: int = 900) -> None:
         self.cfg, self.metrics, self.clock = cfg, metrics, clock
+        self.thresholds = thresholds or Thresholds()
+        self.epoch_s = epoch_s
         self.conn = connect(db_path)
         self.registry = Registry(registry_path)
         self.sessions: dict[str, float] = {}
         self.sse_clients = 0
+        self._meters: tuple[tuple[int, int], dict[str, Meter]] | None = None
+        self._fleet: tuple[float, tuple[object, ...], int, list[dict[str, Any]]] | None = None
+        self.last_compute_ms: tuple[float, float] = (0.0, 0.0)  # wall, CPU of the last fleet computation
+        metrics.epoch.set(epoch_s)
+        metrics.add_fleet_collector(self.fleet_figures)
 
     def close(self) -> None:
         self.conn.close()
@@ -81,12 +106,14 @@ class Dashboard:
         app.on_response_prepare.append(_security_headers)
         r = app.router
         r.add_get("/login", self.login)
+        r.add_post("/login", self.login)
         r.add_get("/", self._static("index.html"))
         r.add_get("/meter/{meter_id}", self._static("meter.html"))
         r.add_get("/static/{name}", self.static)
         r.add_get("/api/meters", self.api_meters)
         r.add_get("/api/meters/{meter_id}", self.api_meter)
         r.add_get("/api/rejections", self.api_rejections)
+        r.add_get("/api/held", self.api_held)
         r.add_get("/api/events", self.events)
         r.add_get("/metrics", self.prometheus)
         return app
@@ -126,20 +153,42 @@ class Dashboard:
     @web.middleware
     async def _auth(self, req: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                     ) -> web.StreamResponse:
-        if req.path == "/login" or self._authorized(req):
+        if req.path in ("/login", "/static/style.css") or self._authorized(req):  # the login form needs the CSS
             return await handler(req)
         challenge = 'Basic realm="gridmeter"' if self.cfg.username else 'Bearer realm="gridmeter"'
+        if req.method == "GET" and (req.path == "/" or req.path.startswith("/meter/")) \
+                and "text/html" in req.headers.get("Accept", ""):
+            return self._login_form(req.path, status=401, headers={"WWW-Authenticate": challenge})
         return web.json_response({"error": "authentication required"}, status=401,
                                  headers={"WWW-Authenticate": challenge})
 
+    @staticmethod
+    def _next(value: str) -> str:
+        """The page to return to after login: a dashboard page, else the fleet view."""
+        return value if _NEXT_RE.fullmatch(value) else "/"
+
+    def _login_form(self, next_path: str, *, status: int = 200, headers: dict[str, str] | None = None,
+                    error: str = "") -> web.Response:
+        page = (WEB_DIR / "login.html").read_text(encoding="utf-8")
+        page = page.replace("{next}", html.escape(self._next(next_path), quote=True))
+        page = page.replace("{error}", html.escape(error))
+        return web.Response(text=page, content_type="text/html", status=status, headers=headers)
+
     async def login(self, req: web.Request) -> web.StreamResponse:
-        if not self._token_ok(req.query.get("token", "")):
+        """GET /login?token=T&next=/meter/ID (a link), POST /login (the form): session cookie, back to `next`."""
+        form = await req.post() if req.method == "POST" else req.query
+        token, next_path = str(form.get("token", "")), self._next(str(form.get("next", "/")))
+        if not token and req.method == "GET":
+            return self._login_form(next_path)
+        if not self._token_ok(token):
+            if "text/html" in req.headers.get("Accept", ""):
+                return self._login_form(next_path, status=401, error="That token is not right.")
             return web.json_response({"error": "bad token"}, status=401)
         sid = secrets.token_urlsafe(32)
         now = self.clock()
         self.sessions = {s: t for s, t in self.sessions.items() if t > now}
         self.sessions[sid] = now + DEFAULT_SESSION_TTL_S
-        resp = web.HTTPFound("/")
+        resp = web.HTTPFound(next_path)
         secure = bool(self.cfg.tls_cert) or self.cfg.behind_tls_proxy
         resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", secure=secure, max_age=DEFAULT_SESSION_TTL_S)
         raise resp
@@ -152,7 +201,7 @@ class Dashboard:
 
     async def static(self, req: web.Request) -> web.StreamResponse:
         name = req.match_info["name"]
-        if name not in {"app.js", "style.css"}:
+        if name not in {"app.js", "style.css", "favicon.svg"}:
             raise web.HTTPNotFound()
         return web.FileResponse(WEB_DIR / name)
 
@@ -160,12 +209,114 @@ class Dashboard:
     def _json(self, data: Any) -> web.Response:
         return web.json_response(data, dumps=lambda d: json.dumps(d, separators=(",", ":")))
 
-    async def api_meters(self, _req: web.Request) -> web.Response:
+    def _registered(self) -> dict[str, Meter]:
+        """The registry, re-read only when it changed (10,000 meters: tens of ms per read)."""
+        version = self.registry.data_version()
+        if self._meters is None or self._meters[0] != version:
+            self._meters = (version, self.registry.snapshot())
+        return self._meters[1]
+
+    def fleet_rows(self) -> tuple[int, list[dict[str, Any]]]:
+        """(now_ms, every meter with its health): recomputed on a database or registry change, at most once per
+        DEFAULT_FLEET_CACHE_S otherwise."""
+        meters = self._registered()
+        key = (self.conn.execute("PRAGMA data_version").fetchone()[0], self.registry.data_version())
+        mono = time.monotonic()
+        if self._fleet is not None and self._fleet[1] == key and mono - self._fleet[0] < DEFAULT_FLEET_CACHE_S:
+            return self._fleet[2], self._fleet[3]
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
         now_ms = int(self.clock() * 1000)
-        return self._json({"now_ms": now_ms,
-                           "meters": fleet.meters_overview(self.conn, self.registry.snapshot(), now_ms),
-                           "rejections_by_reason": fleet.rejection_counts(self.conn),
-                           "outbox": self._outbox_stats(now_ms)})
+        rows = fleet.fleet_health(self.conn, meters, now_ms, self.thresholds)
+        self.last_compute_ms = ((time.perf_counter() - wall0) * 1000, (time.thread_time() - cpu0) * 1000)
+        self._fleet = (mono, key, now_ms, rows)
+        return now_ms, rows
+
+    def fleet_figures(self) -> FleetFigures:
+        _now, rows = self.fleet_rows()
+        live = [r for r in rows if r["state"] != State.RETIRED]
+        return FleetFigures(
+            states=dict(Counter(r["state"] for r in rows)),
+            held_by_reason=dict(Counter(r["state_reason"] for r in rows if r["state"] == State.HELD)),
+            lags_s=[r["lag_s"] for r in live if r["lag_s"] is not None],
+            last_seen_s={r["meter_id"]: r["last_seen_ms"] / 1000 for r in live if r["last_seen_ms"] is not None})
+
+    def chain_facts(self, now_ms: int) -> ChainFacts:
+        f = self.metrics.chain.facts()
+        stats = self._outbox_stats(now_ms)
+        age = stats["oldest_age_s"]
+        return ChainFacts(f.enabled, f.reachable, f.failing_reason, f.failing_message, f.failing_since_ms,
+                          f.last_ok_ms, f.last_submission_ms, None if age is None else age * 1000,
+                          stats["counts"].get("pending", 0) + stats["counts"].get("sent", 0), self.epoch_s * 1000)
+
+    def _chain_doc(self, now_ms: int) -> dict[str, Any]:
+        c = self.chain_facts(now_ms)
+        banner = chain_banner(c, now_ms)
+        return {"enabled": c.enabled, "rpc_reachable": c.reachable, "failing_reason": c.failing_reason,
+                "failing_message": c.failing_message, "failing_since_ms": c.failing_since_ms,
+                "last_ok_ms": c.last_ok_ms, "last_submission_ms": c.last_submission_ms,
+                "oldest_unconfirmed_age_s": None if c.oldest_unconfirmed_age_ms is None
+                else c.oldest_unconfirmed_age_ms // 1000, "unconfirmed": c.unconfirmed, "epoch_s": self.epoch_s,
+                "errors_by_reason": self._chain_errors(),
+                "banner": None if banner is None else {"kind": banner[0], "text": banner[1]}}
+
+    def _chain_errors(self) -> dict[str, int]:
+        """Failed submitter cycles by reason, and submissions the oracle refused (`refused:<oracle error>`)."""
+        out = self.metrics.chain.error_counts()
+        for fam in self.metrics.tx_failed.collect():
+            for smp in fam.samples:
+                if smp.name.endswith("_total"):
+                    out[f"refused:{smp.labels['error']}"] = int(smp.value)
+        return out
+
+    async def api_meters(self, req: web.Request) -> web.Response:
+        """?state=late,silent&q=HOUSE&sort=state|meter|lag|last_seen|held|rejected|zone&order=asc|desc
+        &page=1&per_page=100: one page of the fleet, and counts per state over all of it."""
+        q = req.query
+        try:
+            states = {s for s in q.get("state", "").split(",") if s}
+            bad = states - {s.value for s in State}
+            if bad:
+                raise ValueError(f"state: unknown {sorted(bad)} (known: {', '.join(s.value for s in State)})")
+            sort = q.get("sort", "state")
+            if sort not in _SORTS:
+                raise ValueError(f"sort: must be one of {', '.join(_SORTS)} (got {sort!r})")
+            order = q.get("order", "asc")
+            if order not in ("asc", "desc"):
+                raise ValueError(f"order: must be asc or desc (got {order!r})")
+            page, per_page = int(q.get("page", "1")), int(q.get("per_page", str(DEFAULT_PER_PAGE)))
+            if page < 1 or not 1 <= per_page <= MAX_PER_PAGE:
+                raise ValueError(f"page must be >= 1 and per_page in 1..{MAX_PER_PAGE}")
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        needle = q.get("q", "").strip().lower()
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        now_ms, rows = self.fleet_rows()
+        counts = Counter(r["state"] for r in rows)
+        held_by_reason = Counter(r["state_reason"] for r in rows if r["state"] == State.HELD)
+        sel = [r for r in rows if (not states or r["state"] in states)
+               and (not needle or needle in r["meter_id"].lower() or needle in (r["state_reason"] or ""))]
+        sel.sort(key=_SORT_KEYS[sort], reverse=order == "desc")
+        pages = max(1, -(-len(sel) // per_page))
+        shown = [dict(r) for r in sel[(page - 1) * per_page : page * per_page]]
+        chain = fleet.outbox_by_meters(self.conn, [r["meter_id"] for r in shown])
+        for r in shown:
+            r["chain"] = chain.get(r["meter_id"], {})
+        doc = {"now_ms": now_ms, "total": len(rows), "matched": len(sel), "page": page, "per_page": per_page,
+               "pages": pages, "counts": {s.value: counts.get(s.value, 0) for s in State},
+               "held_by_reason": dict(held_by_reason), "meters": shown,
+               "rejections_by_reason": fleet.rejection_counts(self.conn), "outbox": self._outbox_stats(now_ms),
+               "chain": self._chain_doc(now_ms)}
+        resp = self._json(doc)
+        fw, fc = self.last_compute_ms
+        rw, rc = (time.perf_counter() - wall0) * 1000, (time.thread_time() - cpu0) * 1000
+        resp.headers["Server-Timing"] = (f'fleet;dur={fw:.1f};desc="health of all meters (last computation)", '
+                                         f"fleetcpu;dur={fc:.1f}, request;dur={rw:.1f}, requestcpu;dur={rc:.1f}")
+        return resp
+
+    async def api_held(self, req: web.Request) -> web.Response:
+        meter = req.query.get("meter") or None
+        return self._json({"readings": fleet.held_readings(self.conn, meter, 200),
+                           "intervals": fleet.held_intervals(self.conn, meter, 200)})
 
     def _outbox_stats(self, now_ms: int) -> dict[str, Any]:
         counts = dict(self.conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall())
@@ -182,8 +333,10 @@ class Dashboard:
         if mid not in meters:
             raise web.HTTPNotFound(text=f"{mid} is not registered")
         now_ms = int(self.clock() * 1000)
-        overview = fleet.meters_overview(self.conn, {mid: meters[mid]}, now_ms)[0]
-        return self._json({"now_ms": now_ms, "meter": overview,
+        overview = fleet.fleet_health(self.conn, {mid: meters[mid]}, now_ms, self.thresholds)[0]
+        overview["chain"] = fleet.outbox_by_meters(self.conn, [mid]).get(mid, {})
+        return self._json({"now_ms": now_ms, "meter": overview, "chain": self._chain_doc(now_ms),
+                           "held": fleet.held_readings(self.conn, mid, 50),
                            "readings": fleet.meter_readings(self.conn, mid),
                            "intervals": fleet.meter_intervals(self.conn, mid),
                            "gaps": fleet.gaps(self.conn, mid),
@@ -209,7 +362,7 @@ class Dashboard:
             await resp.write(b"retry: 2000\n\n")
             while self._authorized(req):  # a session that expires mid-stream ends the stream
                 v = (self.conn.execute("PRAGMA data_version").fetchone()[0], self.registry.data_version())
-                if v != version:
+                if v != version or quiet >= DEFAULT_SSE_TICK_S:
                     version, quiet = v, 0.0
                     await resp.write(f"event: update\ndata: {json.dumps({'at_ms': int(self.clock() * 1000)})}\n\n"
                                      .encode())
@@ -223,3 +376,18 @@ class Dashboard:
         finally:
             self.sse_clients -= 1
         return resp
+
+
+def _lag_key(r: dict[str, Any]) -> tuple[int, int]:
+    return (r["lag_s"] is None, r["lag_s"] or 0)
+
+
+_SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "state": lambda r: (SEVERITY[State(r["state"])], -(r["heard_age_s"] or 0), r["meter_id"]),
+    "meter": lambda r: r["meter_id"],
+    "lag": _lag_key,
+    "last_seen": lambda r: (r["last_seen_ms"] is None, r["last_seen_ms"] or 0),
+    "held": lambda r: (r["held"], r["meter_id"]),
+    "rejected": lambda r: (r["rejected"], r["meter_id"]),
+    "zone": lambda r: (r["zone_id"], r["meter_id"]),
+}

@@ -15,6 +15,9 @@ Reading payload (all integers little-endian), signed as-is with Ed25519:
     present          u16 bit i set = Instantaneous field i present (declaration order)
     values           i32 per present field, in declaration order
 
+Every u64 that is stored (seq, read_at_ms, the energy counters; the ack's acked_seq and issued_at_ms) is at most
+2^63-1 (protocol.wire.STORED_INT_MAX: SQLite's INTEGER is signed 64-bit); a larger value is invalid_field.
+
 Batch message (what goes over MQTT; a single reading is a batch of one):
 
     magic  18 b"gridmeter/batch/v1", count u16 (1..MAX_BATCH_READINGS),
@@ -53,7 +56,7 @@ from protocol.reading import (
     validate_meter_id,
 )
 from protocol.signing import SIGNATURE_BYTES, SigningKey, VerifyKey
-from protocol.wire import Reader, Writer
+from protocol.wire import Reader, Writer, check_stored
 
 READING_MAGIC = b"gridmeter/reading/v1"
 BATCH_MAGIC = b"gridmeter/batch/v1"
@@ -138,6 +141,7 @@ def _decode_fast(p: bytes) -> Reading | None:
     except (IndexError, struct.error):
         return None
     if (meter_id is None or profile_id is None or seq == 0 or synced > 1 or quality & ~_KNOWN_QUALITY
+            or (seq | read_at | imp | exp) >> 63  # beyond STORED_INT_MAX: the checked path names the field
             or present >> len(_INSTANT_FIELDS) or len(p) != o + 4 * present.bit_count()):
         return None
     if present:
@@ -216,12 +220,12 @@ def _decode_checked(payload: bytes) -> Reading:
         _check_magic(r, READING_MAGIC, "reading")
         meter_id = r.str8("meter_id", MAX_METER_ID_BYTES)
         key_id = r.take("key_id", KEY_ID_BYTES)
-        seq, read_at = r.u64("seq"), r.u64("read_at_ms")
+        seq, read_at = r.stored_u64("seq", 1), r.stored_u64("read_at_ms")
         synced = r.u8("clock_synced")
         if synced > 1:
             raise InvalidFieldError(f"clock_synced: must be 0 or 1 (got {synced})")
         quality = r.u16("quality")
-        imp, exp = r.u64("energy_import_wh"), r.u64("energy_export_wh")
+        imp, exp = r.stored_u64("energy_import_wh"), r.stored_u64("energy_export_wh")
         profile_id = r.str8("profile_id", MAX_PROFILE_ID_BYTES)
         present = r.u16("present")
         if present >> len(_INSTANT_FIELDS):
@@ -345,6 +349,8 @@ class Ack:
 
 def encode_ack(ack: Ack, key: SigningKey) -> bytes:
     validate_meter_id(ack.meter_id)
+    check_stored("acked_seq", ack.acked_seq)
+    check_stored("issued_at_ms", ack.issued_at_ms)
     body = (
         Writer()
         .raw(ACK_MAGIC)
@@ -368,7 +374,9 @@ def decode_ack(message: bytes, key: VerifyKey) -> Ack:
     meter_id = r.str8("meter_id", MAX_METER_ID_BYTES)
     acked, issued = r.u64("acked_seq"), r.u64("issued_at_ms")
     r.expect_end("ack")
-    key.verify(body, sig)
+    key.verify(body, sig)  # first: a forged ack is bad_signature whatever its fields say
+    check_stored("acked_seq", acked)
+    check_stored("issued_at_ms", issued)
     return Ack(meter_id=validate_meter_id(meter_id), acked_seq=acked, issued_at_ms=issued)
 
 

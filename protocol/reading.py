@@ -1,7 +1,7 @@
 """The signed reading: what a meter said, when, and how much we trust it.
 
-Energy is integer watt-hours (u64); time is integer unix milliseconds. Instantaneous values are
-scaled integers (units in the field names). Nothing here is a float.
+Energy is integer watt-hours (u64 on the wire, at most 2^63-1: protocol.wire.STORED_INT_MAX); time is integer
+unix milliseconds. Instantaneous values are scaled integers (units in the field names). Nothing here is a float.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from protocol.errors import InvalidFieldError
 from protocol.identifiers import MAX_METER_ID_BYTES as MAX_METER_ID_BYTES  # re-exported: existing importers
 from protocol.identifiers import METER_ID_RE as METER_ID_RE
 from protocol.identifiers import validate_meter_id
-from protocol.wire import I32_MAX, I32_MIN, U64_MAX, check_range
+from protocol.wire import I32_MAX, I32_MIN, check_range, check_stored
 
 MAX_PROFILE_ID_BYTES = 64
 KEY_ID_BYTES = 8
@@ -82,10 +82,11 @@ class Reading:
         validate_meter_id(self.meter_id)
         if len(self.key_id) != KEY_ID_BYTES:
             raise InvalidFieldError(f"key_id: must be {KEY_ID_BYTES} bytes (got {len(self.key_id)})")
-        check_range("seq", self.seq, 1, U64_MAX)
-        check_range("read_at_ms", self.read_at_ms, 0, U64_MAX)
-        check_range("energy_import_wh", self.energy_import_wh, 0, U64_MAX)
-        check_range("energy_export_wh", self.energy_export_wh, 0, U64_MAX)
+        # u64 on the wire, bounded to 2^63-1: the stores' INTEGER is signed 64-bit (protocol.wire.STORED_INT_MAX)
+        check_stored("seq", self.seq, 1)
+        check_stored("read_at_ms", self.read_at_ms)
+        check_stored("energy_import_wh", self.energy_import_wh)
+        check_stored("energy_export_wh", self.energy_export_wh)
         check_range("quality", int(self.quality), 0, 0xFFFF)
         if len(self.profile_id.encode("utf-8")) > MAX_PROFILE_ID_BYTES:
             raise InvalidFieldError(f"profile_id: at most {MAX_PROFILE_ID_BYTES} UTF-8 bytes")

@@ -3,7 +3,7 @@
 Signed bytes (little-endian):
     magic 25 b"gridmeter/registration/v1", meter_id (u8 len), public_key 32, profile (u8 len),
     serial_number (u8 len), role u8 (MeterRole), zone_id i32, rated_max_power_w u32,
-    installer_id (u8 len), created_at_ms u64, has_previous u8, [previous_public_key 32]
+    installer_id (u8 len), created_at_ms u64 (<= 2^63-1: stored), has_previous u8, [previous_public_key 32]
 then signature (64) by the new key: proof of possession; if has_previous, rotation_signature (64) by the
 previous key over the same bytes: a new key is accepted only if the old one vouches for it.
 
@@ -20,7 +20,7 @@ from enum import IntEnum
 from protocol.errors import DecodeError, InvalidFieldError, UnsupportedVersionError
 from protocol.reading import MAX_METER_ID_BYTES, MAX_PROFILE_ID_BYTES, validate_meter_id
 from protocol.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, SigningKey, VerifyKey
-from protocol.wire import I32_MAX, Reader, Writer, check_range
+from protocol.wire import I32_MAX, Reader, Writer, check_range, check_stored
 
 REGISTRATION_MAGIC = b"gridmeter/registration/v1"
 TEXT_PREFIX = "GMREG1:"
@@ -63,6 +63,7 @@ class Registration:
             raise InvalidFieldError("previous_public_key: must be 32 bytes")
         check_range("zone_id", self.zone_id, 0, I32_MAX)
         check_range("rated_max_power_w", self.rated_max_power_w, 1, 2**32 - 1)
+        check_stored("created_at_ms", self.created_at_ms)
 
 
 def _body(reg: Registration) -> bytes:
@@ -124,7 +125,7 @@ def parse_registration(text: str) -> SignedRegistration:
     serial = r.str8("serial_number", 64)
     role_raw = r.u8("role")
     zone, rated = r.i32("zone_id"), r.u32("rated_max_power_w")
-    installer, created = r.str8("installer_id", 64), r.u64("created_at_ms")
+    installer, created = r.str8("installer_id", 64), r.stored_u64("created_at_ms")
     has_prev = r.u8("has_previous")
     prev = r.take("previous_public_key", PUBLIC_KEY_BYTES) if has_prev == 1 else None
     if has_prev > 1:

@@ -11,6 +11,19 @@ I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 U32_MAX = 2**32 - 1
 U16_MAX = 2**16 - 1
+# The one integer domain of every wire integer that is STORED (seq, timestamps, counters): the fields are u64 on
+# the wire, but SQLite's INTEGER (agent and gateway stores) is signed 64-bit, so 2^63 and above would raise
+# OverflowError at INSERT. Decoders refuse them up front as invalid_field, like any other out-of-domain value.
+STORED_INT_MAX = I64_MAX
+
+
+def check_stored(name: str, value: int, lo: int = 0) -> int:
+    """`value` must be an integer in lo..STORED_INT_MAX (what SQLite's signed 64-bit INTEGER holds)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidFieldError(f"{name}: must be an integer (got {type(value).__name__})")
+    if value > STORED_INT_MAX:
+        raise InvalidFieldError(f"{name}: {value} exceeds 2^63-1, the largest integer the stores hold")
+    return check_range(name, value, lo, STORED_INT_MAX)
 
 
 def check_range(name: str, value: int, lo: int, hi: int) -> int:
@@ -97,6 +110,10 @@ class Reader:
 
     def i64(self, name: str) -> int:
         return self._unpack(name, "<q")
+
+    def stored_u64(self, name: str, lo: int = 0) -> int:
+        """A u64 field that is stored: bounded to lo..STORED_INT_MAX (InvalidFieldError beyond)."""
+        return check_stored(name, self.u64(name), lo)
 
     def str8(self, name: str, max_len: int) -> str:
         n = self.u8(name)

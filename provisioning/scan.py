@@ -236,7 +236,9 @@ async def _record(report: ScanReport, bus: Any, unit: int, target: BusTarget, id
         report.unidentified.append((unit, target, seen))
         progress(f"  unit {unit}: a device answers but matches no profile")
         return
-    best = sorted(matches, key=lambda i: (not i.confirmed, i.profile.id))[0]
+    # confirmed rules first; then the most specific identification (more matching reads: an SDM630MCT's code
+    # plus frequency beats a rule that only accepts the same code, a 7M.38's L2 voltage beats the 7M.24)
+    best = sorted(matches, key=lambda i: (not i.confirmed, -len(i.profile.identify), i.profile.id))[0]
     serial = None
     if best.profile.serial_number is not None:
         serial = await read_rule(bus, unit, best.profile.serial_number, cache)

@@ -1,7 +1,8 @@
 """A real mosquitto broker on a free 127.0.0.1 port, for tests, benches and the demo.
 
 max_queued_messages is raised far above the default 1000 (which silently drops QoS 1 messages for a
-slow or offline persistent subscriber); persistence is on so a restart keeps sessions.
+slow or offline persistent subscriber); persistence is on so a restart keeps sessions; message_size_limit
+bounds what one client can make the broker carry (DEFAULT_MESSAGE_SIZE_LIMIT).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pathlib import Path
 from testbed.ports import free_port, wait_port
 
 DEFAULT_MAX_QUEUED = 1_000_000
+# mosquitto refuses (and drops) any PUBLISH whose payload is larger: a full batch (protocol MAX_BATCH_BYTES, ~315
+# KiB) fits, a client cannot make the broker buffer or forward megabytes. provisioning writes the same bound.
+DEFAULT_MESSAGE_SIZE_LIMIT = 512 * 1024
 
 
 def mosquitto_binary() -> str:
@@ -35,6 +39,7 @@ class Broker:
     passwords: dict[str, str] = field(default_factory=dict)  # username -> password; empty = anonymous
     acl_lines: list[str] = field(default_factory=list)
     max_queued_messages: int = DEFAULT_MAX_QUEUED
+    message_size_limit: int = DEFAULT_MESSAGE_SIZE_LIMIT
     extra_conf: list[str] = field(default_factory=list)
     _proc: subprocess.Popen[bytes] | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -61,7 +66,7 @@ class Broker:
             "log_type warning",
             f"max_queued_messages {self.max_queued_messages}",
             "max_inflight_messages 0",
-            "message_size_limit 1048576",
+            f"message_size_limit {self.message_size_limit}",
             f"listener {self.port} 127.0.0.1",
         ]
         if os.geteuid() == 0:

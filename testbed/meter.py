@@ -83,13 +83,23 @@ class SimulatedMeter:
         serial_number: int | str = 12_345_678, framing: Framing | None = None, live: bool = False,
         invalid: set[str] | None = None, scale_factors: dict[str, int] | None = None,
         identify_function_code: int | None = None, clock: Callable[[], int] = time.monotonic_ns,
+        absent: set[str] | None = None, identity: dict[int, int | str] | None = None,
+        raw_power_sign: int | None = None,
     ) -> None:
+        """`invalid`: measurements served as their "not implemented" sentinel (NaN for floats); `absent`:
+        measurements whose registers the meter does not have at all (a read of them answers exception 2 unless
+        the profile's device returns filler there: EM24 variants without export); `identity`: identification
+        register address -> value served instead of the rule's first expected value (a variant's code);
+        `raw_power_sign`: the device's own convention for its power register, whatever the profile assumes:
+        +1 = raw power > 0 while importing, -1 = raw power > 0 while exporting (a SolarEdge grid meter); None =
+        as the profile decodes it."""
         if not 0 <= unit_id <= 247:
             raise ValueError(f"unit_id must be 0..247 (got {unit_id})")
         self.profile, self.unit_id, self.framing = profile, unit_id, framing
         self.import_wh, self.export_wh, self.power_w = import_wh, export_wh, power_w
         self.voltage_dv, self.frequency_mhz, self.power_factor_milli = voltage_dv, frequency_mhz, power_factor_milli
         self.serial_number, self.live, self.invalid = serial_number, live, set(invalid or ())
+        self.absent, self.identity, self.raw_power_sign = set(absent or ()), dict(identity or {}), raw_power_sign
         self.scale_factors = dict(scale_factors or {})
         self.identify_function_code = identify_function_code
         self._clock, self._last_ns = clock, clock()
@@ -153,7 +163,7 @@ class SimulatedMeter:
             out: dict[int, int] = {a: FILLER_WORD for a in self.filler_addresses(function_code)}
             served: dict[str, int] = {}
             for reg in self.profile.registers:
-                if reg.function_code != function_code:
+                if reg.function_code != function_code or reg.measurement in self.absent:
                     continue
                 if reg.measurement is None:  # sunssf
                     words = _pack("sunssf", self.scale_factors.get(reg.name, 0), reg.word_order, reg.byte_order)
@@ -161,11 +171,14 @@ class SimulatedMeter:
                     words = _pack(reg.type, _sentinel_raw(reg), reg.word_order, reg.byte_order)  # type: ignore[arg-type]
                 else:
                     sf = self.scale_factors.get(reg.scale_factor, 0) if reg.scale_factor else 0
-                    words, served[reg.measurement] = encode_register(reg, values[reg.measurement], sf)
+                    value = values[reg.measurement]
+                    if reg.measurement == "power_w" and self.raw_power_sign is not None:
+                        value *= self.raw_power_sign * (1 if reg.scale > 0 else -1)  # raw sign fixed by the device
+                    words, served[reg.measurement] = encode_register(reg, value, sf)
                 out.update({reg.address + i: w for i, w in enumerate(words)})
             for rule in self.profile.identify:
                 if self._identity_fc(rule) == function_code:
-                    words = _encode_identity(rule, rule.expected[0])
+                    words = _encode_identity(rule, self.identity.get(rule.address, rule.expected[0]))
                     out.update({rule.address + i: w for i, w in enumerate(words)})
             sn = self.profile.serial_number
             if sn is not None and sn.function_codes[0] == function_code:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
@@ -14,7 +15,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway import ingest_http
 from gateway.checks import Limits
-from gateway.ingest_http import INGEST_PATH, HttpIngest, signed_message
+from gateway.ingest_http import INGEST_PATH, HttpIngest, rust_f64_display, signed_message
 from gateway.metrics import Metrics
 from gateway.registry import MeterStatus, Registry
 from gateway.store import Store
@@ -32,14 +33,15 @@ def body(ts: str = "2026-06-06T08:30:00+00:00", imp: str = "5000.000", exp: str 
          sig: str = VECTOR_SIG, meter: str = "METER-001") -> bytes:
     return (f'{{"protocol":"dlms","device_id":"{meter}","payload":{{"1.1.1.8.0.255":{imp},'
             f'"1.1.2.8.0.255":{exp},"kwh":{kwh},"timestamp":"{ts}","signature":"{sig}",'
-            f'"energy_generated":0.0,"energy_consumed":5.0,"zone_code":"Z1"}}}}').encode()
+            f'"energy_generated":{Decimal(exp) / 1000:f},"energy_consumed":{Decimal(imp) / 1000:f},'
+            f'"zone_code":"Z1"}}}}').encode()
 
 
 def signed_body(ts_s: int, imp: int, exp: int) -> bytes:
     from datetime import UTC, datetime
 
     kwh = (exp - imp) / 1000
-    sig = base58.b58encode(KEY.sign(signed_message("METER-001", kwh, ts_s))).decode()
+    sig = base58.b58encode(KEY.sign(signed_message("METER-001", rust_f64_display(kwh), ts_s))).decode()
     ts = datetime.fromtimestamp(ts_s, UTC).isoformat()
     return body(ts=ts, imp=f"{imp}.000", exp=f"{exp}.000", kwh=repr(kwh), sig=sig)
 
@@ -71,19 +73,20 @@ async def test_vector_accepted_then_replay_409(server: tuple[str, Store, Registr
         assert r.status == 200 and (await r.json())["status"] == "ok"
     status, doc = await post(url, body())
     assert status == 202 and doc["status"] == "accepted"
-    rows = store.conn.execute("SELECT meter_id, zone_id, produced_wh, consumed_wh, reading_timestamp, source, status "
-                              "FROM outbox").fetchall()
-    assert rows == [("METER-001", 3, 0, 5000, 1780734600, "http", "pending")]
-    status, doc = await post(url, body())
-    assert (status, doc["reason"]) == (409, "duplicate")
+    rows = store.conn.execute("SELECT meter_id, seq, reading_id, timestamp_ms, import_mwh, export_mwh, cum_import_mwh "
+                              "FROM http_ingest").fetchall()
+    assert rows == [("METER-001", 1, doc["reading_id"], 1780734600_000, 5_000_000, 0, 5_000_000)]
+    assert store.conn.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)  # the submitter plans intervals
+    status, again = await post(url, body())
+    assert (status, again["reason"], again["reading_id"]) == (409, "duplicate", doc["reading_id"])
 
 
 async def test_zero_interval_is_stored_but_not_submitted(server: tuple[str, Store, Registry]) -> None:
     url, store, _ = server
     status, doc = await post(url, signed_body(1780734600, 0, 0))
     assert status == 202, doc
-    assert store.conn.execute("SELECT COUNT(*) FROM http_readings").fetchone() == (1,)
-    assert store.conn.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)  # no transaction for 0 Wh
+    assert store.conn.execute("SELECT COUNT(*) FROM http_ingest").fetchone() == (1,)
+    assert store.conn.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)
     status, doc = await post(url, signed_body(1780734600, 0, 0))
     assert (status, doc["reason"]) == (409, "duplicate")
 
@@ -91,8 +94,8 @@ async def test_zero_interval_is_stored_but_not_submitted(server: tuple[str, Stor
 async def test_refusals(server: tuple[str, Store, Registry]) -> None:
     url, store, _ = server
     assert (await post(url, body(), key="wrong"))[0] == 401
-    status, doc = await post(url, body(imp="5000.5", kwh="-5.0005"))
-    assert (status, doc["reason"]) == (400, "non_integral_wh")
+    status, doc = await post(url, body(imp="5000.0005", kwh="-5.0000005"))  # beyond the contract's mWh
+    assert (status, doc["reason"]) == (400, "invalid_field") and "more than 3 decimals" in doc["error"]
     status, doc = await post(url, body(kwh="-4"))  # signature was made over -5
     assert (status, doc["reason"]) == (403, "bad_signature")
     status, doc = await post(url, body(imp="4000.000", exp="1000.000"))  # unsigned split contradicts the signed net
@@ -102,9 +105,9 @@ async def test_refusals(server: tuple[str, Store, Registry]) -> None:
     status, doc = await post(url, b"{not json")
     assert (status, doc["reason"]) == (400, "malformed")
     status, doc = await post(url, b"x" * 20000)
-    assert (status, doc["reason"]) == (400, "oversized")
+    assert (status, doc["reason"]) == (413, "oversized")
     reasons = [r[0] for r in store.conn.execute("SELECT reason FROM rejections ORDER BY id")]
-    assert reasons[:2] == ["non_integral_wh", "bad_signature"]
+    assert reasons[:2] == ["invalid_field", "bad_signature"]
     assert "unknown_meter" in reasons and "malformed" in reasons  # every refusal is quarantined (not the API key)
 
 
@@ -140,7 +143,7 @@ async def test_out_of_range_numbers_are_400_not_500(server: tuple[str, Store, Re
     status, doc = await post(url, body(kwh="1" + "0" * 400))
     assert (status, doc["reason"]) == (400, "invalid_field") and "payload.kwh" in doc["error"]
     huge = 2**64  # net 0 kWh: the signature is valid, only the split is absurd
-    sig = base58.b58encode(KEY.sign(signed_message("METER-001", 0.0, 1780734600))).decode()
+    sig = base58.b58encode(KEY.sign(signed_message("METER-001", "0", 1780734600))).decode()
     status, doc = await post(url, body(imp=str(huge), exp=str(huge), kwh="0", sig=sig))
     assert (status, doc["reason"]) == (400, "invalid_field") and "payload.1.1.1.8.0.255" in doc["error"]
     # a meter's FIRST interval had no energy bound at all: now at most rated power over the acceptance window
@@ -148,7 +151,7 @@ async def test_out_of_range_numbers_are_400_not_500(server: tuple[str, Store, Re
     assert (status, doc["reason"]) == (400, "implausible_energy")
     reasons = [r[0] for r in store.conn.execute("SELECT reason FROM rejections ORDER BY id")]
     assert reasons == ["invalid_field", "invalid_field", "implausible_energy"]
-    assert store.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+    assert store.conn.execute("SELECT COUNT(*) FROM http_ingest").fetchone()[0] == 0
 
 
 async def test_non_utf8_api_key_header_is_401_not_500(server: tuple[str, Store, Registry]) -> None:

@@ -152,21 +152,27 @@ async def _limits(sub: Submitter):  # type: ignore[no-untyped-def]
     return OracleLimits.from_config(await sub.client.fetch_config())
 
 
-async def test_http_intervals_reach_chain_or_are_held(env: Env) -> None:
+async def test_http_intervals_are_binned_split_and_reach_chain(env: Env) -> None:
+    """GridTokenX ingest readings (interval energies, mWh) go through the same planner: binned per epoch, an
+    interval above max_energy_value split into spaced submissions, the last one closed once the meter is
+    quiet; the sub-Wh remainder stays in the books."""
     set_oracle_fields(env.srv, max_energy_value=5_000)
     now = int(time.time())
-    env.registry.add(record_for("METER-001", rated_w=20_000), now * 1000)
-    store = env.store
-    assert store.add_http_interval("METER-001", 1, 0, 1500, (now - 1800) * 1000, b"{}", now * 1000)
-    assert store.add_http_interval("METER-001", 1, 0, 9000, (now - 900) * 1000, b"{}", now * 1000)  # > max
-    assert store.add_http_interval("METER-001", 1, 0, 700, (now - 840) * 1000, b"{}", now * 1000)
-    assert store.add_http_interval("METER-001", 1, 0, 10, (now + 300) * 1000, b"{}", now * 1000)  # future: waits
-    await env.submitter().run_once()
-    rows = {r.reading_timestamp - now: (r.status, r.reason) for r in store.outbox_rows("METER-001")}
-    assert rows == {-1800: ("confirmed", None), -900: ("held", "EnergyValueOutOfRange"),
-                    -840: ("confirmed", None), 300: ("pending", None)}
+    t0 = (now // 900 - 3) * 900 + 10
+    env.registry.add(record_for("METER-001", rated_w=50_000), now * 1000)
+    for i, (dt, mwh) in enumerate([(0, 1_500_250), (900, 9_000_000), (960, 700_000)]):
+        assert env.store.add_http_reading("METER-001", (t0 + dt) * 1000, mwh, 0, b"{}", f"id-{i}", now * 1000) == \
+            ("stored", None)
+    sub = env.submitter()
+    sub.http_idle_close_s = 0
+    await sub.run_once()
+    rows = [(r.reading_timestamp - t0, r.consumed_wh, r.status) for r in env.store.outbox_rows("METER-001")]
+    # epoch 1 closes at the reading 900 s later: 10500 Wh in 3 parts of <= 5000, spaced by min_reading_interval
+    assert rows == [(900 - 120, 3500, "confirmed"), (900 - 60, 3500, "confirmed"), (900, 3500, "confirmed"),
+                    (960, 700, "confirmed")]
     st = (await env.client.fetch_meter_states(["METER-001"]))["METER-001"]
-    assert st is not None and (st.total_energy_consumed, st.total_readings) == (2200, 2)
+    assert st is not None and (st.total_energy_consumed, st.total_readings) == (11_200, 4)
+    assert env.store.conn.execute("SELECT sub_import_wh FROM http_plan_state").fetchone() == (11_200,)  # + 250 mWh
 
 
 class _DropsAfterSend:

@@ -142,7 +142,8 @@ async def test_every_profile_identified_over_tcp(capsys: pytest.CaptureFixture[s
         assert pid in named, (pid, f)
         if pid != "eastron-sdm230":  # shares the SDM120 meter code (documented): best match is the SDM120
             assert f["profile"] == pid, (pid, f)
-        expected_sn = f"SN{uid}" if isinstance(f["serial_number"], str) else 1000 + uid
+        sn_rule = PROFILES[pid].serial_number
+        expected_sn = None if sn_rule is None else f"SN{uid}" if sn_rule.type == "string" else 1000 + uid
         assert f["serial_number"] == expected_sn
         assert (f["host"], f["tcp_port"], f["baud"]) == (server.host, server.port, None)
 

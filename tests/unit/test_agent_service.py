@@ -29,6 +29,7 @@ class Sample:  # same fields as agent.poller.MeterSample
     monotonic_ms: int
     values: dict[str, int]
     errors: tuple[str, ...] = field(default=())
+    not_measured: tuple[str, ...] = field(default=())
 
 
 def sample(t_s: float, imp: int, exp: int = 0, meter: str = "M1", **values: int) -> Sample:

@@ -55,7 +55,7 @@ def test_energy_beyond_signed_64_bit_is_an_invalid_read(raw: int, expected: obje
 def test_glitched_uint64_register_of_a_real_profile_is_out_of_range() -> None:
     """ABB B2x: uint64 x 0.01 kWh at 0x5000 = 10 Wh per count. 2^60 counts = 1.15e19 Wh > 2^63-1."""
     profile = get_profile("abb-b2x")
-    energy = [r for r in profile.registers if r.measurement == "energy_import_wh"][0]
+    energy = next(r for r in profile.registers if r.measurement == "energy_import_wh")
     raw = 2**60
     words = [(raw >> s) & 0xFFFF for s in (48, 32, 16, 0)]
     image = image_from_block(energy.function_code, energy.address, words)
@@ -90,9 +90,8 @@ def test_last_good_beyond_sqlite_integer_is_refused_and_never_blocks_later_commi
 
 def test_overflow_inside_a_transaction_is_a_store_error(tmp_path: Path) -> None:
     st = Store(tmp_path / "s.db", max_readings=1000)
-    with pytest.raises(StoreError, match="signed 64-bit"):
-        with Transaction(st._db):
-            st._db.execute("INSERT INTO meter_state VALUES (?,?,?,?)", ("M1", 2**63, 0, 0))
+    with pytest.raises(StoreError, match="signed 64-bit"), Transaction(st._db):
+        st._db.execute("INSERT INTO meter_state VALUES (?,?,?,?)", ("M1", 2**63, 0, 0))
     assert st.last_good() == {}
     st.close()
 
@@ -142,7 +141,7 @@ def test_corrupt_store_at_start_is_moved_aside_and_a_fresh_one_records_it(tmp_pa
     assert aside is not None and aside.parent == path.parent and aside.name.startswith("agent.sqlite.corrupt-")
     assert aside.read_bytes() == damaged  # kept for inspection, byte for byte
     assert st.count() == 0 and st.last_allocated("M1") == 0
-    (at, kind, meter, detail), = st.events()
+    (_at, kind, meter, detail), = st.events()
     assert kind == STORE_REPLACED_EVENT and meter is None and str(aside) in detail and "corrupt" in detail
     assert st.counters() == {"corrupt_store_replaced": 1}
     # seqs restart at 1; the gateway's genuine ack for the old life resyncs them (existing mechanism)

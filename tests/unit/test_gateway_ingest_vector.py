@@ -25,7 +25,7 @@ def test_rust_f64_display(x: float, text: str) -> None:
 def test_gridtokenx_vector_verifies() -> None:
     key = SigningKey(hashlib.sha256(b"gridtokenx-sim:METER-001").digest())
     assert key.public_key.hex() == VECTOR_PUBKEY
-    msg = signed_message("METER-001", -5.0, 1780734600)
+    msg = signed_message("METER-001", rust_f64_display(-5.0), 1780734600)
     assert msg == b"METER-001:-5:1780734600000"
     VerifyKey(bytes.fromhex(VECTOR_PUBKEY)).verify(msg, base58.b58decode(VECTOR_SIG))
     assert base58.b58encode(key.sign(msg)).decode() == VECTOR_SIG  # Ed25519 is deterministic

@@ -37,6 +37,7 @@ from protocol import (
     topics,
     verify_signed,
 )
+from protocol.wire import STORED_INT_MAX
 
 VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "reading_v1.json").read_text())
 KEY = SigningKey(bytes.fromhex(VECTORS["seed_hex"]))
@@ -68,8 +69,13 @@ def test_public_api_is_curated() -> None:
 def test_frozen_vectors_decode_verify_and_reencode(case: dict) -> None:
     payload, sig = bytes.fromhex(case["payload_hex"]), bytes.fromhex(case["signature_hex"])
     VerifyKey(bytes.fromhex(VECTORS["public_key_hex"])).verify(payload, sig)
-    r = decode_reading(payload)
     f = case["fields"]
+    beyond = [k for k in ("seq", "read_at_ms", "energy_import_wh", "energy_export_wh") if f[k] > STORED_INT_MAX]
+    if beyond:  # a v1 layout with a u64 no store can hold: refused at decode, naming the field (issue 8)
+        with pytest.raises(InvalidFieldError, match=beyond[0]):
+            decode_reading(payload)
+        return
+    r = decode_reading(payload)
     assert r.meter_id == f["meter_id"] and r.key_id.hex() == f["key_id_hex"]
     assert (r.seq, r.read_at_ms, r.clock_synced, int(r.quality)) == (
         f["seq"], f["read_at_ms"], f["clock_synced"], f["quality"]
@@ -98,8 +104,10 @@ def test_vector_byte_layout_is_what_the_docs_say() -> None:
 
 def test_batch_vector_splits_into_the_two_readings() -> None:
     items = decode_batch(bytes.fromhex(VECTORS["batch_hex"]))
-    assert [i.signed.reading.seq for i in items if i.signed] == [1234567, 1234568]
-    assert all(i.error is None for i in items)
+    assert [i.signed.reading.seq for i in items if i.signed] == [1234567]
+    # the second carries energy_import_wh = 2^64-1: framed fine, refused alone as invalid_field
+    assert items[0].error is None and isinstance(items[1].error, InvalidFieldError)
+    assert items[1].payload == bytes.fromhex(VECTORS["readings"][1]["payload_hex"])
 
 
 def test_every_single_byte_flip_breaks_the_signature_or_the_decode() -> None:
@@ -158,7 +166,7 @@ def test_reading_fields_are_validated(kw: dict, match: str) -> None:
 
 
 def test_meter_id_of_32_bytes_round_trips() -> None:
-    r = _reading(meter_id="M" * 32, energy_import_wh=2**64 - 1)
+    r = _reading(meter_id="M" * 32, energy_import_wh=2**63 - 1)  # the largest stored integer
     assert decode_reading(encode_reading(r)) == r
 
 

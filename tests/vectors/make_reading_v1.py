@@ -32,13 +32,17 @@ def build() -> dict[str, object]:
             seq=1234568,
             read_at_ms=1_780_734_610_456,
             clock_synced=False,
-            energy_import_wh=2**64 - 1,
+            energy_import_wh=2**63 - 1,  # stands for 2**64 - 1, patched below (encoders refuse it since issue 8)
             energy_export_wh=0,
             profile_id="",
             quality=Quality.GLITCH_SUSPECTED | Quality.CLOCK_UNSYNCED,
         ),
     ):
         s = sign_reading(reading, key)
+        fields_imp = reading.energy_import_wh
+        if reading.seq == 1234568:  # frozen as 2^64-1: now the vector of a refused out-of-domain u64
+            payload = s.payload.replace((2**63 - 1).to_bytes(8, "little"), (2**64 - 1).to_bytes(8, "little"))
+            s, fields_imp = type(s)(payload, key.sign(payload), reading), 2**64 - 1
         cases.append(
             {
                 "payload_hex": s.payload.hex(),
@@ -50,7 +54,7 @@ def build() -> dict[str, object]:
                     "read_at_ms": reading.read_at_ms,
                     "clock_synced": reading.clock_synced,
                     "quality": int(reading.quality),
-                    "energy_import_wh": reading.energy_import_wh,
+                    "energy_import_wh": fields_imp,
                     "energy_export_wh": reading.energy_export_wh,
                     "profile_id": reading.profile_id,
                     "instant": {k: getattr(reading.instant, k) for k in Instantaneous.names()},
