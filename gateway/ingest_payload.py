@@ -22,7 +22,7 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
+from decimal import MAX_EMAX, MIN_EMIN, ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 
 import base58
 
@@ -91,17 +91,17 @@ def to_mwh(name: str, d: Decimal, mwh_per_unit: int, unit: str, *, signed: bool 
     """An exact decimal in Wh or kWh -> integer mWh at the contract's precision (digits beyond it only as
     float noise, see the module docstring)."""
     if not signed and d < 0:
-        raise IngestRefused(400, "invalid_field", f"payload.{name}: must not be negative (got {d})")
-    if abs(d) > Decimal(MAX_READING_MWH) / mwh_per_unit:
+        raise IngestRefused(400, "invalid_field", f"payload.{name}: must not be negative (got {d:.6g})")
+    if d.copy_abs() > MAX_READING_MWH // mwh_per_unit:  # copy_abs: exact, whatever the exponent
         raise IngestRefused(400, "invalid_field", f"payload.{name}: beyond {MAX_READING_MWH // mwh_per_unit} {unit}")
     with localcontext() as ctx:
-        ctx.prec = _DECIMAL_PREC
+        ctx.prec, ctx.Emax, ctx.Emin = _DECIMAL_PREC, MAX_EMAX, MIN_EMIN  # 1e-999999999 is noise, not an error
         scaled = d * mwh_per_unit
         q = scaled.to_integral_value(ROUND_HALF_EVEN)
         if abs(scaled - q) > NOISE_FRACTION * max(Decimal(1), abs(scaled)):
             decimals = len(str(mwh_per_unit)) - 1
-            raise IngestRefused(400, "invalid_field", f"payload.{name}: {d} {unit} has more than {decimals} decimals "
-                                                      "(the contract's precision is 1 mWh; never rounded)")
+            raise IngestRefused(400, "invalid_field", f"payload.{name}: {d:.20g} {unit} has more than {decimals} "
+                                                      "decimals (the contract's precision is 1 mWh; never rounded)")
     return int(q)
 
 

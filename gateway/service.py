@@ -37,9 +37,10 @@ from gateway.web import Dashboard
 log = logging.getLogger(__name__)
 
 DEFAULT_WATCHDOG_FRACTION = 0.5  # ping systemd at half of WatchdogSec
-# Client libraries that log one INFO line per request (httpx: every JSON-RPC call, every 5 s): WARNING and up only,
+# Client libraries that log one INFO line per request (httpx2, which solana-py uses: every JSON-RPC call, several
+# per submitter cycle of 5 s): WARNING and up only,
 # unless -vv asked for debug logging.
-QUIET_LOGGERS = ("httpx", "httpcore", "solana", "urllib3")
+QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "solana", "urllib3")
 
 
 class JsonLogFormatter(logging.Formatter):

@@ -24,7 +24,8 @@ from gateway.intervals import Planned, PlanState, Point, http_point
 # GridTokenX HTTP ingest (the older table http_readings holds rows of gateway versions that sent each
 # reading on its own; they still count for duplicate and order checks). Energies in integer mWh as received,
 # with the per-meter running sums the interval planner reads (intervals.http_point); http_plan_state is that
-# planner's state, as plan_state is for MQTT meters.
+# planner's state, as plan_state is for MQTT meters; http_meters, one row per meter, is what the submitter
+# scans every cycle (http_ingest grows by a row per reading and is only read by index).
 _HTTP_SCHEMA = """
 CREATE TABLE IF NOT EXISTS http_ingest (
     meter_id TEXT NOT NULL, seq INTEGER NOT NULL, reading_id TEXT NOT NULL UNIQUE, timestamp_ms INTEGER NOT NULL,
@@ -32,6 +33,9 @@ CREATE TABLE IF NOT EXISTS http_ingest (
     cum_export_mwh INTEGER NOT NULL, body BLOB NOT NULL, received_at_ms INTEGER NOT NULL,
     PRIMARY KEY (meter_id, seq), UNIQUE (meter_id, timestamp_ms)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS http_meters (
+    meter_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL, last_received_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS http_plan_state (
     meter_id TEXT PRIMARY KEY, baseline_set INTEGER NOT NULL, last_seq INTEGER NOT NULL,
     anchor_read_at_ms INTEGER NOT NULL, sub_import_wh INTEGER NOT NULL, sub_export_wh INTEGER NOT NULL,
@@ -194,6 +198,10 @@ class Store:
         for col, typ in (("payload_len", "INTEGER"), ("payload_sha256", "BLOB")):  # databases of older versions
             if col not in cols:
                 self.conn.execute(f"ALTER TABLE rejections ADD COLUMN {col} {typ}")
+        if self.conn.execute("SELECT NOT EXISTS (SELECT 1 FROM http_meters) AND EXISTS (SELECT 1 FROM http_ingest)"
+                             ).fetchone()[0]:  # a database of the version before http_meters
+            self.conn.execute("INSERT OR IGNORE INTO http_meters SELECT meter_id, MAX(seq), MAX(received_at_ms) "
+                              "FROM http_ingest GROUP BY meter_id")
 
     def close(self) -> None:
         self.conn.close()
@@ -355,6 +363,7 @@ class Store:
             c.execute("INSERT INTO http_ingest VALUES (?,?,?,?,?,?,?,?,?,?)",
                       (meter_id, prev[0] + 1, reading_id, timestamp_ms, import_mwh, export_mwh, cum_imp, cum_exp,
                        body, now_ms))
+            c.execute("INSERT OR REPLACE INTO http_meters VALUES (?,?,?)", (meter_id, prev[0] + 1, now_ms))
         return "stored", None
 
     def last_http_timestamp_ms(self, meter_id: str) -> int | None:
@@ -372,12 +381,19 @@ class Store:
         return self.conn.execute("SELECT 1 FROM progress WHERE meter_id = ? AND last_read_at_ms IS NOT NULL",
                                  (meter_id,)).fetchone() is not None
 
-    def http_meters_to_plan(self) -> list[str]:
-        """HTTP meters with readings not planned yet, or with energy received but not planned (open interval)."""
-        q = ("SELECT i.meter_id FROM (SELECT meter_id, MAX(seq) AS seq FROM http_ingest GROUP BY meter_id) i "
-             "LEFT JOIN http_plan_state s ON s.meter_id = i.meter_id WHERE s.meter_id IS NULL OR s.last_seq < i.seq "
-             "OR s.last_import_wh > s.sub_import_wh OR s.last_export_wh > s.sub_export_wh")
-        return [r[0] for r in self.conn.execute(q)]
+    def http_meters_to_plan(self, now_ms: int, quiet_ms: int, epoch_s: int) -> list[str]:
+        """HTTP meters with readings not planned yet, or whose open interval may be closed for being idle (energy
+        received but not planned, the epoch of the last reading over, no reading for quiet_ms)."""
+        q = ("SELECT m.meter_id, m.last_seq, m.last_received_ms, s.last_seq, s.last_read_at_ms, "
+             "s.last_import_wh > s.sub_import_wh OR s.last_export_wh > s.sub_export_wh "
+             "FROM http_meters m LEFT JOIN http_plan_state s ON s.meter_id = m.meter_id")
+        out = []
+        for mid, seq, received, planned_seq, last_read_ms, has_open in self.conn.execute(q):
+            if planned_seq is None or planned_seq < seq or (
+                    has_open and now_ms - received >= quiet_ms
+                    and (last_read_ms // 1000 // epoch_s + 1) * epoch_s * 1000 <= now_ms):
+                out.append(mid)
+        return out
 
     def http_plan_inputs(self, meter_id: str, limit: int = 100_000) -> tuple[PlanState | None, list[Point], int]:
         """(planner state or None before the first plan, new points, received_at_ms of the newest reading)."""
@@ -388,9 +404,9 @@ class Store:
         pts = [http_point(*r) for r in self.conn.execute(
             "SELECT seq, timestamp_ms, cum_import_mwh, cum_export_mwh FROM http_ingest WHERE meter_id = ? AND seq > ? "
             "ORDER BY seq LIMIT ?", (meter_id, state.last_seq if state else 0, limit))]
-        received = self.conn.execute("SELECT MAX(received_at_ms) FROM http_ingest WHERE meter_id = ?",
-                                     (meter_id,)).fetchone()[0]
-        return state, pts, received or 0
+        received = self.conn.execute("SELECT last_received_ms FROM http_meters WHERE meter_id = ?",
+                                     (meter_id,)).fetchone()
+        return state, pts, received[0] if received else 0
 
     def save_http_plan(self, meter_id: str, state: PlanState, planned: Sequence[Planned], zone_id: int,
                        now_ms: int) -> None:

@@ -137,11 +137,11 @@ class Submitter:
 
     async def _plan_http(self, limits: OracleLimits) -> None:
         """GridTokenX ingest readings (interval energies in mWh) through the same planner (intervals.plan_http)."""
-        meter_ids = self.store.http_meters_to_plan()
+        now_ms = int(self.clock() * 1000)
+        meter_ids = self.store.http_meters_to_plan(now_ms, self.http_idle_close_s * 1000, self.epoch_s)
         if not meter_ids:
             return
         states = await self.client.fetch_meter_states(meter_ids)
-        now_ms = int(self.clock() * 1000)
         for mid in meter_ids:
             meter = self.registry.get(mid)
             if meter is None:

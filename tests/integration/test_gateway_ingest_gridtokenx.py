@@ -223,7 +223,9 @@ async def test_status_shows_anomalous_interval_and_retired_meter(env: Env) -> No
     assert [(r["consumed_wh"], r["produced_wh"], r["reason"]) for r in books["not_submitted"]] == \
         [(4, 80, "anomalous_ratio")]
     assert await env.chain_totals("ODD-1") == (0, 0) == await env.chain_totals("GONE-1")
-    # staff see the same (CLI / dashboard read these views)
+    # staff see the same (the dashboard's held list and `gridmeter gateway held` / `ingest-status` read these)
+    assert sorted((h["meter_id"], h["reason"]) for h in fleet.held_intervals(env.store.conn)) == \
+        [("GONE-1", "meter_retired"), ("ODD-1", "anomalous_ratio")]
     assert fleet.http_meter_status(env.store.conn, env.registry.get("GONE-1"))["not_submitted"][0]["reason"] == \
         "meter_retired"  # type: ignore[arg-type]
     status, _ = await env.get("/v1/private-network/readings/00000000-0000-4000-8000-000000000000")
@@ -234,16 +236,23 @@ async def test_status_shows_anomalous_interval_and_retired_meter(env: Env) -> No
 async def test_5_empty_and_oversized_posts_then_quarantine_views(env: Env, tmp_path: Path) -> None:
     empty = await env.post(b"")
     oversized = await env.post(b"x" * 20_000)
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while reading
+        for _ in range(20):
+            yield b"y" * 1000
+
+    async with env.session.post(env.url + INGEST_PATH, data=chunks(), headers={"X-API-KEY": API_KEY}) as r:
+        chunked = r.status, json.loads(await r.text())
     # the quarantine views first: on the old code they raised TypeError (bytes(None)) for such rows
     rows = fleet.rejections(env.store.conn)
     assert [(r["reason"], r["payload_hex"], r["payload_bytes"]) for r in rows] == \
-        [("oversized", "", 0), ("malformed", "", 0)]
+        [("oversized", "", 0), ("oversized", "", 0), ("malformed", "", 0)]
     cfg = tmp_path / "gateway.toml"
     cfg.write_text(f'[gateway]\nstate_dir = "{tmp_path}"\n[dashboard]\nenabled = false\n')
     out = subprocess.run([sys.executable, "-m", "gridmeter.cli", "gateway", "rejections", "--config", str(cfg)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert [line.split()[5] for line in out.stdout.splitlines()] == ["oversized", "malformed"]
+    assert [line.split()[5] for line in out.stdout.splitlines()] == ["oversized", "oversized", "malformed"]
     dash = Dashboard(DashboardSection(token="t" * 32), tmp_path / "gateway.sqlite", tmp_path / "registry.sqlite",
                      Metrics())
     srv = TestServer(dash.app(), host="127.0.0.1")
@@ -252,12 +261,12 @@ async def test_5_empty_and_oversized_posts_then_quarantine_views(env: Env, tmp_p
         async with env.session.get(str(srv.make_url("/api/rejections")),
                                    headers={"Authorization": "Bearer " + "t" * 32}) as r:
             assert r.status == 200
-            assert [x["reason"] for x in (await r.json())["rejections"]] == ["oversized", "malformed"]
+            assert [x["reason"] for x in (await r.json())["rejections"]] == ["oversized", "oversized", "malformed"]
     finally:
         await srv.close()
         dash.close()
     assert (empty[0], empty[1]["reason"]) == (400, "malformed")
-    assert (oversized[0], oversized[1]["reason"]) == (413, "oversized")
+    assert (oversized[0], oversized[1]["reason"]) == (chunked[0], chunked[1]["reason"]) == (413, "oversized")
 
 
 # ---- 6: a stalled body holds nothing for long -----------------------------------------------------------

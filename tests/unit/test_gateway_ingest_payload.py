@@ -27,6 +27,7 @@ SIG = "2oEXHHnEWjBZnXj3G65GErjavfqfmXw97JBN6yNnNdB53dyMVs3rN9ExzSJregWosM988uDvX
     ("1.937", 1937), ("0", 0), ("0.000", 0), ("5000", 5_000_000), ("1.9370000", 1937),
     ("1.9369999999999998", 1937),  # 0.001937 * 1000 in floating point: noise, not precision
     ("276.00000000000006", 276_000), ("1e3", 1_000_000), ("0.001", 1),
+    ("1e-999999999", 0),  # beyond Decimal's default exponent range: noise, not an Overflow escaping as HTTP 500
 ])
 def test_wh_to_mwh_exact(text: str, mwh: int) -> None:
     assert to_mwh("x", Decimal(text), MWH_PER_WH, "Wh") == mwh
@@ -40,7 +41,7 @@ def test_kwh_to_mwh_exact(text: str, mwh: int) -> None:
     assert to_mwh("kwh", Decimal(text), MWH_PER_KWH, "kWh", signed=True) == mwh
 
 
-@pytest.mark.parametrize("text", ["1.9375", "0.0005", "1.93701", "-1", "1e30"])
+@pytest.mark.parametrize("text", ["1.9375", "0.0005", "1.93701", "-1", "1e30", "1e999999999", "-1e999999999"])
 def test_wh_refused_not_rounded(text: str) -> None:
     with pytest.raises(IngestRefused) as e:
         to_mwh("x", Decimal(text), MWH_PER_WH, "Wh")
