@@ -22,10 +22,11 @@ from firmware_config.schema import (
     sentinel_raw,
 )
 from firmware_config.schema import SerialNumberRule as _SerialNumberRule
+from protocol.wire import STORED_INT_MAX
 
 # Energy counters are u64 on the wire but every store on the way (the agent's and the gateway's SQLite INTEGER) is
 # signed 64-bit: a counter beyond 2^63-1 (a glitched float32/uint64 register) is an invalid read here, at decode.
-ENERGY_MAX = 2**63 - 1
+ENERGY_MAX = STORED_INT_MAX
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 SUNSSF_MIN, SUNSSF_MAX = -10, 10  # SunSpec: scale factors are -10..10 (sunspec/models); beyond = corrupt
 

@@ -38,6 +38,7 @@ from protocol.canonical import decode_ack
 from protocol.errors import ProtocolError
 from protocol.reading import SignedReading
 from protocol.signing import VerifyKey
+from protocol.wire import STORED_INT_MAX
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ REJECT_RECORD_INTERVAL_S = 60.0
 
 
 # What a SQLite INTEGER column holds (signed 64-bit); the wire's u64 values beyond it are refused before storing.
-SQLITE_INT_MAX = 2**63 - 1
+SQLITE_INT_MAX = STORED_INT_MAX
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 

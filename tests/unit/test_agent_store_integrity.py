@@ -78,7 +78,7 @@ def test_last_good_beyond_sqlite_integer_is_refused_and_never_blocks_later_commi
     """On main the value was queued; every flush then raised OverflowError (outside StoreError) for good."""
     st = Store(tmp_path / "s.db", max_readings=1000)
     st.append(signed(st), good=LastGood(1001, 0, 1_700_000_000_001))
-    poison = signed(st, energy=2**63)
+    poison = signed(st)  # (a Reading itself refuses energy beyond 2^63-1: protocol.reading)
     with pytest.raises(StoreError, match=r"last good import_wh=9223372036854775809 beyond 0\.\.9223372036854775807"):
         st.append(poison, good=LastGood(2**63 + 1, 0, 1_700_000_000_002))
     assert st.pending == 1
