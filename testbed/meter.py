@@ -23,6 +23,7 @@ MS_PER_HOUR = 3_600_000
 # Served values remembered for tests that check "every published value was really served".
 DEFAULT_SERVED_LOG = 10_000
 FILLER_WORD = 0x0000  # what a "filler" device answers for registers we do not model
+NO_FUNCTION_CODE = 0  # an identification rule answered by a measurement register is not served on its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,12 +186,8 @@ class SimulatedMeter:
                 out.update({reg.address + i: w for i, w in enumerate(words)})
             if function_code == 3:
                 out.update(self.chain)
-            measured = {a for r in self.profile.registers if r.function_code == function_code
-                        for a in range(r.address, r.end)}
             for rule in self.profile.identify if not self.chain else ():
-                if self._identity_fc(rule) == function_code and not measured & set(range(rule.address,
-                                                                                         rule.address + rule.words)):
-                    # (an identification read of a measured value, e.g. a plausible voltage: the value speaks)
+                if self._identity_fc(rule) == function_code:
                     words = _encode_identity(rule, self.identity.get(rule.address, rule.expected[0]))
                     out.update({rule.address + i: w for i, w in enumerate(words)})
             sn = self.profile.serial_number
@@ -203,6 +200,8 @@ class SimulatedMeter:
             return out
 
     def _identity_fc(self, rule: IdentifyRule) -> int:
+        if self._answered_by_measurement(rule):
+            return NO_FUNCTION_CODE  # a distinguishing read: the measurement register answers it, not expected[0]
         if self.identify_function_code in rule.function_codes:
             return self.identify_function_code  # type: ignore[return-value]
         return rule.function_codes[0]
@@ -227,7 +226,7 @@ class SimulatedMeter:
 
     def function_codes(self) -> tuple[int, ...]:
         fcs = {r.function_code for r in self.profile.registers}
-        fcs |= {self._identity_fc(r) for r in self.profile.identify}
+        fcs |= {self._identity_fc(r) for r in self.profile.identify} - {NO_FUNCTION_CODE}
         if self.profile.serial_number is not None:
             fcs.add(self.profile.serial_number.function_codes[0])
         return tuple(sorted(fcs))
@@ -238,6 +237,14 @@ class SimulatedMeter:
             return {"unit_id": self.unit_id, "import_wh": self.import_wh, "export_wh": self.export_wh,
                     "power_w": self.power_w, "served_import_wh": self.served_import_wh,
                     "served_export_wh": self.served_export_wh, "reads": self.reads}
+
+    def _answered_by_measurement(self, rule: IdentifyRule) -> bool:
+        """A rule that reads a register the profile also measures (e.g. a plausible phase voltage) is answered by
+        the measured value, as on a real meter; overwriting it with expected[0] would falsify the measurement."""
+        fc = self.identify_function_code if self.identify_function_code in rule.function_codes \
+            else rule.function_codes[0]
+        return any(r.function_code == fc and r.address < rule.address + rule.words and rule.address < r.end
+                   for r in self.profile.registers)
 
 
 def _sunspec_layout(profile: Profile, base: int, before: tuple[tuple[int, int], ...]) -> tuple[Profile, dict[int, int]]:
