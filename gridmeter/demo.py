@@ -1,57 +1,39 @@
 """`gridmeter demo`: the whole chain on one machine, on embedded defaults, with nothing faked in between.
 
-    simulated meters (3 on a virtual RS-485 bus via socat, 1 over Modbus TCP)
+    simulated meters (up to 3 on a virtual RS-485 bus via socat, the rest over Modbus TCP)
       -> `gridmeter agent run`    (real process: reads, signs, stores, publishes)
       -> mosquitto                (real broker on a free port)
       -> `gridmeter gateway run`  (real process: verifies, checks, acks, submits)
       -> `gridmeter chain serve`  (real Solana VM executing the oracle-compatible program, JSON-RPC)
 
-It prints what the agent publishes (decoded from the signed MQTT messages), what the gateway accepted (its
-dashboard API), and what the chain holds (MeterState accounts read over JSON-RPC), then a summary comparing the
-meters' register movement with the on-chain totals.
+It prints what the agent publishes (decoded from the signed MQTT messages), what the gateway accepted and what
+the chain holds (MeterState accounts read over JSON-RPC). After --duration the meters stop counting, the open
+intervals close, and a summary compares each meter's register movement with its on-chain totals. With --json the
+progress goes to stderr and stdout's last line is one JSON object (see testbed.stack.Stack.report), including the
+top-level boolean `energy_conserved`; the exit code is 0 only if it is true.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
+import json
 import logging
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 DEMO_INTERVAL_S = 10  # market epoch and chain min_reading_interval for the demo (production: 900 s / 60 s)
 DEFAULT_DURATION_S = 75
-DASHBOARD_TOKEN = "demo-dashboard-token"
+DEFAULT_METERS = 4
+MAX_METERS = 60
 STATUS_EVERY_S = 5.0
-
-
-@dataclass(frozen=True)
-class DemoMeter:
-    meter_id: str
-    profile: str
-    link: str  # "rtu" | "tcp"
-    unit_id: int
-    role: str  # grid | production | consumption
-    power_w: int  # + imports, - exports
-    import_wh: int
-    export_wh: int
-
-
-METERS = (
-    DemoMeter("HOUSE-1", "eastron-sdm630", "rtu", 1, "grid", 4_200, 1_234_567, 89_012),
-    DemoMeter("FLAT-2", "eastron-sdm120", "rtu", 2, "consumption", 1_800, 456_789, 0),
-    DemoMeter("SHOP-3", "carlogavazzi-em340", "rtu", 3, "consumption", 7_500, 2_345_600, 0),
-    DemoMeter("PV-4", "eastron-sdm630", "tcp", 1, "production", -5_400, 0, 3_210_987),
-)
+# After --duration: meters stop counting; each open interval closes at the first reading of the next epoch, is
+# submitted and confirmed. Two epochs plus the submit round trips, with room for a loaded machine.
+SETTLE_S = 4 * DEMO_INTERVAL_S + 60
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -59,10 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "demo",
         help="run simulated meters -> agent -> broker -> gateway -> local chain",
         description="Run the whole chain locally on embedded defaults and print what flows through it. Needs "
-        "mosquitto and socat (scripts/demo installs them).",
+        "mosquitto and socat (scripts/demo installs them). Exit codes: 0 done (with --json: energy conserved), "
+        "1 energy not conserved or a component failed, 2 bad arguments, 130 interrupted before the summary.",
     )
     p.add_argument("--duration", type=float, default=DEFAULT_DURATION_S,
                    help=f"seconds to run before the summary (default {DEFAULT_DURATION_S}; 0 = until Ctrl-C)")
+    p.add_argument("--meters", type=int, default=DEFAULT_METERS,
+                   help=f"simulated meters, 1..{MAX_METERS} (default {DEFAULT_METERS}; the first 3 on RS-485)")
+    p.add_argument("--json", action="store_true",
+                   help="unattended: progress on stderr, one JSON object with the figures as stdout's last line")
     p.add_argument("--workdir", default=None,
                    help="keep keys, configs, databases and logs here (default: a temporary directory, removed)")
     p.set_defaults(func=_main)
@@ -71,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _main(args: argparse.Namespace) -> int:
     if args.duration < 0:
         print("gridmeter demo: --duration must be >= 0", file=sys.stderr)
+        return 2
+    if not 1 <= args.meters <= MAX_METERS:
+        print(f"gridmeter demo: --meters must be 1..{MAX_METERS} (got {args.meters})", file=sys.stderr)
         return 2
     for tool in ("mosquitto", "socat"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -82,245 +72,110 @@ def _main(args: argparse.Namespace) -> int:
     work = Path(args.workdir) if keep else Path(tempfile.mkdtemp(prefix="gridmeter-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        return asyncio.run(Demo(work, args.duration).run())
-    except KeyboardInterrupt:
-        return 130
+        return Demo(work, args.duration, args.meters, json_out=args.json).run()
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+class _Stop(Exception):
+    pass
 
 
 class Demo:
-    def __init__(self, work: Path, duration_s: float) -> None:
-        self.work, self.duration_s = work, duration_s
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.published: dict[str, tuple[int, int, int, int]] = {}  # meter -> (seq, read_at, import, export)
-        self.first: dict[str, tuple[int, int, int, int]] = {}  # the first reading seen: the gateway's baseline
-        self.cli = [sys.executable, "-m", "gridmeter.cli"]
+    def __init__(self, work: Path, duration_s: float, n_meters: int = DEFAULT_METERS, *, json_out: bool = False
+                 ) -> None:
+        self.work, self.duration_s, self.n_meters, self.json_out = work, duration_s, n_meters, json_out
+        self.out = sys.stderr if json_out else sys.stdout  # JSON mode: stdout carries only the result
+        self._stopping = False
 
-    # ---- setup --------------------------------------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child process
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
-        log.close()
-        self.procs[name] = proc
-        return proc
+    def _say(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.out, flush=True)
 
-    def _check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                tail = (self.work / f"{name}.log").read_text(errors="replace")[-2500:]
-                raise RuntimeError(f"{name} exited with {proc.returncode}; last log lines:\n{tail}")
+    def _on_signal(self, _sig: int, _frame: object) -> None:
+        if self._stopping:
+            raise KeyboardInterrupt
+        self._stopping = True
 
-    def _write_configs(self, broker_port: int, rpc_url: str, rtu_port: str, tcp_port: int,
-                       dash_port: int) -> tuple[Path, Path]:
-        import tomli_w
+    def run(self) -> int:
+        from testbed.stack import DASHBOARD_TOKEN, Stack, StackError, StackOptions, demo_meters
 
-        from gateway.oracle_layout import DEVNET_PROGRAM_ID  # the local chain's default; gateway uses the same
-
-        gw = {
-            "gateway": {"state_dir": str(self.work / "gateway"), "ack_key_file": str(self.work / "gateway.key")},
-            "chain": {"rpc_url": rpc_url, "program_id": DEVNET_PROGRAM_ID,
-                      "authority_key_file": str(self.work / "chain-bridge.json"),
-                      "submit_interval_s": 1.0},
-            "mqtt": {"port": broker_port, "client_id": "gridmeter-demo-gateway"},
-            "dashboard": {"listen": f"127.0.0.1:{dash_port}", "token": DASHBOARD_TOKEN},
-            "intervals": {"epoch_s": DEMO_INTERVAL_S},
-        }
-        from protocol import SigningKey
-
-        gw_pub = SigningKey(bytes.fromhex((self.work / "gateway.key").read_text().strip())).public_key.hex()
-        agent: dict[str, Any] = {
-            "agent": {"state_dir": str(self.work / "agent"), "key_file": str(self.work / "device.key"),
-                      "poll_interval_s": 2},
-            "clock": {"check": "always-synced"},  # a demo box may not run NTP; production uses "auto"
-            "mqtt": {"port": broker_port, "client_id": "gridmeter-demo-agent", "gateway_public_key": gw_pub,
-                     "ack_timeout_s": 10},
-            "store": {"flush_interval_ms": 200},
-            "status": {"listen": ""},
-            "buses": [
-                {"name": "rs485-0", "kind": "rtu", "port": rtu_port, "baudrate": 9600, "parity": "N", "stopbits": 1},
-                {"name": "tcp-0", "kind": "tcp", "host": "127.0.0.1", "tcp_port": tcp_port},
-            ],
-            "meters": [{"meter_id": m.meter_id, "bus": "rs485-0" if m.link == "rtu" else "tcp-0",
-                        "unit_id": m.unit_id, "profile": m.profile} for m in METERS],
-        }
-        gw_path, agent_path = self.work / "gateway.toml", self.work / "agent.toml"
-        gw_path.write_text(tomli_w.dumps(gw))
-        agent_path.write_text(tomli_w.dumps(agent))
-        return gw_path, agent_path
-
-    def _register_meters(self, gw_cfg: Path) -> None:
-        from agent.keys import load_key_file
-        from protocol import MeterRole, Registration, sign_registration
-
-        key = load_key_file(self.work / "device.key")
-        for m in METERS:
-            reg = Registration(meter_id=m.meter_id, public_key=key.public_key, profile=m.profile,
-                               serial_number=f"DEMO-{m.unit_id:03d}-{m.link}", role=MeterRole.parse(m.role),
-                               zone_id=1, rated_max_power_w=50_000, installer_id="demo",
-                               created_at_ms=time.time_ns() // 1_000_000)
-            rec = self.work / f"{m.meter_id}.gmreg"
-            rec.write_text(sign_registration(reg, key).to_text() + "\n")
-            out = subprocess.run([*self.cli, "gateway", "meters", "add", str(rec), "--config", str(gw_cfg)],
-                                 capture_output=True, text=True, timeout=60)
-            if out.returncode != 0:
-                raise RuntimeError(f"gateway meters add {rec.name} failed: {out.stderr or out.stdout}")
-            _say(f"registered {m.meter_id:8} ({m.profile}, {m.role}) at the gateway from {rec.name}")
-
-    # ---- run ----------------------------------------------------------------------------------------------
-    async def run(self) -> int:
-        from agent.keys import create_key_file
-        from firmware_config.loader import load_all
-        from gateway.keys import create_key_file as create_gateway_key
-        from gateway.oracle_authority_key import create_authority_key_file
-        from testbed.broker import Broker
-        from testbed.meter import SimulatedMeter
-        from testbed.ports import free_port, wait_port
-        from testbed.rtu import VirtualRtuBus
-        from testbed.tcp import ModbusTcpMeters
-
-        _say(f"working directory {self.work}")
-        authority = create_authority_key_file(self.work / "chain-bridge.json")
-        create_gateway_key(self.work / "gateway.key")
-        create_key_file(self.work / "device.key")
-        profiles = load_all()
-        sims = {m.meter_id: SimulatedMeter(profiles[m.profile], m.unit_id, import_wh=m.import_wh,
-                                           export_wh=m.export_wh, power_w=m.power_w, live=True) for m in METERS}
-        rtu = VirtualRtuBus([sims[m.meter_id] for m in METERS if m.link == "rtu"], 9600, "N", 1,
-                            workdir=self.work / "rtu")
-        tcp = ModbusTcpMeters([sims[m.meter_id] for m in METERS if m.link == "tcp"])
-        broker = Broker(workdir=self.work / "broker")
-        client = None
+        meters = demo_meters(self.n_meters)
+        stack = Stack(self.work, meters, StackOptions(epoch_s=DEMO_INTERVAL_S, poll_interval_s=2.0), say=self._say)
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        t0 = time.monotonic()
         try:
-            await rtu.start()
-            await tcp.start()
-            _say(f"simulated meters: 3 on virtual RS-485 {rtu.client_port} (9600 8N1, line timing emulated), "
-                 f"1 on Modbus TCP 127.0.0.1:{tcp.port}")
-            broker.start()
-            _say(f"mosquitto on 127.0.0.1:{broker.port}")
-            rpc_port, dash_port = free_port(), free_port()
-            self._spawn("chain", [*self.cli, "chain", "serve", "--port", str(rpc_port), "--chain-bridge",
-                                  str(authority.pubkey()), "--min-reading-interval", str(DEMO_INTERVAL_S),
-                                  "--state", str(self.work / "chain-state.json")])
-            await asyncio.to_thread(wait_port, rpc_port, 60.0)
-            rpc_url = f"http://127.0.0.1:{rpc_port}"
-            _say(f"local chain (LiteSVM + oracle program) at {rpc_url}, chain_bridge {authority.pubkey()}")
-            gw_cfg, agent_cfg = self._write_configs(broker.port, rpc_url, rtu.client_port, tcp.port, dash_port)
-            self._register_meters(gw_cfg)
-            self._spawn("gateway", [*self.cli, "gateway", "run", "--config", str(gw_cfg)])
-            await asyncio.to_thread(wait_port, dash_port, 60.0)
-            _say(f"gateway running; dashboard http://127.0.0.1:{dash_port}/login?token={DASHBOARD_TOKEN}")
-            self._spawn("agent", [*self.cli, "agent", "run", "--config", str(agent_cfg)])
-            _say("agent running; every reading is signed, committed to SQLite, then published")
-            spy = self._spy(broker.port)
-            from gateway.oracle import OracleClient
-            from gateway.oracle_layout import DEVNET_PROGRAM_ID
-
-            client = OracleClient(rpc_url, DEVNET_PROGRAM_ID, authority)
-            await self._watch(dash_port, client)
-            spy.loop_stop()
-            spy.disconnect()
-            await self._summary(client, dash_port)
+            self._say(f"working directory {self.work}")
+            stack.start()
+            n_rtu = sum(1 for m in meters if m.link == "rtu")
+            self._say(f"simulated meters: {n_rtu} on virtual RS-485 (9600 8N1, line timing emulated), "
+                      f"{len(meters) - n_rtu} on Modbus TCP; mosquitto on 127.0.0.1:{stack.broker.port}")  # type: ignore[union-attr]
+            self._say(f"local chain (LiteSVM + oracle program) at {stack.rpc_url}, chain_bridge "
+                      f"{stack.authority.pubkey()}")
+            self._say(f"gateway running; dashboard http://127.0.0.1:{stack.dash_port}/login?token={DASHBOARD_TOKEN}")
+            self._say("agent running; every reading is signed, committed to SQLite, then published")
+            self._watch(stack)
+            run_s = time.monotonic() - t0
+            self._say("meters stop counting; waiting for the open intervals to close and reach the chain")
+            settle_s = stack.settle(SETTLE_S)
+            report = stack.report()
+            stack.stop("chain")  # writes its state file: the transaction history
+            report["failed_transactions"] = failed = stack.failed_transactions()
+            report["tracebacks"] = stack.tracebacks()
+            report.update(meters_count=len(meters), duration_s=round(run_s, 1), settle_s=round(settle_s, 1),
+                          epoch_s=DEMO_INTERVAL_S)
+            self._summary(report)
+            ok = bool(report["energy_conserved"]) and failed == 0 and not any(report["tracebacks"].values())
+            if self.json_out:
+                print(json.dumps(report, sort_keys=True), flush=True)
+                return 0 if ok else 1
             return 0
-        except (RuntimeError, TimeoutError, OSError) as exc:
-            _say(f"demo failed: {exc}")
+        except (StackError, TimeoutError, OSError) as exc:
+            self._say(f"demo failed: {exc}")
+            if self.json_out:
+                print(json.dumps({"energy_conserved": False, "error": str(exc)}), flush=True)
             return 1
+        except KeyboardInterrupt:
+            return 130
         finally:
-            if client is not None:
-                await client.close()
-            for name, proc in reversed(list(self.procs.items())):
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(20)
-                    except subprocess.TimeoutExpired:
-                        _say(f"{name} did not stop on SIGTERM; killing it")
-                        proc.kill()
-                        proc.wait(5)
-            await tcp.stop()
-            await rtu.stop()
-            broker.close()
+            stack.close()
+            for s, h in old.items():
+                signal.signal(s, h)
 
-    def _spy(self, port: int) -> Any:
-        """Subscribe like any fleet monitor and decode what the agent publishes (signatures checked by the
-        gateway, not here)."""
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
-        from protocol import ProtocolError, decode_batch
-
-        def on_message(_c: Any, _u: Any, msg: Any) -> None:
-            try:
-                items = decode_batch(bytes(msg.payload))
-            except ProtocolError as exc:
-                _say(f"unreadable message on {msg.topic}: {exc}")
-                return
-            for item in items:
-                if item.signed is None:
-                    continue
-                r = item.signed.reading
-                row = (r.seq, r.read_at_ms, r.energy_import_wh, r.energy_export_wh)
-                self.first.setdefault(r.meter_id, row)
-                self.published[r.meter_id] = row
-
-        spy = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="gridmeter-demo-monitor",
-                          protocol=MQTTProtocolVersion.MQTTv5)
-        spy.on_message = on_message
-        spy.connect("127.0.0.1", port)
-        spy.subscribe("gridmeter/v1/+/readings", qos=1)
-        spy.loop_start()
-        return spy
-
-    async def _fleet(self, dash_port: int) -> list[dict[str, Any]]:
-        import aiohttp
-
-        headers = {"Authorization": f"Bearer {DASHBOARD_TOKEN}"}
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{dash_port}/api/meters",
-                                                      headers=headers) as resp:
-            data = await resp.json()
-        rows: list[dict[str, Any]] = data["meters"] if isinstance(data, dict) else data
-        return rows
-
-    async def _watch(self, dash_port: int, client: Any) -> None:
+    def _watch(self, stack: Any) -> None:
         deadline = time.monotonic() + self.duration_s if self.duration_s else None
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), STATUS_EVERY_S)
-            self._check_alive()
-            fleet = {row["meter_id"]: row for row in await self._fleet(dash_port)}
-            chain = await client.fetch_meter_states([m.meter_id for m in METERS])
-            _say("meter     published seq  import Wh   export Wh | gateway accepted | on chain: produced/consumed Wh")
-            for m in METERS:
-                seq, _at, imp, exp = self.published.get(m.meter_id, (0, 0, 0, 0))
-                acc = fleet.get(m.meter_id, {}).get("accepted", 0)
-                st = chain.get(m.meter_id)
-                on_chain = "-" if st is None else f"{st.total_energy_produced}/{st.total_energy_consumed} " \
-                                                  f"in {st.total_readings} submissions"
-                print(f"           {m.meter_id:8} {seq:6} {imp:11} {exp:11} | {acc:16} | {on_chain}", flush=True)
+        next_status = time.monotonic() + STATUS_EVERY_S
+        while not self._stopping and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.2)
+            stack.check_alive()
+            if time.monotonic() < next_status:
+                continue
+            next_status += STATUS_EVERY_S
+            accepted = dict(stack.gw_query("SELECT meter_id, accepted FROM progress"))
+            chain = stack.chain_totals()
+            self._say("meter      published seq  import Wh   export Wh | gateway accepted | on chain: "
+                      "produced/consumed Wh")
+            for m in stack.meters:
+                with stack._spy_lock:
+                    seqs = stack.published.get(m.meter_id, {})
+                    seq = max(seqs, default=0)
+                    imp = exp = 0
+                    if seq:
+                        from protocol import decode_reading
 
-    async def _summary(self, client: Any, dash_port: int) -> None:
-        chain = await client.fetch_meter_states([m.meter_id for m in METERS])
-        fleet = {row["meter_id"]: row for row in await self._fleet(dash_port)}
-        _say("summary: register movement since each meter's first (baseline) reading vs on-chain totals, in Wh;")
-        _say("         the difference is the open interval, submitted when its epoch closes")
-        for m in METERS:
-            first, last = self.first.get(m.meter_id), self.published.get(m.meter_id)
-            moved_imp = moved_exp = 0
-            if first and last:
-                moved_imp, moved_exp = last[2] - first[2], last[3] - first[3]
-            st = chain.get(m.meter_id)
-            prod, cons = (0, 0) if st is None else (st.total_energy_produced, st.total_energy_consumed)
-            row = fleet.get(m.meter_id, {})
-            print(f"  {m.meter_id:8} registers +{moved_imp} import / +{moved_exp} export; on chain produced {prod},"
-                  f" consumed {cons}; gateway accepted {row.get('accepted', 0)} readings, rejected "
-                  f"{row.get('rejected', 0)}", flush=True)
+                        r = decode_reading(seqs[seq])
+                        imp, exp = r.energy_import_wh, r.energy_export_wh
+                prod, cons, subs = chain.get(m.meter_id, (0, 0, 0))
+                print(f"           {m.meter_id:9} {seq:6} {imp:11} {exp:11} | {accepted.get(m.meter_id, 0):16} | "
+                      f"{prod}/{cons} in {subs} submissions", file=self.out, flush=True)
+
+    def _summary(self, report: dict[str, Any]) -> None:
+        self._say("summary: register movement since each meter's first (baseline) reading vs on-chain totals, in Wh;")
+        self._say("         what the chain does not hold yet is the open interval, submitted when its epoch closes")
+        for mid, m in report["meters"].items():
+            reg, chain, rd = m["registers"], m["on_chain"], m["readings"]
+            print(f"  {mid:8} registers +{reg['moved_import_wh']} import / +{reg['moved_export_wh']} export; on chain "
+                  f"produced {chain['produced_wh']}, consumed {chain['consumed_wh']}; gateway accepted "
+                  f"{rd['accepted']} readings, rejected {rd['rejected']}", file=self.out, flush=True)
+        self._say(f"energy conserved: {'yes' if report['energy_conserved'] else 'NO'}; failed transactions: "
+                  f"{report['failed_transactions']}")

@@ -1,0 +1,643 @@
+"""The whole chain on one machine, every part a real process except the simulated meters:
+
+    simulated meters (virtual RS-485 via socat, and/or Modbus TCP; their own event loop in a thread here, so they
+    keep counting while the processes below are killed)
+      -> `gridmeter agent run`    (process: reads, signs, commits to SQLite, publishes)
+      -> mosquitto                (process, persistence on)
+      -> `gridmeter gateway run`  (process: verifies, checks, commits, acks, submits)
+      -> `gridmeter chain serve`  (process: LiteSVM + the oracle program behind JSON-RPC)
+
+Used by `gridmeter demo` and by the fault suite (tests/fault): start, kill and restart any process, then
+`settle()` (meters stop counting, everything drains) and `report()`: per meter the register movement, the
+on-chain MeterState totals, the readings read / published / acked / accepted / rejected, and whether energy was
+conserved (on-chain totals == register movement of the closed intervals, exactly, in integer Wh).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from testbed.broker import Broker
+from testbed.ports import free_port, wait_port
+
+DASHBOARD_TOKEN = "stack-dashboard-token-0123456789"  # local only; at least 16 characters
+_ROLES = {"grid": 0, "production": 1, "consumption": 2}
+
+
+@dataclass(frozen=True)
+class StackMeter:
+    meter_id: str
+    profile: str
+    link: str  # "rtu" | "tcp"
+    unit_id: int
+    role: str  # grid | production | consumption
+    power_w: int  # + imports, - exports
+    import_wh: int
+    export_wh: int
+
+
+# The demo's meters: three on one RS-485 line, then Modbus TCP. Float32 kWh registers (SDM630/SDM120) stay
+# below 8192 kWh so every whole Wh round-trips (see testbed.meter).
+_TEMPLATES = (
+    ("HOUSE", "eastron-sdm630", "grid", 4_200, 1_234_567, 89_012),
+    ("FLAT", "eastron-sdm120", "consumption", 1_800, 456_789, 0),
+    ("SHOP", "carlogavazzi-em340", "consumption", 7_500, 2_345_600, 0),
+    ("PV", "eastron-sdm630", "production", -5_400, 0, 3_210_987),
+    ("BAKERY", "eastron-sdm630", "consumption", 9_600, 3_100_000, 0),
+    ("ROOF", "eastron-sdm630", "grid", -3_000, 700_000, 1_500_000),
+)
+MAX_RTU_METERS = 3  # 9600 baud: three meters per line keep a poll cycle well under the demo's 2 s
+
+
+def demo_meters(n: int, *, rtu: bool = True) -> list[StackMeter]:
+    """n meters cycling through the templates; the first three on RS-485 when `rtu`, the rest Modbus TCP."""
+    out = []
+    tcp_unit = 0
+    for i in range(n):
+        name, profile, role, power, imp, exp = _TEMPLATES[i % len(_TEMPLATES)]
+        on_rtu = rtu and i < MAX_RTU_METERS
+        if not on_rtu:
+            tcp_unit += 1
+        out.append(StackMeter(f"{name}-{i + 1}", profile, "rtu" if on_rtu else "tcp",
+                              i + 1 if on_rtu else tcp_unit, role, power, imp + 1000 * i, exp + 1000 * i))
+    return out
+
+
+@dataclass
+class StackOptions:
+    epoch_s: int = 10  # market epoch of the gateway and the chain's min_reading_interval
+    poll_interval_s: float = 2.0
+    submit_interval_s: float = 1.0
+    ack_timeout_s: float = 10.0
+    flush_interval_ms: int = 200
+    min_read_spacing_ms: int = 1000
+    agent_state_dir: Path | None = None  # default: <work>/agent
+    agent_env: dict[str, str] = field(default_factory=dict)  # e.g. LD_PRELOAD of libfaketime
+    agent_reconnect_s: tuple[float, float] = (1.0, 60.0)  # the agent's MQTT reconnect backoff (min, max)
+    store_max_readings: int = 100_000
+    rtu_timeout_s: float = 1.0
+
+
+class MeterServers:
+    """The simulated meters' servers on their own event loop in a thread: they keep counting and answering
+    while the agent is killed, and the caller stays synchronous."""
+
+    def __init__(self, servers: list[Any]) -> None:
+        self.servers = servers
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="meter-servers", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        for s in self.servers:
+            asyncio.run_coroutine_threadsafe(s.start(), self._loop).result(60)
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        for s in reversed(self.servers):
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(s.stop(), self._loop).result(30)
+        asyncio.run_coroutine_threadsafe(self._cancel_rest(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    @staticmethod
+    async def _cancel_rest() -> None:
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in rest:
+            t.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+
+
+class StackError(RuntimeError):
+    pass
+
+
+class Stack:
+    """Start with `start()`, end with `close()` (also a context manager). Logs go to <work>/<name>.log."""
+
+    def __init__(self, work: Path, meters: list[StackMeter], opts: StackOptions | None = None,
+                 say: Callable[[str], None] | None = None) -> None:
+        self.work, self.meters, self.opts = Path(work), list(meters), opts or StackOptions()
+        self.say = say or (lambda _s: None)
+        self.cli = [sys.executable, "-m", "gridmeter.cli"]
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.starts: dict[str, int] = {}
+        self.kills: dict[str, int] = {"agent": 0, "gateway": 0}
+        self.broker_restarts = 0
+        self.sims: dict[str, Any] = {}
+        self.broker: Broker | None = None
+        self.servers: MeterServers | None = None
+        self.rpc_port = self.dash_port = self.status_port = 0
+        self._spy: Any = None
+        self._spy_lock = threading.Lock()
+        self.published: dict[str, dict[int, bytes]] = {m.meter_id: {} for m in meters}  # seq -> payload
+        self.publish_conflicts: list[str] = []  # same (meter, seq) seen with different bytes: must stay empty
+        self.acked: dict[str, int] = {m.meter_id: 0 for m in meters}
+        self.agent_reads_before_restarts: dict[str, int] = {m.meter_id: 0 for m in meters}
+        self._last_health: dict[str, Any] = {}
+
+    # ---- paths ------------------------------------------------------------------------------------------
+    @property
+    def gateway_db(self) -> Path:
+        return self.work / "gateway" / "gateway.sqlite"
+
+    @property
+    def agent_state(self) -> Path:
+        return self.opts.agent_state_dir or self.work / "agent"
+
+    @property
+    def agent_db(self) -> Path:
+        return self.agent_state / "agent.sqlite"
+
+    @property
+    def chain_state_file(self) -> Path:
+        return self.work / "chain-state.json"
+
+    @property
+    def rpc_url(self) -> str:
+        return f"http://127.0.0.1:{self.rpc_port}"
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+    def start(self) -> Stack:
+        from agent.keys import create_key_file
+        from firmware_config.loader import load_all
+        from gateway.keys import create_key_file as create_gateway_key
+        from gateway.oracle_authority_key import create_authority_key_file
+        from testbed.meter import SimulatedMeter
+        from testbed.rtu import VirtualRtuBus
+        from testbed.tcp import ModbusTcpMeters
+
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.authority = create_authority_key_file(self.work / "chain-bridge.json")
+        self.gateway_key = create_gateway_key(self.work / "gateway.key")
+        create_key_file(self.work / "device.key")
+        profiles = load_all()
+        self.sims = {m.meter_id: SimulatedMeter(profiles[m.profile], m.unit_id, import_wh=m.import_wh,
+                                                export_wh=m.export_wh, power_w=m.power_w, live=True)
+                     for m in self.meters}
+        servers: list[Any] = []
+        rtu_meters = [self.sims[m.meter_id] for m in self.meters if m.link == "rtu"]
+        tcp_meters = [self.sims[m.meter_id] for m in self.meters if m.link == "tcp"]
+        self.rtu = VirtualRtuBus(rtu_meters, 9600, "N", 1, workdir=self.work / "rtu") if rtu_meters else None
+        self.tcp = ModbusTcpMeters(tcp_meters) if tcp_meters else None
+        servers += [s for s in (self.rtu, self.tcp) if s is not None]
+        self.servers = MeterServers(servers)
+        self.servers.start()
+        self.broker = Broker(workdir=self.work / "broker")
+        self.broker.start()
+        self.rpc_port, self.dash_port, self.status_port = self._ports(3)
+        self.start_chain()
+        self._write_configs()
+        self._register_meters()
+        self.start_gateway()
+        self._start_spy()
+        self.start_agent()
+        return self
+
+    def _ports(self, n: int) -> list[int]:
+        taken = {self.broker.port if self.broker else 0, self.tcp.port if self.tcp else 0}
+        out: list[int] = []
+        while len(out) < n:
+            p = free_port()
+            if p not in taken and p not in out:  # free_port can hand out a port twice
+                out.append(p)
+        return out
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        n = self.starts.get(name, 0)
+        self.starts[name] = n + 1
+        with open(self.work / f"{name}.log", "ab") as log:
+            log.write(f"\n==== {name} start {n} at {time.strftime('%H:%M:%S')} ====\n".encode())
+            full_env = dict(os.environ, PYTHONUNBUFFERED="1")
+            full_env.pop("NOTIFY_SOCKET", None)
+            full_env.update(env or {})
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def alive(self, name: str) -> bool:
+        p = self.procs.get(name)
+        return p is not None and p.poll() is None
+
+    def check_alive(self, *names: str) -> None:
+        for name in names or tuple(self.procs):
+            p = self.procs.get(name)
+            if p is not None and p.poll() is not None:
+                raise StackError(f"{name} exited with {p.returncode}; last log lines:\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str, n: int = 3000) -> str:
+        path = self.work / f"{name}.log"
+        return path.read_text(errors="replace")[-n:] if path.exists() else ""
+
+    def tracebacks(self) -> dict[str, int]:
+        """'Traceback' lines per process log: an unhandled exception anywhere (must be 0)."""
+        return {name: (self.work / f"{name}.log").read_text(errors="replace").count("Traceback")
+                for name in self.starts if (self.work / f"{name}.log").exists()}
+
+    def kill(self, name: str) -> None:
+        p = self.procs.get(name)
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            p.wait(30)
+            if name in self.kills:
+                self.kills[name] += 1
+
+    def stop(self, name: str, timeout_s: float = 30.0) -> int | None:
+        p = self.procs.get(name)
+        if p is None:
+            return None
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.say(f"{name} did not stop on SIGTERM within {timeout_s:.0f} s; killing it")
+                p.kill()
+                p.wait(10)
+                return None
+        return p.returncode
+
+    def start_chain(self) -> None:
+        self._spawn("chain", [*self.cli, "chain", "serve", "--port", str(self.rpc_port), "--chain-bridge",
+                              str(self.authority.pubkey()), "--min-reading-interval", str(self.opts.epoch_s),
+                              "--state", str(self.chain_state_file)])
+        self._wait_port("chain", self.rpc_port)
+
+    def start_gateway(self) -> None:
+        self._spawn("gateway", [*self.cli, "gateway", "run", "--config", str(self.work / "gateway.toml")])
+        self._wait_port("gateway", self.dash_port)
+
+    def start_agent(self) -> None:
+        if "agent" in self.procs:
+            self._remember_reads()
+        self._spawn("agent", [*self.cli, "agent", "run", "--config", str(self.work / "agent.toml")],
+                    self.opts.agent_env)
+
+    def kill_agent(self) -> None:
+        self._remember_reads()
+        self.kill("agent")
+
+    def _remember_reads(self) -> None:
+        """Keep the read counts of an agent about to die (its /health counters start at 0 again)."""
+        h = self.agent_health()
+        if h:
+            self._last_health = h
+        for m, dev in self._last_health.get("devices", {}).items():
+            if m in self.agent_reads_before_restarts:
+                self.agent_reads_before_restarts[m] += int(dev.get("reads", 0))
+        self._last_health = {}
+
+    def restart_broker(self) -> None:
+        assert self.broker is not None
+        self.broker.restart()
+        self.broker_restarts += 1
+
+    def _wait_port(self, name: str, port: int, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.check_alive(name)
+            try:
+                wait_port(port, 1.0)
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise StackError(f"{name}: nothing listening on {port} after {timeout_s:.0f} s\n"
+                                     f"{self.log_tail(name)}") from None
+
+    def close(self) -> None:
+        if self._spy is not None:
+            with contextlib.suppress(Exception):
+                self._spy.loop_stop()
+                self._spy.disconnect()
+            self._spy = None
+        for name in ("agent", "gateway", "chain"):
+            with contextlib.suppress(Exception):
+                self.stop(name)
+        if self.servers is not None:
+            self.servers.stop()
+            self.servers = None
+        if self.broker is not None:
+            self.broker.close()
+            self.broker = None
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- configuration ---------------------------------------------------------------------------------
+    def _write_configs(self) -> None:
+        import tomli_w
+
+        from gateway.oracle_layout import DEVNET_PROGRAM_ID  # what `chain serve` loads the program at by default
+
+        assert self.broker is not None
+        o = self.opts
+        gw = {
+            "gateway": {"state_dir": str(self.work / "gateway"), "ack_key_file": str(self.work / "gateway.key")},
+            "chain": {"rpc_url": self.rpc_url, "program_id": DEVNET_PROGRAM_ID,
+                      "authority_key_file": str(self.work / "chain-bridge.json"),
+                      "submit_interval_s": o.submit_interval_s, "max_backoff_s": 5.0},
+            "mqtt": {"port": self.broker.port, "client_id": "gridmeter-stack-gateway"},
+            "dashboard": {"listen": f"127.0.0.1:{self.dash_port}", "token": DASHBOARD_TOKEN},
+            "limits": {"min_read_spacing_ms": o.min_read_spacing_ms},
+            "intervals": {"epoch_s": o.epoch_s},
+        }
+        buses: list[dict[str, Any]] = []
+        if self.rtu is not None:
+            buses.append({"name": "rs485-0", "kind": "rtu", "port": self.rtu.client_port, "baudrate": 9600,
+                          "parity": "N", "stopbits": 1, "timeout_s": o.rtu_timeout_s})
+        if self.tcp is not None:
+            buses.append({"name": "tcp-0", "kind": "tcp", "host": "127.0.0.1", "tcp_port": self.tcp.port})
+        agent: dict[str, Any] = {
+            "agent": {"state_dir": str(self.agent_state), "key_file": str(self.work / "device.key"),
+                      "poll_interval_s": o.poll_interval_s},
+            "clock": {"check": "always-synced"},  # a test box may not run NTP; production uses "auto"
+            "mqtt": {"port": self.broker.port, "client_id": "gridmeter-stack-agent",
+                     "gateway_public_key": self.gateway_key.public_key.hex(), "ack_timeout_s": o.ack_timeout_s,
+                     "reconnect_min_s": o.agent_reconnect_s[0], "reconnect_max_s": o.agent_reconnect_s[1]},
+            "store": {"flush_interval_ms": o.flush_interval_ms, "max_readings": o.store_max_readings},
+            "status": {"listen": f"127.0.0.1:{self.status_port}"},
+            "buses": buses,
+            "meters": [{"meter_id": m.meter_id, "bus": "rs485-0" if m.link == "rtu" else "tcp-0",
+                        "unit_id": m.unit_id, "profile": m.profile} for m in self.meters],
+        }
+        (self.work / "gateway.toml").write_text(tomli_w.dumps(gw))
+        (self.work / "agent.toml").write_text(tomli_w.dumps(agent))
+
+    def _register_meters(self) -> None:
+        """Registration records signed by the device key, added with `gateway meters add` as an installer does."""
+        from agent.keys import load_key_file
+        from protocol import MeterRole, Registration, sign_registration
+
+        key = load_key_file(self.work / "device.key")
+        for m in self.meters:
+            reg = Registration(meter_id=m.meter_id, public_key=key.public_key, profile=m.profile,
+                               serial_number=f"STACK-{m.unit_id:03d}-{m.link}", role=MeterRole(_ROLES[m.role]),
+                               zone_id=1, rated_max_power_w=50_000, installer_id="stack",
+                               created_at_ms=time.time_ns() // 1_000_000)
+            rec = self.work / f"{m.meter_id}.gmreg"
+            rec.write_text(sign_registration(reg, key).to_text() + "\n")
+            out = subprocess.run([*self.cli, "gateway", "meters", "add", str(rec), "--config",
+                                  str(self.work / "gateway.toml")], capture_output=True, text=True, timeout=120)
+            if out.returncode != 0:
+                raise StackError(f"gateway meters add {rec.name} failed: {out.stderr or out.stdout}")
+            self.say(f"registered {m.meter_id:9} ({m.profile}, {m.role}, {m.link}) at the gateway")
+
+    # ---- observation -------------------------------------------------------------------------------------
+    def _start_spy(self) -> None:
+        """Watch the broker like a fleet monitor: every published reading (decoded; same seq with other bytes is
+        a protocol violation) and every gateway ack (signature verified with the gateway key)."""
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+        from protocol import ProtocolError, VerifyKey, decode_ack, decode_batch
+
+        assert self.broker is not None
+        gw_key = VerifyKey(self.gateway_key.public_key)
+
+        def on_message(_c: Any, _u: Any, msg: Any) -> None:
+            payload = bytes(msg.payload)
+            try:
+                if msg.topic.endswith("/ack"):
+                    ack = decode_ack(payload, gw_key)
+                    with self._spy_lock:
+                        if ack.meter_id in self.acked:
+                            self.acked[ack.meter_id] = max(self.acked[ack.meter_id], ack.acked_seq)
+                    return
+                items = decode_batch(payload)
+            except ProtocolError:
+                return
+            with self._spy_lock:
+                for item in items:
+                    if item.signed is None:
+                        continue
+                    r = item.signed.reading
+                    seen = self.published.setdefault(r.meter_id, {})
+                    old = seen.setdefault(r.seq, item.payload)
+                    if old != item.payload:
+                        self.publish_conflicts.append(f"{r.meter_id} seq {r.seq}")
+
+        def on_connect(client: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+            if not rc.is_failure:
+                client.subscribe([("gridmeter/v1/+/readings", 1), ("gridmeter/v1/+/ack", 1)])
+
+        spy = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="gridmeter-stack-monitor",
+                          protocol=MQTTProtocolVersion.MQTTv5)
+        spy.on_message = on_message
+        spy.on_connect = on_connect
+        spy.reconnect_delay_set(0.1, 1)
+        spy.connect("127.0.0.1", self.broker.port)
+        spy.loop_start()
+        self._spy = spy
+
+    def agent_health(self) -> dict[str, Any]:
+        import urllib.request
+
+        if not self.alive("agent"):
+            return {}
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}/health", timeout=5) as resp:
+                return json.loads(resp.read())  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return {}
+
+    def gw_query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        if not self.gateway_db.exists():
+            return []
+        conn = sqlite3.connect(f"file:{self.gateway_db}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute(sql, args).fetchall()
+        except sqlite3.OperationalError:
+            return []  # tables not created yet
+        finally:
+            conn.close()
+
+    def chain_states(self) -> dict[str, Any]:
+        """MeterState accounts read over JSON-RPC (None for a meter with nothing on chain)."""
+        from gateway.oracle import OracleClient
+        from gateway.oracle_layout import DEVNET_PROGRAM_ID
+
+        async def fetch() -> dict[str, Any]:
+            client = OracleClient(self.rpc_url, DEVNET_PROGRAM_ID, self.authority)
+            try:
+                return await client.fetch_meter_states([m.meter_id for m in self.meters])
+            finally:
+                await client.close()
+
+        return asyncio.run(fetch())
+
+    def chain_totals(self) -> dict[str, tuple[int, int, int]]:
+        """meter -> (produced Wh, consumed Wh, submissions) on chain."""
+        out = {}
+        for m, st in self.chain_states().items():
+            out[m] = (0, 0, 0) if st is None else (st.total_energy_produced, st.total_energy_consumed,
+                                                    st.total_readings)
+        return out
+
+    def baselines(self) -> dict[str, tuple[int, int, int]]:
+        """meter -> (seq, import Wh, export Wh) of its first accepted reading: the gateway's baseline."""
+        rows = self.gw_query("SELECT r.meter_id, r.seq, r.import_wh, r.export_wh FROM readings r JOIN "
+                             "(SELECT meter_id, MIN(seq) AS s FROM readings WHERE status = 'accepted' "
+                             "GROUP BY meter_id) f ON f.meter_id = r.meter_id AND f.s = r.seq")
+        return {m: (s, i, e) for m, s, i, e in rows}
+
+    def wait(self, cond: Callable[[], bool], timeout_s: float, what: str, *, alive: tuple[str, ...] = (),
+             poll_s: float = 0.2) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not cond():
+            self.check_alive(*alive) if alive else None
+            if time.monotonic() > deadline:
+                raise StackError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            time.sleep(poll_s)
+
+    def all_baselined(self) -> bool:
+        return set(self.baselines()) >= {m.meter_id for m in self.meters}
+
+    # ---- the end: settle and report -----------------------------------------------------------------------
+    def register_values(self, meter_id: str) -> tuple[int, int]:
+        """(import Wh, export Wh) the meter's registers show now: its counters as the register encoding
+        quantises them (0.1 kWh steps on some meters), exactly what an honest read decodes to."""
+        from testbed.meter import encode_register
+
+        sim = self.sims[meter_id]
+        with sim._lock:
+            snap = sim.snapshot()
+            vals = {"energy_import_wh": snap["import_wh"], "energy_export_wh": snap["export_wh"]}
+            for reg in sim.profile.registers:
+                if reg.measurement in vals and not reg.scale_factor:
+                    vals[reg.measurement] = encode_register(reg, vals[reg.measurement])[1]
+        return vals["energy_import_wh"], vals["energy_export_wh"]
+
+    def expected(self) -> dict[str, tuple[int, int]]:
+        """meter -> (produced, consumed) the chain must hold once everything the registers moved since the
+        gateway's baseline is in closed intervals (role mapping as gateway.intervals.map_role)."""
+        from gateway.intervals import map_role
+        from protocol import MeterRole
+
+        base = self.baselines()
+        out = {}
+        for m in self.meters:
+            if m.meter_id not in base:
+                out[m.meter_id] = (0, 0)
+                continue
+            imp, exp = self.register_values(m.meter_id)
+            _, b_imp, b_exp = base[m.meter_id]
+            out[m.meter_id] = map_role(MeterRole(_ROLES[m.role]), imp - b_imp, exp - b_exp)
+        return out
+
+    def settle(self, timeout_s: float) -> float:
+        """Stop every meter counting, then wait until the chain holds all their movement (each meter's open
+        interval closes at its first reading in a later epoch). Returns seconds waited; on timeout the report
+        states the open intervals."""
+        for s in self.sims.values():
+            s.set_power(0)
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive("agent", "gateway", "chain")
+            totals = self.chain_totals()
+            exp = self.expected()
+            if all(totals[m][:2] == exp[m] for m in exp) and not self._outbox_busy():
+                break
+            time.sleep(0.5)
+        return time.monotonic() - t0
+
+    def _outbox_busy(self) -> bool:
+        return bool(self.gw_query("SELECT 1 FROM outbox WHERE status IN ('pending', 'sent') LIMIT 1"))
+
+    def _closed(self) -> dict[str, tuple[int, int, int] | None]:
+        """meter -> (closing seq, import, export) of the reading that closed its last confirmed submission."""
+        rows = self.gw_query(
+            "SELECT o.meter_id, r.seq, r.import_wh, r.export_wh FROM outbox o JOIN readings r ON r.meter_id = "
+            "o.meter_id AND r.seq = o.closing_seq WHERE o.status = 'confirmed' AND o.closing_seq = (SELECT "
+            "MAX(closing_seq) FROM outbox x WHERE x.meter_id = o.meter_id AND x.status = 'confirmed')")
+        out: dict[str, tuple[int, int, int] | None] = {m.meter_id: None for m in self.meters}
+        out.update({m: (s, i, e) for m, s, i, e in rows})
+        return out
+
+    def failed_transactions(self) -> int | None:
+        """Failed transactions in the chain's saved history (the chain must have been stopped to write it)."""
+        if not self.chain_state_file.exists():
+            return None
+        doc = json.loads(self.chain_state_file.read_text())
+        return sum(1 for t in doc.get("transactions", []) if t.get("err") is not None)
+
+    def report(self) -> dict[str, Any]:
+        """Figures per meter and `energy_conserved`: for every meter the on-chain totals equal the movement of
+        its signed counters from the gateway's baseline reading to the reading closing its last confirmed
+        interval (closed intervals, exact Wh), that movement plus the open interval equals the simulated
+        registers' movement, and nothing was submitted twice."""
+        from gateway.intervals import map_role
+        from protocol import MeterRole
+
+        health = self.agent_health()
+        base, closed = self.baselines(), self._closed()
+        totals = self.chain_totals()
+        confirmed = dict(self.gw_query("SELECT meter_id, COUNT(*) FROM outbox WHERE status = 'confirmed' "
+                                       "GROUP BY meter_id"))
+        progress = {r[0]: r[1:] for r in self.gw_query(
+            "SELECT meter_id, accepted, held, rejected, duplicates, missing FROM progress")}
+        outbox = dict(self.gw_query("SELECT status, COUNT(*) FROM outbox GROUP BY status"))
+        meters: dict[str, Any] = {}
+        all_ok = bool(self.meters)
+        for m in self.meters:
+            mid, role = m.meter_id, MeterRole(_ROLES[m.role])
+            end_imp, end_exp = self.register_values(mid)
+            b = base.get(mid)
+            c = closed.get(mid)
+            start_imp, start_exp = (b[1], b[2]) if b else (end_imp, end_exp)
+            moved_imp, moved_exp = end_imp - start_imp, end_exp - start_exp
+            c_imp, c_exp = (c[1] - start_imp, c[2] - start_exp) if (b and c) else (0, 0)
+            exp_prod, exp_cons = map_role(role, c_imp, c_exp)
+            prod, cons, subs = totals.get(mid, (0, 0, 0))
+            open_imp, open_exp = moved_imp - c_imp, moved_exp - c_exp
+            with self._spy_lock:
+                published = len(self.published.get(mid, {}))
+                acked = self.acked.get(mid, 0)
+            dev = health.get("devices", {}).get(mid, {})
+            reads = self.agent_reads_before_restarts.get(mid, 0) + int(dev.get("reads", 0))
+            acc, held, rej, dup, missing = progress.get(mid, (0, 0, 0, 0, 0))
+            dup_subs = subs - confirmed.get(mid, 0)
+            ok = (b is not None and (prod, cons) == (exp_prod, exp_cons) and open_imp >= 0 and open_exp >= 0
+                  and dup_subs == 0)
+            all_ok = all_ok and ok
+            meters[mid] = {
+                "role": m.role, "profile": m.profile, "link": m.link,
+                "registers": {"import_wh_start": start_imp, "import_wh_end": end_imp,
+                              "export_wh_start": start_exp, "export_wh_end": end_exp,
+                              "moved_import_wh": moved_imp, "moved_export_wh": moved_exp},
+                "closed_intervals": {"closing_seq": c[0] if c else None, "import_wh": c_imp, "export_wh": c_exp,
+                                     "expected_produced_wh": exp_prod, "expected_consumed_wh": exp_cons},
+                "open_interval": {"import_wh": open_imp, "export_wh": open_exp},
+                "on_chain": {"produced_wh": prod, "consumed_wh": cons, "submissions": subs},
+                "readings": {"read": reads, "published": published, "acked": acked, "accepted": acc, "held": held,
+                             "rejected": rej, "duplicates_dropped": dup, "missing": missing},
+                "duplicate_submissions": dup_subs,
+                "energy_conserved": ok,
+            }
+        return {
+            "energy_conserved": all_ok,
+            "meters": meters,
+            "outbox": outbox,
+            "publish_conflicts": list(self.publish_conflicts),
+            "agent_kills": self.kills["agent"], "gateway_kills": self.kills["gateway"],
+            "broker_restarts": self.broker_restarts,
+        }
