@@ -118,8 +118,13 @@ def explain(h: dict[str, Any]) -> list[str]:
         elif d.get("last_glitch") and d.get("glitches"):
             out.append(f"Meter {meter} sent implausible values ({d['last_glitch']}); they were kept aside, not "
                        "counted.")
-    for task in h.get("failed_tasks", []) or []:
-        out.append(f"Part of the agent stopped ({task}); it restarts by itself.")
+    failed = h.get("failed_task")
+    if failed:
+        out.insert(0, f"Part of the agent stopped ({failed.get('task')}: {failed.get('reason')}); the service "
+                      "restarts by itself. If this stays, call your installer.")
+    if h.get("store_replaced"):
+        out.append(f"The reading store was damaged and was set aside ({h['store_replaced']}); a new one was "
+                   "started. Call your installer.")
     return out
 
 
