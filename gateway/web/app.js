@@ -204,7 +204,7 @@ async function renderMeter() {
   chart(data.readings.filter((r) => r.status === "accepted"));
   fillHeld(document.querySelector("#held tbody"), data.held, false);
   document.querySelector("#intervals tbody").replaceChildren(...data.intervals.map((i) => el("tr", {},
-    el("td", {}, fmtTime(i.reading_timestamp * 1000)), num(i.produced_wh), num(i.consumed_wh), el("td", {}, i.status),
+    when(i.reading_timestamp * 1000), num(i.produced_wh), num(i.consumed_wh), el("td", {}, i.status),
     el("td", { class: "reason" }, i.reason || ""), el("td", {}, i.source),
     el("td", {}, i.signature ? i.signature.slice(0, 16) + "…" : ""))));
   fillRejections(document.querySelector("#rejections tbody"), data.rejections);
