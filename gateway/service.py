@@ -38,8 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WATCHDOG_FRACTION = 0.5  # ping systemd at half of WatchdogSec
 # Client libraries that log one INFO line per request (httpx2, which solana-py uses: every JSON-RPC call, several
-# per submitter cycle of 5 s): WARNING and up only,
-# unless -vv asked for debug logging.
+# per submitter cycle of 5 s): WARNING and up only, unless -vv asked for debug logging.
 QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "solana", "urllib3")
 
 
@@ -63,6 +62,8 @@ def configure_logging(log_format: str = "text") -> None:
     debug = root.getEffectiveLevel() <= logging.DEBUG
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
 _Closable = TypeVar("_Closable", Store, Registry)
 
 
