@@ -130,6 +130,14 @@ function setupFleet() {
   document.getElementById("controls").addEventListener("submit", (e) => { e.preventDefault(); again(); });
   document.getElementById("prev").addEventListener("click", () => { page = Math.max(1, page - 1); refresh(); });
   document.getElementById("next").addEventListener("click", () => { page += 1; refresh(); });
+  document.querySelector("#meters thead").addEventListener("click", (e) => {  // sortable headers
+    const th = e.target.closest("th[data-sort]");
+    if (!th) return;
+    const sortSel = document.getElementById("sort"), desc = document.getElementById("desc");
+    desc.checked = sortSel.value === th.dataset.sort ? !desc.checked : false;
+    sortSel.value = th.dataset.sort;
+    again();
+  });
   document.getElementById("states").addEventListener("click", (e) => {
     const c = e.target.closest(".card");
     if (!c) return;

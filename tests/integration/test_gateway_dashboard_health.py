@@ -97,6 +97,11 @@ async def test_held_meter_shows_its_reason_and_the_table_fits_1400px(
                                     "document.querySelector('#meters th:last-child').getBoundingClientRect().right]")
         assert widths[0] <= WIDTH and widths[1] <= WIDTH, widths
         await browser.screenshot(SHOTS / "fleet-every-state-1400px.png")
+        # sort by clicking a column header (twice: descending)
+        await browser.eval("document.querySelector('#meters th[data-sort=meter]').click()")
+        await browser.wait_for("document.querySelector('#meters tbody tr').dataset.meter === 'HELD-1'")
+        await browser.eval("document.querySelector('#meters th[data-sort=meter]').click()")
+        await browser.wait_for("document.querySelector('#meters tbody tr').dataset.meter === 'SILENT-1'")
         # filter by clicking a state count
         await browser.eval("document.querySelector('#states .card[data-state=late]').click()")
         await browser.wait_for("document.querySelectorAll('#meters tbody tr').length === 1")
@@ -107,7 +112,7 @@ async def test_meter_that_stops_turns_late_within_one_interval_plus_margin(tmp_p
     f = open_fleet(tmp_path)
     f.acceptance.clock = time.time  # real time: the agent "runs" now
     f.registry.add(record_for("LIVE-1", rated_w=20_000), int(time.time() * 1000))
-    th = Thresholds(late_margin_ms=2_000)  # late after interval + max(2 s, interval / 2)
+    th = Thresholds(late_margin_ms=4_000)  # late after interval + max(4 s, interval / 2)
     d = Dashboard(DashboardSection(token=TOKEN), tmp_path / "gateway.sqlite", tmp_path / "registry.sqlite",
                   f.metrics, thresholds=th)
     d.sse_tick_s = 1.0
