@@ -222,3 +222,24 @@ def test_state_changes_are_logged_one_line_each(tmp_path: Path, caplog: pytest.L
     finally:
         d.close()
         f.close()
+
+
+def test_many_changes_at_once_are_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A broker outage silences the whole fleet: one summary line, not one per meter."""
+    from tests.gateway_support import record_for
+
+    f = open_fleet(tmp_path)
+    for i in range(12):
+        f.registry.add(record_for(f"M{i:02d}"), int(f.now() * 1000))
+        f.send(f"M{i:02d}", 3)
+    d = Dashboard(DashboardSection(token=TOKEN), tmp_path / "gateway.sqlite", tmp_path / "registry.sqlite",
+                  f.metrics, clock=lambda: f.clock[0])
+    try:
+        assert d.log_state_changes() == ["fleet: 12 ok"]
+        f.clock[0] += 60
+        with caplog.at_level("WARNING", logger="gateway.web"):
+            assert d.log_state_changes() == ["12 meters changed state: 12 ok -> late"]
+        assert len(caplog.records) == 1
+    finally:
+        d.close()
+        f.close()
