@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.bus import BusSpec
-from agent.toml_table import Table, between, one_of, path_or_none
+from base.toml_table import Table, between, one_of, path_or_none
 from firmware_config.schema import BAUDRATES, PARITIES
 from protocol.errors import InvalidFieldError
 from protocol.identifiers import meter_id_problem, mqtt_username_problem

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -22,6 +21,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from base.sd_notify import sd_notify
 from gateway.acceptance import Acceptance, IngressLimit, verify_pool
 from gateway.checks import Limits
 from gateway.config import ConfigError, GatewayConfig
@@ -75,17 +75,6 @@ def limits_from(cfg: GatewayConfig) -> Limits:
     return Limits(future_skew_ms=lim.future_skew_s * 1000, acceptance_window_ms=lim.acceptance_window_s * 1000,
                   min_read_spacing_ms=lim.min_read_spacing_ms, plausibility_margin_pct=lim.plausibility_margin_pct,
                   plausibility_slack_wh=lim.plausibility_slack_wh, gap_grace_ms=lim.gap_grace_s * 1000)
-
-
-def sd_notify(message: str) -> None:
-    """systemd notify protocol (Type=notify): no-op outside systemd."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(message.encode(), addr)
 
 
 def server_tls(section: str, cert: str, key: str) -> ssl.SSLContext | None:

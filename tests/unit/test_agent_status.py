@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent.service import Notifier
+from base.sd_notify import Notifier
 from agent.status import StatusServer
 
 
