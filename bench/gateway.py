@@ -151,9 +151,9 @@ async def _packing(work: Path, n_meters: int) -> dict[str, Any]:
     from solders.keypair import Keypair
 
     from gateway.oracle import OracleClient
-    from gateway.oracle_submission import Submission
+    from gateway.oracle.packing import max_submits_per_tx
+    from gateway.oracle.submission import Submission
     from gateway.submitter import Submitter
-    from gateway.tx_packing import max_submits_per_tx
     from localchain.server import LocalChainServer
 
     authority = Keypair()

@@ -23,11 +23,12 @@ from urllib.parse import urlparse
 
 import base58
 
+from oracle_interface.layout import DEVNET_PROGRAM_ID
 from protocol.topics import prefix_problem
 
-# The devnet deployment of the GridTokenX oracle (since 2026-06-07). It changed 19 times in the
-# program's history, so it is only a default: production sets chain.program_id.
-DEFAULT_PROGRAM_ID = "64Vgos61STZ8pW9NnHi2iGtXMTQr7NqBoMorK6Zg8RJU"
+# The devnet deployment is only a default (defined once, in oracle_interface.layout): production sets
+# chain.program_id.
+DEFAULT_PROGRAM_ID = DEVNET_PROGRAM_ID
 DEFAULT_CONFIG_PATH = "/etc/gridmeter/gateway.toml"
 # Environment variables that override secrets from the file: (section, key) -> variable.
 ENV_OVERRIDES = {

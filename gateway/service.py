@@ -181,7 +181,7 @@ class Gateway:
 
     def _start_submitter(self, reg_path: Path) -> None:
         from gateway.oracle import OracleClient
-        from gateway.oracle_submission import Submission
+        from gateway.oracle.submission import Submission
 
         cfg = self.cfg
         store, registry = self._own(Store(cfg.db_path)), self._own(Registry(reg_path))

@@ -60,9 +60,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     from solders.pubkey import Pubkey
 
-    from gateway.oracle_layout import DEVNET_PROGRAM_ID
     from localchain.server import LocalChainServer
     from localchain.svm import StateFileError
+    from oracle_interface.layout import DEVNET_PROGRAM_ID
 
     log = logging.getLogger("localchain")
     try:

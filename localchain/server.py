@@ -26,7 +26,6 @@ from solders.message import MessageV0, from_bytes_versioned
 from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 
-from gateway.oracle_layout import DEVNET_PROGRAM_ID
 from localchain.rpc_wire import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -43,6 +42,7 @@ from localchain.rpc_wire import (
     parse_pubkey,
 )
 from localchain.svm import ChainRequestError, LocalChain, TxRecord, decode_transaction, describe_error
+from oracle_interface.layout import DEVNET_PROGRAM_ID
 
 log = logging.getLogger(__name__)
 

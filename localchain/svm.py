@@ -47,9 +47,10 @@ from solders.transaction import VersionedTransaction
 from solders.transaction_metadata import FailedTransactionMetadata, TransactionMetadata
 from solders.transaction_status import TransactionErrorFieldless
 
-from gateway.oracle_layout import DEVNET_PROGRAM_ID, oracle_data_pda
 from localchain import chain_state
 from localchain.chain_state import StateFileError, TxRecord
+from oracle_interface.addresses import oracle_data_pda
+from oracle_interface.layout import DEVNET_PROGRAM_ID
 
 log = logging.getLogger(__name__)
 

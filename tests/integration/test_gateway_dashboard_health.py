@@ -20,7 +20,7 @@ from gateway.config import DashboardSection
 from gateway.health import Thresholds
 from gateway.metrics import Metrics
 from gateway.oracle import OracleClient
-from gateway.oracle_submission import Submission
+from gateway.oracle.submission import Submission
 from gateway.submitter import Submitter
 from gateway.web import Dashboard
 from localchain.server import LocalChainServer

@@ -31,7 +31,7 @@ from gateway.config import DashboardSection
 from gateway.ingest_http import HttpIngest
 from gateway.metrics import Metrics
 from gateway.oracle import OracleClient
-from gateway.oracle_submission import Submission
+from gateway.oracle.submission import Submission
 from gateway.registry import MeterStatus, Registry
 from gateway.store import Store
 from gateway.submitter import Submitter

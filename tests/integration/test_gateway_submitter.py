@@ -17,7 +17,7 @@ from gateway.acceptance import Acceptance, IngressLimit
 from gateway.checks import Limits
 from gateway.metrics import Metrics
 from gateway.oracle import OracleClient
-from gateway.oracle_submission import Submission
+from gateway.oracle.submission import Submission
 from gateway.registry import Registry
 from gateway.store import Store
 from gateway.submitter import Submitter

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("protocol", "agent", "gateway", "provisioning", "firmware_config", "localchain", "testbed", "bench")
+PACKAGES = ("protocol", "base", "oracle_interface", "agent", "gateway", "provisioning", "firmware_config", "localchain",
+            "testbed", "bench", "gridmeter")
 
 
 def _imports(package: str) -> dict[str, set[str]]:
@@ -34,11 +35,15 @@ def _top(names: set[str]) -> set[str]:
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
-        ("protocol", {"agent", "gateway", "provisioning", "firmware_config", "localchain", "testbed", "bench"}),
-        ("agent", {"gateway", "provisioning", "localchain", "testbed", "bench"}),
-        ("gateway", {"agent", "provisioning", "firmware_config", "testbed", "bench"}),
-        ("firmware_config", {"agent", "gateway", "provisioning", "localchain", "testbed"}),
-        ("provisioning", {"gateway", "localchain", "testbed"}),
+        ("protocol", {"agent", "gateway", "provisioning", "firmware_config", "localchain", "testbed", "bench",
+                      "base", "oracle_interface", "gridmeter"}),
+        ("base", set(PACKAGES) - {"base"}),  # the shared base imports nothing of ours
+        ("oracle_interface", set(PACKAGES) - {"oracle_interface"}),  # the oracle's interface: pure description
+        ("agent", {"gateway", "provisioning", "localchain", "testbed", "bench", "oracle_interface", "gridmeter"}),
+        ("gateway", {"agent", "provisioning", "firmware_config", "localchain", "testbed", "bench", "gridmeter"}),
+        ("firmware_config", {"agent", "gateway", "provisioning", "localchain", "testbed", "gridmeter"}),
+        ("provisioning", {"gateway", "localchain", "testbed", "gridmeter"}),
+        ("localchain", {"agent", "gateway", "provisioning", "firmware_config", "testbed", "bench", "gridmeter"}),
     ],
 )
 def test_dependency_direction(package: str, forbidden: set[str]) -> None:
@@ -52,17 +57,27 @@ def test_dependency_direction(package: str, forbidden: set[str]) -> None:
         ("pymodbus", {"agent/bus.py"}),
         ("nacl", {"protocol/signing.py"}),
         ("paho", {"agent/publisher.py", "gateway/intake.py"}),
-        ("solana", {"gateway/oracle.py", "gateway/oracle_landing.py"}),
-        ("solders", {"gateway/oracle.py", "gateway/oracle_layout.py", "gateway/oracle_errors.py",
-                     "gateway/oracle_authority_key.py", "gateway/oracle_instructions.py",
-                     "gateway/oracle_landing.py"}),
     ],
 )
 def test_library_wrapped_in_one_place_per_package(library: str, allowed: set[str]) -> None:
     users = {
         mod
-        for pkg in ("protocol", "agent", "gateway", "provisioning", "firmware_config")
+        for pkg in ("protocol", "agent", "gateway", "provisioning", "firmware_config", "base")
         for mod, names in _imports(pkg).items()
         if library in _top(names)
     }
     assert users <= allowed, f"{library} imported outside its wrapper: {sorted(users - allowed)}"
+
+
+@pytest.mark.parametrize("library", ["solana", "solders"])
+def test_chain_libraries_only_in_the_chain_client(library: str) -> None:
+    """Inside the gateway only gateway/oracle/ speaks Solana; protocol, base, agent and provisioning never do.
+    (oracle_interface and localchain are chain code by nature.)"""
+    users = {
+        mod
+        for pkg in ("protocol", "base", "agent", "gateway", "provisioning", "firmware_config")
+        for mod, names in _imports(pkg).items()
+        if library in _top(names)
+    }
+    assert {m for m in users if not m.startswith("gateway/oracle/")} == set()
+    assert {m for m in users if m.startswith("gateway/oracle/")}, "the chain client is where it is expected"

@@ -16,8 +16,8 @@ How a batch of submissions becomes transactions:
 - Blockhash expiry: after lastValidBlockHeight passes without the signature landing (checked once more), the
   batch is re-signed with a fresh blockhash and a new nonce.
 
-OracleClient (reads, submit, lookup tables) lives here; its parts live in oracle_submission, oracle_instructions,
-tx_packing, oracle_landing, oracle_errors and oracle_authority_key (their public names are re-exported here).
+OracleClient (reads, submit, lookup tables) lives here; its parts live beside it in gateway/oracle/: submission,
+instructions, packing, landing, errors and authority_key.
 """
 
 from __future__ import annotations
@@ -47,33 +47,23 @@ from solders.signature import Signature
 from solders.system_program import ID as SYSTEM_PROGRAM_ID
 from solders.transaction import VersionedTransaction
 
-from gateway import oracle_layout as ol
-from gateway.oracle_authority_key import create_authority_key_file, load_authority_keypair
-from gateway.oracle_errors import OracleClientError, TxFailure, parse_tx_error
-from gateway.oracle_instructions import (
-    DEFAULT_CU_BASE,
+from gateway.oracle.authority_key import load_authority_keypair
+from gateway.oracle.errors import OracleClientError, TxFailure, parse_tx_error
+from gateway.oracle.instructions import (
     DEFAULT_CU_FIRST_READING,
     DEFAULT_CU_NONCE_RANGE,
-    DEFAULT_CU_PER_BUMP_STEP,
     DEFAULT_CU_READING,
-    MAX_CU_PER_TX,
     create_lookup_table_instruction,
     estimate_compute_units,
     extend_lookup_table_instruction,
     meter_pda,
-    oracle_pda,
     submit_instruction,
 )
-from gateway.oracle_landing import Landing, TxBuilder, land
-from gateway.oracle_submission import Submission, SubmitResult, rejected_before_sending, settled_by_chain_state
-from gateway.tx_packing import (
-    PACKET_DATA_SIZE,
-    disjoint_wave,
-    max_submits_per_tx,
-    pack_submits,
-    submit_data_len,
-    submit_tx_size,
-)
+from gateway.oracle.landing import Landing, TxBuilder, land
+from gateway.oracle.packing import PACKET_DATA_SIZE, disjoint_wave, pack_submits
+from gateway.oracle.submission import Submission, SubmitResult, rejected_before_sending, settled_by_chain_state
+from oracle_interface import layout as ol
+from oracle_interface.addresses import oracle_data_pda
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +122,7 @@ class OracleClient:
         self.cu_price = cu_price_micro_lamports
         self.poll_s = poll_s
         self._rpc = AsyncClient(rpc_url, commitment=commitment, timeout=rpc_timeout_s)
-        self._oracle_data = ol.oracle_data_pda(self.program_id)[0]
+        self._oracle_data = oracle_data_pda(self.program_id)[0]
         self._table_seed = [Pubkey.from_string(t) for t in lookup_tables]
         self._tables: list[_Table] | None = None
         self._ready_slot: dict[Pubkey, int] = {}  # address -> first slot it resolves from its table
@@ -426,11 +416,3 @@ class OracleClient:
             tables.append(_Table(addr, list(t.addresses)))
         return tables
 
-
-__all__ = [  # OracleClient plus the names that moved to the modules above
-    "DEFAULT_CU_BASE", "DEFAULT_CU_FIRST_READING", "DEFAULT_CU_NONCE_RANGE", "DEFAULT_CU_PER_BUMP_STEP",
-    "DEFAULT_CU_READING", "MAX_CU_PER_TX", "PACKET_DATA_SIZE", "OracleClient", "OracleClientError", "Submission",
-    "SubmitResult", "TxFailure", "create_authority_key_file", "create_lookup_table_instruction",
-    "estimate_compute_units", "extend_lookup_table_instruction", "load_authority_keypair", "max_submits_per_tx",
-    "meter_pda", "oracle_pda", "parse_tx_error", "submit_data_len", "submit_instruction", "submit_tx_size",
-]

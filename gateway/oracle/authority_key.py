@@ -13,7 +13,7 @@ from solders.keypair import Keypair
 
 from base.durable_file import write_durably
 from base.key_file import KEY_FILE_MODE, KeyFileError, read_private_file
-from gateway.oracle_errors import OracleClientError
+from gateway.oracle.errors import OracleClientError
 
 MAX_AUTHORITY_KEY_BYTES = 1024  # solana-keygen JSON of 64 bytes is at most ~260 characters
 
