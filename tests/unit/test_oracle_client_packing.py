@@ -146,8 +146,9 @@ def test_authority_key_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("cu_price", [0, 5])
 async def test_packing_is_tight_across_two_lookup_tables(cu_price: int) -> None:
-    from gateway.oracle.client import OracleClient, _Table
+    from gateway.oracle.client import OracleClient
     from gateway.oracle.instructions import meter_pda
+    from gateway.oracle.tables import Table as _Table
 
     client = OracleClient("http://127.0.0.1:9", ol.DEVNET_PROGRAM_ID, AUTH, cu_price_micro_lamports=cu_price)
     meters = [f"{'M' * (i % 23)}-{i:03d}" for i in range(120)]  # ids of 4..26 bytes
