@@ -152,7 +152,6 @@ async def _packing(work: Path, n_meters: int) -> dict[str, Any]:
 
     from gateway.oracle import OracleClient
     from gateway.oracle.packing import max_submits_per_tx
-    from gateway.oracle.submission import Submission
     from gateway.submitter import Submitter
     from localchain.server import LocalChainServer
 
@@ -168,7 +167,7 @@ async def _packing(work: Path, n_meters: int) -> dict[str, Any]:
     async with LocalChainServer(chain_bridge=authority.pubkey()) as srv:
         client = OracleClient(srv.url, str(srv.chain.program_id), authority, poll_s=0.05)
         try:
-            sub = Submitter(store, registry, client, Metrics(), epoch_s=900, make_submission=Submission)
+            sub = Submitter(store, registry, client, Metrics(), epoch_s=900)
             t0 = time.perf_counter()
             await sub.run_once()
             elapsed = time.perf_counter() - t0

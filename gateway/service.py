@@ -181,7 +181,6 @@ class Gateway:
 
     def _start_submitter(self, reg_path: Path) -> None:
         from gateway.oracle import OracleClient
-        from gateway.oracle.submission import Submission
 
         cfg = self.cfg
         store, registry = self._own(Store(cfg.db_path)), self._own(Registry(reg_path))
@@ -189,8 +188,7 @@ class Gateway:
         client = OracleClient.from_key_file(cfg.chain.rpc_url, cfg.chain.program_id, cfg.chain.authority_key_file,
                                             commitment=cfg.chain.commitment, lookup_tables=tables)
         self.submitter = Submitter(store, registry, client, self.metrics, epoch_s=cfg.intervals.epoch_s,
-                                   authority=str(client.authority.pubkey()), max_backoff_s=cfg.chain.max_backoff_s,
-                                   make_submission=Submission)
+                                   authority=str(client.authority.pubkey()), max_backoff_s=cfg.chain.max_backoff_s)
 
         def persist_tables() -> None:
             if client.lookup_tables != tables:

@@ -143,7 +143,7 @@ class LocalChain:
         self.drop_transactions = 0  # fault injection: the next N sent transactions are lost (like a lost packet)
         self._clock = clock
         self.clock_offset_s = clock_offset_s  # the Clock sysvar runs this far ahead (+) or behind (-) the wall clock
-        self.pda_derivation_cu = pda_derivation_cu  # localchain.compute: a dearer cost model for tests
+        self.pda_derivation_cu: int | None = None  # localchain.compute: a dearer cost model, after genesis
         self._seed = os.urandom(16)
         # LiteSVM's blockhash check, duplicate history and sigverify are replaced by ours (send/simulate)
         self.svm = LiteSVM().with_blockhash_check(False).with_transaction_history(0).with_sigverify(False)
@@ -171,6 +171,7 @@ class LocalChain:
             chain_state.apply_state(self, restored)
         elif load_program and chain_bridge is not None:
             self._initialize(chain_bridge, chain_bridge_lamports)
+        self.pda_derivation_cu = pda_derivation_cu
         self.dirty = True
 
     # ---- time -------------------------------------------------------------------------------------------
