@@ -8,7 +8,7 @@
    (verify_per_s_per_core x cores); target >= 0.6.
 3. readings_per_tx: the submitter sends one interval submission for each of many meters to the local chain
    (LiteSVM behind JSON-RPC); mean submit instructions per landed transaction. max_readings_per_tx is
-   computed from the wire format with lookup tables (gateway.tx_packing.max_submits_per_tx) for the same meter
+   computed from the wire format with lookup tables (gateway.oracle.packing.max_submits_per_tx) for the same meter
    ids; tx_fill = readings_per_tx / max_readings_per_tx, target >= 0.9.
 """
 

@@ -53,10 +53,6 @@ class BrokerUnavailableError(Exception):
     pass
 
 
-class _Isolate(Exception):
-    """Internal: the group could not be prepared; find the message that fails."""
-
-
 def transient(exc: BaseException) -> bool:
     """An error of the storage, not of a message: locked, full, read-only or failing database."""
     return isinstance(exc, sqlite3.OperationalError)
@@ -208,24 +204,24 @@ class Intake:
             self._handle(*pending.popleft())
 
     def _handle(self, group: list[mqtt.MQTTMessage], prepared: Prepared | None = None) -> None:
+        if prepared is None:  # preparing failed (logged): process again, finding the message that fails
+            self._isolate(group, None)
+            return
         try:
-            if prepared is None:
-                raise _Isolate()
             acks = self.acceptance.finish(prepared)
         except Exception as exc:
-            if not isinstance(exc, _Isolate):
-                log.warning("processing %d messages failed (%s: %s); isolating the cause", len(group),
-                            type(exc).__name__, exc)
+            log.warning("processing %d messages failed (%s: %s); isolating the cause", len(group),
+                        type(exc).__name__, exc)
             self._isolate(group, exc)
             return
         self._done(group, acks)
 
-    def _isolate(self, group: list[mqtt.MQTTMessage], exc: BaseException) -> None:
+    def _isolate(self, group: list[mqtt.MQTTMessage], exc: BaseException | None) -> None:
         """The group failed as a whole. A transient storage error (locked database, disk full or failing:
-        sqlite3.OperationalError) is waited out and the same messages tried again, nothing PUBACKed meanwhile
-        (on stop the broker redelivers). Any other error is a property of one message: the group is halved
-        until that message stands alone, it is quarantined with the error as its reason, and every other
-        message of the group is committed and acked without any waiting."""
+        sqlite3.OperationalError) is waited out and the same messages tried again, nothing acked meanwhile
+        (stopped, the agents re-send what was not acked). Any other error is a property of one message: the
+        group is halved until that message stands alone, it is quarantined with the error as its reason, and
+        every other message of the group is committed and acked without any waiting."""
         todo: list[tuple[list[mqtt.MQTTMessage], BaseException | None]] = [(group, exc)]
         while todo and not self._stop.is_set():
             part, failed = todo.pop()

@@ -23,7 +23,7 @@ def load_authority_keypair(path: str | Path) -> Keypair:
     p = Path(path)
     try:
         raw = read_private_file(p, max_bytes=MAX_AUTHORITY_KEY_BYTES,
-                                missing_hint="create one with solana-keygen or `gridmeter gateway keygen`",
+                                missing_hint=f"create one with `gridmeter gateway authority-key {p}` or solana-keygen",
                                 symlink_hint="point chain.authority_key_file at the key file itself")
         if len(raw) > MAX_AUTHORITY_KEY_BYTES:
             raise KeyFileError(f"{p}: larger than {MAX_AUTHORITY_KEY_BYTES} bytes: not a keypair file")
