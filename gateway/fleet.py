@@ -165,6 +165,17 @@ def held_readings(conn: sqlite3.Connection, meter_id: str | None = None, limit: 
             for r in conn.execute(q, (meter_id, meter_id, limit))]
 
 
+# Held interval reasons are codes (oracle check names, below_min_energy_value, ...), some followed by ": detail"
+# (reconcile_mismatch: chain has ...): the code before the colon is the bounded label.
+_REASON_CODE = "CASE WHEN instr(reason, ':') > 0 THEN substr(reason, 1, instr(reason, ':') - 1) ELSE reason END"
+
+
+def held_interval_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Held interval submissions by reason code (through the outbox status index: held rows only)."""
+    q = (f"SELECT COALESCE({_REASON_CODE}, 'unknown'), COUNT(*) FROM outbox WHERE status = 'held' GROUP BY 1")
+    return {str(code)[:64]: n for code, n in conn.execute(q)}
+
+
 def held_intervals(conn: sqlite3.Connection, meter_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     """Interval submissions held back from the chain, with the reason (oracle check name, reconcile_mismatch)."""
     q = ("SELECT key, meter_id, reading_timestamp, produced_wh, consumed_wh, reason, updated_at_ms FROM outbox "

@@ -289,7 +289,8 @@ class Dashboard:
             states=dict(Counter(r["state"] for r in rows)),
             held_by_reason=dict(Counter(r["state_reason"] for r in rows if r["state"] == State.HELD)),
             lags_s=[r["lag_s"] for r in live if r["lag_s"] is not None],
-            last_seen_s={r["meter_id"]: r["last_seen_ms"] / 1000 for r in live if r["last_seen_ms"] is not None})
+            last_seen_s={r["meter_id"]: r["last_seen_ms"] / 1000 for r in live if r["last_seen_ms"] is not None},
+            held_intervals_by_reason=self._aggregates()["held_intervals"])
 
     def chain_facts(self, now_ms: int) -> ChainFacts:
         f = self.metrics.chain.facts()
@@ -378,7 +379,8 @@ class Dashboard:
         if self._agg is None or self._agg[0] != key:
             self._agg = (key, {
                 "outbox": dict(self.conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall()),
-                "rejections": fleet.rejection_counts(self.conn)})
+                "rejections": fleet.rejection_counts(self.conn),
+                "held_intervals": fleet.held_interval_counts(self.conn)})
         return self._agg[1]
 
     def _outbox_stats(self, now_ms: int) -> dict[str, Any]:

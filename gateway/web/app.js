@@ -114,6 +114,11 @@ async function renderFleet() {
     num(m.import_wh), num(m.export_wh), num(m.accepted), num(m.held), num(m.rejected), num(m.missing),
     num(m.chain.confirmed || 0), num((m.chain.pending || 0) + (m.chain.sent || 0)), num(m.chain.held || 0))));
   fillHeld(document.querySelector("#held tbody"), held.readings.slice(0, 50), true);
+  document.querySelector("#held-intervals tbody").replaceChildren(...held.intervals.slice(0, 50).map((i) =>
+    el("tr", { "data-held-reason": (i.reason || "").split(":")[0] }, when(i.updated_at_ms),
+      el("td", {}, el("a", { href: "/meter/" + encodeURIComponent(i.meter_id) }, i.meter_id)),
+      el("td", {}, fmtTime(i.reading_timestamp * 1000)), num(i.produced_wh), num(i.consumed_wh),
+      el("td", { class: "reason detail" }, i.reason || ""))));
   fillRejections(document.querySelector("#rejections tbody"), rej.rejections);
 }
 

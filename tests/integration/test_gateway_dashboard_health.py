@@ -28,7 +28,7 @@ from localchain.server import LocalChainServer
 from protocol.topics import readings_topic
 from tests.chromium_driver import Chromium
 from tests.conftest import ARTIFACTS
-from tests.fleet_support import Fleet, every_state, open_fleet
+from tests.fleet_support import Fleet, every_state, hold_intervals, open_fleet
 from tests.gateway_support import batch, reading, record_for
 
 pytestmark = pytest.mark.integration
@@ -52,6 +52,7 @@ def _row_state(meter_id: str) -> str:
 async def every_state_dashboard(tmp_path: Path) -> AsyncIterator[tuple[str, Fleet]]:
     f = open_fleet(tmp_path)
     every_state(f)
+    hold_intervals(f)
     d = Dashboard(DashboardSection(token=TOKEN), tmp_path / "gateway.sqlite", tmp_path / "registry.sqlite",
                   f.metrics, clock=lambda: f.clock[0])
     srv = await _serve(d)
@@ -92,6 +93,9 @@ async def test_held_meter_shows_its_reason_and_the_table_fits_1400px(
         # last seen: ISO time and relative age
         seen = await browser.eval("document.querySelector('tr[data-meter=\"LATE-1\"] td.when').innerText")
         assert seen.split("\n")[1] == "2 min ago" and seen[10] == "T" and seen.split("\n")[0].endswith("Z")
+        held_iv = await browser.eval("[...document.querySelectorAll('#held-intervals tbody tr')]"
+                                     ".map(r => r.dataset.heldReason).sort()")
+        assert held_iv == ["anomalous_ratio", "reconcile_mismatch"]
         # fits a 1400 px window: nothing to scroll sideways, the last column is on screen
         widths = await browser.eval("[document.documentElement.scrollWidth, "
                                     "document.querySelector('#meters th:last-child').getBoundingClientRect().right]")
