@@ -221,8 +221,6 @@ def _keygen(args: argparse.Namespace) -> int:
     except KeyFileError as exc:
         return _fail(str(exc))
     print(f"gateway ack public key, hex (agents' mqtt.gateway_public_key): {key.public_key.hex()}")
-    print("(this is the ack-signing key; the chain_bridge key that signs oracle submissions is made by "
-          "`gridmeter gateway authority-key`)")
     return 0
 
 

@@ -42,8 +42,7 @@ DEFAULT_SUPERVISE_S = 1.0  # how often the background threads' liveness is check
 LAST_FAILURE_SETTING = "last_task_failure"  # settings row: the task failure that ended the previous run
 EXIT_TASK_DIED = 1
 # Client libraries that log one INFO line per request (httpx2, which solana-py uses: every JSON-RPC call, several
-# per submitter cycle of 5 s): WARNING and up only,
-# unless -vv asked for debug logging.
+# per submitter cycle of 5 s): WARNING and up only, unless -vv asked for debug logging.
 QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "solana", "urllib3")
 
 
@@ -67,6 +66,8 @@ def configure_logging(log_format: str = "text") -> None:
     debug = root.getEffectiveLevel() <= logging.DEBUG
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
 _Closable = TypeVar("_Closable", Store, Registry)
 
 
