@@ -23,14 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.acceptance import Acceptance, IngressLimit, verify_pool
-from gateway.checks import Limits
 from gateway.config import MqttSection
-from gateway.intake import Intake
-from gateway.intervals import Planned, PlanState
+from gateway.intake.acceptance import Acceptance, IngressLimit, verify_pool
+from gateway.intake.checks import Limits
+from gateway.intake.mqtt import Intake
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store import Store
+from gateway.submit.intervals import Planned, PlanState
 from protocol import (
     Instantaneous,
     MeterRole,
@@ -152,7 +152,7 @@ async def _packing(work: Path, n_meters: int) -> dict[str, Any]:
 
     from gateway.oracle import OracleClient
     from gateway.oracle.packing import max_submits_per_tx
-    from gateway.submitter import Submitter
+    from gateway.submit.submitter import Submitter
     from localchain.server import LocalChainServer
 
     authority = Keypair()

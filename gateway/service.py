@@ -22,17 +22,17 @@ from typing import TypeVar
 from aiohttp import web
 
 from base.sd_notify import sd_notify
-from gateway.acceptance import Acceptance, IngressLimit, verify_pool
-from gateway.checks import Limits
 from gateway.config import ConfigError, GatewayConfig
 from gateway.health import Thresholds
-from gateway.ingest_http import HttpIngest
-from gateway.intake import Intake
+from gateway.intake.acceptance import Acceptance, IngressLimit, verify_pool
+from gateway.intake.checks import Limits
+from gateway.intake.http import HttpIngest
+from gateway.intake.mqtt import Intake
 from gateway.keys import load_key_file
 from gateway.metrics import Metrics
 from gateway.registry import Registry, registry_path
 from gateway.store import Store
-from gateway.submitter import Submitter
+from gateway.submit.submitter import Submitter
 from gateway.web import Dashboard
 
 log = logging.getLogger(__name__)

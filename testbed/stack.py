@@ -528,8 +528,8 @@ class Stack:
 
     def expected(self) -> dict[str, tuple[int, int]]:
         """meter -> (produced, consumed) the chain must hold once everything the registers moved since the
-        gateway's baseline is in closed intervals (role mapping as gateway.intervals.map_role)."""
-        from gateway.intervals import map_role
+        gateway's baseline is in closed intervals (role mapping as gateway.submit.intervals.map_role)."""
+        from gateway.submit.intervals import map_role
         from protocol import MeterRole
 
         base = self.baselines()
@@ -585,7 +585,7 @@ class Stack:
         its signed counters from the gateway's baseline reading to the reading closing its last confirmed
         interval (closed intervals, exact Wh), that movement plus the open interval equals the simulated
         registers' movement, and nothing was submitted twice."""
-        from gateway.intervals import map_role
+        from gateway.submit.intervals import map_role
         from protocol import MeterRole
 
         health = self.agent_health()

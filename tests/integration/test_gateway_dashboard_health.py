@@ -21,7 +21,7 @@ from gateway.config import DashboardSection
 from gateway.health import Thresholds
 from gateway.metrics import Metrics
 from gateway.oracle import OracleClient
-from gateway.submitter import Submitter
+from gateway.submit.submitter import Submitter
 from gateway.web import Dashboard
 from localchain.server import LocalChainServer
 from protocol.topics import readings_topic

@@ -26,14 +26,14 @@ from aiohttp.test_utils import TestServer
 from solders.keypair import Keypair
 
 from gateway import fleet
-from gateway.checks import Limits
 from gateway.config import DashboardSection
-from gateway.ingest_http import HttpIngest
+from gateway.intake.checks import Limits
+from gateway.intake.http import HttpIngest
 from gateway.metrics import Metrics
 from gateway.oracle import OracleClient
 from gateway.registry import MeterStatus, Registry
 from gateway.store import Store
-from gateway.submitter import Submitter
+from gateway.submit.submitter import Submitter
 from gateway.web import Dashboard
 from localchain.server import LocalChainServer
 from protocol import MeterRole

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from solders.keypair import Keypair
 
-from gateway.acceptance import Acceptance, IngressLimit
-from gateway.checks import Limits
+from gateway.intake.acceptance import Acceptance, IngressLimit
+from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
 from gateway.oracle import OracleClient
 from gateway.oracle.submission import Submission
 from gateway.registry import Registry
 from gateway.store import Store
-from gateway.submitter import Submitter
+from gateway.submit.submitter import Submitter
 from localchain.server import LocalChainServer
 from protocol import MeterRole
 from protocol.topics import readings_topic
@@ -147,7 +147,7 @@ async def test_crash_after_send_is_reconciled_not_resent(env: Env) -> None:
 
 
 async def _limits(sub: Submitter):  # type: ignore[no-untyped-def]
-    from gateway.intervals import OracleLimits
+    from gateway.submit.intervals import OracleLimits
 
     return OracleLimits.from_config(await sub.client.fetch_config())
 

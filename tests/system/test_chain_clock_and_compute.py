@@ -20,14 +20,14 @@ import pytest
 from solders.compute_budget import ID as COMPUTE_BUDGET_ID
 from solders.keypair import Keypair
 
-from gateway.intervals import Planned, PlanState
 from gateway.metrics import Metrics
 from gateway.oracle import OracleClient, Submission
 from gateway.oracle.client import CU_LIMIT_CAP, DEFAULT_CU_MARGIN_PCT, DEFAULT_CU_MARGIN_UNITS, OUT_OF_COMPUTE
 from gateway.oracle.instructions import DEFAULT_CU_NONCE_RANGE, estimate_compute_units
 from gateway.registry import Registry
 from gateway.store import Store
-from gateway.submitter import Submitter
+from gateway.submit.intervals import Planned, PlanState
+from gateway.submit.submitter import Submitter
 from localchain.server import LocalChainServer
 from localchain.svm import LocalChain, decode_transaction
 from oracle_interface import addresses as A

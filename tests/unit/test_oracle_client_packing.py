@@ -1,4 +1,4 @@
-"""Pure parts of gateway/oracle.py: wire-format size vs real serialization, error parsing, waves, key files."""
+"""Pure parts of gateway/oracle/: wire-format size vs real serialization, error parsing, waves, key files."""
 
 from __future__ import annotations
 

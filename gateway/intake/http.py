@@ -41,8 +41,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway import fleet
-from gateway.checks import Limits, TokenBucket, implausible_energy, read_at_window
-from gateway.ingest_payload import (
+from gateway.intake.checks import Limits, TokenBucket, implausible_energy, read_at_window
+from gateway.intake.http_payload import (
     EXPORT_OBIS,
     IMPORT_OBIS,
     IngestReading,

@@ -27,11 +27,11 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from gateway.intervals import OracleLimits, oracle_verdict, plan, plan_http
 from gateway.metrics import Metrics
 from gateway.oracle import MeterState, OracleConfig, Submission, SubmitResult
 from gateway.registry import MeterStatus, Registry
 from gateway.store import OutboxRow, Store
+from gateway.submit.intervals import OracleLimits, oracle_verdict, plan, plan_http
 from oracle_interface.layout import FUTURE_SKEW_S
 
 log = logging.getLogger(__name__)
