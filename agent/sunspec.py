@@ -4,7 +4,7 @@
 base + 2: `ID`, `L`, next model at + L + 2, end at ID 0xFFFF (`L` is read on its own: some devices give none for
 the end model). The `occurrence`-th model listed in the profile's `[sunspec] models` is the meter; the common
 model 1 before it carries its manufacturer and serial number. `resolve` shifts every address of a profile written
-for the usual layout to where the device has it (meters-and-harness.md A.2.6; sunspec/models model_1.json).
+for the usual layout to where the device has it (sunspec/models model_1.json, pysunspec2).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from gateway.config import MqttSection
 from gateway.intake.acceptance import Acceptance, Prepared
 from gateway.metrics import Metrics
 from protocol import Ack, SigningKey, encode_ack
-from protocol.topics import ack_topic
+from protocol.topics import ack_topic, shared_readings_filter
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ class Intake:
             return
         log.info("MQTT connected to %s:%s (session present: %s)", self.cfg.host, self.cfg.port, flags.session_present)
         self._connected.set()
-        flt = f"$share/{self.cfg.share_group}/{self.cfg.topic_prefix}/+/readings"
-        client.subscribe(flt, options=SubscribeOptions(qos=1))
+        client.subscribe(shared_readings_filter(self.cfg.share_group, self.cfg.topic_prefix),
+                         options=SubscribeOptions(qos=1))
 
     def _on_subscribe(self, _c: mqtt.Client, _ud: object, _mid: int, codes: list[mqtt.ReasonCode],
                       _props: Properties | None) -> None:
