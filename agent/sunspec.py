@@ -60,7 +60,8 @@ async def discover(read: Read, models: tuple[int, ...], occurrence: int = 1,
 
 
 async def _walk(read: Read, base: int, models: tuple[int, ...], occurrence: int) -> Location | None:
-    addr, common, seen, earlier = base + 2, None, 0, []
+    addr, common, seen = base + 2, None, 0
+    earlier: list[int] = []
     for _ in range(MAX_MODELS):
         if addr + 2 > 0x10000:
             raise SunSpecError(f"SunSpec chain from {base} runs past address 0xFFFF at {addr}")

@@ -253,7 +253,7 @@ def http_meter_status(conn: sqlite3.Connection, meter: Meter) -> dict[str, Any]:
                         (mid,)).fetchone() or (0, 0)
     submits_import = meter.role is not MeterRole.PRODUCTION
     submits_export = meter.role is not MeterRole.CONSUMPTION
-    directions = {}
+    directions: dict[str, dict[str, Any]] = {}
     for name, received, planned, submitted, quantity in (("import", imp, plan[0], submits_import, "consumed"),
                                                          ("export", exp, plan[1], submits_export, "produced")):
         directions[name] = {"received_wh": wh_text(received), "submitted_as": quantity if submitted else None}

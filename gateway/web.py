@@ -111,7 +111,7 @@ class Dashboard:
         self.registry.close()
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth])
+        app = web.Application(middlewares=[self._auth])  # type: ignore[list-item]  # aiohttp's Protocol names the args
         app.on_response_prepare.append(_security_headers)
         app.cleanup_ctx.append(self._state_logger)
         r = app.router
