@@ -46,7 +46,6 @@ from protocol.signing import VerifyKey
 from protocol.wire import STORED_INT_MAX
 
 log = logging.getLogger(__name__)
-_STORE_OR_FULL: tuple[type[BaseException], ...] = (*STORE_FAILURES, StoreError)
 
 # Keep the event log bounded: it is a diagnostic trail, not a store.
 MAX_EVENTS = 10_000
@@ -224,7 +223,7 @@ class Store:
                     m = s.reading.meter_id
                     self._per_meter[m] = self._per_meter.get(m, 0) + 1
                 dropped = self._apply_overflow()
-        except _STORE_OR_FULL as exc:
+        except (*STORE_FAILURES, StoreError) as exc:  # type: ignore[misc]  # mypy: no starred except tuple
             with contextlib.suppress(*STORE_FAILURES):  # the commit failed; counts are re-read if the file allows
                 self._recount()
             raise store_error(f"{self.path}: cannot commit {len(rows)} readings", exc) from exc
