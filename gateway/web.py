@@ -103,6 +103,7 @@ class Dashboard:
         self._agg: tuple[tuple[object, ...], dict[str, Any]] | None = None
         self._states: dict[str, tuple[str, str | None]] | None = None  # last logged state of each meter
         self.last_compute_ms: tuple[float, float] = (0.0, 0.0)  # wall, CPU of the last fleet computation
+        self.fleet_cache_hit = False  # whether the last fleet_rows() was served from the cache
         metrics.epoch.set(epoch_s)
         metrics.add_fleet_collector(self.fleet_figures)
 
@@ -233,7 +234,8 @@ class Dashboard:
         now = self.clock()
         key = (self.conn.execute("PRAGMA data_version").fetchone()[0], self.registry.data_version(),
                int(now // DEFAULT_FLEET_CACHE_S))
-        if self._fleet is not None and self._fleet[1] == key:
+        self.fleet_cache_hit = self._fleet is not None and self._fleet[1] == key
+        if self._fleet is not None and self.fleet_cache_hit:
             return self._fleet[2], self._fleet[3]
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         now_ms = int(now * 1000)
@@ -343,6 +345,7 @@ class Dashboard:
         needle = q.get("q", "").strip().lower()
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         now_ms, rows = self.fleet_rows()
+        hit = self.fleet_cache_hit
         counts = Counter(r["state"] for r in rows)
         held_by_reason = Counter(r["state_reason"] for r in rows if r["state"] == State.HELD)
         sel = [r for r in rows if (not states or r["state"] in states)
@@ -362,7 +365,8 @@ class Dashboard:
         fw, fc = self.last_compute_ms
         rw, rc = (time.perf_counter() - wall0) * 1000, (time.thread_time() - cpu0) * 1000
         resp.headers["Server-Timing"] = (f'fleet;dur={fw:.1f};desc="health of all meters (last computation)", '
-                                         f"fleetcpu;dur={fc:.1f}, request;dur={rw:.1f}, requestcpu;dur={rc:.1f}")
+                                         f"fleetcpu;dur={fc:.1f}, request;dur={rw:.1f}, requestcpu;dur={rc:.1f}, "
+                                         f'cache;desc="{"hit" if hit else "miss"}"')
         return resp
 
     async def api_held(self, req: web.Request) -> web.Response:
