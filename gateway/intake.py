@@ -47,14 +47,17 @@ DEFAULT_KEEPALIVE_S = 30
 # is ~10 objects per reading that live until its commit; at 700 they are traversed and promoted again and
 # again, which cost ~15 % of intake time. They hold no reference cycles: raising it only batches the work.
 DEFAULT_GC_THRESHOLD = 50_000
+# ...but at a household's load (a few readings a second) 50,000 net allocations take over an hour, and the cyclic
+# garbage made meanwhile (paho's topic matcher builds a self-referencing closure per message; asyncio/HTTP objects)
+# is never collected: RSS grew ~0.2 MB/min. So whenever the worker is idle and no young collection ran for this
+# long, it runs one (a few ms for < 50,000 objects), and every DEFAULT_IDLE_FULL_GC young ones a full collection
+# (cycles that died after reaching the oldest generation; ~20 ms); a busy intake keeps the batched behaviour above.
+DEFAULT_IDLE_GC_S = 30.0
+DEFAULT_IDLE_FULL_GC = 20
 
 
 class BrokerUnavailableError(Exception):
     pass
-
-
-class _Isolate(Exception):
-    """Internal: the group could not be prepared; find the message that fails."""
 
 
 def transient(exc: BaseException) -> bool:
@@ -72,6 +75,7 @@ class Intake:
         self._connected = threading.Event()
         self._subscribed = threading.Event()
         self._worker: threading.Thread | None = None
+        self.failure: str | None = None  # why the worker thread died (the service supervisor reports it)
         self._gc_threshold = gc.get_threshold()  # restored on stop()
         self.client = self._make_client()
 
@@ -146,7 +150,16 @@ class Intake:
             raise BrokerUnavailableError(f"not subscribed to {self.cfg.host}:{self.cfg.port} after {timeout_s}s")
 
     def alive(self) -> bool:
-        return self._worker is not None and self._worker.is_alive()
+        return self.dead_reason() is None
+
+    def dead_reason(self) -> str | None:
+        """None while the worker and paho's network thread run; else why not (for the supervisor)."""
+        if self._worker is None or not self._worker.is_alive():
+            return f"worker thread ended ({self.failure or 'no exception recorded'})"
+        net = getattr(self.client, "_thread", None)  # paho's loop_start thread
+        if not self._stop.is_set() and (net is None or not net.is_alive()):
+            return "MQTT network thread (paho) ended"
+        return None
 
     def stop(self) -> None:
         self._stop.set()
@@ -173,11 +186,23 @@ class Intake:
         return group
 
     def _run(self) -> None:
+        try:
+            self._pipeline()
+        except BaseException as exc:  # the thread ends here; the service's supervisor reports it and exits 1
+            self.failure = f"{type(exc).__name__}: {exc}"
+            log.critical("intake worker died: %s", self.failure, exc_info=True)
+
+    def _pipeline(self) -> None:
         """Pipelined: the next groups are decoded and their signatures start verifying in the worker processes
         while the oldest group is committed and acked, so the stages overlap on separate cores."""
         pending: deque[tuple[list[mqtt.MQTTMessage], Prepared | None]] = deque()
+        last_gc, idle_gcs = time.monotonic(), 0
         while not self._stop.is_set():
             group = self._next_group(None if pending else DEFAULT_IDLE_POLL_S)
+            if not group and not pending and time.monotonic() - last_gc >= DEFAULT_IDLE_GC_S:
+                idle_gcs += 1
+                gc.collect(2 if idle_gcs % DEFAULT_IDLE_FULL_GC == 0 else 1)
+                last_gc = time.monotonic()
             if group:
                 prepared: Prepared | None = None
                 try:
@@ -191,24 +216,24 @@ class Intake:
             self._handle(*pending.popleft())
 
     def _handle(self, group: list[mqtt.MQTTMessage], prepared: Prepared | None = None) -> None:
+        if prepared is None:  # preparing failed (logged): process again, finding the message that fails
+            self._isolate(group, None)
+            return
         try:
-            if prepared is None:
-                raise _Isolate()
             acks = self.acceptance.finish(prepared)
         except Exception as exc:
-            if not isinstance(exc, _Isolate):
-                log.warning("processing %d messages failed (%s: %s); isolating the cause", len(group),
-                            type(exc).__name__, exc)
+            log.warning("processing %d messages failed (%s: %s); isolating the cause", len(group),
+                        type(exc).__name__, exc)
             self._isolate(group, exc)
             return
         self._done(group, acks)
 
-    def _isolate(self, group: list[mqtt.MQTTMessage], exc: BaseException) -> None:
+    def _isolate(self, group: list[mqtt.MQTTMessage], exc: BaseException | None) -> None:
         """The group failed as a whole. A transient storage error (locked database, disk full or failing:
-        sqlite3.OperationalError) is waited out and the same messages tried again, nothing PUBACKed meanwhile
-        (on stop the broker redelivers). Any other error is a property of one message: the group is halved
-        until that message stands alone, it is quarantined with the error as its reason, and every other
-        message of the group is committed and acked without any waiting."""
+        sqlite3.OperationalError) is waited out and the same messages tried again, nothing acked meanwhile
+        (stopped, the agents re-send what was not acked). Any other error is a property of one message: the
+        group is halved until that message stands alone, it is quarantined with the error as its reason, and
+        every other message of the group is committed and acked without any waiting."""
         todo: list[tuple[list[mqtt.MQTTMessage], BaseException | None]] = [(group, exc)]
         while todo and not self._stop.is_set():
             part, failed = todo.pop()

@@ -22,8 +22,8 @@ def load_authority_keypair(path: str | Path) -> Keypair:
         st = p.stat()
         text = p.read_text(encoding="ascii").strip()
     except FileNotFoundError:
-        raise OracleClientError(f"{p}: authority key file missing (create one with solana-keygen or "
-                                "`gridmeter gateway keygen`)") from None
+        raise OracleClientError(f"{p}: authority key file missing (create one with "
+                                f"`gridmeter gateway authority-key {p}` or solana-keygen)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise OracleClientError(f"{p}: cannot read authority key file ({e})") from e
     if st.st_mode & 0o077:
