@@ -39,7 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import fleet
 from gateway.config import DashboardSection
 from gateway.database import connect
-from gateway.health import SEVERITY, ChainFacts, State, Thresholds, chain_banner
+from gateway.health import ChainFacts, State, Thresholds, chain_banner
 from gateway.metrics import FleetFigures, Metrics
 from gateway.registry import Meter, Registry
 from protocol import validate_meter_id
@@ -59,7 +59,6 @@ DEFAULT_STATE_LOG_S = 10.0  # how often meter state changes are looked for (and 
 MAX_STATE_LINES = 10  # beyond this many changes in one look, one summary line (a network outage: 10,000 meters)
 DEFAULT_PER_PAGE = 100
 MAX_PER_PAGE = 500
-_SORTS = ("state", "meter", "lag", "last_seen", "held", "rejected", "zone")
 # Where /login may send a browser back to: a path of this dashboard, never another site ("//host", "/\\host").
 _NEXT_RE = re.compile(r"/(?:meter/[A-Za-z0-9._-]{1,64})?")
 
@@ -332,8 +331,8 @@ class Dashboard:
             if bad:
                 raise ValueError(f"state: unknown {sorted(bad)} (known: {', '.join(s.value for s in State)})")
             sort = q.get("sort", "state")
-            if sort not in _SORTS:
-                raise ValueError(f"sort: must be one of {', '.join(_SORTS)} (got {sort!r})")
+            if sort not in fleet.SORT_KEYS:
+                raise ValueError(f"sort: must be one of {', '.join(fleet.SORT_KEYS)} (got {sort!r})")
             order = q.get("order", "asc")
             if order not in ("asc", "desc"):
                 raise ValueError(f"order: must be asc or desc (got {order!r})")
@@ -350,7 +349,7 @@ class Dashboard:
         held_by_reason = Counter(r["state_reason"] for r in rows if r["state"] == State.HELD)
         sel = [r for r in rows if (not states or r["state"] in states)
                and (not needle or needle in r["meter_id"].lower() or needle in (r["state_reason"] or ""))]
-        sel.sort(key=_SORT_KEYS[sort], reverse=order == "desc")
+        sel.sort(key=fleet.SORT_KEYS[sort], reverse=order == "desc")
         pages = max(1, -(-len(sel) // per_page))
         shown = [dict(r) for r in sel[(page - 1) * per_page : page * per_page]]
         chain = fleet.outbox_by_meters(self.conn, [r["meter_id"] for r in shown])
@@ -446,17 +445,3 @@ class Dashboard:
             self.sse_clients -= 1
         return resp
 
-
-def _lag_key(r: dict[str, Any]) -> tuple[int, int]:
-    return (r["lag_s"] is None, r["lag_s"] or 0)
-
-
-_SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "state": lambda r: (SEVERITY[State(r["state"])], -(r["heard_age_s"] or 0), r["meter_id"]),
-    "meter": lambda r: r["meter_id"],
-    "lag": _lag_key,
-    "last_seen": lambda r: (r["last_seen_ms"] is None, r["last_seen_ms"] or 0),
-    "held": lambda r: (r["held"], r["meter_id"]),
-    "rejected": lambda r: (r["rejected"], r["meter_id"]),
-    "zone": lambda r: (r["zone_id"], r["meter_id"]),
-}
