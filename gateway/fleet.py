@@ -6,7 +6,7 @@ import sqlite3
 from typing import Any
 
 from gateway.health import MeterFacts, Thresholds, held_reason, meter_health, observed_interval_ms
-from gateway.ingest_payload import wh_text
+from gateway.intake.http_payload import wh_text
 from gateway.registry import Meter, MeterStatus, Registry
 from protocol import MeterRole
 

@@ -29,8 +29,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.acceptance import Acceptance, Prepared
 from gateway.config import MqttSection
+from gateway.intake.acceptance import Acceptance, Prepared
 from gateway.metrics import Metrics
 from protocol import Ack, SigningKey, encode_ack
 from protocol.topics import ack_topic
