@@ -19,6 +19,13 @@ BASE_ADDRESSES = (40000, 0, 50000)
 END_MODEL_ID = 0xFFFF
 COMMON_MODEL_ID = 1
 COMMON_SN_OFFSET = 50  # model 1: ID @0, L @1, Mn @2, Md @18, Opt @34, Vr @42, SN @50 (16 registers)
+COMMON_MN_OFFSET, COMMON_MD_OFFSET, COMMON_STRING_WORDS = 2, 18, 16
+
+
+def model_1_string(words: list[int]) -> str:
+    """A model 1 string point (Mn, Md, SN): ASCII, NUL padded; all-NUL = not implemented -> ""."""
+    data = b"".join(w.to_bytes(2, "big") for w in words)
+    return data.split(b"\x00", 1)[0].decode("ascii", errors="replace").strip()
 MAX_MODELS = 64  # a chain longer than this is corrupt (a real device publishes a handful)
 
 # (function code, address, count) -> words; raises on no answer. A Modbus exception at a base address means
