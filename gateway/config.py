@@ -1,7 +1,8 @@
 """Gateway configuration: one TOML file, validated once and strictly at startup.
 
-Unknown keys are rejected; every error names the key path and the value received
-(`limits.future_skew_s: must be in 0..59 (got 90)`). Secrets may come from the environment instead of
+Read through the strict TOML reader shared with the agent (base.toml_table): unknown keys are rejected, and
+every problem of the file is reported at once, each naming the key path and the value received
+(`limits.future_skew_s: must be in 0..59 (got 90)`; never the value of a secret). Secrets may come from the environment instead of
 the file (see ENV_OVERRIDES) so the TOML can be world-readable. After `load_config` returns, the rest of
 the gateway trusts the typed values and does no ad-hoc checks of its own.
 
@@ -23,6 +24,7 @@ from urllib.parse import urlparse
 
 import base58
 
+from base.toml_table import Table
 from oracle_interface.layout import DEVNET_PROGRAM_ID
 from protocol.identifiers import client_id_problem
 from protocol.topics import prefix_problem
@@ -41,13 +43,21 @@ ENV_OVERRIDES = {
 
 
 class ConfigError(Exception):
-    """`path: problem (got value)`; raised for the first problem found."""
+    """`path: problem (got value)`; from parse_config, every problem of the file (one per line)."""
 
     def __init__(self, path: str, problem: str, value: object = None) -> None:
         got = "" if value is None else f" (got {value!r})"
         super().__init__(f"{path}: {problem}{got}")
         self.path = path
         self.value = value
+
+    @classmethod
+    def from_errors(cls, errors: list[str]) -> ConfigError:
+        """One error for all of them: the first is the message's head (its path is .path); the others follow."""
+        first, rest = errors[0], errors[1:]
+        path, _, problem = first.partition(": ")
+        more = "".join(f"\n  {e}" for e in rest)
+        return cls(path, problem + (f"\n{len(rest)} more problem(s):{more}" if rest else ""))
 
 
 Check = typing.Callable[[Any], "str | None"]
@@ -307,40 +317,29 @@ class GatewayConfig:
 _SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(GatewayConfig)[f.name] for f in fields(GatewayConfig)}
 
 
-def _coerce(path: str, value: object, typ: object) -> object:
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(path, "must be true or false", value)
-    if typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(path, "must be an integer", value)
-    if typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(path, "must be a number", value)
-    if typ is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(path, "must be a string", value)
-    if typing.get_origin(typ) is list:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value)
-        raise ConfigError(path, "must be a list of strings", value)
-    raise ConfigError(path, f"unsupported type {typ}")  # programming error in this module
+# TOML type per field annotation (base.toml_table.Table checks it and words the error).
+_TOML_TYPES: dict[object, type | tuple[type, ...]] = {bool: bool, int: int, float: float, str: str, list[str]: list}
 
 
-def _section(name: str, data: object) -> Any:
+def _section(name: str, data: object, errors: list[str]) -> Any:
+    """One [section] through the shared strict reader: every problem is collected in `errors` (key path, problem,
+    the value received unless it is a secret); the section object, or None when it has problems."""
     cls = _SECTIONS[name]
-    if not isinstance(data, dict):
-        raise ConfigError(name, "must be a table", data)
+    t = Table(data, name, errors)
+    before = len(errors)
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"{name}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
-    values = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in data.items()}
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in t.data:
+            continue  # the default
+        value = t.get(f.name, _TOML_TYPES[hints[f.name]])
+        if value is None:
+            continue  # wrong type: recorded
+        if hints[f.name] == list[str] and not all(isinstance(v, str) for v in value):
+            t.fail(f.name, "must be a list of strings", value)
+            continue
+        values[f.name] = value
+    t.done(known=[f.name for f in fields(cls)])
     for (sec, key), var in ENV_OVERRIDES.items():
         if sec == name and var in os.environ:
             raw = os.environ[var]
@@ -352,17 +351,20 @@ def _section(name: str, data: object) -> Any:
         if secret and not enabled:
             continue  # a service that does not start uses no secret (read-only CLI commands disable them)
         if key in values and (problem := check(values[key])):
-            raise ConfigError(f"{name}.{key}", problem, None if secret else values[key])
-    return cls(**values)
+            errors.append(str(ConfigError(f"{name}.{key}", problem, None if secret else values[key])))
+    return cls(**values) if len(errors) == before else None
 
 
 def parse_config(data: dict[str, Any]) -> GatewayConfig:
-    """Build a validated config from parsed TOML (a dict)."""
+    """Build a validated config from parsed TOML (a dict). Raises ConfigError naming every problem found."""
+    errors: list[str] = []
     for key in data:
         if key not in _SECTIONS:
-            raise ConfigError(key, f"unknown section (known: {', '.join(sorted(_SECTIONS))})")
-    cfg = GatewayConfig(**{name: _section(name, data.get(name, {})) for name in _SECTIONS})
-    return _cross_check(cfg)
+            errors.append(f"{key}: unknown section (known: {', '.join(sorted(_SECTIONS))})")
+    sections = {name: _section(name, data.get(name, {}), errors) for name in _SECTIONS}
+    if errors:
+        raise ConfigError.from_errors(errors)
+    return _cross_check(GatewayConfig(**sections))
 
 
 def _cross_check(cfg: GatewayConfig) -> GatewayConfig:
