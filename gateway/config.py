@@ -2,9 +2,9 @@
 
 Read through the strict TOML reader shared with the agent (base.toml_table): unknown keys are rejected, and
 every problem of the file is reported at once, each naming the key path and the value received
-(`limits.future_skew_s: must be in 0..59 (got 90)`; never the value of a secret). Secrets may come from the environment instead of
-the file (see ENV_OVERRIDES) so the TOML can be world-readable. After `load_config` returns, the rest of
-the gateway trusts the typed values and does no ad-hoc checks of its own.
+(`limits.future_skew_s: must be in 0..59 (got 90)`; never the value of a secret). Secrets may come from the
+environment instead of the file (see ENV_OVERRIDES) so the TOML can be world-readable. After `load_config`
+returns, the rest of the gateway trusts the typed values and does no ad-hoc checks of its own.
 
 The oracle's thresholds (min/max energy, ratio, min_reading_interval) are NOT configuration: they are
 read from the OracleData account on chain at run time.
@@ -22,10 +22,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
-import base58
-
 from base.toml_table import Table
-from oracle_interface.layout import DEVNET_PROGRAM_ID
+from oracle_interface.layout import DEVNET_PROGRAM_ID, account_key_problem
 from protocol.identifiers import client_id_problem
 from protocol.topics import prefix_problem
 
@@ -81,14 +79,6 @@ def _listen(v: str) -> str | None:
 def _url(v: str) -> str | None:
     u = urlparse(v)
     return None if u.scheme in ("http", "https") and u.netloc else "must be an http(s):// URL"
-
-
-def _pubkey(v: str) -> str | None:
-    try:
-        ok = len(base58.b58decode(v)) == 32
-    except ValueError:
-        ok = False
-    return None if ok else "must be a base58 Solana public key (32 bytes)"
 
 
 # A credential shorter than this is guessable by anyone who can reach the port (the dashboard shows fleet data,
@@ -173,7 +163,7 @@ class ChainSection:
     config_refresh_s: float = 60.0  # OracleData thresholds are re-read at least this often
     max_backoff_s: float = 60.0  # cap of the exponential backoff after RPC failures
     checks: ClassVar[dict[str, Check]] = {
-        "rpc_url": _url, "program_id": _pubkey, "authority_key_file": _nonempty,
+        "rpc_url": _url, "program_id": account_key_problem, "authority_key_file": _nonempty,
         "commitment": _choice("processed", "confirmed", "finalized"),
         "submit_interval_s": _range(0.05, 3600), "config_refresh_s": _range(1, 86400),
         "max_backoff_s": _range(1, 3600),
