@@ -23,11 +23,13 @@ from urllib.parse import urlparse
 
 import base58
 
+from oracle_interface.layout import DEVNET_PROGRAM_ID
+from protocol.identifiers import client_id_problem
 from protocol.topics import prefix_problem
 
-# The devnet deployment of the GridTokenX oracle (since 2026-06-07). It changed 19 times in the
-# program's history, so it is only a default: production sets chain.program_id.
-DEFAULT_PROGRAM_ID = "64Vgos61STZ8pW9NnHi2iGtXMTQr7NqBoMorK6Zg8RJU"
+# The devnet deployment is only a default (defined once, in oracle_interface.layout): production sets
+# chain.program_id.
+DEFAULT_PROGRAM_ID = DEVNET_PROGRAM_ID
 DEFAULT_CONFIG_PATH = "/etc/gridmeter/gateway.toml"
 # Environment variables that override secrets from the file: (section, key) -> variable.
 ENV_OVERRIDES = {
@@ -186,7 +188,7 @@ class MqttSection:
     session_expiry_s: int = 0
     max_pending_messages: int = 2000  # bound of the receive queue; paho stops reading beyond it
     checks: ClassVar[dict[str, Check]] = {
-        "host": _nonempty, "port": _range(1, 65535), "client_id": _nonempty, "share_group": _nonempty,
+        "host": _nonempty, "port": _range(1, 65535), "client_id": _nonempty, "share_group": client_id_problem,
         "password": _mqtt_password,
         "topic_prefix": prefix_problem, "session_expiry_s": _range(0, 2**32 - 1),
         "max_pending_messages": _range(1, 1_000_000),
@@ -232,7 +234,7 @@ class LimitsSection:
     # Readings older than this are refused: 7 days covers a long outage backlog of an agent.
     acceptance_window_s: int = 7 * 86400
     # Readings of one meter closer than HALF of this in signed time are refused as too_frequent (half: poll
-    # jitter; see gateway.checks.MIN_READ_SPACING_MS). 100 = the agent's shortest poll interval (0.1 s), so any
+    # jitter; see gateway.intake.checks.MIN_READ_SPACING_MS). 100 = the agent's shortest poll interval (0.1 s), so any
     # poll interval an agent may use passes; raise it only if every agent polls slower.
     min_read_spacing_ms: int = 100
     # Per-meter ingress token bucket (readings): a week's backlog at 10 s polling drains in ~1 min.
@@ -329,7 +331,7 @@ def _coerce(path: str, value: object, typ: object) -> object:
     raise ConfigError(path, f"unsupported type {typ}")  # programming error in this module
 
 
-def _section(name: str, data: object) -> object:
+def _section(name: str, data: object) -> Any:
     cls = _SECTIONS[name]
     if not isinstance(data, dict):
         raise ConfigError(name, "must be a table", data)
