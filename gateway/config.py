@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 from base.toml_table import Table
-from oracle_interface.layout import DEVNET_PROGRAM_ID, account_key_problem
+from oracle_interface.layout import DEVNET_PROGRAM_ID, FUTURE_SKEW_S, account_key_problem
 from protocol.identifiers import client_id_problem
 from protocol.topics import prefix_problem
 
@@ -228,7 +228,7 @@ class DashboardSection:
 
 @dataclass(frozen=True)
 class LimitsSection:
-    # The oracle rejects reading_timestamp > chain clock + 60 s; a smaller skew leaves room for the
+    # The oracle rejects reading_timestamp > chain clock + FUTURE_SKEW_S (60 s); a smaller skew leaves room for the
     # gateway's and the validator's clocks to differ.
     future_skew_s: int = 30
     # Readings older than this are refused: 7 days covers a long outage backlog of an agent.
@@ -262,7 +262,7 @@ class LimitsSection:
     quarantine_burst_bytes: int = 8 * 1024 * 1024
     checks: ClassVar[dict[str, Check]] = {
         "quarantine_bytes_per_s": _range(1, 1 << 30), "quarantine_burst_bytes": _range(1024, 1 << 34),
-        "future_skew_s": _range(0, 59), "acceptance_window_s": _range(60, 10 * 365 * 86400),
+        "future_skew_s": _range(0, FUTURE_SKEW_S - 1), "acceptance_window_s": _range(60, 10 * 365 * 86400),
         "min_read_spacing_ms": _range(0, 3_600_000), "ingress_rate_per_s": _range(0.001, 1e7),
         "ingress_burst": _range(1, 10_000_000), "plausibility_margin_pct": _range(0, 1000),
         "plausibility_slack_wh": _range(0, 1_000_000), "gap_grace_s": _range(0, 7 * 86400),
