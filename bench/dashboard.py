@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.acceptance import Acceptance, IngressLimit
-from gateway.checks import Limits
 from gateway.config import DashboardSection
 from gateway.fleet import fleet_health
 from gateway.health import Thresholds
+from gateway.intake.acceptance import Acceptance, IngressLimit
+from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store import Store
@@ -95,7 +95,8 @@ def _timing(header: str) -> dict[str, float]:
     out = {}
     for part in header.split(","):
         name, _, rest = part.strip().partition(";dur=")
-        out[name] = float(rest.split(";")[0])
+        if rest:
+            out[name] = float(rest.split(";")[0])
     return out
 
 

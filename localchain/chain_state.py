@@ -20,7 +20,7 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.system_program import ID as SYSTEM_PROGRAM_ID
 
-from gateway.durable_file import write_durably
+from base.durable_file import write_durably
 
 if TYPE_CHECKING:
     from localchain.svm import LocalChain
@@ -73,10 +73,10 @@ def _persisted_accounts(chain: LocalChain) -> list[tuple[Pubkey, Account]]:
         for k, acc in chain.svm.get_program_accounts(owner):
             keep[k] = acc
     for k in chain.touched:
-        acc = chain.svm.get_account(k)
-        if acc is not None and not acc.executable and acc.owner in (SYSTEM_PROGRAM_ID, chain.program_id,
-                                                                       ALT_PROGRAM_ID):
-            keep[k] = acc
+        found = chain.svm.get_account(k)
+        if found is not None and not found.executable and found.owner in (SYSTEM_PROGRAM_ID, chain.program_id,
+                                                                           ALT_PROGRAM_ID):
+            keep[k] = found
     return sorted(keep.items(), key=lambda kv: str(kv[0]))
 
 

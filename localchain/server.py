@@ -26,7 +26,6 @@ from solders.message import MessageV0, from_bytes_versioned
 from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 
-from gateway.oracle_layout import DEVNET_PROGRAM_ID
 from localchain.rpc_wire import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -43,6 +42,7 @@ from localchain.rpc_wire import (
     parse_pubkey,
 )
 from localchain.svm import ChainRequestError, LocalChain, TxRecord, decode_transaction, describe_error
+from oracle_interface.layout import DEVNET_PROGRAM_ID
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class RpcHandler:
         if not isinstance(sigs, list) or len(sigs) > DEFAULT_MAX_SIGNATURES:
             raise RpcError(INVALID_PARAMS, f"Invalid params: up to {DEFAULT_MAX_SIGNATURES} signatures")
         self.chain.tick()
-        out = []
+        out: list[dict[str, Any] | None] = []
         for s in sigs:
             if not isinstance(s, str):
                 raise RpcError(INVALID_PARAMS, "Invalid param: signature must be a string")
@@ -280,10 +280,13 @@ class LocalChainServer:
         state_file: Path | None = None,
         chain: LocalChain | None = None,
         save_interval_s: float = DEFAULT_SAVE_INTERVAL_S,
+        clock_offset_s: int = 0,
+        pda_derivation_cu: int | None = None,
     ) -> None:
         if isinstance(chain_bridge, str):
             chain_bridge = Pubkey.from_string(chain_bridge)
-        self.chain = chain or LocalChain(chain_bridge, program_id=program_id, state_file=state_file)
+        self.chain = chain or LocalChain(chain_bridge, program_id=program_id, state_file=state_file,
+                                         clock_offset_s=clock_offset_s, pda_derivation_cu=pda_derivation_cu)
         self.rpc = RpcHandler(self.chain)
         self.host, self.port = host, port
         self.save_interval_s = save_interval_s
@@ -324,8 +327,8 @@ class LocalChainServer:
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         server = site._server
-        if self.port == 0 and server is not None:
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if self.port == 0 and isinstance(server, asyncio.Server):
+            self.port = server.sockets[0].getsockname()[1]
         if self.chain.state_file is not None:
             self._saver = asyncio.create_task(self._save_loop())
         log.info("local chain JSON-RPC on %s (program %s)", self.url, self.chain.program_id)

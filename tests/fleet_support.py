@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.acceptance import Acceptance, IngressLimit
-from gateway.checks import Limits
+from gateway.intake.acceptance import Acceptance, IngressLimit
+from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
 from gateway.registry import MeterStatus, Registry
 from gateway.store import Store

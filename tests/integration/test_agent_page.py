@@ -30,10 +30,10 @@ from agent.homeassistant import kwh_text
 from agent.keys import create_key_file, load_key_file
 from agent.service import AgentService, build_service
 from firmware_config.loader import load_all
-from gateway import oracle_layout as ol
 from gateway.oracle import OracleClient
-from gateway.oracle_submission import Submission
+from gateway.oracle.submission import Submission
 from localchain.server import LocalChainServer
+from oracle_interface import layout as ol
 from protocol.signing import SigningKey, VerifyKey
 from testbed.acker import Acker
 from testbed.broker import Broker
@@ -41,6 +41,7 @@ from testbed.meter import SimulatedMeter
 from testbed.ports import free_port
 from testbed.tcp import ModbusTcpMeters
 from tests.chromium_driver import Chromium
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -91,17 +92,6 @@ class HaListener:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
-
-
-async def until(cond: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def health(url: str) -> dict[str, Any]:

@@ -21,8 +21,7 @@ from gateway.config import DashboardSection
 from gateway.health import Thresholds
 from gateway.metrics import Metrics
 from gateway.oracle import OracleClient
-from gateway.oracle_submission import Submission
-from gateway.submitter import Submitter
+from gateway.submit.submitter import Submitter
 from gateway.web import Dashboard
 from localchain.server import LocalChainServer
 from protocol.topics import readings_topic
@@ -191,7 +190,7 @@ async def test_chain_outage_shows_banner_and_metrics(tmp_path: Path) -> None:
                                                                       100 + 5 * s, 7) for s in range(1, 200)]))])
     client = OracleClient(chain.url, str(chain.chain.program_id), authority, poll_s=0.05, rpc_timeout_s=5)
     sub = Submitter(f.store, f.registry, client, metrics, epoch_s=900, authority=str(authority.pubkey()),
-                    max_backoff_s=1.0, make_submission=Submission)
+                    max_backoff_s=1.0)
     stop = asyncio.Event()
     task = asyncio.create_task(sub.run(stop, 0.3))
     d = Dashboard(DashboardSection(token=TOKEN), tmp_path / "gateway.sqlite", tmp_path / "registry.sqlite", metrics)

@@ -189,7 +189,7 @@ def test_cli_authority_key_prints_base58_that_the_chain_accepts(tmp_path: Path,
     """`gateway keygen` printed hex; `chain serve --chain-bridge` needs base58: authority-key prints that."""
     from solders.pubkey import Pubkey
 
-    from gateway.oracle_authority_key import load_authority_keypair
+    from gateway.oracle.authority_key import load_authority_keypair
     from gridmeter.cli import main
 
     path = tmp_path / "chain-bridge.json"

@@ -14,10 +14,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from gateway.acceptance import Acceptance, IngressLimit
-from gateway.checks import Limits
 from gateway.config import MqttSection
-from gateway.intake import Intake
+from gateway.intake.acceptance import Acceptance, IngressLimit
+from gateway.intake.checks import Limits
+from gateway.intake.mqtt import Intake
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store import Store
@@ -208,7 +208,7 @@ def test_poison_message_is_quarantined_not_stuck(broker: Broker, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A message whose processing raises (a bug) is quarantined as internal_error with its bytes, the error as
     detail and the meter_id / seq it names; the consumer keeps going with the next messages."""
-    import gateway.intake as intake_mod
+    import gateway.intake.mqtt as intake_mod
 
     monkeypatch.setattr(intake_mod, "DEFAULT_RETRY_S", 0.01)
 

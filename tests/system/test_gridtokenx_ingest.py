@@ -28,8 +28,8 @@ import aiohttp
 import pytest
 
 from gateway.oracle import OracleClient
-from gateway.oracle_authority_key import create_authority_key_file
-from gateway.submitter import DEFAULT_HTTP_IDLE_CLOSE_S
+from gateway.oracle.authority_key import create_authority_key_file
+from gateway.submit.submitter import DEFAULT_HTTP_IDLE_CLOSE_S
 from localchain.server import LocalChainServer
 from protocol import MeterRole
 from testbed.ports import free_port, wait_port
