@@ -25,10 +25,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from agent.chain_view import ChainView
 from agent.clock import ClockProbe, clock_jumped, reading_clock_quality
 from agent.config import AgentConfig, build_specs
-from agent.homeassistant import HomeAssistant
 from agent.household import DayCounters, explain
 from agent.keys import load_key_file
 from agent.plausibility import Baseline, check_counters
@@ -44,6 +42,8 @@ from protocol.wire import I32_MAX, I32_MIN
 
 if TYPE_CHECKING:
     from agent.bus import Bus
+    from agent.chain_view import ChainView  # imported when configured: solders alone is ~20 MB of RSS
+    from agent.homeassistant import HomeAssistant
     from agent.poller import MeterReadError, MeterSample, MeterSpec, Poller
 
 log = logging.getLogger(__name__)
@@ -504,6 +504,8 @@ def _chain_view(cfg: AgentConfig, meters: list[MeterSpec]) -> ChainView | None:
     st = cfg.status
     if not st.chain_rpc_url:
         return None
+    from agent.chain_view import ChainView
+
     return ChainView(st.chain_rpc_url, st.chain_program_id, [m.meter_id for m in meters],
                      refresh_s=st.chain_refresh_s)
 
@@ -512,6 +514,8 @@ def _homeassistant(cfg: AgentConfig, meters: list[MeterSpec], snapshot: Any) -> 
     if not cfg.homeassistant.enabled:
         return None
     from importlib.metadata import PackageNotFoundError, version
+
+    from agent.homeassistant import HomeAssistant
 
     try:
         ver = version("gridmeter")
