@@ -148,8 +148,9 @@ class GatewaySection:
     state_dir: str = "/var/lib/gridmeter-gateway"  # SQLite database lives here
     ack_key_file: str = "/etc/gridmeter/gateway.key"  # Ed25519 seed (64 hex) signing the acks
     verify_workers: int = 0  # signature-checking processes; 0 = one per core
+    retention_days: int = 30  # decided rows older than this are pruned (gateway/retention.py)
     checks: ClassVar[dict[str, Check]] = {"state_dir": _nonempty, "ack_key_file": _nonempty,
-                                          "verify_workers": _range(0, 64)}
+                                          "verify_workers": _range(0, 64), "retention_days": _range(1, 3650)}
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from gateway.intake.mqtt import Intake
 from gateway.keys import load_key_file
 from gateway.metrics import Metrics
 from gateway.registry import Registry, registry_path
+from gateway.retention import DEFAULT_PRUNE_INTERVAL_S
 from gateway.store import Store
 from gateway.submit.submitter import Submitter
 from gateway.web import Dashboard
@@ -156,6 +157,7 @@ class Gateway:
             self.runners.append(await _site(app, cfg.dashboard.listen, self.dashboard.ssl_context()))
         if cfg.chain.enabled:
             self._start_submitter(reg_path)
+        self.spawn("retention", self._prune(stats_store, cfg.gateway.retention_days))
         sd_notify("READY=1")
         self.spawn("supervisor", self._supervise())
         if int(os.environ.get("WATCHDOG_USEC", "0") or 0) > 0:
@@ -199,6 +201,15 @@ class Gateway:
         self.submitter.on_cycle = persist_tables
         self._async_closers.append(client.close)
         self.spawn("submitter", self.submitter.run(self.stop_event, cfg.chain.submit_interval_s))
+
+    async def _prune(self, store: Store, retention_days: int) -> None:
+        """Retention (gateway/retention.py): at start, then every DEFAULT_PRUNE_INTERVAL_S."""
+        while not self.stop_event.is_set():
+            pruned = store.prune(int(time.time() * 1000), retention_days)
+            if pruned.total:
+                log.info("retention: pruned %s", pruned)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), DEFAULT_PRUNE_INTERVAL_S)
 
     # ---- supervision ------------------------------------------------------------------------------
     def spawn(self, name: str, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:

@@ -4,9 +4,8 @@ Durability order: a batch of readings is committed in ONE transaction (readings,
 progress) before any ack is published, so an ack always describes what is on disk. (meter_id, seq) is
 the primary key of the readings, so a resend after a crash cannot double-count.
 
-Outbox states: pending -> sent -> confirmed | rejected; held = never sent (reason stored). `sent` is
-written BEFORE the RPC call: after a crash, a `sent` row may or may not be on chain, and the submitter
-reconciles it with the meter's on-chain last_reading_timestamp before resending anything.
+The outbox's states, keys and SQL are gateway/outbox.py (mixed in here); retention (what is pruned when) is
+gateway/retention.py; the interface a second backend implements is gateway/store_api.py.
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ from typing import NamedTuple
 
 from gateway.database import Transaction, connect
 from gateway.intake.checks import Progress
+from gateway.outbox import Outbox, OutboxSource
+from gateway.retention import DEFAULT_RETENTION_DAYS, Pruned, prune
 from gateway.submit.intervals import Planned, PlanState, Point, http_point
 
 # GridTokenX HTTP ingest (the older table http_readings holds rows of gateway versions that sent each
@@ -87,6 +88,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     updated_at_ms INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox (status, meter_id, reading_timestamp);
+CREATE TABLE IF NOT EXISTS outbox_pruned (meter_id TEXT PRIMARY KEY, confirmed INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS http_readings (
     meter_id TEXT NOT NULL, timestamp_ms INTEGER NOT NULL, body BLOB NOT NULL, received_at_ms INTEGER NOT NULL,
@@ -105,7 +107,6 @@ QUARANTINE_PREFIX_BYTES = 256
 MAX_DETAIL_CHARS = 512  # a detail may quote a hostile topic (MQTT allows 64 KiB)
 ROW_OVERHEAD_BYTES = 96  # columns other than payload/signature/detail, hash, index entry (approximate)
 HOUR_MS = 3_600_000
-OUTBOX_STATUSES = ("pending", "sent", "confirmed", "held", "rejected")
 
 
 class ReadingRow(NamedTuple):
@@ -169,27 +170,9 @@ class BatchWrite:
     dropped: tuple[int, int] = (0, 0)  # unauthenticated rejections over the quarantine budget: messages, bytes
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    key: str
-    meter_id: str
-    zone_id: int
-    produced_wh: int
-    consumed_wh: int
-    reading_timestamp: int
-    status: str
-    reason: str | None
-    signature: str | None
-    attempts: int
-    source: str
-    created_at_ms: int
+class Store(Outbox):
+    """The gateway's durable state in SQLite (gateway.store_api.GatewayStore is the interface)."""
 
-
-_OUTBOX_COLS = ("key, meter_id, zone_id, produced_wh, consumed_wh, reading_timestamp, status, reason, signature,"
-                " attempts, source, created_at_ms")
-
-
-class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.conn = connect(path)
@@ -332,15 +315,8 @@ class Store:
                       (meter_id, int(state.baseline_set), state.last_seq, state.anchor_read_at_ms,
                        state.sub_import_wh, state.sub_export_wh, state.last_import_wh, state.last_export_wh,
                        state.last_read_at_ms, state.last_ts))
-            c.executemany(
-                "INSERT INTO outbox (key, meter_id, zone_id, produced_wh, consumed_wh, reading_timestamp, closing_seq,"
-                " part, parts, source, status, reason, created_at_ms, updated_at_ms) "
-                "VALUES (?,?,?,?,?,?,?,?,?,'mqtt',?,?,?,?)",
-                [(p.key, p.meter_id, zone_id, p.produced_wh, p.consumed_wh, p.reading_timestamp, p.closing_seq,
-                  p.part, p.parts, "held" if p.held_reason else "pending", p.held_reason, now_ms, now_ms)
-                 for p in planned])
+            self.add_planned(c, OutboxSource.MQTT, planned, zone_id, now_ms)
 
-    # ---- outbox ---------------------------------------------------------------------------------
     # ---- GridTokenX HTTP ingest ------------------------------------------------------------------------
     def add_http_reading(self, meter_id: str, timestamp_ms: int, import_mwh: int, export_mwh: int, body: bytes,
                          reading_id: str, now_ms: int) -> tuple[str, str | None]:
@@ -416,36 +392,8 @@ class Store:
                       (meter_id, int(state.baseline_set), state.last_seq, state.anchor_read_at_ms,
                        state.sub_import_wh, state.sub_export_wh, state.last_import_wh, state.last_export_wh,
                        state.last_read_at_ms, state.last_ts))
-            c.executemany(
-                "INSERT INTO outbox (key, meter_id, zone_id, produced_wh, consumed_wh, reading_timestamp, closing_seq,"
-                " part, parts, source, status, reason, created_at_ms, updated_at_ms) "
-                "VALUES (?,?,?,?,?,?,?,?,?,'http',?,?,?,?)",
-                [("http:" + p.key, p.meter_id, zone_id, p.produced_wh, p.consumed_wh, p.reading_timestamp,
-                  p.closing_seq, p.part, p.parts, "held" if p.held_reason else "pending", p.held_reason, now_ms,
-                  now_ms) for p in planned])
+            self.add_planned(c, OutboxSource.HTTP, planned, zone_id, now_ms)
 
-    def outbox_due(self, now_ms: int, limit: int = 5000) -> list[OutboxRow]:
-        q = (f"SELECT {_OUTBOX_COLS} FROM outbox WHERE status IN ('pending', 'sent') AND next_attempt_ms <= ? "
-             "ORDER BY meter_id, reading_timestamp LIMIT ?")
-        return [OutboxRow(*r) for r in self.conn.execute(q, (now_ms, limit))]
-
-    def outbox_rows(self, meter_id: str | None = None, status: str | None = None, limit: int = 1000) -> list[OutboxRow]:
-        q = f"SELECT {_OUTBOX_COLS} FROM outbox WHERE (? IS NULL OR meter_id = ?) AND (? IS NULL OR status = ?) " \
-            "ORDER BY meter_id, reading_timestamp LIMIT ?"
-        return [OutboxRow(*r) for r in self.conn.execute(q, (meter_id, meter_id, status, status, limit))]
-
-    def set_outbox(self, keys: Sequence[str], status: str, now_ms: int, *, reason: str | None = None,
-                   signature: str | None = None, next_attempt_ms: int = 0, attempt: bool = False) -> None:
-        with Transaction(self.conn) as c:
-            c.executemany(
-                "UPDATE outbox SET status = ?, reason = COALESCE(?, reason), signature = COALESCE(?, signature), "
-                "updated_at_ms = ?, next_attempt_ms = ?, attempts = attempts + ? WHERE key = ?",
-                [(status, reason, signature, now_ms, next_attempt_ms, int(attempt), k) for k in keys])
-
-    def outbox_stats(self, now_ms: int) -> dict[str, object]:
-        counts = dict.fromkeys(OUTBOX_STATUSES, 0)
-        counts.update(dict(self.conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall()))
-        oldest = self.conn.execute("SELECT MIN(created_at_ms) FROM outbox WHERE status IN ('pending','sent')"
-                                   ).fetchone()[0]
-        return {"counts": counts, "oldest_age_s": 0.0 if oldest is None else max(0, now_ms - oldest) / 1000}
-
+    def prune(self, now_ms: int, retention_days: int = DEFAULT_RETENTION_DAYS) -> Pruned:
+        """Decided rows older than the retention deleted (gateway.retention)."""
+        return prune(self.conn, now_ms, retention_days)
