@@ -110,8 +110,8 @@ class Outbox:
     def outbox_rows(self, meter_id: str | None = None, status: OutboxStatus | str | None = None,
                     limit: int = 1000) -> list[OutboxRow]:
         st = None if status is None else OutboxStatus(status).value
-        q = f"SELECT {_COLS} FROM outbox WHERE (? IS NULL OR meter_id = ?) AND (? IS NULL OR status = ?) " \
-            "ORDER BY meter_id, reading_timestamp LIMIT ?"
+        q = (f"SELECT {_COLS} FROM outbox WHERE (CAST(? AS TEXT) IS NULL OR meter_id = ?) "
+             "AND (CAST(? AS TEXT) IS NULL OR status = ?) ORDER BY meter_id, reading_timestamp LIMIT ?")
         return [_row(r) for r in self.conn.execute(q, (meter_id, meter_id, st, st, limit))]
 
     def set_outbox(self, keys: Sequence[str], status: OutboxStatus, now_ms: int, *, reason: str | None = None,

@@ -54,7 +54,7 @@ def prune(conn: sqlite3.Connection, now_ms: int, retention_days: int = DEFAULT_R
             "FROM plan_state s WHERE s.meter_id = readings.meter_id), -1))", (cut,)).rowcount
         c.execute("INSERT INTO outbox_pruned SELECT meter_id, COUNT(*) FROM outbox WHERE status = ? AND "
                   "updated_at_ms < ? GROUP BY meter_id ON CONFLICT (meter_id) DO UPDATE SET "
-                  "confirmed = confirmed + excluded.confirmed", (OutboxStatus.CONFIRMED.value, cut))
+                  "confirmed = outbox_pruned.confirmed + excluded.confirmed", (OutboxStatus.CONFIRMED.value, cut))
         outbox = c.execute("DELETE FROM outbox WHERE status IN (?,?,?) AND updated_at_ms < ?",
                            (*_DECIDED, cut)).rowcount
         rejections = c.execute("DELETE FROM rejections WHERE received_at_ms < ?", (cut,)).rowcount

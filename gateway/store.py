@@ -11,6 +11,8 @@ gateway/retention.py; the interface a second backend implements is gateway/store
 from __future__ import annotations
 
 import hashlib
+import re
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import NamedTuple
 
 from gateway.database import Transaction, connect
 from gateway.intake.checks import Progress
+from gateway.migrations import SqliteStep, apply_sqlite
 from gateway.outbox import Outbox, OutboxSource
 from gateway.retention import DEFAULT_RETENTION_DAYS, Pruned, prune
 from gateway.submit.intervals import Planned, PlanState, Point, http_point
@@ -170,21 +173,30 @@ class BatchWrite:
     dropped: tuple[int, int] = (0, 0)  # unauthenticated rejections over the quarantine budget: messages, bytes
 
 
+def _v1(c: sqlite3.Connection) -> None:
+    """The schema, and the columns/rows that databases of versions before numbered migrations lack."""
+    for stmt in re.sub(r"--[^\n]*", "", _SCHEMA).split(";"):  # executescript would COMMIT the migration's BEGIN
+        if stmt.strip():
+            c.execute(stmt)
+    cols = {r[1] for r in c.execute("PRAGMA table_info(rejections)")}
+    for col, typ in (("payload_len", "INTEGER"), ("payload_sha256", "BLOB")):
+        if col not in cols:
+            c.execute(f"ALTER TABLE rejections ADD COLUMN {col} {typ}")
+    if c.execute("SELECT NOT EXISTS (SELECT 1 FROM http_meters) AND EXISTS (SELECT 1 FROM http_ingest)").fetchone()[0]:
+        c.execute("INSERT OR IGNORE INTO http_meters SELECT meter_id, MAX(seq), MAX(received_at_ms) "
+                  "FROM http_ingest GROUP BY meter_id")
+
+
+SQLITE_MIGRATIONS: list[tuple[int, SqliteStep]] = [(1, _v1)]  # gateway/migrations.py
+
+
 class Store(Outbox):
     """The gateway's durable state in SQLite (gateway.store_api.GatewayStore is the interface)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.conn = connect(path)
-        self.conn.executescript(_SCHEMA)
-        cols = {r[1] for r in self.conn.execute("PRAGMA table_info(rejections)")}
-        for col, typ in (("payload_len", "INTEGER"), ("payload_sha256", "BLOB")):  # databases of older versions
-            if col not in cols:
-                self.conn.execute(f"ALTER TABLE rejections ADD COLUMN {col} {typ}")
-        if self.conn.execute("SELECT NOT EXISTS (SELECT 1 FROM http_meters) AND EXISTS (SELECT 1 FROM http_ingest)"
-                             ).fetchone()[0]:  # a database of the version before http_meters
-            self.conn.execute("INSERT OR IGNORE INTO http_meters SELECT meter_id, MAX(seq), MAX(received_at_ms) "
-                              "FROM http_ingest GROUP BY meter_id")
+        apply_sqlite(self.conn, SQLITE_MIGRATIONS)
 
     def close(self) -> None:
         self.conn.close()
@@ -250,7 +262,8 @@ class Store(Outbox):
         c.executemany(_INSERT_REJECTION, map(_rejection_params, w.rejections))
         if w.dropped[0]:
             c.execute("INSERT INTO quarantine_dropped VALUES (?,?,?) ON CONFLICT (hour_ms) DO UPDATE SET "
-                      "messages = messages + excluded.messages, bytes = bytes + excluded.bytes",
+                      "messages = quarantine_dropped.messages + excluded.messages, "
+                      "bytes = quarantine_dropped.bytes + excluded.bytes",
                       (w.seen_ms - w.seen_ms % HOUR_MS, *w.dropped))
         c.executemany("INSERT INTO gaps VALUES (?,?,?,?)", w.gaps)
         rows = []
@@ -263,9 +276,10 @@ class Store(Outbox):
             "INSERT INTO progress VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (meter_id) DO UPDATE SET "
             "last_seq=excluded.last_seq, last_read_at_ms=excluded.last_read_at_ms, "
             "last_import_wh=excluded.last_import_wh, last_export_wh=excluded.last_export_wh, "
-            "last_seen_ms=excluded.last_seen_ms, accepted=accepted+excluded.accepted, held=held+excluded.held, "
-            "rejected=rejected+excluded.rejected, duplicates=duplicates+excluded.duplicates, "
-            "missing=missing+excluded.missing", rows)
+            "last_seen_ms=excluded.last_seen_ms, accepted=progress.accepted+excluded.accepted, "
+            "held=progress.held+excluded.held, "
+            "rejected=progress.rejected+excluded.rejected, duplicates=progress.duplicates+excluded.duplicates, "
+            "missing=progress.missing+excluded.missing", rows)
 
     def add_rejection(self, r: RejectionRow) -> None:
         self.write_rejections([r], r.received_at_ms)
