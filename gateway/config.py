@@ -331,7 +331,7 @@ def _coerce(path: str, value: object, typ: object) -> object:
     raise ConfigError(path, f"unsupported type {typ}")  # programming error in this module
 
 
-def _section(name: str, data: object) -> object:
+def _section(name: str, data: object) -> Any:
     cls = _SECTIONS[name]
     if not isinstance(data, dict):
         raise ConfigError(name, "must be a table", data)

@@ -393,7 +393,3 @@ def decode_ack(message: bytes, key: VerifyKey) -> Ack:
     check_stored("acked_seq", acked)
     check_stored("issued_at_ms", issued)
     return Ack(meter_id=validate_meter_id(meter_id), acked_seq=acked, issued_at_ms=issued)
-
-
-def instant_field_names() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(Instantaneous))

@@ -1,6 +1,6 @@
 """VirtualRtuBus: a socat pty pair as the RS-485 link + one pymodbus SimSerialServer serving several meters.
 
-    socat -d -d pty,rawer,link=<dir>/meters pty,rawer,link=<dir>/client      (meters-and-harness.md B.2)
+    socat -d -d pty,rawer,link=<dir>/meters pty,rawer,link=<dir>/client      (socat(1))
 
 The agent opens `client_port`. A pty does not enforce baud or parity, so the bus holds its own fd on the client
 side and reads the termios settings the client set (tcgetattr): a meter answers only when they match its framing.
