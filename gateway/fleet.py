@@ -6,8 +6,8 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+from base.units import milli_text as wh_text
 from gateway.health import SEVERITY, MeterFacts, State, Thresholds, held_reason, meter_health, observed_interval_ms
-from gateway.intake.http_payload import wh_text
 from gateway.registry import Meter, MeterStatus, Registry
 from protocol import MeterRole
 
