@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 from base.toml_table import Table
 from oracle_interface.layout import DEVNET_PROGRAM_ID, FUTURE_SKEW_S, account_key_problem
-from protocol.identifiers import client_id_problem
+from protocol.identifiers import client_id_problem, mqtt_username_problem
 from protocol.topics import prefix_problem
 
 # The devnet deployment is only a default (defined once, in oracle_interface.layout): production sets
@@ -189,8 +189,8 @@ class MqttSection:
     session_expiry_s: int = 0
     max_pending_messages: int = 2000  # bound of the receive queue; paho stops reading beyond it
     checks: ClassVar[dict[str, Check]] = {
-        "host": _nonempty, "port": _range(1, 65535), "client_id": _nonempty, "share_group": client_id_problem,
-        "password": _mqtt_password,
+        "host": _nonempty, "port": _range(1, 65535), "client_id": client_id_problem, "share_group": client_id_problem,
+        "username": lambda v: mqtt_username_problem(v) if v else None, "password": _mqtt_password,
         "topic_prefix": prefix_problem, "session_expiry_s": _range(0, 2**32 - 1),
         "max_pending_messages": _range(1, 1_000_000),
     }
