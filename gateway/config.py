@@ -149,6 +149,7 @@ class GatewaySection:
     ack_key_file: str = "/etc/gridmeter/gateway.key"  # Ed25519 seed (64 hex) signing the acks
     verify_workers: int = 0  # signature-checking processes; 0 = one per core
     retention_days: int = 30  # decided rows older than this are pruned (gateway/retention.py)
+    postgres_dsn: str = ""  # empty: SQLite in state_dir (one box); set: PostgreSQL shared by N gateways (fleet)
     checks: ClassVar[dict[str, Check]] = {"state_dir": _nonempty, "ack_key_file": _nonempty,
                                           "verify_workers": _range(0, 64), "retention_days": _range(1, 3650)}
 
@@ -163,11 +164,12 @@ class ChainSection:
     submit_interval_s: float = 5.0  # how often the outbox is drained
     config_refresh_s: float = 60.0  # OracleData thresholds are re-read at least this often
     max_backoff_s: float = 60.0  # cap of the exponential backoff after RPC failures
+    sent_recheck_s: float = 120.0  # a `sent` row without a result is reconciled after this (blockhash expiry)
     checks: ClassVar[dict[str, Check]] = {
         "rpc_url": _url, "program_id": account_key_problem, "authority_key_file": _nonempty,
         "commitment": _choice("processed", "confirmed", "finalized"),
         "submit_interval_s": _range(0.05, 3600), "config_refresh_s": _range(1, 86400),
-        "max_backoff_s": _range(1, 3600),
+        "max_backoff_s": _range(1, 3600), "sent_recheck_s": _range(1, 3600),
     }
 
 
@@ -368,6 +370,9 @@ def _cross_check(cfg: GatewayConfig) -> GatewayConfig:
         raise ConfigError("dashboard.tls_key", "tls_cert and tls_key go together")
     if cfg.http.enabled and not cfg.http.api_keys:
         raise ConfigError("http.api_keys", "the HTTP ingest needs at least one API key")
+    if cfg.gateway.postgres_dsn and (cfg.http.enabled or cfg.dashboard.enabled):
+        raise ConfigError("gateway.postgres_dsn", "the HTTP ingest and the dashboard run on the SQLite store only: "
+                          "disable [http] and [dashboard] on a PostgreSQL gateway")
     if bool(cfg.http.tls_cert) != bool(cfg.http.tls_key):
         raise ConfigError("http.tls_key", "tls_cert and tls_key go together")
     if bool(cfg.mqtt.tls_cert) != bool(cfg.mqtt.tls_key):

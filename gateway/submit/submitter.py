@@ -88,10 +88,18 @@ class Submitter:
         self.limits: OracleLimits | None = None
         self.last_error: str | None = None
         self.http_idle_close_s = DEFAULT_HTTP_IDLE_CLOSE_S
+        self.sent_recheck_s: float = DEFAULT_SENT_RECHECK_S
+        # Several gateways on one PostgreSQL store: a cycle runs only while this says True
+        # (gateway.pgstore.SubmitterLease); None: the only submitter (SQLite, one box).
+        self.lease: Callable[[], bool] | None = None
         metrics.chain.start(epoch_s)
 
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
         while not stop.is_set():
+            if self.lease is not None and not await asyncio.to_thread(self.lease):
+                with contextlib.suppress(TimeoutError):  # standby: another gateway submits
+                    await asyncio.wait_for(stop.wait(), interval_s)
+                continue
             try:
                 stats = await self.run_once()
                 if self.on_cycle is not None:
@@ -188,7 +196,7 @@ class Submitter:
             return {}
         now_ms = int(self.clock() * 1000)
         self.store.set_outbox([r.key for r in to_send], OutboxStatus.SENT, now_ms, attempt=True,
-                              next_attempt_ms=now_ms + DEFAULT_SENT_RECHECK_S * 1000)
+                              next_attempt_ms=now_ms + int(self.sent_recheck_s * 1000))
         results = await self.client.submit([Submission(
             key=r.key, meter_id=r.meter_id, produced_wh=r.produced_wh, consumed_wh=r.consumed_wh,
             reading_timestamp=r.reading_timestamp, zone_id=r.zone_id) for r in to_send])
