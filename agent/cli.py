@@ -1,7 +1,7 @@
 """`gridmeter agent run | check-config | status | reset-counter`.
 
-Exit codes: 0 ok; 1 runtime failure (store cannot open, agent degraded for `status`); 2 bad config or key
-file (fix the file, restarting will not help: the systemd unit does not restart on 2);
+Exit codes: 0 ok; 1 runtime failure (store cannot open, a background task died, agent degraded for `status`);
+2 bad config or key file (fix the file, restarting will not help: the systemd unit does not restart on 2);
 3 status endpoint unreachable.
 """
 
@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from agent.config import ConfigError
     from agent.keys import KeyFileError
-    from agent.service import build_service
+    from agent.service import TaskFailedError, build_service
     from agent.store import StoreError
 
     try:
@@ -87,8 +87,8 @@ def _run(args: argparse.Namespace) -> int:
             raise _CliError(exc, EXIT_FAILURE) from None
         try:
             asyncio.run(service.run())
-        except (OSError, StoreError) as exc:  # status port taken, store unwritable: say what, exit non-zero
-            raise _CliError(f"agent stopped: {exc}", EXIT_FAILURE) from None
+        except (OSError, StoreError, TaskFailedError) as exc:  # status port taken, store unwritable, a background
+            raise _CliError(f"agent stopped: {exc}", EXIT_FAILURE) from None  # task died: exit 1, systemd restarts
     except _CliError as exc:
         return _fail(exc)
     return EXIT_OK

@@ -22,8 +22,11 @@ from firmware_config.schema import (
     sentinel_raw,
 )
 from firmware_config.schema import SerialNumberRule as _SerialNumberRule
+from protocol.wire import STORED_INT_MAX
 
-U64_MAX = 2**64 - 1
+# Energy counters are u64 on the wire but every store on the way (the agent's and the gateway's SQLite INTEGER) is
+# signed 64-bit: a counter beyond 2^63-1 (a glitched float32/uint64 register) is an invalid read here, at decode.
+ENERGY_MAX = STORED_INT_MAX
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 SUNSSF_MIN, SUNSSF_MAX = -10, 10  # SunSpec: scale factors are -10..10 (sunspec/models); beyond = corrupt
 
@@ -36,6 +39,7 @@ class Invalid:
     """Not a number: the register said "not implemented", NaN, or a value our vocabulary cannot hold."""
 
     reason: str  # not_implemented | nan | infinite | negative | out_of_range | missing | scale_factor_invalid
+    # (out_of_range for energy: above ENERGY_MAX = 2^63-1, what signed 64-bit storage holds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +99,7 @@ def scale(number: int | Fraction, reg: Register, sf: int | None = None) -> int |
     if reg.measurement in ENERGY_MEASUREMENTS:
         if result < 0:
             return Invalid("negative")
-        if result > U64_MAX:
+        if result > ENERGY_MAX:
             return Invalid("out_of_range")
     elif not I32_MIN <= result <= I32_MAX:
         return Invalid("out_of_range")

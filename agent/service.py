@@ -5,6 +5,13 @@ signed reading (seq from the store, key_id of the meter's key, read_at = the mom
 read, never rewritten) that is committed in batches before the publisher may see it. A failing device,
 a bad value or a full store is counted and logged, never fatal to the loop. SIGTERM/SIGINT stop cleanly
 (flush, offline status); sd_notify READY/WATCHDOG when NOTIFY_SOCKET is set.
+
+Supervision: every background task (publisher, pollers, flush, watchdog) is watched. One that ends before a stop
+was asked for (an exception, or returning) is a failure: it is logged with its traceback, shown in /health
+(`tasks`, `failed_task`), recorded in the store's event log, the watchdog is no longer pinged, and the service
+stops and run() raises TaskFailedError, so the CLI exits non-zero and systemd restarts the agent. A store whose
+file turns out corrupt while running is such a failure too (the flush task ends); at the next start the file is
+moved aside (agent.store.open_or_replace).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from agent.keys import load_key_file
 from agent.plausibility import Baseline, check_counters
 from agent.publisher import Publisher, wall_ms
 from agent.status import Health, StatusServer
-from agent.store import LastGood, Store, StoreError, StoreFullError
+from agent.store import LastGood, StoreCorruptError, StoreError, StoreFullError, open_or_replace
 from protocol.canonical import sign_reading
 from protocol.errors import InvalidFieldError
 from protocol.reading import Instantaneous, Quality, Reading
@@ -48,6 +55,15 @@ LIVENESS_MIN_S = 60.0
 # On SIGTERM, wait at most this long for the last readings to be acked (systemd TimeoutStopSec is 20 s).
 DEFAULT_STOP_DRAIN_S = 5.0
 _INSTANT_NAMES = Instantaneous.names()
+TASK_FAILED_EVENT = "task_failed"
+
+
+class TaskFailedError(Exception):
+    """A supervised background task ended while the agent was running: the service stopped because of it."""
+
+    def __init__(self, task: str, reason: str) -> None:
+        super().__init__(f"background task {task!r} failed: {reason}")
+        self.task, self.reason = task, reason
 
 
 @dataclass
@@ -64,7 +80,8 @@ class AgentService:
     def __init__(self, cfg: AgentConfig, keys: dict[str, SigningKey], meters: list[MeterSpec],
                  buses: dict[str, Any]) -> None:
         self.cfg, self.keys, self.meters, self.bus_specs = cfg, keys, meters, buses
-        self.store = Store(cfg.db_path, max_readings=cfg.store.max_readings, overflow=cfg.store.overflow)
+        self.store, self.store_replaced = open_or_replace(cfg.db_path, max_readings=cfg.store.max_readings,
+                                                          overflow=cfg.store.overflow)
         self.clock = ClockProbe(cfg.clock.check, require_sync=cfg.clock.require_sync)
         self.publisher = Publisher(cfg.mqtt, [m.meter_id for m in meters], self.store,
                                    VerifyKey(cfg.mqtt.gateway_public_key))
@@ -83,6 +100,9 @@ class AgentService:
         self._pollers: list[Poller] = []
         self._bus_objs: list[Bus] = []
         self._publisher_task: asyncio.Task[None] | None = None
+        self._tasks: dict[str, asyncio.Task[Any]] = {}  # supervised background tasks by name
+        self.failed_task: dict[str, Any] | None = None  # {"task", "reason", "at_ms"} of the first that died
+        self.last_task_failure = self._last_task_failure()  # newest recorded in the store (an earlier run's)
         self.status: StatusServer | None = None
 
     # -- per sample -----------------------------------------------------------------------------
@@ -183,11 +203,15 @@ class AgentService:
     # -- loops ----------------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        """Commit what is pending. A disk-full / I/O failure is kept (retried next tick, shown in /health); a
+        corrupt store file raises StoreCorruptError: retrying cannot help, the flush task ends (supervision)."""
         try:
             committed = self.store.flush()
         except StoreError as exc:  # disk full, I/O error: keep the readings pending, retry next tick
             log.log(logging.DEBUG if str(exc) == self.commit_error else logging.ERROR, "%s", exc)
             self.commit_error = str(exc)
+            if isinstance(exc, StoreCorruptError):
+                raise
             return
         if self.commit_error:
             log.info("store commits work again")
@@ -216,10 +240,55 @@ class AgentService:
                     await asyncio.wait_for(self._stop.wait(), delay)
                 delay = min(delay * 2, MAX_POLLER_RESTART_S)
 
+    def _supervised(self, name: str, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks[name] = task
+        task.add_done_callback(self._task_ended)
+        return task
+
+    def _task_ended(self, task: asyncio.Task[Any]) -> None:
+        """Done callback of every supervised task: ending before a stop was asked for is a failure."""
+        if self._stop.is_set() or self.failed_task is not None:
+            return
+        exc = None if task.cancelled() else task.exception()
+        reason = ("cancelled" if task.cancelled() else f"{type(exc).__name__}: {exc}" if exc is not None
+                  else "returned while the agent was running")
+        self.failed_task = {"task": task.get_name(), "reason": reason, "at_ms": wall_ms()}
+        log.error("background task %s died (%s): no more watchdog pings; stopping so systemd restarts the agent",
+                  task.get_name(), reason, exc_info=exc)
+        self._stop.set()
+
+    def _record_failure(self) -> None:
+        if self.failed_task is None:
+            return
+        try:
+            failed = self.failed_task
+            self.store.record_event(TASK_FAILED_EVENT, None, f"{failed['task']}: {failed['reason']}",
+                                    counter="task_failures")
+        except StoreError as exc:  # the failing task may be the store itself: the log line above still says why
+            log.error("could not record the task failure in the store: %s", exc)
+
+    def _last_task_failure(self) -> dict[str, Any] | None:
+        """The newest task_failed event (an earlier run's: shown in /health after systemd restarted us)."""
+        try:
+            for at_ms, kind, _meter, detail in self.store.events(limit=50):
+                if kind == TASK_FAILED_EVENT:
+                    task, _, reason = detail.partition(": ")
+                    return {"task": task, "reason": reason, "at_ms": at_ms}
+        except StoreError as exc:
+            log.warning("cannot read the store's event log: %s", exc)
+        return None
+
+    def _dead_task(self) -> str | None:
+        if self.failed_task is not None:
+            return str(self.failed_task["task"])
+        tasks = [*self._tasks.values(), *([self._publisher_task] if self._publisher_task is not None else [])]
+        return next((t.get_name() for t in tasks if t.done()), None)
+
     async def _watchdog_loop(self, notifier: Notifier, interval_s: float) -> None:
         """Ping only while every poller completes cycles (meters in backoff still count: their cycle runs
-        and skips them) and the publisher runs, so a wedged bus loop or a dead publisher (readings would pile
-        up unpublished) gets the service restarted; a dead meter does not."""
+        and skips them) and every supervised task runs, so a wedged bus loop or a dead task (e.g. the publisher:
+        readings would pile up unpublished) gets the service restarted; a dead meter does not."""
         liveness = max(LIVENESS_MIN_S, 5 * self.cfg.agent.poll_interval_s)
         last_cycles = [-1] * len(self._pollers)
         last_change = [time.monotonic()] * len(self._pollers)
@@ -228,9 +297,9 @@ class AgentService:
             for i, p in enumerate(self._pollers):
                 if p.stats.cycles != last_cycles[i]:
                     last_cycles[i], last_change[i] = p.stats.cycles, now
-            publisher = self._publisher_task
-            if publisher is not None and publisher.done():
-                log.error("the publisher stopped: withholding the watchdog ping so systemd restarts the agent")
+            dead = self._dead_task()
+            if dead is not None:
+                log.error("task %s stopped: withholding the watchdog ping so systemd restarts the agent", dead)
             elif all(now - t < liveness for t in last_change):
                 notifier.send("WATCHDOG=1")
             else:
@@ -255,7 +324,7 @@ class AgentService:
         notifier = Notifier.from_env()
         try:
             self.publisher.start()
-            self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
+            self._publisher_task = self._supervised("publisher", self.publisher.run())
             tasks.append(self._publisher_task)
             hp = self.cfg.status.host_port
             if hp is not None:
@@ -266,17 +335,19 @@ class AgentService:
                 self._bus_objs.append(bus)
                 poller = Poller(bus, [m for m in self.meters if m.bus == name])
                 self._pollers.append(poller)
-                tasks.append(asyncio.create_task(self._supervise(poller, name), name=f"poller-{name}"))
-            tasks.append(asyncio.create_task(self._flush_loop(), name="flush"))
+                tasks.append(self._supervised(f"poller-{name}", self._supervise(poller, name)))
+            tasks.append(self._supervised("flush", self._flush_loop()))
             if notifier is not None:
                 notifier.send("READY=1")
                 wd = notifier.watchdog_interval_s()
                 if wd is not None:
-                    tasks.append(asyncio.create_task(self._watchdog_loop(notifier, wd), name="watchdog"))
+                    tasks.append(self._supervised("watchdog", self._watchdog_loop(notifier, wd)))
             log.info("agent running: %d meters on %d buses", len(self.meters), len(self.bus_specs))
             await self._stop.wait()
         finally:
             await self._shutdown(tasks, notifier)
+        if self.failed_task is not None:
+            raise TaskFailedError(self.failed_task["task"], self.failed_task["reason"])
 
     async def _shutdown(self, tasks: list[asyncio.Task[Any]], notifier: Notifier | None) -> None:
         if notifier is not None:
@@ -286,7 +357,13 @@ class AgentService:
             if t.get_name() != "publisher":
                 t.cancel()
         await asyncio.gather(*[t for t in tasks if t.get_name() != "publisher"], return_exceptions=True)
-        self._flush()
+        self._record_failure()
+        try:
+            self._flush()
+        except StoreCorruptError:
+            pass  # logged by _flush; moved aside at the next start
+        except Exception:  # the flush may be what failed: the rest of the stop must still happen
+            log.exception("the last flush failed; uncommitted readings were never published (re-read at start)")
         self.publisher.wake()
         await self._drain_before_stop()
         await self.publisher.stop()
@@ -298,7 +375,10 @@ class AgentService:
                 log.warning("closing bus %s failed", bus.name, exc_info=True)
         if self.status is not None:
             await self.status.stop()
-        self.store.close()
+        try:
+            self.store.close()
+        except Exception as exc:  # its flush failed (logged above); the file is closed all the same
+            log.error("closing the store: %s: %s", type(exc).__name__, exc)
         log.info("agent stopped")
 
     async def _drain_before_stop(self) -> None:
@@ -322,7 +402,11 @@ class AgentService:
         failing = [m for m, d in devices.items() if d.get("consecutive_errors", 0)]
         ok = stats.connected and clock.synced and not failing and self._full_since is None and not self.commit_error
         return {
-            "status": "ok" if ok else "degraded",
+            "status": "failed" if self.failed_task else "ok" if ok else "degraded",
+            "tasks": {name: _task_state(t) for name, t in self._tasks.items()},
+            "failed_task": self.failed_task,
+            "last_task_failure": self.last_task_failure,  # the newest an earlier run recorded, with its time
+            "store_replaced": None if self.store_replaced is None else str(self.store_replaced),
             "now_ms": now,
             "last_read_ms": self.last_read_ms,
             "last_publish_ms": stats.last_publish_ms,
@@ -345,6 +429,15 @@ class AgentService:
             "store": self.store.counters(),
             "acks_rejected_by_reason": dict(self.store.rejected),
         }
+
+
+def _task_state(task: asyncio.Task[Any]) -> str:
+    if not task.done():
+        return "running"
+    if task.cancelled():
+        return "cancelled"
+    exc = task.exception()
+    return f"failed: {type(exc).__name__}: {exc}" if exc is not None else "ended"
 
 
 def _counters(sample: MeterSample, baseline: Baseline | None) -> tuple[int, int, Quality]:

@@ -54,6 +54,8 @@ class HealthCollector(Collector):
         yield GaugeMetricFamily("gridmeter_agent_clock_synced", "1 if the wall clock is synchronised",
                                 1 if h["clock"]["synced"] else 0)
         yield CounterMetricFamily("gridmeter_agent_clock_jumps", "wall-clock jumps detected", h["clock"]["jumps"])
+        yield GaugeMetricFamily("gridmeter_agent_task_failed", "1 once a background task died (the agent is stopping)",
+                                1 if h.get("failed_task") else 0)
         for key, value in sorted(h["store"].items()):
             yield CounterMetricFamily(f"gridmeter_agent_store_{key}", f"store counter {key}", value)
         for key, name, doc, counter in _MQTT_METRICS:

@@ -24,19 +24,21 @@ Choices, with reasons:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import sqlite3
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NoReturn
+from typing import Concatenate, Literal, NoReturn, ParamSpec, TypeVar
 
-from agent.store_schema import StoreError, Transaction, open_store_db
+from agent.store_schema import STORE_FAILURES, StoreCorruptError, StoreError, Transaction, open_store_db, store_error
 from protocol.canonical import decode_ack
 from protocol.errors import ProtocolError
 from protocol.reading import SignedReading
 from protocol.signing import VerifyKey
+from protocol.wire import STORED_INT_MAX
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,26 @@ MAX_EVENTS = 10_000
 MAX_PENDING = 10_000
 # Rejected acks are counted always, but written to the event log at most once per reason per minute.
 REJECT_RECORD_INTERVAL_S = 60.0
+
+
+# What a SQLite INTEGER column holds (signed 64-bit); the wire's u64 values beyond it are refused before storing.
+SQLITE_INT_MAX = STORED_INT_MAX
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _store_errors(what: str) -> Callable[[Callable[Concatenate[Store, _P], _R]], Callable[Concatenate[Store, _P], _R]]:
+    """Every failure of the wrapped Store method is a StoreError naming the store and `what` (a corrupt page is
+    a StoreCorruptError), never a raw sqlite3 error or OverflowError."""
+    def wrap(fn: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenate[Store, _P], _R]:
+        @functools.wraps(fn)
+        def guarded(self: Store, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return fn(self, *args, **kwargs)
+            except STORE_FAILURES as exc:
+                raise store_error(f"{self.path}: {what}", exc) from exc
+        return guarded
+    return wrap
 
 
 class StoreFullError(StoreError):
@@ -92,9 +114,9 @@ class Store:
             self._next = dict(self._db.execute("SELECT meter_id, next_seq FROM seqs").fetchall())
             self._acked = dict(self._db.execute("SELECT meter_id, acked_seq FROM seqs").fetchall())
             self._recount()
-        except sqlite3.Error as exc:
+        except STORE_FAILURES as exc:
             self._db.close()
-            raise StoreError(f"{self.path}: cannot open store ({exc})") from exc
+            raise store_error(f"{self.path}: cannot open store", exc) from exc
         self._pending: list[SignedReading] = []
         self._dirty_seqs: set[str] = set()
         self._pending_good: dict[str, LastGood] = {}
@@ -136,6 +158,13 @@ class Store:
         r = signed.reading
         if r.seq >= self._next.get(r.meter_id, 1):
             raise StoreError(f"{r.meter_id} seq {r.seq} was not allocated by this store")
+        ints = {"seq": r.seq, "read_at_ms": r.read_at_ms}
+        if good is not None:
+            ints |= {"last good import_wh": good.import_wh, "last good export_wh": good.export_wh,
+                     "last good read_at_ms": good.read_at_ms}
+        beyond = [f"{k}={v}" for k, v in ints.items() if not 0 <= v <= SQLITE_INT_MAX]
+        if beyond:  # refused here: queued, it would fail every later commit of every meter
+            raise StoreError(f"{r.meter_id} seq {r.seq}: not stored, {', '.join(beyond)} beyond 0..{SQLITE_INT_MAX}")
         self._pending.append(signed)
         if good is not None:
             self._pending_good[r.meter_id] = good
@@ -174,9 +203,10 @@ class Store:
                     m = s.reading.meter_id
                     self._per_meter[m] = self._per_meter.get(m, 0) + 1
                 dropped = self._apply_overflow()
-        except (sqlite3.Error, StoreError) as exc:
-            self._recount()
-            raise StoreError(f"{self.path}: cannot commit {len(rows)} readings ({exc})") from exc
+        except (*STORE_FAILURES, StoreError) as exc:
+            with contextlib.suppress(*STORE_FAILURES):  # the commit failed; counts are re-read if the file allows
+                self._recount()
+            raise store_error(f"{self.path}: cannot commit {len(rows)} readings", exc) from exc
         self._pending.clear()
         self._dirty_seqs.clear()
         self._pending_good.clear()
@@ -218,6 +248,7 @@ class Store:
         )
         self._db.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (MAX_EVENTS,))
 
+    @_store_errors("recording an event")
     def record_event(self, kind: str, meter_id: str | None, detail: str, *, counter: str | None = None) -> None:
         """Durably record something an operator must be able to find later (and count it)."""
         with self._tx():
@@ -227,6 +258,7 @@ class Store:
 
     # -- acks -----------------------------------------------------------------------------------
 
+    @_store_errors("applying an ack")
     def apply_ack(self, meter_id: str, message: bytes, gateway_key: VerifyKey) -> int:
         """Verify a gateway ack received on meter_id's ack topic and delete what it covers.
 
@@ -281,6 +313,7 @@ class Store:
             self.record_event(reason, meter_id, f"{detail} ({self.rejected[reason]} so far)")
         raise AckRejectedError(reason, detail)
 
+    @_store_errors("deleting acked readings")
     def ack(self, meter_id: str, acked_seq: int) -> int:
         """Delete meter_id's readings with seq <= acked_seq (the ack was verified). Returns rows deleted."""
         if acked_seq <= self._acked.get(meter_id, 0):
@@ -303,18 +336,17 @@ class Store:
 
     # -- reading --------------------------------------------------------------------------------
 
+    @_store_errors("reading readings")
     def fetch(self, meter_id: str, after_seq: int, limit: int) -> list[StoredReading]:
         """Committed readings of meter_id with seq > after_seq, in seq order."""
-        try:
-            rows = self._db.execute(
-                "SELECT seq, read_at_ms, payload, signature FROM readings WHERE meter_id = ? AND seq > ? "
-                "ORDER BY seq LIMIT ?",
-                (meter_id, after_seq, limit),
-            ).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot read {meter_id}'s readings after seq {after_seq} ({exc})") from exc
+        rows = self._db.execute(
+            "SELECT seq, read_at_ms, payload, signature FROM readings WHERE meter_id = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (meter_id, after_seq, limit),
+        ).fetchall()
         return [StoredReading(meter_id, s, r, p, g) for s, r, p, g in rows]
 
+    @_store_errors("reading the backlog")
     def backlog(self) -> dict[str, tuple[int, int, int]]:
         """meter_id -> (count, min seq, max seq) of committed, unacked readings (index lookups, no scan)."""
         out = {}
@@ -331,19 +363,23 @@ class Store:
     def count(self) -> int:
         return self._count
 
+    @_store_errors("reading the oldest reading")
     def oldest_read_at_ms(self) -> int | None:
         """read_at of the oldest stored reading by arrival (rowid order: no table scan)."""
         row = self._db.execute("SELECT read_at_ms FROM readings ORDER BY id LIMIT 1").fetchone()
         return row[0] if row else None
 
+    @_store_errors("reading counters")
     def counters(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
 
+    @_store_errors("reading events")
     def events(self, limit: int = 100) -> list[tuple[int, str, str | None, str]]:
         return self._db.execute(
             "SELECT at_ms, kind, meter_id, detail FROM events ORDER BY id DESC LIMIT ?", (limit,)
         ).fetchall()
 
+    @_store_errors("recording a counter reset")
     def request_counter_reset(self, meter_id: str, reason: str) -> None:
         """A meter was replaced or reset (provisioning): forget its last good counters; the agent's next
         reading of it carries Quality.COUNTER_RESET and starts a new baseline. Takes effect at agent start."""
@@ -353,9 +389,11 @@ class Store:
             self._db.execute("DELETE FROM meter_state WHERE meter_id = ?", (meter_id,))
             self._event("counter_reset_requested", meter_id, reason)
 
+    @_store_errors("reading counter resets")
     def pending_counter_resets(self) -> set[str]:
         return {m for (m,) in self._db.execute("SELECT meter_id FROM counter_resets")}
 
+    @_store_errors("reading last good counters")
     def last_good(self) -> dict[str, LastGood]:
         rows = self._db.execute("SELECT meter_id, import_wh, export_wh, read_at_ms FROM meter_state")
         return {m: LastGood(i, e, t) for m, i, e, t in rows}
@@ -365,3 +403,67 @@ class Store:
             self.flush()
         finally:
             self._db.close()
+
+
+
+# Corrupt stores moved aside are kept for inspection, the newest few only: a failing SD card that corrupts the
+# store at every start must not fill the disk with copies.
+KEEP_CORRUPT_COPIES = 3
+CORRUPT_SUFFIX = ".corrupt-"
+STORE_REPLACED_EVENT = "store_corrupt_replaced"
+
+
+def open_or_replace(path: Path, *, max_readings: int, overflow: Literal["drop_oldest", "stop_reading"] = "drop_oldest",
+                    wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> tuple[Store, Path | None]:
+    """Open the agent's store; if the file is corrupt, move it (and its -wal/-shm) aside, start a fresh store
+    and record that in it. Returns (store, where the corrupt file went or None).
+
+    Nothing is lost for good: readings in the corrupt file were signed but are no longer readable; the energy
+    counters are cumulative, so the next reading carries the same Wh. The fresh store allocates seqs from 1
+    again; the gateway acks its highest seq and the store resyncs past it (Store._resync, event seq_resync).
+    Any other StoreError (unwritable directory, disk full, newer schema) propagates: moving the file would not
+    fix it and would hide it."""
+    try:
+        return Store(path, max_readings=max_readings, overflow=overflow, wall_ms=wall_ms), None
+    except StoreCorruptError as exc:
+        problem = str(exc)
+    aside = _move_aside(Path(path), wall_ms())
+    log.error("%s; moved it to %s (kept for inspection) and started a fresh store: seqs resync from the "
+              "gateway's ack", problem, aside)
+    store = Store(path, max_readings=max_readings, overflow=overflow, wall_ms=wall_ms)
+    store.record_event(STORE_REPLACED_EVENT, None, f"{problem}; moved to {aside}; fresh store, seqs resync from "
+                       "the gateway's ack", counter="corrupt_store_replaced")
+    return store, aside
+
+
+def _move_aside(path: Path, now_ms: int) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now_ms / 1000))
+    aside = path.with_name(f"{path.name}{CORRUPT_SUFFIX}{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}{CORRUPT_SUFFIX}{stamp}.{n}")
+    for suffix in ("", "-wal", "-shm", "-journal"):  # the WAL belongs to the file it was written for
+        src = path.with_name(path.name + suffix)
+        if src.exists():
+            try:
+                os.replace(src, aside.with_name(aside.name + suffix))
+            except OSError as exc:
+                raise StoreError(f"{path}: the store file is corrupt and cannot be moved aside ({exc})") from exc
+    _fsync_dir(path.parent)
+    copies = sorted((p for p in path.parent.glob(f"{path.name}{CORRUPT_SUFFIX}*")
+                     if not p.name.endswith(("-wal", "-shm", "-journal"))), key=lambda p: p.stat().st_mtime_ns)
+    for old in copies[:-KEEP_CORRUPT_COPIES]:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                old.with_name(old.name + suffix).unlink()
+        log.warning("removed an older corrupt store copy %s (keeping the newest %d)", old, KEEP_CORRUPT_COPIES)
+    return aside
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 # 5 s: longer than any of our own transactions (ms), short enough that a stuck reader surfaces as an error.
 DEFAULT_BUSY_TIMEOUT_MS = 5000
+# quick_check at open (O(pages), read-only; ~ms for a store of 10^4 readings) reports at most this many problems.
+QUICK_CHECK_MAX_ERRORS = 5
 SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -46,6 +48,33 @@ class StoreError(Exception):
     """The store cannot be opened or written (disk full, corrupt file, permissions)."""
 
 
+class StoreCorruptError(StoreError):
+    """The store file is damaged (SQLITE_CORRUPT / SQLITE_NOTADB, or PRAGMA quick_check found a problem).
+    Retrying cannot help: at start the file is moved aside (agent.store.open_or_replace)."""
+
+
+# SQLite primary result codes that mean "this file is damaged", not "try again": SQLITE_CORRUPT, SQLITE_NOTADB.
+_CORRUPT_CODES = {11, 26}
+# Values SQLite cannot hold (INTEGER is signed 64-bit) raise OverflowError from the sqlite3 module.
+STORE_FAILURES: tuple[type[BaseException], ...] = (sqlite3.Error, OverflowError)
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, StoreCorruptError) or (isinstance(code, int) and code & 0xFF in _CORRUPT_CODES)
+
+
+def store_error(message: str, exc: BaseException) -> StoreError:
+    """One error type for every store failure; a damaged file says so plainly."""
+    if isinstance(exc, StoreError) and not is_corrupt(exc):
+        return StoreError(f"{message} ({exc})")
+    if is_corrupt(exc):
+        return StoreCorruptError(f"{message}: the store file is corrupt ({exc})")
+    if isinstance(exc, OverflowError):
+        return StoreError(f"{message}: a value beyond what SQLite INTEGER holds (signed 64-bit) ({exc})")
+    return StoreError(f"{message} ({exc})")
+
+
 def open_store_db(path: Path) -> sqlite3.Connection:
     """Open (creating if needed) the store at path: WAL, FULL sync, busy timeout, schema, version checked.
     Every failure, including an unwritable state directory, is a StoreError naming the path."""
@@ -66,9 +95,12 @@ def open_store_db(path: Path) -> sqlite3.Connection:
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION:
             raise StoreError(f"{path}: store schema version {version}, this agent speaks {SCHEMA_VERSION}")
+        problems = [r[0] for r in db.execute(f"PRAGMA quick_check({QUICK_CHECK_MAX_ERRORS})")]
+        if problems != ["ok"]:
+            raise StoreCorruptError(f"{path}: the store file is corrupt (quick_check: {'; '.join(problems)})")
     except sqlite3.Error as exc:
         db.close()
-        raise StoreError(f"{path}: cannot open store ({exc})") from exc
+        raise store_error(f"{path}: cannot open store", exc) from exc
     except StoreError:
         db.close()
         raise
@@ -85,13 +117,13 @@ class Transaction:
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:  # locked beyond busy_timeout, disk I/O error, closed
-            raise StoreError(f"cannot start a store transaction ({exc})") from exc
+            raise store_error("cannot start a store transaction", exc) from exc
 
     def __exit__(self, exc_type: object, exc: BaseException | None, _tb: object) -> None:
         try:
             self._db.execute("ROLLBACK" if exc_type else "COMMIT")
         except sqlite3.Error as end_exc:
-            raise StoreError(f"cannot {'roll back' if exc_type else 'commit'} a store transaction ({end_exc})"
-                             ) from end_exc
-        if isinstance(exc, sqlite3.Error):  # callers see one error type for every store failure
-            raise StoreError(f"store write failed ({exc})") from exc
+            raise store_error(f"cannot {'roll back' if exc_type else 'commit'} a store transaction", end_exc
+                              ) from end_exc
+        if isinstance(exc, STORE_FAILURES):  # callers see one error type for every store failure
+            raise store_error("store write failed", exc) from exc

@@ -44,9 +44,10 @@ from gateway.checks import (
 )
 from gateway.health import held_reason
 from gateway.metrics import Metrics
-from gateway.registry import Meter, Registry
+from gateway.registry import Meter, MeterStatus, Registry
 from gateway.store import BatchWrite, ReadingRow, RejectionRow, Store, quarantine_cost
-from protocol import BatchItem, ProtocolError, Reading, decode_batch
+from protocol import BatchItem, InvalidFieldError, ProtocolError, Reading, decode_batch
+from protocol.canonical import reading_head
 from protocol.topics import PREFIX, parse_meter_topic
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,10 @@ class _Item:
     item: BatchItem | None
     raw: bytes  # the whole message when the framing failed
     verdict: Verdict | None = None  # decided before the transaction (envelope / signature)
+    # A reading refused for a field value (invalid_field: a counter beyond 2^63-1) whose head names this topic's
+    # registered meter: its seq, verified against the meter's key like any reading; None otherwise.
+    head_seq: int | None = None
+    head_verified: bool = False
 
 
 class Acceptance:
@@ -211,6 +216,12 @@ class Acceptance:
                 it.verdict = check_envelope(it.item, mid, meter, NO_PROGRESS, None)
                 if it.verdict is None and meter is not None:
                     todo.append((it, meter))
+                elif (meter is not None and meter.status is MeterStatus.ACTIVE and it.item.signed is None
+                      and isinstance(it.item.error, InvalidFieldError)
+                      and (head := reading_head(it.item.payload)) is not None
+                      and head[:2] == (mid, meter.key_id)):
+                    it.head_seq = head[2]
+                    todo.append((it, meter))
 
     def finish(self, p: Prepared) -> dict[str, int]:
         """Wait for the signatures, then decide and commit everything in one transaction."""
@@ -223,7 +234,10 @@ class Acceptance:
         if results is None:
             results = verify_signatures(_triples(p.todo))
         for (it, _), ok in zip(p.todo, results, strict=True):
-            it.verdict = _VERIFIED if ok else BAD_SIGNATURE
+            if it.head_seq is not None:
+                it.head_verified = ok  # keeps its invalid_field verdict; authenticated if ok
+            else:
+                it.verdict = _VERIFIED if ok else BAD_SIGNATURE
         if p.todo:
             self.metrics.verify_seconds.observe(time.perf_counter() - p.started)
         return self._commit(p.items, p.meters, p.now_ms)
@@ -274,6 +288,9 @@ class Acceptance:
 
     def _decide(self, it: _Item, meters: dict[str, Meter], progress: dict[str, Progress], w: _Writer) -> None:
         mid = it.topic_meter_id
+        if it.head_verified and it.head_seq is not None and it.item is not None and mid is not None:
+            self._authentic_invalid(it, it.item, mid, it.head_seq, progress, w)
+            return
         if it.item is None or it.item.signed is None or mid is None:
             w.reject(it, it.verdict or Verdict(Outcome.REJECT, Reason.MALFORMED, "undecodable"), False)
             return
@@ -314,6 +331,24 @@ class Acceptance:
                 w.gaps.append((mid, verdict.gap[0], verdict.gap[1], w.now_ms))
                 w.count(mid, "missing", verdict.gap[1] - verdict.gap[0] + 1)
             progress[mid] = advance(prog, r, verdict)
+
+    def _authentic_invalid(self, it: _Item, item: BatchItem, mid: str, seq: int, progress: dict[str, Progress],
+                           w: _Writer) -> None:
+        """The meter's own signed reading with a field no store can hold: an authenticated invalid_field rejection.
+        Its seq is acked (the agent may drop it; there is nothing to re-send) and progress moves past it."""
+        prog = progress.get(mid, NO_PROGRESS)
+        w.ack.add(mid)
+        if (w.payloads.get((mid, seq)) or self.store.handled_payload(mid, seq)) == item.payload:
+            w.count(mid, "duplicates")  # a re-send of the same bytes
+            return
+        verdict = Verdict(Outcome.REJECT, Reason.INVALID_FIELD, f"{item.error} (signature verified)")
+        w.reject(it, verdict, True, seq=seq, meter_id=mid)
+        w.payloads[(mid, seq)] = item.payload
+        if seq > prog.last_seq:
+            if seq > prog.last_seq + 1:
+                w.gaps.append((mid, prog.last_seq + 1, seq - 1, w.now_ms))
+                w.count(mid, "missing", seq - 1 - prog.last_seq)
+            progress[mid] = Progress(seq, prog.last_read_at_ms, prog.last_import_wh, prog.last_export_wh)
 
     def _late(self, it: _Item, r: Reading, mid: str, w: _Writer) -> bool:
         """A seq inside a recorded gap: checked against its neighbours, stored at once. True if handled."""
@@ -391,13 +426,15 @@ class _Writer:
         """Progress rows to write: registered meters only (a flood of made-up topics adds no rows)."""
         return {m: progress.get(m, Progress()) for m in self.counts if m in meters}
 
-    def reject(self, it: _Item, v: Verdict, authenticated: bool) -> None:
+    def reject(self, it: _Item, v: Verdict, authenticated: bool, *, seq: int | None = None,
+               meter_id: str | None = None) -> None:
         signed = it.item.signed if it.item else None
         r = signed.reading if signed else None
         payload = it.item.payload if it.item else it.raw
         sig = it.item.signature if it.item else b""
-        row = RejectionRow(self.now_ms, "mqtt", it.topic_meter_id, r.meter_id if r else None, r.seq if r else None,
-                           str(v.reason or Reason.MALFORMED), v.detail, authenticated, payload, sig)
+        row = RejectionRow(self.now_ms, "mqtt", it.topic_meter_id, r.meter_id if r else meter_id,
+                           r.seq if r else seq, str(v.reason or Reason.MALFORMED), v.detail, authenticated,
+                           payload, sig)
         if not authenticated and not self.budget_allows(quarantine_cost(row), self.now_ms / 1000):
             self.not_stored += 1  # counted by reason in the metrics, not stored (flood of unauthenticated input)
             self.not_stored_bytes += len(payload)

@@ -201,6 +201,10 @@ class HttpSection:
     listen: str = "127.0.0.1:8081"
     api_keys: list[str] = field(default_factory=list, repr=False)
     max_body_bytes: int = 16384  # a DLMS reading is < 1 KiB
+    # Serve HTTPS directly when both are set (PEM files), like the dashboard; else keep listen on localhost behind
+    # a TLS reverse proxy: the X-API-KEY header must not cross a network in clear text.
+    tls_cert: str = ""
+    tls_key: str = ""
     checks: ClassVar[dict[str, Check]] = {"listen": _listen, "max_body_bytes": _range(256, 1 << 20),
                                           "api_keys": _api_keys}
 
@@ -246,7 +250,14 @@ class LimitsSection:
     # so an unfillable gap cannot block the agent forever. The agent re-sends after ack_timeout_s (30 s,
     # doubling), so 15 minutes leaves room for several re-sends.
     gap_grace_s: int = 900
+    # Quarantine byte budget for UNAUTHENTICATED rejections (anyone allowed to publish can cause them; each keeps
+    # a 256-byte prefix, the length and the sha256 of the message): bytes per second sustained and the burst.
+    # Beyond it they are only counted (metric gridmeter_gateway_quarantine_bytes_not_stored, table
+    # quarantine_dropped). 4 KiB/s is at most ~350 MB a day of an attacker's garbage.
+    quarantine_bytes_per_s: int = 4096
+    quarantine_burst_bytes: int = 8 * 1024 * 1024
     checks: ClassVar[dict[str, Check]] = {
+        "quarantine_bytes_per_s": _range(1, 1 << 30), "quarantine_burst_bytes": _range(1024, 1 << 34),
         "future_skew_s": _range(0, 59), "acceptance_window_s": _range(60, 10 * 365 * 86400),
         "min_read_spacing_ms": _range(0, 3_600_000), "ingress_rate_per_s": _range(0.001, 1e7),
         "ingress_burst": _range(1, 10_000_000), "plausibility_margin_pct": _range(0, 1000),
@@ -331,9 +342,12 @@ def _section(name: str, data: object) -> object:
             raw = os.environ[var]
             values[key] = [s.strip() for s in raw.split(",") if s.strip()] if hints[key] is not str else raw
     checks: dict[str, Check] = getattr(cls, "checks", {})
+    enabled = values.get("enabled", getattr(cls, "enabled", True))
     for key, check in checks.items():
+        secret = (name, key) in ENV_OVERRIDES  # never echo a credential into logs
+        if secret and not enabled:
+            continue  # a service that does not start uses no secret (read-only CLI commands disable them)
         if key in values and (problem := check(values[key])):
-            secret = (name, key) in ENV_OVERRIDES  # never echo a credential into logs
             raise ConfigError(f"{name}.{key}", problem, None if secret else values[key])
     return cls(**values)
 
@@ -357,6 +371,8 @@ def _cross_check(cfg: GatewayConfig) -> GatewayConfig:
         raise ConfigError("dashboard.tls_key", "tls_cert and tls_key go together")
     if cfg.http.enabled and not cfg.http.api_keys:
         raise ConfigError("http.api_keys", "the HTTP ingest needs at least one API key")
+    if bool(cfg.http.tls_cert) != bool(cfg.http.tls_key):
+        raise ConfigError("http.tls_key", "tls_cert and tls_key go together")
     if bool(cfg.mqtt.tls_cert) != bool(cfg.mqtt.tls_key):
         raise ConfigError("mqtt.tls_key", "tls_cert and tls_key go together")
     if cfg.mqtt.tls_cert and not cfg.mqtt.tls_ca:  # the intake switches TLS on by tls_ca: else plain MQTT

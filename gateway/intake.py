@@ -72,6 +72,7 @@ class Intake:
         self._connected = threading.Event()
         self._subscribed = threading.Event()
         self._worker: threading.Thread | None = None
+        self.failure: str | None = None  # why the worker thread died (the service supervisor reports it)
         self._gc_threshold = gc.get_threshold()  # restored on stop()
         self.client = self._make_client()
 
@@ -146,7 +147,16 @@ class Intake:
             raise BrokerUnavailableError(f"not subscribed to {self.cfg.host}:{self.cfg.port} after {timeout_s}s")
 
     def alive(self) -> bool:
-        return self._worker is not None and self._worker.is_alive()
+        return self.dead_reason() is None
+
+    def dead_reason(self) -> str | None:
+        """None while the worker and paho's network thread run; else why not (for the supervisor)."""
+        if self._worker is None or not self._worker.is_alive():
+            return f"worker thread ended ({self.failure or 'no exception recorded'})"
+        net = getattr(self.client, "_thread", None)  # paho's loop_start thread
+        if not self._stop.is_set() and (net is None or not net.is_alive()):
+            return "MQTT network thread (paho) ended"
+        return None
 
     def stop(self) -> None:
         self._stop.set()
@@ -173,6 +183,13 @@ class Intake:
         return group
 
     def _run(self) -> None:
+        try:
+            self._pipeline()
+        except BaseException as exc:  # the thread ends here; the service's supervisor reports it and exits 1
+            self.failure = f"{type(exc).__name__}: {exc}"
+            log.critical("intake worker died: %s", self.failure, exc_info=True)
+
+    def _pipeline(self) -> None:
         """Pipelined: the next groups are decoded and their signatures start verifying in the worker processes
         while the oldest group is committed and acked, so the stages overlap on separate cores."""
         pending: deque[tuple[list[mqtt.MQTTMessage], Prepared | None]] = deque()

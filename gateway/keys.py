@@ -6,6 +6,8 @@ by it, so this key decides what agents delete from their stores.
 
 from __future__ import annotations
 
+import errno
+import os
 import stat
 from pathlib import Path
 
@@ -17,20 +19,36 @@ class KeyFileError(Exception):
     """Names the path, what is wrong and what to do."""
 
 
+MAX_KEY_FILE_BYTES = 256  # 64 hex + newline; anything much larger is not a key file
+
+
 def load_key_file(path: str | Path) -> SigningKey:
+    """Opened without following a symlink (O_NOFOLLOW: a link planted in /etc/gridmeter cannot redirect the
+    gateway to a key of someone's choosing); type and mode are checked on the open file BEFORE a byte is read."""
     p = Path(path)
     try:
-        st = p.stat()
-        text = p.read_text(encoding="ascii").strip()
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         raise KeyFileError(f"{p}: key file missing (create it with `gridmeter gateway keygen {p}`)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFileError(f"{p}: cannot read key file ({exc})") from exc
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(f"{p}: readable by group/other (mode {stat.S_IMODE(st.st_mode):o}); chmod 600 it")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KeyFileError(f"{p}: is a symbolic link; point gateway.ack_key_file at the key file itself") from None
+        raise KeyFileError(f"{p}: cannot open key file ({exc.strerror or exc})") from exc
     try:
-        seed = bytes.fromhex(text)
-    except ValueError:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{p}: not a regular file")
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyFileError(f"{p}: readable by group/other (mode {stat.S_IMODE(st.st_mode):o}); chmod 600 it "
+                               "and check nobody copied it")
+        raw = os.read(fd, MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise KeyFileError(f"{p}: cannot read key file ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
+    try:
+        seed = bytes.fromhex(raw.decode("ascii").strip()) if len(raw) <= MAX_KEY_FILE_BYTES else b""
+    except (UnicodeDecodeError, ValueError):
         seed = b""
     if len(seed) != 32:
         raise KeyFileError(f"{p}: must hold 64 hex characters (an Ed25519 seed)")

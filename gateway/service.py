@@ -13,8 +13,9 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -23,7 +24,7 @@ from aiohttp import web
 
 from gateway.acceptance import Acceptance, IngressLimit, verify_pool
 from gateway.checks import Limits
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig
 from gateway.health import Thresholds
 from gateway.ingest_http import HttpIngest
 from gateway.intake import Intake
@@ -37,9 +38,13 @@ from gateway.web import Dashboard
 log = logging.getLogger(__name__)
 
 DEFAULT_WATCHDOG_FRACTION = 0.5  # ping systemd at half of WatchdogSec
-# Client libraries that log one INFO line per request (httpx: every JSON-RPC call, every 5 s): WARNING and up only,
+DEFAULT_SUPERVISE_S = 1.0  # how often the background threads' liveness is checked
+LAST_FAILURE_SETTING = "last_task_failure"  # settings row: the task failure that ended the previous run
+EXIT_TASK_DIED = 1
+# Client libraries that log one INFO line per request (httpx2, which solana-py uses: every JSON-RPC call, several
+# per submitter cycle of 5 s): WARNING and up only,
 # unless -vv asked for debug logging.
-QUIET_LOGGERS = ("httpx", "httpcore", "solana", "urllib3")
+QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "solana", "urllib3")
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -83,6 +88,20 @@ def sd_notify(message: str) -> None:
         s.sendto(message.encode(), addr)
 
 
+def server_tls(section: str, cert: str, key: str) -> ssl.SSLContext | None:
+    """HTTPS server context from PEM files (None when not configured); an unusable pair is a ConfigError naming
+    the section, raised at start."""
+    if not cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{section}.tls_cert", f"cannot load the certificate {cert} with key {key} ({exc})") from exc
+    return ctx
+
+
 async def _site(app: web.Application, listen: str, ssl_context: object = None) -> web.AppRunner:
     host, _, port = listen.rpartition(":")
     runner = web.AppRunner(app, access_log=None)
@@ -91,8 +110,22 @@ async def _site(app: web.Application, listen: str, ssl_context: object = None) -
     return runner
 
 
+@dataclass(frozen=True)
+class TaskFailure:
+    task: str
+    reason: str
+    at_ms: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"task": self.task, "reason": self.reason, "at_ms": self.at_ms}
+
+
 @dataclass
 class Gateway:
+    """Supervised: every background task (intake threads, submitter, watchdog) is watched; when one dies the
+    gateway logs which and why, stops petting the systemd watchdog, records it (settings row last_task_failure,
+    shown by /health after the restart too) and stops with exit code 1 so systemd restarts it."""
+
     cfg: GatewayConfig
     metrics: Metrics = field(default_factory=Metrics)
     intake: Intake | None = None
@@ -103,11 +136,15 @@ class Gateway:
     _async_closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    failure: TaskFailure | None = None
+    previous_failure: dict[str, object] | None = None
+    _state: Store | None = None
 
     async def start(self) -> None:
         cfg = self.cfg
         reg_path = registry_path(cfg.gateway.state_dir)
-        stats_store = self._own(Store(cfg.db_path))
+        stats_store = self._state = self._own(Store(cfg.db_path))
+        self.previous_failure = json.loads(stats_store.get_setting(LAST_FAILURE_SETTING) or "null")
         self.metrics.add_outbox_collector(lambda: stats_store.outbox_stats(int(time.time() * 1000)))
         if cfg.mqtt.enabled:
             self._start_intake(reg_path)
@@ -115,7 +152,8 @@ class Gateway:
             store, registry = self._own(Store(cfg.db_path)), self._own(Registry(reg_path))
             ingest = HttpIngest(store, registry, limits_from(cfg), cfg.http.api_keys, self.metrics,
                                 max_body_bytes=cfg.http.max_body_bytes)
-            self.runners.append(await _site(ingest.app(), cfg.http.listen))
+            tls = server_tls("http", cfg.http.tls_cert, cfg.http.tls_key)
+            self.runners.append(await _site(ingest.app(), cfg.http.listen, tls))
         if cfg.dashboard.enabled:
             h = cfg.health
             th = Thresholds(int(h.expected_interval_s * 1000), int(h.late_margin_s * 1000),
@@ -123,11 +161,15 @@ class Gateway:
             self.dashboard = Dashboard(cfg.dashboard, cfg.db_path, reg_path, self.metrics,
                                        epoch_s=cfg.intervals.epoch_s, thresholds=th)
             self._closers.append(self.dashboard.close)
-            self.runners.append(await _site(self.dashboard.app(), cfg.dashboard.listen, self.dashboard.ssl_context()))
+            app = self.dashboard.app()
+            app.router.add_get("/health", self.health)  # behind the dashboard's authentication
+            self.runners.append(await _site(app, cfg.dashboard.listen, self.dashboard.ssl_context()))
         if cfg.chain.enabled:
             self._start_submitter(reg_path)
         sd_notify("READY=1")
-        self._tasks.append(asyncio.create_task(self._watchdog()))
+        self.spawn("supervisor", self._supervise())
+        if int(os.environ.get("WATCHDOG_USEC", "0") or 0) > 0:
+            self.spawn("watchdog", self._watchdog())
         log.info("gateway running (mqtt %s, http %s, dashboard %s, chain %s)", cfg.mqtt.enabled, cfg.http.enabled,
                  cfg.dashboard.enabled, cfg.chain.rpc_url if cfg.chain.enabled else "off")
 
@@ -142,7 +184,8 @@ class Gateway:
         pool = verify_pool(cfg.gateway.verify_workers or len(os.sched_getaffinity(0)))
         acc = Acceptance(store, registry, limits_from(cfg),
                          IngressLimit(cfg.limits.ingress_rate_per_s, cfg.limits.ingress_burst), self.metrics, pool,
-                         topic_prefix=cfg.mqtt.topic_prefix)
+                         topic_prefix=cfg.mqtt.topic_prefix, quarantine_bytes_per_s=cfg.limits.quarantine_bytes_per_s,
+                         quarantine_burst_bytes=cfg.limits.quarantine_burst_bytes)
         self._closers.append(lambda: pool.shutdown(wait=True))
         self.intake = Intake(cfg.mqtt, acc, ack_key, self.metrics)
         self.intake.start()
@@ -167,15 +210,66 @@ class Gateway:
 
         self.submitter.on_cycle = persist_tables
         self._async_closers.append(client.close)
-        self._tasks.append(asyncio.create_task(self.submitter.run(self.stop_event, cfg.chain.submit_interval_s)))
+        self.spawn("submitter", self.submitter.run(self.stop_event, cfg.chain.submit_interval_s))
+
+    # ---- supervision ------------------------------------------------------------------------------
+    def spawn(self, name: str, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
+        """A supervised background task: it may end only when the gateway stops."""
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(lambda t: self._task_done(name, t))
+        self._tasks.append(task)
+        return task
+
+    def _task_done(self, name: str, t: asyncio.Task[None]) -> None:
+        if t.cancelled():
+            if not self.stop_event.is_set():
+                self.fail(name, "cancelled")
+            return
+        exc = t.exception()
+        if exc is not None:
+            self.fail(name, f"{type(exc).__name__}: {exc}", exc)
+        elif not self.stop_event.is_set():
+            self.fail(name, "returned while the gateway was running")
+
+    def fail(self, task: str, reason: str, exc: BaseException | None = None) -> None:
+        """Record the first failure, log it, persist it, stop (run() then returns EXIT_TASK_DIED)."""
+        if self.failure is None:
+            self.failure = TaskFailure(task, reason, int(time.time() * 1000))
+            log.critical("background task %s died: %s; stopping (exit %d) so that systemd restarts the gateway",
+                         task, reason, EXIT_TASK_DIED, exc_info=exc)
+            try:
+                if self._state is not None:
+                    self._state.set_setting(LAST_FAILURE_SETTING, json.dumps(self.failure.as_dict()))
+            except Exception:
+                log.exception("could not record the failure of %s in the database", task)
+        self.stop_event.set()
+
+    def task_states(self) -> dict[str, str]:
+        states = {t.get_name(): "running" if not t.done() else "ended" for t in self._tasks}
+        if self.intake is not None:
+            states["intake"] = self.intake.dead_reason() or "running"
+        return states
+
+    async def _supervise(self) -> None:
+        """Threads cannot report their own death to the event loop: their liveness is polled."""
+        while not self.stop_event.is_set():
+            if self.intake is not None and (why := self.intake.dead_reason()) is not None:
+                self.fail("intake", why)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), DEFAULT_SUPERVISE_S)
+
+    async def health(self, _req: web.Request) -> web.Response:
+        ok = self.failure is None and all(s == "running" for s in self.task_states().values())
+        return web.json_response({"status": "ok" if ok else "failing", "tasks": self.task_states(),
+                                  "failure": self.failure.as_dict() if self.failure else None,
+                                  "previous_failure": self.previous_failure}, status=200 if ok else 503)
 
     async def _watchdog(self) -> None:
         usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-        if usec <= 0:
-            return
         while not self.stop_event.is_set():
-            if self.intake is None or self.intake.alive():  # a dead intake thread: let systemd restart us
-                sd_notify("WATCHDOG=1")
+            if self.failure is None and (self.intake is None or self.intake.alive()):
+                sd_notify("WATCHDOG=1")  # never once a task died: systemd restarts us if we do not exit
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), usec / 1e6 * DEFAULT_WATCHDOG_FRACTION)
 
@@ -186,9 +280,7 @@ class Gateway:
             await asyncio.get_running_loop().run_in_executor(None, self.intake.stop)
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # a task's own failure was reported by fail()
         for r in self.runners:
             await r.cleanup()
         for c in self._async_closers:
@@ -207,4 +299,4 @@ async def run(cfg: GatewayConfig) -> int:
         await gw.stop_event.wait()
     finally:
         await gw.stop()
-    return 0
+    return EXIT_TASK_DIED if gw.failure is not None else 0

@@ -46,6 +46,9 @@ DEFAULT_SENT_RECHECK_S = 120
 # 60 s = four missed readings of a client posting every 15 s; a client catching up on old readings posts
 # faster than that, so its back-filled readings are still binned per epoch.
 DEFAULT_HTTP_IDLE_CLOSE_S = 60
+# Readings of one meter planned per cycle (a backlog after a chain outage: ~17 days of 15-s readings); the idle
+# close waits until a meter's backlog is all planned.
+DEFAULT_HTTP_PLAN_CHUNK = 100_000
 
 
 class ChainNotReady(RuntimeError):
@@ -146,12 +149,12 @@ class Submitter:
             meter = self.registry.get(mid)
             if meter is None:
                 continue
-            state, points, received_ms = self.store.http_plan_inputs(mid)
+            state, points, received_ms = self.store.http_plan_inputs(mid, DEFAULT_HTTP_PLAN_CHUNK)
             chain = states.get(mid)
             retired = meter.status is MeterStatus.RETIRED
+            quiet = now_ms - received_ms >= self.http_idle_close_s * 1000 and len(points) < DEFAULT_HTTP_PLAN_CHUNK
             new_state, planned = plan_http(
-                mid, meter.role, state, points, limits, self.epoch_s, now_ms // 1000,
-                quiet=now_ms - received_ms >= self.http_idle_close_s * 1000, retired=retired,
+                mid, meter.role, state, points, limits, self.epoch_s, now_ms // 1000, quiet=quiet, retired=retired,
                 chain_last_ts=chain.last_reading_timestamp if chain is not None else None)
             if new_state != state or planned:
                 self.store.save_http_plan(mid, new_state, planned, meter.zone_id, now_ms)

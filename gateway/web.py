@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import html
 import json
+import logging
 import re
 import secrets
 import ssl
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,8 @@ from gateway.registry import Meter, Registry
 from protocol import validate_meter_id
 from protocol.errors import InvalidFieldError
 
+log = logging.getLogger(__name__)
+
 WEB_DIR = Path(__file__).resolve().parent / "web"
 COOKIE = "gridmeter_session"
 DEFAULT_SSE_POLL_S = 1.0  # how often the event stream checks for new data
@@ -51,6 +55,8 @@ DEFAULT_SESSION_TTL_S = 12 * 3600
 DEFAULT_MAX_SSE_CLIENTS = 50
 DEFAULT_SSE_TICK_S = 5.0  # an update at least this often: states change with time alone
 DEFAULT_FLEET_CACHE_S = 1.0  # fleet health is recomputed at most this often (and on every database change)
+DEFAULT_STATE_LOG_S = 10.0  # how often meter state changes are looked for (and logged, one line each)
+MAX_STATE_LINES = 10  # beyond this many changes in one look, one summary line (a network outage: 10,000 meters)
 DEFAULT_PER_PAGE = 100
 MAX_PER_PAGE = 500
 _SORTS = ("state", "meter", "lag", "last_seen", "held", "rejected", "zone")
@@ -91,8 +97,10 @@ class Dashboard:
         self.registry = Registry(registry_path)
         self.sessions: dict[str, float] = {}
         self.sse_clients = 0
+        self.sse_tick_s = DEFAULT_SSE_TICK_S
         self._meters: tuple[tuple[int, int], dict[str, Meter]] | None = None
         self._fleet: tuple[float, tuple[object, ...], int, list[dict[str, Any]]] | None = None
+        self._states: dict[str, tuple[str, str | None]] | None = None  # last logged state of each meter
         self.last_compute_ms: tuple[float, float] = (0.0, 0.0)  # wall, CPU of the last fleet computation
         metrics.epoch.set(epoch_s)
         metrics.add_fleet_collector(self.fleet_figures)
@@ -104,6 +112,7 @@ class Dashboard:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
         app.on_response_prepare.append(_security_headers)
+        app.cleanup_ctx.append(self._state_logger)
         r = app.router
         r.add_get("/login", self.login)
         r.add_post("/login", self.login)
@@ -220,16 +229,57 @@ class Dashboard:
         """(now_ms, every meter with its health): recomputed on a database or registry change, at most once per
         DEFAULT_FLEET_CACHE_S otherwise."""
         meters = self._registered()
-        key = (self.conn.execute("PRAGMA data_version").fetchone()[0], self.registry.data_version())
-        mono = time.monotonic()
-        if self._fleet is not None and self._fleet[1] == key and mono - self._fleet[0] < DEFAULT_FLEET_CACHE_S:
+        now = self.clock()
+        key = (self.conn.execute("PRAGMA data_version").fetchone()[0], self.registry.data_version(),
+               int(now // DEFAULT_FLEET_CACHE_S))
+        if self._fleet is not None and self._fleet[1] == key:
             return self._fleet[2], self._fleet[3]
         wall0, cpu0 = time.perf_counter(), time.thread_time()
-        now_ms = int(self.clock() * 1000)
+        now_ms = int(now * 1000)
         rows = fleet.fleet_health(self.conn, meters, now_ms, self.thresholds)
         self.last_compute_ms = ((time.perf_counter() - wall0) * 1000, (time.thread_time() - cpu0) * 1000)
-        self._fleet = (mono, key, now_ms, rows)
+        self._fleet = (now, key, now_ms, rows)
         return now_ms, rows
+
+    def log_state_changes(self) -> list[str]:
+        """One log line per meter whose health state changed since the last look (WARNING into a bad state, INFO
+        back to ok); a summary line instead when many changed at once. Returns the lines."""
+        _now, rows = self.fleet_rows()
+        states = {r["meter_id"]: (r["state"], r["state_reason"]) for r in rows}
+        before, self._states = self._states, states
+        if before is None:  # first look: one line for the fleet, no change lines
+            counts = Counter(s for s, _ in states.values())
+            line = "fleet: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no meters registered")
+            log.info("%s", line)
+            return [line]
+        changed = [(m, before.get(m), st) for m, st in states.items() if before.get(m) != st]
+        lines = []
+        if len(changed) > MAX_STATE_LINES:
+            moves = Counter(f"{old[0] if old else 'unregistered'} -> {new[0]}" for _m, old, new in changed)
+            line = f"{len(changed)} meters changed state: " + ", ".join(f"{n} {k}" for k, n in moves.most_common())
+            log.warning("%s", line)
+            return [line]
+        for mid, old, new in changed:
+            text = next(r["state_text"] for r in rows if r["meter_id"] == mid)
+            line = f"meter {mid}: {old[0] if old else 'unregistered'} -> {new[0]}: {text}"
+            log.log(logging.INFO if new[0] in (State.OK, State.NEW, State.RETIRED) else logging.WARNING, "%s", line)
+            lines.append(line)
+        return lines
+
+    async def _state_logger(self, _app: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                try:
+                    self.log_state_changes()
+                except Exception:  # a database hiccup must not end the dashboard's logging for good
+                    log.exception("looking for meter state changes failed; trying again")
+                await asyncio.sleep(DEFAULT_STATE_LOG_S)
+
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     def fleet_figures(self) -> FleetFigures:
         _now, rows = self.fleet_rows()
@@ -362,7 +412,7 @@ class Dashboard:
             await resp.write(b"retry: 2000\n\n")
             while self._authorized(req):  # a session that expires mid-stream ends the stream
                 v = (self.conn.execute("PRAGMA data_version").fetchone()[0], self.registry.data_version())
-                if v != version or quiet >= DEFAULT_SSE_TICK_S:
+                if v != version or quiet >= self.sse_tick_s:
                     version, quiet = v, 0.0
                     await resp.write(f"event: update\ndata: {json.dumps({'at_ms': int(self.clock() * 1000)})}\n\n"
                                      .encode())

@@ -73,7 +73,9 @@ class Broker:
             conf.insert(0, "user root")  # else mosquitto drops to 'mosquitto' and cannot read our temp dir
         if self.passwords:
             pw = self.workdir / "passwd"
-            pw.write_text("".join(f"{u}:{p}\n" for u, p in self.passwords.items()))
+            fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # clear text until hashed below
+            with os.fdopen(fd, "w") as f:
+                f.write("".join(f"{u}:{p}\n" for u, p in self.passwords.items()))
             subprocess.run(["mosquitto_passwd", "-U", str(pw)], check=True, capture_output=True)
             conf += ["allow_anonymous false", f"password_file {pw}"]
         else:

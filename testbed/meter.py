@@ -23,6 +23,7 @@ MS_PER_HOUR = 3_600_000
 # Served values remembered for tests that check "every published value was really served".
 DEFAULT_SERVED_LOG = 10_000
 FILLER_WORD = 0x0000  # what a "filler" device answers for registers we do not model
+NO_FUNCTION_CODE = 0  # an identification rule answered by a measurement register is not served on its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +191,8 @@ class SimulatedMeter:
             return out
 
     def _identity_fc(self, rule: IdentifyRule) -> int:
+        if self._answered_by_measurement(rule):
+            return NO_FUNCTION_CODE  # a distinguishing read: the measurement register answers it, not expected[0]
         if self.identify_function_code in rule.function_codes:
             return self.identify_function_code  # type: ignore[return-value]
         return rule.function_codes[0]
@@ -210,7 +213,7 @@ class SimulatedMeter:
 
     def function_codes(self) -> tuple[int, ...]:
         fcs = {r.function_code for r in self.profile.registers}
-        fcs |= {self._identity_fc(r) for r in self.profile.identify}
+        fcs |= {self._identity_fc(r) for r in self.profile.identify} - {NO_FUNCTION_CODE}
         if self.profile.serial_number is not None:
             fcs.add(self.profile.serial_number.function_codes[0])
         return tuple(sorted(fcs))
@@ -221,3 +224,11 @@ class SimulatedMeter:
             return {"unit_id": self.unit_id, "import_wh": self.import_wh, "export_wh": self.export_wh,
                     "power_w": self.power_w, "served_import_wh": self.served_import_wh,
                     "served_export_wh": self.served_export_wh, "reads": self.reads}
+
+    def _answered_by_measurement(self, rule: IdentifyRule) -> bool:
+        """A rule that reads a register the profile also measures (e.g. a plausible phase voltage) is answered by
+        the measured value, as on a real meter; overwriting it with expected[0] would falsify the measurement."""
+        fc = self.identify_function_code if self.identify_function_code in rule.function_codes \
+            else rule.function_codes[0]
+        return any(r.function_code == fc and r.address < rule.address + rule.words and rule.address < r.end
+                   for r in self.profile.registers)

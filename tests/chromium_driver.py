@@ -7,6 +7,7 @@ condition holds (deadline, no bare sleeps)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import time
@@ -74,6 +75,18 @@ class Chromium:
     async def eval(self, expression: str) -> Any:
         res = await self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         return res.get("result", {}).get("value")
+
+    async def set_window(self, width: int, height: int) -> None:
+        """The page's layout viewport, in CSS pixels (a browser window of that size)."""
+        await self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                        mobile=False)
+
+    async def screenshot(self, path: Path) -> Path:
+        """PNG of the whole page (beyond the viewport), for a reviewer to look at."""
+        res = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(res["data"]))
+        return path
 
     async def wait_for(self, expression: str, timeout_s: float = 30.0) -> Any:
         deadline = time.monotonic() + timeout_s

@@ -22,3 +22,23 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         yield b
     finally:
         b.close()
+
+
+ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots and figures for a reviewer (ignored by git)
+_SESSION_START = [0.0]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    import time
+
+    _SESSION_START[0] = time.time() - 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Lists the artifacts this run wrote (screenshots of the dashboard tests, measured figures)."""
+    written = sorted(p for p in ARTIFACTS.rglob("*") if p.is_file() and p.stat().st_mtime >= _SESSION_START[0]) \
+        if ARTIFACTS.exists() else []
+    if written:
+        terminalreporter.write_sep("-", f"artifacts for review under {ARTIFACTS}")
+        for p in written:
+            terminalreporter.write_line(f"  {p.relative_to(REPO)}")

@@ -223,6 +223,7 @@ async function refresh() {
     await render();
     document.getElementById("updated").textContent = "updated " + fmtTime(Date.now());
     document.body.dataset.loaded = "1";
+    if (!document.body.dataset.loadedAt) document.body.dataset.loadedAt = String(Math.round(performance.now()));
     document.body.dataset.renders = String(Number(document.body.dataset.renders || 0) + 1);
   } catch (e) {
     document.getElementById("updated").textContent = "error: " + e.message;

@@ -196,3 +196,29 @@ def test_cli_authority_key_prints_base58_that_the_chain_accepts(tmp_path: Path,
     assert capsys.readouterr().out.strip().endswith(printed)
     assert main(["gateway", "authority-key", str(path)]) == 2  # never overwrites a key
     assert "already exists" in capsys.readouterr().err
+
+
+def test_state_changes_are_logged_one_line_each(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    f = open_fleet(tmp_path)
+    every_state(f)
+    d = Dashboard(DashboardSection(token=TOKEN), tmp_path / "gateway.sqlite", tmp_path / "registry.sqlite",
+                  f.metrics, clock=lambda: f.clock[0])
+    try:
+        with caplog.at_level("INFO", logger="gateway.web"):
+            assert d.log_state_changes() == ["fleet: 1 held, 1 late, 1 new, 1 ok, 1 rejecting, 1 retired, 1 silent"]
+            assert d.log_state_changes() == []  # nothing changed: nothing said
+            f.clock[0] += 30  # OK-1 and the others fall silent for 30 s more
+            assert d.log_state_changes() == [
+                "meter HELD-1: held -> late: last heard 33 s ago (expected every 12 s)",
+                "meter OK-1: ok -> late: last heard 32 s ago (expected every 10 s)",
+                "meter REJ-1: rejecting -> late: last heard 32 s ago (expected every 10 s)"]
+            f.clock[0] += 300
+            lines = d.log_state_changes()
+            assert lines == ["meter HELD-1: late -> silent: nothing heard for 5 min (expected every 12 s)",
+                             "meter LATE-1: late -> silent: nothing heard for 8 min (expected every 10 s)",
+                             "meter OK-1: late -> silent: nothing heard for 5 min (expected every 10 s)",
+                             "meter REJ-1: late -> silent: nothing heard for 5 min (expected every 10 s)"]
+        assert [r.levelname for r in caplog.records] == ["INFO"] + ["WARNING"] * 7
+    finally:
+        d.close()
+        f.close()

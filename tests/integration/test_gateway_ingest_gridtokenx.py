@@ -203,7 +203,7 @@ async def test_fractional_remainder_carried_to_next_interval(env: Env) -> None:
 
 
 # ---- 202 means "reaches the chain or is reported" --------------------------------------------------------
-async def test_status_shows_anomalous_interval_and_retired_meter(env: Env) -> None:
+async def test_status_shows_anomalous_interval_and_retired_meter(env: Env, tmp_path: Path) -> None:
     odd, gone = env.add("ODD-1"), env.add("GONE-1")
     t0 = epoch_start(3) + 15
     ids = []
@@ -228,6 +228,12 @@ async def test_status_shows_anomalous_interval_and_retired_meter(env: Env) -> No
         [("GONE-1", "meter_retired"), ("ODD-1", "anomalous_ratio")]
     assert fleet.http_meter_status(env.store.conn, env.registry.get("GONE-1"))["not_submitted"][0]["reason"] == \
         "meter_retired"  # type: ignore[arg-type]
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(f'[gateway]\nstate_dir = "{tmp_path}"\n')
+    for args, expect in ((["ODD-1"], "NOT SUBMITTED http:ODD-1:"), (["--reading", ids[0]], "not_submitted")):
+        out = subprocess.run([sys.executable, "-m", "gridmeter.cli", "gateway", "ingest-status", *args, "--config",
+                              str(cfg)], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and expect in out.stdout and "anomalous_ratio" in out.stdout, out.stderr
     status, _ = await env.get("/v1/private-network/readings/00000000-0000-4000-8000-000000000000")
     assert status == 404
 

@@ -216,3 +216,37 @@ def test_transient_storage_error_is_retried_not_quarantined(
         assert rows(rig.store, "SELECT COUNT(*) FROM rejections") == [(0,)]
     finally:
         next(rig_iter, None)
+
+
+def genuine(meter_id: str, seq: int, read_at_ms: int, imp: int) -> bytes:
+    """The meter's OWN signed reading with an import counter no store can hold (a glitched uint64 register)."""
+    key = key_for(meter_id)
+    mid = meter_id.encode()
+    payload = (READING_MAGIC + bytes([len(mid)]) + mid + key.key_id
+               + struct.pack("<QQBHQQ", seq, read_at_ms, 1, 0, imp, 0) + b"\x01p" + b"\0\0")
+    return BATCH_MAGIC + b"\x01\x00" + struct.pack("<H", len(payload)) + payload + key.sign(payload)
+
+
+def test_genuine_counter_beyond_2_63_is_acked_not_stalled(rig: Rig) -> None:
+    """A glitched counter >= 2^63 in a reading the meter really signed stalled that meter for good (the insert
+    overflowed on every re-send). It is now an authenticated invalid_field rejection: stored with its seq, acked
+    at once, the next readings go on; a forged one (stranger's signature) stays unauthenticated and unacked."""
+    t0 = int(time.time() * 1000) - 600_000
+    rig.publish(readings_topic("HOUSE-1"), genuine("HOUSE-1", 1, t0, 2**63))  # the meter's first reading
+    rig.publish(readings_topic("HOUSE-1"), batch(reading("HOUSE-1", 2, t0 + 10_000, 500)))
+    wait_for(lambda: rig.acks.get("HOUSE-1", 0) == 2, 30, "ack 2 (past the glitched reading)")
+    forged = genuine("HOUSE-2", 1, t0, 2**64 - 1)[:-64] + key_for("stranger").sign(b"x")
+    rig.publish(readings_topic("HOUSE-2"), forged)
+    rig.publish(readings_topic("HOUSE-1"), genuine("HOUSE-1", 3, t0 + 20_000, 2**63))  # re-sent: once
+    rig.publish(readings_topic("HOUSE-1"), genuine("HOUSE-1", 3, t0 + 20_000, 2**63))
+    rig.publish(readings_topic("HOUSE-1"), batch(reading("HOUSE-1", 4, t0 + 30_000, 510)))
+    wait_for(lambda: rig.acks.get("HOUSE-1", 0) == 4, 30, "ack 4")
+    wait_for(lambda: rows(rig.store, "SELECT COUNT(*) FROM rejections") == [(3,)], 10, "3 rejections")
+    got = rows(rig.store, "SELECT topic_meter_id, meter_id, seq, reason, authenticated FROM rejections ORDER BY id")
+    assert got == [("HOUSE-1", "HOUSE-1", 1, "invalid_field", 1), ("HOUSE-2", None, None, "invalid_field", 0),
+                   ("HOUSE-1", "HOUSE-1", 3, "invalid_field", 1)]
+    assert rows(rig.store, "SELECT seq, import_wh FROM readings ORDER BY seq") == [(2, 500), (4, 510)]
+    assert rows(rig.store, "SELECT COUNT(*) FROM gaps") == [(0,)]
+    assert rows(rig.store, "SELECT last_seq, rejected, duplicates FROM progress WHERE meter_id = 'HOUSE-1'") == [
+        (4, 2, 1)]
+    assert "HOUSE-2" not in rig.acks

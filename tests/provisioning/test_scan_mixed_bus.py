@@ -1,6 +1,7 @@
 """Every supported RS-485 model on one simulated bus (socat ptys + pymodbus simulated meters at distinct unit ids):
-`provision scan` finds and names each one, and commissioning decodes each to the values the meter serves, with
-the sign of an exporting site. Driven by the profile library: a new profile joins both tables with no new code."""
+`provision scan` finds and names each one, and commissioning decodes each to the values the meter serves, with the
+power sign of its site (exporting; importing for a meter without an export counter). Driven by the profile library:
+a new profile joins both tables with no new code."""
 
 from __future__ import annotations
 
@@ -21,8 +22,13 @@ from testbed.rtu import VirtualRtuBus
 PROFILES = load_all()
 RTU_IDS = sorted(pid for pid, p in PROFILES.items() if "rtu" in p.transports)
 UNITS = {pid: unit for unit, pid in enumerate(RTU_IDS, start=1)}
-EXPORT_W = -1500  # every simulated site exports: a profile with the wrong power sign reads +1500 W
+EXPORT_W = -1500  # every site that can export does: a profile with the wrong power sign reads +1500 W
+IMPORT_W = 1500  # a meter without an export counter sits on a consumption-only circuit: it imports
 IMPORT_WH, EXPORT_WH = 1_234_567, 87_654
+
+
+def site_power(p: Profile) -> int:
+    return EXPORT_W if "energy_export_wh" in p.measurements else IMPORT_W
 
 
 def serial_for(profile: Profile, unit: int) -> int | str:
@@ -32,7 +38,7 @@ def serial_for(profile: Profile, unit: int) -> int | str:
 
 def sim(pid: str) -> SimulatedMeter:
     p, unit = PROFILES[pid], UNITS[pid]
-    return SimulatedMeter(p, unit, import_wh=IMPORT_WH, export_wh=EXPORT_WH, power_w=EXPORT_W,
+    return SimulatedMeter(p, unit, import_wh=IMPORT_WH, export_wh=EXPORT_WH, power_w=site_power(p),
                           serial_number=serial_for(p, unit))
 
 
@@ -89,7 +95,7 @@ async def test_scan_names_every_model_on_one_bus(every_meter: tuple[VirtualRtuBu
 
 
 @pytest.mark.integration
-async def test_commissioning_decodes_every_model_with_export_sign(
+async def test_commissioning_decodes_every_model_with_the_site_power_sign(
         every_meter: tuple[VirtualRtuBus, dict[str, SimulatedMeter]]) -> None:
     bus, meters = every_meter
     target = BusTarget("rtu", port=bus.client_port, baudrate=9600, parity="N")
@@ -102,8 +108,8 @@ async def test_commissioning_decodes_every_model_with_export_sign(
         want = {r.measurement: encode_register(r, served[r.measurement])[1] for r in p.registers if r.measurement}
         if result.second != want or result.invalid:
             failures[pid] = ("decoded", result.second, "served", want, result.invalid)
-        elif "power_w" in want and not result.second["power_w"] < 0:
-            failures[pid] = ("power sign", result.second["power_w"])
+        elif "power_w" in want and (result.second["power_w"] < 0) != (site_power(p) < 0):
+            failures[pid] = ("power sign", result.second["power_w"], "site", site_power(p))
         elif not result.passed:
             failures[pid] = ("checks", [c.message for c in result.checks if c.severity == "fail" and not c.ok])
         elif result.serial_number != (serial_for(p, m.unit_id) if p.serial_number is not None else None):

@@ -83,3 +83,9 @@ def test_gen_token_makes_a_value_the_checks_accept(capsys: pytest.CaptureFixture
         cfg = parse_config({"dashboard": {"token": t, "username": "u", "password": t},
                             "http": {"enabled": True, "api_keys": [t]}})
         assert cfg.dashboard.token == t
+
+
+def test_a_disabled_service_does_not_check_its_secret() -> None:
+    """Read-only CLI commands disable the dashboard and ingest: the example's placeholder must not stop them."""
+    cfg = parse_config({"dashboard": {"enabled": False, "token": "change-me-to-a-long-random-token"}})
+    assert not cfg.dashboard.enabled

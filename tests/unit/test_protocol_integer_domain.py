@@ -98,3 +98,14 @@ def test_registration_created_at_is_bounded(value: int) -> None:
     with pytest.raises(ProtocolError, match="created_at_ms") as exc:
         parse_registration(registration_text(value))
     assert exc.value.reason == "invalid_field"
+
+
+def test_reading_head_names_meter_key_and_seq_of_a_refused_reading() -> None:
+    from protocol.canonical import reading_head
+
+    assert reading_head(raw_reading(energy_import_wh=2**63)) == ("HOUSE-1", KEY.key_id, 7)
+    assert reading_head(raw_reading(seq=2**63)) is None  # the seq itself out of domain: nothing to ack
+    assert reading_head(raw_reading(seq=0)) is None
+    assert reading_head(raw_reading()[:40]) is None  # truncated before the seq
+    assert reading_head(b"gridmeter/reading/v2" + raw_reading()[20:]) is None
+    assert reading_head(raw_reading().replace(b"HOUSE-1", b"HOUSE\n1")) is None  # not a meter id
