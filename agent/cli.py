@@ -41,8 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rc.add_argument("meter_id")
     rc.add_argument("--reason", required=True, help="recorded in the store's event log")
     rc.set_defaults(func=_reset_counter)
-    st = asub.add_parser("status", help="print the running agent's /health JSON")
+    st = asub.add_parser("status", help="say in plain words how the running agent is doing (--json: its /health)")
     st.add_argument("--url", default=DEFAULT_STATUS_URL, help=f"health URL (default {DEFAULT_STATUS_URL})")
+    st.add_argument("--json", action="store_true", help="print the /health JSON (for scripts and monitoring)")
     st.set_defaults(func=_status)
 
 
@@ -150,5 +151,14 @@ def _status(args: argparse.Namespace) -> int:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"gridmeter agent: status endpoint {args.url} unreachable or not the agent: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    print(json.dumps(body, indent=2, sort_keys=True))
+    if args.json:
+        print(json.dumps(body, indent=2, sort_keys=True))
+    else:
+        from agent.household import summary
+
+        try:
+            print(summary(body))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # an older or foreign /health
+            print(f"gridmeter agent: cannot read {args.url} ({exc}); try --json", file=sys.stderr)
+            return EXIT_UNREACHABLE
     return EXIT_OK if body.get("status") == "ok" else EXIT_FAILURE

@@ -26,6 +26,15 @@ from protocol.topics import client_id_problem, prefix_problem
 
 # 10 s is the common meter-poll cadence (mbmd/evcc); faster than 1 s floods a 9600 baud bus.
 DEFAULT_POLL_INTERVAL_S = 10.0
+# The shortest poll interval accepted. The gateway's default min_read_spacing_ms (gateway.checks) equals it, so
+# no poll interval allowed here is refused there as too_frequent.
+MIN_POLL_INTERVAL_S = 0.1
+# Readings are committed in groups: one SQLite transaction (one fsync of the WAL, each touched page written once
+# more) per flush interval instead of per reading. Measured at 4 meters x 1 s (bench/footprint.py): 1000 ms ->
+# ~6 kB written per reading, 5000 ms -> ~1 kB (the SD-card budget is 2 KiB). The price: readings wait up to this
+# long before they are published, and a power cut loses the readings of at most this long (never energy: the
+# registers are cumulative, the next reading carries it; their seqs were never published, so none is reused).
+DEFAULT_FLUSH_INTERVAL_MS = 5000
 # A gateway normally acks within a second; 30 s avoids resending during a short gateway hiccup.
 DEFAULT_ACK_TIMEOUT_S = 30.0
 # 500 readings x ~230 bytes = ~115 kB per MQTT message: big enough for a fast drain, far below limits.
@@ -89,12 +98,17 @@ class MqttSection:
 class StoreSection:
     max_readings: int = DEFAULT_MAX_READINGS
     overflow: Literal["drop_oldest", "stop_reading"] = "drop_oldest"
-    flush_interval_ms: int = 1000  # readings are grouped per transaction for at most this long
+    flush_interval_ms: int = DEFAULT_FLUSH_INTERVAL_MS  # readings are grouped per transaction this long
 
 
 @dataclass(frozen=True)
 class StatusSection:
-    listen: str = DEFAULT_STATUS_LISTEN  # "" disables the endpoint
+    listen: str = DEFAULT_STATUS_LISTEN  # "" disables the endpoint (and the household page on it)
+    # Read-only Solana JSON-RPC for the household page's "what the chain says" (on-chain totals, last confirmed
+    # submission): one getMultipleAccounts per chain_refresh_s, no key. "" = the page shows no chain column.
+    chain_rpc_url: str = ""
+    chain_program_id: str = ""  # the oracle program the gateway submits to (required with chain_rpc_url)
+    chain_refresh_s: float = 60.0
 
     @property
     def host_port(self) -> tuple[str, int] | None:
@@ -103,6 +117,25 @@ class StatusSection:
         m = _HOST_PORT_RE.fullmatch(self.listen)
         assert m is not None  # validated at load
         return m["host"].strip("[]"), int(m["port"])
+
+
+@dataclass(frozen=True)
+class HomeAssistantSection:
+    """Optional MQTT discovery for Home Assistant on a LOCAL broker (never the uplink): per meter an import and an
+    export energy sensor (kWh, total_increasing: the Energy dashboard) and a power sensor. Values are the
+    agent's readings as they are stored, so HA sees the same numbers the gateway gets."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = ""
+    password: str = ""  # env GRIDMETER_HA_MQTT_PASSWORD overrides
+    client_id: str = ""  # "" = gridmeter-ha-<hostname>
+    discovery_prefix: str = "homeassistant"  # Home Assistant's default
+    state_interval_s: float = 10.0  # publish states at most this often (retained, QoS 0: only the latest matters)
+
+    def __repr__(self) -> str:  # never print the password
+        return f"HomeAssistantSection(enabled={self.enabled}, host={self.host!r}, port={self.port})"
 
 
 @dataclass(frozen=True)
@@ -125,6 +158,7 @@ class AgentConfig:
     status: StatusSection
     buses: tuple[BusSpec, ...]  # validated here, defaults and reasons from agent.bus
     meters: tuple[MeterConfig, ...]
+    homeassistant: HomeAssistantSection = HomeAssistantSection()
 
     def key_file_for(self, meter: MeterConfig) -> Path:
         return meter.key_file or self.agent.key_file
@@ -137,7 +171,7 @@ class AgentConfig:
 def _agent(t: Table, base: Path) -> AgentSection:
     state = t.get("state_dir", str, "/var/lib/gridmeter", check=lambda v: None if v else "must not be empty")
     key = t.get("key_file", str, "/etc/gridmeter/device.key", check=lambda v: None if v else "must not be empty")
-    poll = t.get("poll_interval_s", float, DEFAULT_POLL_INTERVAL_S, check=between(0.1, 3600))
+    poll = t.get("poll_interval_s", float, DEFAULT_POLL_INTERVAL_S, check=between(MIN_POLL_INTERVAL_S, 3600))
     dirs = tuple(base / d for d in t.get("profile_dirs", list, [], check=_dir_list) or [])
     missing = [str(d) for d in dirs if not d.is_dir()]
     if missing:
@@ -224,7 +258,7 @@ def _store(t: Table) -> StoreSection:
     s = StoreSection(
         max_readings=t.get("max_readings", int, DEFAULT_MAX_READINGS, check=between(100, 100_000_000)),
         overflow=t.get("overflow", str, "drop_oldest", check=one_of("drop_oldest", "stop_reading")),
-        flush_interval_ms=t.get("flush_interval_ms", int, 1000, check=between(0, 60_000)),
+        flush_interval_ms=t.get("flush_interval_ms", int, DEFAULT_FLUSH_INTERVAL_MS, check=between(0, 60_000)),
     )
     t.done()
     return s
@@ -239,10 +273,50 @@ def _listen(v: str) -> str | None:
     return None
 
 
+def _http_url(v: str) -> str | None:
+    if v == "" or re.fullmatch(r"https?://[A-Za-z0-9.\-:\[\]]+(:\d{1,5})?(/[^\s]*)?", v):
+        return None
+    return 'must be an http:// or https:// URL (or "" to disable)'
+
+
+def _program_id(v: str) -> str | None:
+    if v == "":
+        return None
+    from agent.chain_view import program_id_problem
+
+    return program_id_problem(v)
+
+
 def _status(t: Table) -> StatusSection:
-    s = StatusSection(listen=t.get("listen", str, DEFAULT_STATUS_LISTEN, check=_listen))
+    s = StatusSection(
+        listen=t.get("listen", str, DEFAULT_STATUS_LISTEN, check=_listen),
+        chain_rpc_url=t.get("chain_rpc_url", str, "", check=_http_url),
+        chain_program_id=t.get("chain_program_id", str, "", check=_program_id),
+        chain_refresh_s=t.get("chain_refresh_s", float, 60.0, check=between(5, 86400)),
+    )
+    if s.chain_rpc_url and not s.chain_program_id:
+        t.errors.append(f"{t.path}.chain_program_id: required with chain_rpc_url (got \"\")")
     t.done()
     return s
+
+
+def _homeassistant(t: Table, env: Mapping[str, str]) -> HomeAssistantSection:
+    if "GRIDMETER_HA_MQTT_PASSWORD" in env:
+        t.data["password"] = env["GRIDMETER_HA_MQTT_PASSWORD"]
+    prefix = t.get("discovery_prefix", str, "homeassistant",
+                   check=lambda v: None if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v) else "1-64 of A-Z a-z 0-9 _ -")
+    h = HomeAssistantSection(
+        enabled=t.get("enabled", bool, False),
+        host=t.get("host", str, "127.0.0.1", check=lambda v: None if v else "must not be empty"),
+        port=t.get("port", int, 1883, check=between(1, 65535)),
+        username=t.get("username", str, ""),
+        password=t.get("password", str, ""),
+        client_id=t.get("client_id", str, "", check=lambda v: client_id_problem(v) if v else None),
+        discovery_prefix=prefix,
+        state_interval_s=t.get("state_interval_s", float, 10.0, check=between(1, 3600)),
+    )
+    t.done()
+    return h
 
 
 _BUS_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
@@ -341,12 +415,14 @@ def parse_config(data: Mapping[str, Any], *, path: Path, env: Mapping[str, str] 
     errors: list[str] = []
     base = path.parent
     root = Table(data, "", errors)
-    sections = {k: Table(root.get(k, dict, {}), k, errors) for k in ("agent", "clock", "mqtt", "store", "status")}
+    sections = {k: Table(root.get(k, dict, {}), k, errors)
+                for k in ("agent", "clock", "mqtt", "store", "status", "homeassistant")}
     agent = _agent(sections["agent"], base)
     clock = _clock(sections["clock"])
     mqtt = _mqtt(sections["mqtt"], env, base)
     store = _store(sections["store"])
     status = _status(sections["status"])
+    homeassistant = _homeassistant(sections["homeassistant"], env)
     root.seen |= {"buses", "meters"}
     buses = [_bus(Table(d, p, errors)) for d, p in _array(data, "buses", errors)]
     meters = tuple(_meter(Table(d, p, errors), base) for d, p in _array(data, "meters", errors))
@@ -355,7 +431,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path, env: Mapping[str, str] 
     if errors:
         raise ConfigError(f"{path}: invalid config:\n  " + "\n  ".join(errors))
     specs = tuple(b for _name, b in buses if b is not None)
-    return AgentConfig(path, agent, clock, mqtt, store, status, specs, meters)
+    return AgentConfig(path, agent, clock, mqtt, store, status, specs, meters, homeassistant)
 
 
 def load_config(path: Path, *, env: Mapping[str, str] | None = None) -> AgentConfig:

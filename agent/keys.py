@@ -39,7 +39,11 @@ def _write_key(path: Path, data: bytes, owner: str | None, overwrite: bool) -> N
     except FileExistsError:
         raise KeyFileError(_EXISTS.format(path=path)) from None
     except KeyError as exc:
-        raise KeyFileError(f"{path}: owner {owner!r} is not a known user") from exc
+        raise KeyFileError(
+            f"{path}: owner {owner!r} is not a known user; create it first: `sudo scripts/install agent` "
+            f"(creates the gridmeter service user) or `sudo useradd --system --home-dir /var/lib/gridmeter "
+            f"--shell /usr/sbin/nologin --groups dialout {owner}`"
+        ) from exc
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot write key file ({exc.strerror or exc})") from exc
 

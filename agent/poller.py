@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from agent.bus import Bus, BusError, BusExceptionResponse, DeviceTiming
 from agent.decode import decode_image, image_from_block
 from agent.planner import ReadBlock, char_time_s, plan_registers
+from agent.sunspec import SunSpecError, discover, resolve
 from firmware_config.schema import ENERGY_MEASUREMENTS, Profile, Register
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class _State:
     blocks: tuple[ReadBlock, ...]
     bridge_holes: bool = True
     isolate_optional: bool = False  # optional registers read on their own (the device refused a block with one)
+    resolved: Profile | None = None  # the profile at the device's addresses (SunSpec: after discovery)
     last_ok_ms: int | None = None
     consecutive_errors: int = 0
     last_error: str | None = None
@@ -109,13 +111,17 @@ class Poller:
             r = m.profile.read
             bus.set_device_timing(m.unit_id, DeviceTiming(r.inter_request_delay_ms, r.unit_switch_delay_ms,
                                                           r.turnaround_ms))
-            self._state[m.meter_id] = _State(blocks=self._plan(m, bridge_holes=True))
+            st = self._state[m.meter_id] = _State(blocks=())
+            st.resolved = None if m.profile.sunspec is not None else m.profile
+            st.blocks = self._plan(m, st, bridge_holes=True)
 
-    def _plan(self, meter: MeterSpec, *, bridge_holes: bool, isolate_optional: bool = False) -> tuple[ReadBlock, ...]:
+    def _plan(self, meter: MeterSpec, st: _State, *, bridge_holes: bool, isolate_optional: bool = False
+              ) -> tuple[ReadBlock, ...]:
         s = self.bus.spec
         kw = dict(transport="rtu" if s.kind == "rtu" else "tcp", bridge_holes=bridge_holes,
                   char_time=char_time_s(s.baudrate, s.parity, s.stopbits, s.bytesize))
-        regs, policy = meter.profile.registers, meter.profile.read
+        profile = st.resolved or meter.profile
+        regs, policy = profile.registers, profile.read
         if not isolate_optional:
             return plan_registers(regs, policy, **kw)  # type: ignore[arg-type]
         groups: list[tuple[Register, ...]] = [tuple(r for r in regs if not r.optional)]
@@ -124,6 +130,10 @@ class Poller:
 
     def plan(self, meter: MeterSpec) -> tuple[ReadBlock, ...]:
         return self._state[meter.meter_id].blocks
+
+    def located(self, meter: MeterSpec) -> Profile:
+        """The meter's profile at the device's addresses (a SunSpec profile after discovery; else the profile)."""
+        return self._state[meter.meter_id].resolved or meter.profile
 
     # ---- one meter ------------------------------------------------------------------------------------------------
 
@@ -135,6 +145,8 @@ class Poller:
         except MeterReadError as e:
             st.errors += 1
             st.consecutive_errors += 1
+            if meter.profile.sunspec is not None and st.consecutive_errors >= DEFAULT_BACKOFF_AFTER:
+                st.resolved = None  # find the model again: the device may have been reconfigured
             st.last_error = f"{e.reason}: {e.detail}" if e.detail else e.reason
             raise
         if st.consecutive_errors:
@@ -144,7 +156,37 @@ class Poller:
         st.last_ok_ms, st.consecutive_errors = sample.read_at_ms, 0
         return sample
 
+    async def _locate(self, meter: MeterSpec, st: _State) -> Profile:
+        """The profile at the device's addresses; for SunSpec, discovery on the first read (and after failures)."""
+        if st.resolved is not None:
+            return st.resolved
+        ss = meter.profile.sunspec
+        assert ss is not None
+
+        async def read(fc: int, address: int, count: int) -> list[int]:
+            return await self._read_block(meter, st, ReadBlock(fc, address, count, ()))
+
+        try:
+            loc = await discover(read, ss.models, ss.occurrence, absent=BusExceptionResponse, behind=ss.behind)
+        except BusError as e:
+            raise MeterReadError(meter.meter_id, e.reason, f"SunSpec discovery: {e}") from None
+        except SunSpecError as e:
+            raise MeterReadError(meter.meter_id, "sunspec", str(e)) from None
+        if loc is None:
+            raise MeterReadError(meter.meter_id, "sunspec", f"no SunSpec model {'/'.join(map(str, ss.models))} "
+                                 "found (SunS marker at 40000, 0 or 50000 and the model chain)")
+        try:
+            st.resolved = resolve(meter.profile, loc)
+        except SunSpecError as e:
+            raise MeterReadError(meter.meter_id, "sunspec", str(e)) from None
+        if loc.model_address != ss.model_address:
+            log.info("meter %s: SunSpec model %d at %d (profile expects %d): addresses shifted", meter.meter_id,
+                     loc.model_id, loc.model_address, ss.model_address)
+        st.blocks = self._plan(meter, st, bridge_holes=st.bridge_holes, isolate_optional=st.isolate_optional)
+        return st.resolved
+
     async def _read(self, meter: MeterSpec, st: _State) -> MeterSample:
+        profile = await self._locate(meter, st)
         image: dict[tuple[int, int], int] = {}
         errors: list[str] = []
         absent: set[str] = set()  # optional registers whose own read answered exception 2
@@ -158,14 +200,14 @@ class Poller:
                     log.warning("meter %s rejected a gap-spanning read (%s); reading without holes from now on",
                                 meter.meter_id, e)
                     st.bridge_holes = False
-                    st.blocks = self._plan(meter, bridge_holes=False, isolate_optional=st.isolate_optional)
+                    st.blocks = self._plan(meter, st, bridge_holes=False, isolate_optional=st.isolate_optional)
                     return await self._read(meter, st)
                 optional = [r for r in block.registers if r.optional]
                 if e.code == ILLEGAL_DATA_ADDRESS and optional and len(optional) < len(block.registers):
                     log.warning("meter %s rejected a read containing optional registers (%s); reading those on "
                                 "their own from now on", meter.meter_id, e)
                     st.isolate_optional = True
-                    st.blocks = self._plan(meter, bridge_holes=st.bridge_holes, isolate_optional=True)
+                    st.blocks = self._plan(meter, st, bridge_holes=st.bridge_holes, isolate_optional=True)
                     return await self._read(meter, st)
                 if e.code == ILLEGAL_DATA_ADDRESS and optional:  # the meter does not have these values
                     absent.update(r.name for r in optional)
@@ -182,9 +224,9 @@ class Poller:
             if energy and stamp is None:
                 stamp = (self._wall() // 1_000_000, self._mono() // 1_000_000)
             image.update(image_from_block(block.function_code, block.address, words))
-        decoded = decode_image(meter.profile, image)
-        not_measured = list(meter.profile.absent_measurements)
-        for reg in meter.profile.registers:
+        decoded = decode_image(profile, image)
+        not_measured = list(profile.absent_measurements)
+        for reg in profile.registers:
             m = reg.measurement
             if m is None or m not in decoded.invalid:
                 continue

@@ -27,8 +27,11 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from agent.chain_view import ChainView
 from agent.clock import ClockProbe, clock_jumped, reading_clock_quality
 from agent.config import AgentConfig, build_specs
+from agent.homeassistant import HomeAssistant
+from agent.household import DayCounters, explain
 from agent.keys import load_key_file
 from agent.plausibility import Baseline, check_counters
 from agent.publisher import Publisher, wall_ms
@@ -82,6 +85,9 @@ class AgentService:
         self.cfg, self.keys, self.meters, self.bus_specs = cfg, keys, meters, buses
         self.store, self.store_replaced = open_or_replace(cfg.db_path, max_readings=cfg.store.max_readings,
                                                           overflow=cfg.store.overflow)
+        self.day = DayCounters()  # the household page's live power and today's kWh (memory only)
+        self.chain_view = _chain_view(cfg, meters)
+        self.homeassistant = _homeassistant(cfg, meters, self._ha_snapshot)
         self.clock = ClockProbe(cfg.clock.check, require_sync=cfg.clock.require_sync)
         self.publisher = Publisher(cfg.mqtt, [m.meter_id for m in meters], self.store,
                                    VerifyKey(cfg.mqtt.gateway_public_key))
@@ -157,6 +163,8 @@ class AgentService:
             self._baseline[meter] = Baseline(imp, exp, sample.read_at_ms, sample.monotonic_ms)
             good = LastGood(imp, exp, sample.read_at_ms)
         self.store.append(sign_reading(reading, key), good=good, clears_reset=reset)
+        if good is not None:
+            self.day.observe(meter, sample.read_at_ms, imp, exp, instant.power_w)
         self._resets.discard(meter)
         dev.stored += 1
         dev.last_read_ms = self.last_read_ms = sample.read_at_ms
@@ -337,6 +345,7 @@ class AgentService:
                 self._pollers.append(poller)
                 tasks.append(self._supervised(f"poller-{name}", self._supervise(poller, name)))
             tasks.append(self._supervised("flush", self._flush_loop()))
+            tasks += self._start_household_extras()
             if notifier is not None:
                 notifier.send("READY=1")
                 wd = notifier.watchdog_interval_s()
@@ -373,6 +382,8 @@ class AgentService:
                 await bus.close()
             except Exception:  # shutting down anyway: say so, and close the rest
                 log.warning("closing bus %s failed", bus.name, exc_info=True)
+        if self.homeassistant is not None:
+            await self.homeassistant.stop()
         if self.status is not None:
             await self.status.stop()
         try:
@@ -388,6 +399,24 @@ class AgentService:
         while self.store.count() and self.publisher.stats.connected and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
+    # -- household: page data, chain view, Home Assistant ----------------------------------------------
+
+    def _start_household_extras(self) -> list[asyncio.Task[Any]]:
+        tasks = []
+        if self.chain_view is not None:
+            tasks.append(self._supervised("chain-view", self.chain_view.run(self._stop)))
+        if self.homeassistant is not None:
+            self.homeassistant.start()
+            tasks.append(self._supervised("homeassistant", self.homeassistant.run(self._stop)))
+        return tasks
+
+    def _ha_snapshot(self) -> tuple[dict[str, Any], dict[str, Any], int]:
+        devices: dict[str, dict[str, Any]] = {m: dict(vars(c)) for m, c in self.devices.items()}
+        for poller in self._pollers:
+            for meter, st in poller.device_status().items():
+                devices.setdefault(meter, {}).update(st)
+        return self.day.snapshot(), devices, wall_ms()
+
     # -- status ---------------------------------------------------------------------------------
 
     def health(self) -> Health:
@@ -401,7 +430,7 @@ class AgentService:
         stats = self.publisher.stats
         failing = [m for m, d in devices.items() if d.get("consecutive_errors", 0)]
         ok = stats.connected and clock.synced and not failing and self._full_since is None and not self.commit_error
-        return {
+        h: Health = {
             "status": "failed" if self.failed_task else "ok" if ok else "degraded",
             "tasks": {name: _task_state(t) for name, t in self._tasks.items()},
             "failed_task": self.failed_task,
@@ -428,7 +457,11 @@ class AgentService:
             "devices": devices,
             "store": self.store.counters(),
             "acks_rejected_by_reason": dict(self.store.rejected),
+            "household": self.day.snapshot(),
+            "chain": None if self.chain_view is None else self.chain_view.snapshot(),
         }
+        h["problems"] = explain(h)
+        return h
 
 
 def _task_state(task: asyncio.Task[Any]) -> str:
@@ -496,6 +529,27 @@ class Notifier:
             return int(usec) / 2_000_000  # ping at half the timeout, as sd_watchdog_enabled(3) advises
         except ValueError:
             return None
+
+
+def _chain_view(cfg: AgentConfig, meters: list[MeterSpec]) -> ChainView | None:
+    st = cfg.status
+    if not st.chain_rpc_url:
+        return None
+    return ChainView(st.chain_rpc_url, st.chain_program_id, [m.meter_id for m in meters],
+                     refresh_s=st.chain_refresh_s)
+
+
+def _homeassistant(cfg: AgentConfig, meters: list[MeterSpec], snapshot: Any) -> HomeAssistant | None:
+    if not cfg.homeassistant.enabled:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("gridmeter")
+    except PackageNotFoundError:
+        ver = "unknown"
+    return HomeAssistant(cfg.homeassistant, {m.meter_id: m.profile.id for m in meters}, cfg.agent.poll_interval_s,
+                         snapshot, ver)
 
 
 def build_service(cfg: AgentConfig) -> AgentService:

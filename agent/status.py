@@ -1,4 +1,6 @@
-"""Local status endpoint (aiohttp): JSON /health and Prometheus /metrics.
+"""Local status endpoint (aiohttp): the household page (/), JSON /health and Prometheus /metrics.
+
+The page (agent/page/: HTML, CSS, JS, no external assets, so it works offline) polls /health on the same origin.
 
 Both are rendered from one health snapshot (a dict built by the service on request), so the JSON and the
 metrics can never disagree. The Prometheus registry is our own (not the global default), so nothing else
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -17,6 +20,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 Health = dict[str, Any]
+PAGE_DIR = Path(__file__).resolve().parent / "page"
+_PAGE_TYPES = {"index.html": "text/html", "page.css": "text/css", "page.js": "text/javascript"}
+# The page loads nothing from anywhere else; a browser enforces it.
+_PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+                 "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 
 # (JSON key in health["mqtt"], metric name, help, counter?)
 _MQTT_METRICS = (
@@ -80,9 +88,18 @@ class StatusServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(HealthCollector(health))
         app = web.Application()
+        app.router.add_get("/", self._get_page)
+        app.router.add_get("/page/{name}", self._get_page)
         app.router.add_get("/health", self._get_health)
         app.router.add_get("/metrics", self._get_metrics)
         self._runner = web.AppRunner(app, access_log=None)
+
+    async def _get_page(self, req: web.Request) -> web.Response:
+        name = req.match_info.get("name", "index.html")
+        if name not in _PAGE_TYPES:  # a fixed list: no path from the request ever reaches the file system
+            raise web.HTTPNotFound(text=f"no page asset {name!r}")
+        return web.Response(body=(PAGE_DIR / name).read_bytes(), content_type=_PAGE_TYPES[name],
+                            charset="utf-8", headers=_PAGE_HEADERS)
 
     async def _get_health(self, _req: web.Request) -> web.Response:
         h = self._health()

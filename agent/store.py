@@ -16,6 +16,11 @@ Choices, with reasons:
   when the process dies was never published, so handing it out again after restart creates no duplicate.
 - "Sent" state lives in memory only (no SD write per publish): after a restart everything unacked is
   simply re-sent and the gateway dedupes by (meter_id, seq).
+- Acks are applied in memory at once (counts, fetch, the publisher's window) and written lazily: the DELETE of
+  acked rows and the new acked_seq ride in the next flush() transaction instead of one transaction per ack
+  (per meter, per batch: 71% of the WAL frames at 4 meters x 1 s before). A power cut between an ack and the
+  next flush only means those readings are sent once more and the gateway drops them as duplicates; the order
+  "committed before published" is untouched, and an ack never makes a reading durable anywhere but the gateway.
 - Bounded by max_readings. drop_oldest deletes the oldest unacked readings (a visible seq gap at the
   gateway); stop_reading refuses new readings until acks free space (no energy is lost: counters are
   cumulative, only time resolution). Either way it is logged, counted (persisted) and recorded in `events`.
@@ -110,6 +115,7 @@ class Store:
     ) -> None:
         self.path, self.max_readings, self.overflow, self._wall_ms = Path(path), max_readings, overflow, wall_ms
         self._db = open_store_db(self.path)
+        self._ack_dirty: set[str] = set()  # meters whose ack is applied in memory, not yet on disk
         try:
             self._next = dict(self._db.execute("SELECT meter_id, next_seq FROM seqs").fetchall())
             self._acked = dict(self._db.execute("SELECT meter_id, acked_seq FROM seqs").fetchall())
@@ -125,11 +131,20 @@ class Store:
         self._reject_recorded: dict[str, float] = {}
 
     def _recount(self) -> None:
-        """Per-meter row counts, kept in memory afterwards so /health and /metrics never scan the table."""
-        self._per_meter: dict[str, int] = dict(
-            self._db.execute("SELECT meter_id, COUNT(*) FROM readings GROUP BY meter_id").fetchall()
-        )
+        """Per-meter counts of unacked rows, kept in memory afterwards so /health and /metrics never scan the
+        table. Rows an ack covered but the next flush has not deleted yet are not counted."""
+        self._per_meter: dict[str, int] = {
+            m: n for m, n in self._db.execute("SELECT meter_id, COUNT(*) FROM readings GROUP BY meter_id")
+        }
+        for m in self._ack_dirty:
+            self._per_meter[m] = self._per_meter.get(m, 0) - self._covered(m, 0, self._acked[m])
         self._count = sum(self._per_meter.values())
+
+    def _covered(self, meter_id: str, after_seq: int, upto_seq: int) -> int:
+        """Stored rows of meter_id with after_seq < seq <= upto_seq (an index range count, no table scan)."""
+        row = self._db.execute("SELECT COUNT(*) FROM readings WHERE meter_id = ? AND seq > ? AND seq <= ?",
+                               (meter_id, after_seq, upto_seq)).fetchone()
+        return int(row[0])
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -176,14 +191,19 @@ class Store:
         return len(self._pending)
 
     def flush(self) -> int:
-        """Commit queued readings in one transaction; apply the overflow policy. Returns readings committed."""
-        if not self._pending and not self._dirty_seqs:
+        """Commit queued readings and the deletes of acked ones in one transaction; apply the overflow policy.
+        Returns readings committed."""
+        if not self._pending and not self._dirty_seqs and not self._ack_dirty:
             return 0
         rows = [
             (s.reading.meter_id, s.reading.seq, s.reading.read_at_ms, s.payload, s.signature) for s in self._pending
         ]
+        acked = [(m, self._acked[m]) for m in self._ack_dirty]
         try:
             with self._tx():
+                self._db.executemany("DELETE FROM readings WHERE meter_id = ? AND seq <= ?", acked)
+                self._db.executemany("UPDATE seqs SET acked_seq = MAX(acked_seq, ?) WHERE meter_id = ?",
+                                     [(a, m) for m, a in acked])
                 self._db.executemany(
                     "INSERT INTO readings (meter_id, seq, read_at_ms, payload, signature) VALUES (?,?,?,?,?)", rows
                 )
@@ -208,6 +228,7 @@ class Store:
                 self._recount()
             raise store_error(f"{self.path}: cannot commit {len(rows)} readings", exc) from exc
         self._pending.clear()
+        self._ack_dirty.clear()
         self._dirty_seqs.clear()
         self._pending_good.clear()
         self._pending_reset_done.clear()
@@ -286,21 +307,22 @@ class Store:
         detail = (f"gateway acked seq {acked_seq} but this store allocated only up to "
                   f"{self.last_allocated(meter_id)} (store lost or replaced?): seqs continue at {acked_seq + 1}")
         with self._tx():
-            cur = self._db.execute("DELETE FROM readings WHERE meter_id = ? AND seq <= ?", (meter_id, acked_seq))
+            live = self._covered(meter_id, self._acked.get(meter_id, 0), acked_seq)  # not yet acked in memory
+            self._db.execute("DELETE FROM readings WHERE meter_id = ? AND seq <= ?", (meter_id, acked_seq))
             self._db.execute(
                 "INSERT INTO seqs (meter_id, next_seq, acked_seq) VALUES (?, ?, ?) ON CONFLICT(meter_id) DO UPDATE "
                 "SET next_seq = MAX(next_seq, excluded.next_seq), acked_seq = MAX(acked_seq, excluded.acked_seq)",
                 (meter_id, acked_seq + 1, acked_seq),
             )
-            self._event("seq_resync", meter_id, f"{detail}; dropped {cur.rowcount + len(stale)} unpublishable")
+            self._event("seq_resync", meter_id, f"{detail}; dropped {live + len(stale)} unpublishable")
             self._bump("seq_resyncs", 1)
         log.warning("%s: %s", meter_id, detail)
         self._pending = [s for s in self._pending if s not in stale]
         self._next[meter_id] = acked_seq + 1
         self._acked[meter_id] = acked_seq
-        self._count -= cur.rowcount
-        self._per_meter[meter_id] = self._per_meter.get(meter_id, 0) - cur.rowcount
-        return cur.rowcount + len(stale)
+        self._count -= live
+        self._per_meter[meter_id] = self._per_meter.get(meter_id, 0) - live
+        return live + len(stale)
 
     def _reject(self, meter_id: str, reason: str, detail: str) -> NoReturn:
         """Count every rejection; write it to disk at most once per reason per REJECT_RECORD_INTERVAL_S, so a
@@ -313,20 +335,19 @@ class Store:
             self.record_event(reason, meter_id, f"{detail} ({self.rejected[reason]} so far)")
         raise AckRejectedError(reason, detail)
 
-    @_store_errors("deleting acked readings")
+    @_store_errors("applying an ack")
     def ack(self, meter_id: str, acked_seq: int) -> int:
-        """Delete meter_id's readings with seq <= acked_seq (the ack was verified). Returns rows deleted."""
-        if acked_seq <= self._acked.get(meter_id, 0):
+        """meter_id's readings with seq <= acked_seq are acked (the ack was verified): gone from counts and
+        fetch() at once, deleted on disk by the next flush(). Returns the stored readings it covered."""
+        old = self._acked.get(meter_id, 0)
+        if acked_seq <= old:
             return 0  # repeated or stale ack: nothing to do, no write
-        with self._tx():
-            cur = self._db.execute("DELETE FROM readings WHERE meter_id = ? AND seq <= ?", (meter_id, acked_seq))
-            self._db.execute(
-                "UPDATE seqs SET acked_seq = MAX(acked_seq, ?) WHERE meter_id = ?", (acked_seq, meter_id)
-            )
+        covered = self._covered(meter_id, old, acked_seq)
         self._acked[meter_id] = acked_seq
-        self._count -= cur.rowcount
-        self._per_meter[meter_id] = self._per_meter.get(meter_id, 0) - cur.rowcount
-        return cur.rowcount
+        self._ack_dirty.add(meter_id)
+        self._count -= covered
+        self._per_meter[meter_id] = self._per_meter.get(meter_id, 0) - covered
+        return covered
 
     def acked_seq(self, meter_id: str) -> int:
         return self._acked.get(meter_id, 0)
@@ -338,11 +359,11 @@ class Store:
 
     @_store_errors("reading readings")
     def fetch(self, meter_id: str, after_seq: int, limit: int) -> list[StoredReading]:
-        """Committed readings of meter_id with seq > after_seq, in seq order."""
+        """Committed, unacked readings of meter_id with seq > after_seq, in seq order."""
         rows = self._db.execute(
             "SELECT seq, read_at_ms, payload, signature FROM readings WHERE meter_id = ? AND seq > ? "
             "ORDER BY seq LIMIT ?",
-            (meter_id, after_seq, limit),
+            (meter_id, max(after_seq, self._acked.get(meter_id, 0)), limit),
         ).fetchall()
         return [StoredReading(meter_id, s, r, p, g) for s, r, p, g in rows]
 
@@ -352,7 +373,9 @@ class Store:
         out = {}
         for m, n in self._per_meter.items():
             if n > 0:
-                lo = self._db.execute("SELECT MIN(seq) FROM readings WHERE meter_id = ?", (m,)).fetchone()[0]
+                acked = self._acked.get(m, 0)
+                lo = self._db.execute("SELECT MIN(seq) FROM readings WHERE meter_id = ? AND seq > ?",
+                                      (m, acked)).fetchone()[0]
                 hi = self._db.execute("SELECT MAX(seq) FROM readings WHERE meter_id = ?", (m,)).fetchone()[0]
                 out[m] = (n, lo, hi)
         return out
@@ -365,9 +388,17 @@ class Store:
 
     @_store_errors("reading the oldest reading")
     def oldest_read_at_ms(self) -> int | None:
-        """read_at of the oldest stored reading by arrival (rowid order: no table scan)."""
-        row = self._db.execute("SELECT read_at_ms FROM readings ORDER BY id LIMIT 1").fetchone()
-        return row[0] if row else None
+        """read_at of the oldest unacked stored reading by arrival (rowid order; one index lookup per meter)."""
+        if not self._ack_dirty:
+            row = self._db.execute("SELECT read_at_ms FROM readings ORDER BY id LIMIT 1").fetchone()
+            return row[0] if row else None
+        firsts = [
+            self._db.execute("SELECT id, read_at_ms FROM readings WHERE meter_id = ? AND seq > ? ORDER BY seq "
+                             "LIMIT 1", (m, self._acked.get(m, 0))).fetchone()
+            for m, n in self._per_meter.items() if n > 0
+        ]
+        found = [f for f in firsts if f is not None]
+        return min(found)[1] if found else None
 
     @_store_errors("reading counters")
     def counters(self) -> dict[str, int]:

@@ -280,7 +280,7 @@ def parse_profile(data: dict[str, Any], source: str) -> Profile:
 
 def _sunspec(t: _Table) -> SunSpec:
     s = SunSpec(models=_int_list(t, "models", 1, 0xFFFE), model_address=t.int_in("model_address", 0, 0xFFFF),
-                occurrence=t.int_in("occurrence", 1, 16, 1))
+                occurrence=t.int_in("occurrence", 1, 16, 1), behind=_int_list(t, "behind", 1, 0xFFFE))
     t.done()
     return s
 

@@ -209,6 +209,7 @@ class SunSpec:
     models: tuple[int, ...]  # accepted meter model ids (201-204 int+SF, 211-214 float)
     model_address: int  # where this profile's addresses put the model's ID register
     occurrence: int = 1  # the n-th matching model in the chain (SolarEdge: meter 1, 2, 3)
+    behind: tuple[int, ...] = ()  # a model of these must come first in the chain (SolarEdge: inverter 101-103)
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,14 @@ class Reason(StrEnum):
 
 _PROTOCOL_REASONS = {r.value for r in Reason}
 
+# Spacing rule (too_frequent): a reading is refused when it comes less than HALF of min_read_spacing_ms after the
+# last accepted one. Half, because an agent polls on a fixed monotonic schedule of period P and consecutive read
+# times are P +- jitter apart (a slow answer or a retry delays one read, not the next; NTP slews the wall clock):
+# at 1 s polling a strict rule refused 27% of readings as "999 ms after the last reading". The default is the
+# agent's shortest poll interval (0.1 s, agent.config), so no poll interval an agent may be given is refused for
+# jitter; sustained floods are the per-meter ingress token bucket's job.
+MIN_READ_SPACING_MS = 100
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -65,7 +73,7 @@ class Limits:
 
     future_skew_ms: int = 30_000
     acceptance_window_ms: int = 7 * 86_400_000
-    min_read_spacing_ms: int = 1000
+    min_read_spacing_ms: int = MIN_READ_SPACING_MS
     plausibility_margin_pct: int = 10
     plausibility_slack_wh: int = 100
     gap_grace_ms: int = 900_000
@@ -182,8 +190,10 @@ def _time_checks(r: Reading, progress: Progress, now_ms: int, limits: Limits) ->
     last = progress.last_read_at_ms
     if last is not None and at <= last:
         return _reject(Reason.READ_AT_NOT_INCREASING, f"read_at {at} <= last {last}")
-    if last is not None and at - last < limits.min_read_spacing_ms:
-        return _reject(Reason.TOO_FREQUENT, f"{at - last} ms after the last reading")
+    if last is not None and (at - last) * 2 < limits.min_read_spacing_ms:  # jitter allowance: half the spacing
+        return _reject(Reason.TOO_FREQUENT, f"{at - last} ms after the last reading (at least "
+                                            f"{(limits.min_read_spacing_ms + 1) // 2} ms: half of min_read_spacing_ms"
+                                            f" {limits.min_read_spacing_ms})")
     return None
 
 

@@ -1,5 +1,5 @@
-"""`gridmeter gateway` subcommands: run, keygen, authority-key, meters add|list|suspend|resume|retire, rejections,
-held, ingest-status, outbox.
+"""`gridmeter gateway` subcommands: run, check-config, keygen, authority-key, meters add|list|suspend|resume|retire,
+rejections, held, ingest-status, outbox.
 
 Only `run` needs the whole configuration (broker account, dashboard secret, API keys): the registry and
 read-only commands read [gateway] (state_dir) and [health] only, so an operator can run them with a config
@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = cmd("run", "run the gateway service", _run)
     run.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("GRIDMETER_LOG_FORMAT", "text"),
                      help="json: one JSON object per line, for journald/Loki (default text, or $GRIDMETER_LOG_FORMAT)")
+    cmd("check-config", "validate the config and its key files; start nothing", _check_config)
     k = gsub.add_parser("keygen", help="create the gateway's ack-signing key file (0600); prints the public key "
                         "(hex) that agents pin as mqtt.gateway_public_key")
     k.add_argument("path")
@@ -192,6 +193,24 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except OSError as exc:  # e.g. the dashboard port is taken, the state directory is not writable
         return _fail(f"cannot start: {exc}")
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError
+    from gateway.keys import KeyFileError, load_key_file
+    from gateway.oracle_authority_key import load_authority_keypair
+    from gateway.oracle_errors import OracleClientError
+
+    try:
+        cfg = _config(args)
+        ack = load_key_file(cfg.gateway.ack_key_file)
+        if cfg.chain.enabled:
+            load_authority_keypair(cfg.chain.authority_key_file)
+    except (ConfigError, KeyFileError, OracleClientError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+    print(f"{args.config}: OK (gateway public key {ack.public_key.hex()}, chain "
+          f"{cfg.chain.rpc_url if cfg.chain.enabled else 'disabled'}, MQTT {cfg.mqtt.host}:{cfg.mqtt.port})")
+    return 0
 
 
 def _keygen(args: argparse.Namespace) -> int:

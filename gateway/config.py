@@ -231,8 +231,10 @@ class LimitsSection:
     future_skew_s: int = 30
     # Readings older than this are refused: 7 days covers a long outage backlog of an agent.
     acceptance_window_s: int = 7 * 86400
-    # Two readings of one meter closer than this in signed time are refused (agents poll every ~10 s).
-    min_read_spacing_ms: int = 1000
+    # Readings of one meter closer than HALF of this in signed time are refused as too_frequent (half: poll
+    # jitter; see gateway.checks.MIN_READ_SPACING_MS). 100 = the agent's shortest poll interval (0.1 s), so any
+    # poll interval an agent may use passes; raise it only if every agent polls slower.
+    min_read_spacing_ms: int = 100
     # Per-meter ingress token bucket (readings): a week's backlog at 10 s polling drains in ~1 min.
     ingress_rate_per_s: float = 1000.0
     ingress_burst: int = 10000

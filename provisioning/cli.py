@@ -90,7 +90,10 @@ def _add_scan(ps: Any) -> None:
     where.add_argument("--port", help="serial device, e.g. /dev/ttyAMA0 or /dev/ttyUSB0")
     where.add_argument("--host", help="Modbus TCP host (inverter, gateway or meter)")
     s.add_argument("--tcp-port", type=int, help="TCP port (default: 502 and 1502)")
-    s.add_argument("--ids", help="unit ids, e.g. 1-10,240 (default: 1-10 plus 240,200)")
+    s.add_argument("--ids", help="unit ids, e.g. 1-10,240 (default: 1-10, every profile's factory default, "
+                   "240,200; with --full 1-247)")
+    s.add_argument("--full", action="store_true",
+                   help="try every framing and unit id 1-247 instead of stopping once the bus answered (slow)")
     s.add_argument("--bauds", help="baud rates to try, e.g. 9600,2400 (default: 9600,19200,2400,38400)")
     s.add_argument("--parities", help="parities to try, e.g. N,E (default: N,E)")
     s.add_argument("--profiles", help="only these profile ids (comma separated)")
@@ -142,6 +145,11 @@ def _add_commission(ps: Any) -> None:
     c.add_argument("--expect-flow", action="store_true",
                    help="fail unless a counter increased during the wait (use with a known load)")
     c.add_argument("--display-kwh", help="the import kWh shown on the meter's display (non-interactive check)")
+    c.add_argument("--no-generation", action="store_true",
+                   help="the site cannot export (no PV, battery or generator): negative power is a wiring fault")
+    c.add_argument("--ct-primary-a", type=int, help="CT meters: primary current printed on the CTs (100 for 100/5 A)")
+    c.add_argument("--known-load-w", type=int,
+                   help="check the power step against a load you switch on when asked (e.g. 2000 for a kettle)")
     c.add_argument("--yes", action="store_true", help="do not ask (benches): accept the display comparison")
     c.add_argument("--config", default=DEFAULT_CONFIG, help="agent config the meter will go into: the result is "
                    "written next to it (default %(default)s)")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.bus import Bus, BusError, BusExceptionResponse, BusSpec, BusTimeoutError, open_bus
 from agent.decode import decode_identity, decode_image, identify_matches, image_from_block
 from agent.poller import MeterReadError, MeterSpec, Poller
+from agent.sunspec import Location, SunSpecError, discover, resolve
 from firmware_config.schema import IdentifyRule, Profile, SerialNumberRule
 from provisioning.errors import ProvisionError
 from provisioning.port_lock import check_free
@@ -135,20 +136,59 @@ class Identification:
     profile: Profile
     matched: bool
     values: tuple[int | str | None, ...]
+    located: Profile | None = None  # SunSpec: the profile at the device's addresses
+    weak: bool = False  # matched only through a `weak` value (check the label)
+
+    @property
+    def specific(self) -> bool:
+        """Matched on more than a generic rule (a SunSpec profile that requires the device in front of it)."""
+        return self.profile.sunspec is not None and bool(self.profile.sunspec.behind)
 
     @property
     def confirmed(self) -> bool:
-        return all(r.confirmed for r in self.profile.identify)
+        return not self.weak and all(r.confirmed for r in self.profile.identify)
+
+
+class _NoData(Exception):
+    """A cached read that got no data (exception reply or silence)."""
+
+
+async def identify_sunspec(bus: Bus, unit_id: int, profile: Profile, cache: UnitCache) -> Identification:
+    """SunSpec identification = discovery: SunS at 40000/0/50000, then the model chain to the profile's model."""
+    ss = profile.sunspec
+    assert ss is not None
+
+    async def read(fc: int, address: int, count: int) -> list[int]:
+        words = await cache.read(bus, unit_id, fc, address, count)
+        if isinstance(words, str):
+            raise _NoData(words)
+        return words
+
+    loc: Location | None = None
+    try:
+        loc = await discover(read, ss.models, ss.occurrence, absent=_NoData, behind=ss.behind)
+    except (_NoData, SunSpecError):
+        loc = None
+    if loc is None:
+        return Identification(profile, False, ())
+    try:
+        located = resolve(profile, loc)
+    except SunSpecError:
+        return Identification(profile, False, (loc.model_id,))
+    return Identification(profile, True, (loc.model_id, loc.model_address), located)
 
 
 async def identify(bus: Bus, unit_id: int, profile: Profile, cache: UnitCache) -> Identification:
+    if profile.sunspec is not None:
+        return await identify_sunspec(bus, unit_id, profile, cache)
     values: list[int | str | None] = []
     for rule in profile.identify:
         v = await read_rule(bus, unit_id, rule, cache)
         values.append(v)
         if v is None or not identify_matches(rule, v):
             return Identification(profile, False, tuple(values))
-    return Identification(profile, True, tuple(values))
+    weak = any(v in r.weak for r, v in zip(profile.identify, values, strict=True))
+    return Identification(profile, True, tuple(values), weak=weak)
 
 
 async def identify_all(bus: Bus, unit_id: int, profiles: Sequence[Profile], cache: UnitCache) -> list[Identification]:
@@ -165,6 +205,10 @@ class CommissionReads:
     invalid: dict[str, str]
     elapsed_ms: int
     serial_number: int | str | None
+    not_measured: tuple[str, ...] = ()  # energy counters this meter does not have
+    image: dict[tuple[int, int], int] = field(default_factory=dict)  # raw registers, for word-order hints
+    located: Profile | None = None  # the profile at the device's addresses (SunSpec discovery)
+    loaded: dict[str, int] | None = None  # a third read with the installer's known load switched on
 
 
 def _invalid(errors: Sequence[str]) -> dict[str, str]:
@@ -182,7 +226,7 @@ async def _read_decoded(bus: Bus, poller: Poller, meter: MeterSpec, where: str) 
     commissioning can say which value is wrong instead of only "decode error"."""
     try:
         s = await poller.read_meter(meter)
-        return dict(s.values), _invalid(s.errors), s.monotonic_ms
+        return dict(s.values), {**_invalid(s.errors), **dict.fromkeys(s.not_measured, "not_measured")}, s.monotonic_ms
     except MeterReadError as exc:
         if exc.reason != "decode":
             raise ProbeError(f"{where}: no valid reply ({exc.reason}); check wiring, unit id and framing "
@@ -194,12 +238,17 @@ async def _read_decoded(bus: Bus, poller: Poller, meter: MeterSpec, where: str) 
             image.update(image_from_block(b.function_code, b.address, words))
     except BusError as exc:
         raise ProbeError(f"{where}: {exc}") from exc
-    decoded = decode_image(meter.profile, image)
+    decoded = decode_image(poller.located(meter), image)
     return dict(decoded.values), dict(decoded.invalid), time.monotonic_ns() // 1_000_000
 
 
-async def commission_reads(target: BusTarget, profile: Profile, unit_id: int, wait_s: float) -> CommissionReads:
-    """Two reads through the agent's Poller `wait_s` apart, plus the serial number."""
+LoadStep = Callable[[], Awaitable[bool]]
+
+
+async def commission_reads(target: BusTarget, profile: Profile, unit_id: int, wait_s: float,
+                           load_step: LoadStep | None = None) -> CommissionReads:
+    """Two reads through the agent's Poller `wait_s` apart, the raw registers of the second, the serial number;
+    then, if `load_step` returns True (the installer switched a known load on), a third read."""
     async with opened(target, timeout_s=DEFAULT_COMMISSION_TIMEOUT_S, retries=DEFAULT_COMMISSION_RETRIES) as bus:
         meter = MeterSpec(meter_id="COMMISSIONING", bus=bus.name, unit_id=unit_id, profile=profile)
         poller = Poller(bus, [meter])
@@ -207,7 +256,18 @@ async def commission_reads(target: BusTarget, profile: Profile, unit_id: int, wa
         first, _inv1, t1 = await _read_decoded(bus, poller, meter, where)
         await asyncio.sleep(wait_s)
         second, invalid, t2 = await _read_decoded(bus, poller, meter, where)
+        image: dict[tuple[int, int], int] = {}
+        for b in poller.plan(meter):
+            with contextlib.suppress(BusError):  # a refused optional block: nothing to show for it
+                image.update(image_from_block(b.function_code, b.address,
+                                              await bus.read_registers(unit_id, b.function_code, b.address, b.count)))
         sn = None
-        if profile.serial_number is not None:
-            sn = await read_rule(bus, unit_id, profile.serial_number, UnitCache())
-    return CommissionReads(first, second, invalid, t2 - t1, sn)
+        located = poller.located(meter)
+        if located.serial_number is not None:
+            sn = await read_rule(bus, unit_id, located.serial_number, UnitCache())
+        loaded = None
+        if load_step is not None and await load_step():
+            loaded, _inv3, _t3 = await _read_decoded(bus, poller, meter, where)
+    not_measured = tuple(k for k, v in invalid.items() if v == "not_measured")
+    invalid = {k: v for k, v in invalid.items() if v != "not_measured"}
+    return CommissionReads(first, second, invalid, t2 - t1, sn, not_measured, image, located, loaded)

@@ -1,10 +1,15 @@
 """`gridmeter provision scan`: find the meters on an RS-485 port (or a Modbus TCP host) and say what they are.
 
-For each framing (9600/19200/2400/38400 x 8N1/8E1 by default) and each unit id (1-10 plus Fronius 240/200 by
-default) one presence read is sent; any reply, data or Modbus exception, means a device is there. Only then are
-the profiles' identification rules run (Eastron meter code, ABB type designation, Carlo Gavazzi id code, SunS
-marker, ...), with one read per distinct register. A unit found at one framing is not probed again at the next.
-Bounded and gentle: at most DEFAULT_MAX_PROBES presence reads, one request at a time, a pause between units.
+For each framing (9600/19200/2400/38400 x 8N1/8E1 by default) and each unit id one presence read is sent; any
+reply, data or Modbus exception, means a device is there. Only then are the profiles' identification rules run
+(Eastron meter code, ABB type designation, Carlo Gavazzi id code, SunSpec discovery: SunS at 40000/0/50000 and the
+model chain, over RTU as over TCP), with one read per distinct register. A unit found at one framing is not probed
+again at the next.
+
+Fast path (default): the unit ids installers meet (1-10, every profile's factory default, Fronius 240/200), and the
+scan stops after the first framing (or TCP port) at which something answered: every meter on one RS-485 bus shares
+its framing. `--full` tries every framing and every id 1-247 (minutes; bounded by DEFAULT_MAX_PROBES). Bounded
+and gentle: one request at a time, a pause between units.
 """
 
 from __future__ import annotations
@@ -26,15 +31,18 @@ __all__ = ["ScanError", "ScanInputError", "format_report", "run_scan"]
 # mbmd/evcc, Inepro), 19200 Schneider, 2400 the single-phase Eastrons, 38400 for re-configured meters.
 DEFAULT_BAUDS = (9600, 19200, 2400, 38400)
 DEFAULT_PARITIES = ("N", "E")
-# 1-10 covers the factory default (1) and the usual renumbering of a few meters; 240/200 are Fronius' meter ids.
+# Fast path: 1-10 covers the factory default of most meters (1) and the usual renumbering of a few meters on one
+# bus; 240/200 are Fronius' meter ids; every profile's own default_unit_id is added (quick_ids).
 DEFAULT_IDS = (*range(1, 11), 240, 200)
+FULL_IDS = tuple(range(1, 248))  # --full: every unicast unit id (Modbus over Serial Line V1.02 §2.1)
 # A present meter answers a short read in < 100 ms at 9600 (25 ms wire + turnaround); 0.5 s leaves room for slow
 # meters (mbmd PR #258) without making an empty scan of 8 framings x 12 ids take more than about a minute.
 DEFAULT_TIMEOUT_S = 0.5
 # mbmd cmd/scan.go sleeps 40 ms between ids: meters on a shared line need a quiet gap after a foreign request.
 DEFAULT_PROBE_DELAY_MS = 40
-# Bound on presence reads (ids x framings): a full 1-247 sweep at 8 framings would occupy a bus for ~20 minutes.
-DEFAULT_MAX_PROBES = 1000
+# Bound on presence reads (ids x framings): a full 1-247 sweep at the 8 default framings is 1976 probes (~18
+# minutes at 0.5 s per silent id); more than that needs --bauds/--parities narrowed.
+DEFAULT_MAX_PROBES = 2000
 DEFAULT_TCP_PORTS = (502, 1502)  # Modbus TCP standard; SolarEdge inverters (evcc default)
 MAX_UNIT_ID = 247
 
@@ -67,6 +75,7 @@ class ScanOptions:
     tcp_ports: tuple[int, ...] = DEFAULT_TCP_PORTS
     timeout_s: float = DEFAULT_TIMEOUT_S
     delay_ms: int = DEFAULT_PROBE_DELAY_MS
+    full: bool = False  # every framing and id, do not stop at the first framing that answers
 
     def targets(self) -> list[BusTarget]:
         if self.port:
@@ -103,6 +112,8 @@ class ScanReport:
     hints: list[str] = field(default_factory=list)
     probes: int = 0
     elapsed_s: float = 0.0
+    tried: list[str] = field(default_factory=list)  # framings / ports actually probed
+    stopped_early: bool = False  # the fast path stopped after the framing that answered
 
 
 # ---- input --------------------------------------------------------------------------------------------------------
@@ -156,7 +167,8 @@ def options_from_args(args: Any) -> ScanOptions:
         if unknown:
             raise ScanInputError(f"--profiles: unknown {', '.join(unknown)} (known: {', '.join(sorted(every))})")
         profiles = tuple(every[p] for p in wanted)
-    ids = parse_ids(args.ids) if args.ids else DEFAULT_IDS
+    full = bool(getattr(args, "full", False))
+    ids = parse_ids(args.ids) if args.ids else (FULL_IDS if full else quick_ids(profiles))
     timeout = args.timeout_s if args.timeout_s is not None else DEFAULT_TIMEOUT_S
     if not 0.01 <= timeout <= 10:
         raise ScanInputError(f"--timeout-s: 0.01..10 (got {timeout})")
@@ -169,13 +181,22 @@ def options_from_args(args: Any) -> ScanOptions:
             raise ScanInputError(f"--ids/--bauds/--parities: {len(framings) * len(ids)} combinations exceed "
                                  f"{DEFAULT_MAX_PROBES}; narrow the search (e.g. read the baud on the display)")
         rtu = tuple(p for p in profiles if "rtu" in p.transports)
-        return ScanOptions(rtu or profiles, ids, port=args.port, framings=framings, timeout_s=timeout)
+        return ScanOptions(rtu or profiles, ids, port=args.port, framings=framings, timeout_s=timeout, full=full)
     if args.tcp_port is not None and not 1 <= args.tcp_port <= 65535:
         raise ScanInputError(f"--tcp-port: 1..65535 (got {args.tcp_port})")
     tcp_ports = (args.tcp_port,) if args.tcp_port else DEFAULT_TCP_PORTS
     # networked meters first; serial profiles still apply behind a Modbus TCP gateway
     ordered = tuple(sorted(profiles, key=lambda p: "rtu" in p.transports and "tcp" not in p.transports))
-    return ScanOptions(ordered, ids, host=args.host, tcp_ports=tcp_ports, timeout_s=timeout)
+    return ScanOptions(ordered, ids, host=args.host, tcp_ports=tcp_ports, timeout_s=timeout, full=full)
+
+
+def quick_ids(profiles: Sequence[Profile]) -> tuple[int, ...]:
+    """The fast path's unit ids: 1-10, then each profile's factory default, then Fronius 240/200."""
+    out = list(range(1, 11))
+    for i in (*sorted({p.default_unit_id for p in profiles}), 240, 200):
+        if 1 <= i <= MAX_UNIT_ID and i not in out:
+            out.append(i)
+    return tuple(out)
 
 
 # ---- scanning -----------------------------------------------------------------------------------------------------
@@ -192,11 +213,16 @@ async def _scan(opts: ScanOptions, progress: Progress) -> ScanReport:
     report = ScanReport()
     started = time.monotonic()
     done: set[int] = set()
-    for target in opts.targets():
+    targets = opts.targets()
+    for n, target in enumerate(targets):
         todo = [u for u in opts.ids if u not in done]
         if not todo:
             break
+        if done and not opts.full:  # the bus answered at the previous framing: it is identified
+            report.stopped_early = n < len(targets)
+            break
         progress(f"trying {target.describe()}: {len(todo)} unit ids")
+        report.tried.append(target.describe())
         try:
             async with opened(target, timeout_s=opts.timeout_s, retries=0) as bus:
                 for unit in todo:
@@ -236,12 +262,15 @@ async def _record(report: ScanReport, bus: Any, unit: int, target: BusTarget, id
         report.unidentified.append((unit, target, seen))
         progress(f"  unit {unit}: a device answers but matches no profile")
         return
-    # confirmed rules first; then the most specific identification (more matching reads: an SDM630MCT's code
-    # plus frequency beats a rule that only accepts the same code, a 7M.38's L2 voltage beats the 7M.24)
-    best = sorted(matches, key=lambda i: (not i.confirmed, -len(i.profile.identify), i.profile.id))[0]
+    # confirmed rules first; then the most specific identification (a SunSpec profile requiring the device in front
+    # of its meter; more matching reads: an SDM630MCT's code plus frequency beats a rule that only accepts the same
+    # code, a 7M.38's L2 voltage beats the 7M.24)
+    best = sorted(matches, key=lambda i: (not i.confirmed, not i.specific, -len(i.profile.identify),
+                                          i.profile.id))[0]
     serial = None
-    if best.profile.serial_number is not None:
-        serial = await read_rule(bus, unit, best.profile.serial_number, cache)
+    sn_rule = (best.located or best.profile).serial_number
+    if sn_rule is not None:
+        serial = await read_rule(bus, unit, sn_rule, cache)
     found = Found(best.profile, unit, target, serial, tuple(i.profile.id for i in matches if i is not best))
     found.hints = unit_hints(found, best)
     report.found.append(found)
@@ -262,8 +291,7 @@ def unit_hints(found: Found, ident: Identification) -> list[str]:
         hints.append("the identification also matches " + ", ".join(found.candidates)
                      + ": check the model on the meter's label and pass the right --profile")
     if not ident.confirmed:
-        notes = "; ".join(r.note for r in p.identify if not r.confirmed and r.note)
-        hints.append(f"identified by a rule not yet confirmed on a real meter ({notes}): check the model on the label")
+        hints.append(f"check the model on the meter's label: it should say {p.manufacturer} {p.model}")
     return hints
 
 
@@ -278,6 +306,9 @@ def _overall_hints(report: ScanReport, opts: ScanOptions) -> None:
             report.hints.append(f"nothing answered on {opts.host} ports {', '.join(map(str, opts.tcp_ports))}: "
                                 "check the IP address, that Modbus TCP is enabled in the inverter/meter settings, "
                                 "and that no other client is connected (SolarEdge allows one)")
+    if report.stopped_early:
+        report.hints.append(f"stopped after {report.tried[-1]} answered (all meters on one bus share its framing); "
+                            "a meter at another unit id or framing: run again with --full")
     ids = {f.unit_id for f in report.found}
     if len(report.found) > len(ids):
         report.hints.append("two devices answered at the same unit id: give every meter its own id")

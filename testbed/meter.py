@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from firmware_config.schema import REGISTER_TYPES, IdentifyRule, Profile, Register, SerialNumberRule, sentinel_raw
@@ -85,7 +85,8 @@ class SimulatedMeter:
         invalid: set[str] | None = None, scale_factors: dict[str, int] | None = None,
         identify_function_code: int | None = None, clock: Callable[[], int] = time.monotonic_ns,
         absent: set[str] | None = None, identity: dict[int, int | str] | None = None,
-        raw_power_sign: int | None = None,
+        raw_power_sign: int | None = None, sunspec_base: int = 40000,
+        sunspec_before: tuple[tuple[int, int], ...] = (),
     ) -> None:
         """`invalid`: measurements served as their "not implemented" sentinel (NaN for floats); `absent`:
         measurements whose registers the meter does not have at all (a read of them answers exception 2 unless
@@ -93,10 +94,16 @@ class SimulatedMeter:
         register address -> value served instead of the rule's first expected value (a variant's code);
         `raw_power_sign`: the device's own convention for its power register, whatever the profile assumes:
         +1 = raw power > 0 while importing, -1 = raw power > 0 while exporting (a SolarEdge grid meter); None =
-        as the profile decodes it."""
+        as the profile decodes it. SunSpec profiles: the device serves "SunS" at `sunspec_base` and a model chain
+        (common model 1, any `sunspec_before` (model id, length) pairs such as the multi-MPPT model 160, the
+        inverter and meter common models as the profile's layout implies, the meter model, end 0xFFFF); the
+        profile's registers move with the chain, as on a real device."""
         if not 0 <= unit_id <= 247:
             raise ValueError(f"unit_id must be 0..247 (got {unit_id})")
         self.profile, self.unit_id, self.framing = profile, unit_id, framing
+        self.chain: dict[int, int] = {}  # SunSpec marker + model headers (FC03)
+        if profile.sunspec is not None:
+            self.profile, self.chain = _sunspec_layout(profile, sunspec_base, sunspec_before)
         self.import_wh, self.export_wh, self.power_w = import_wh, export_wh, power_w
         self.voltage_dv, self.frequency_mhz, self.power_factor_milli = voltage_dv, frequency_mhz, power_factor_milli
         self.serial_number, self.live, self.invalid = serial_number, live, set(invalid or ())
@@ -177,7 +184,9 @@ class SimulatedMeter:
                         value *= self.raw_power_sign * (1 if reg.scale > 0 else -1)  # raw sign fixed by the device
                     words, served[reg.measurement] = encode_register(reg, value, sf)
                 out.update({reg.address + i: w for i, w in enumerate(words)})
-            for rule in self.profile.identify:
+            if function_code == 3:
+                out.update(self.chain)
+            for rule in self.profile.identify if not self.chain else ():
                 if self._identity_fc(rule) == function_code:
                     words = _encode_identity(rule, self.identity.get(rule.address, rule.expected[0]))
                     out.update({rule.address + i: w for i, w in enumerate(words)})
@@ -198,6 +207,10 @@ class SimulatedMeter:
         return rule.function_codes[0]
 
     def filler_addresses(self, function_code: int) -> set[int]:
+        """Addresses a "filler" device answers although the profile does not use them."""
+        return self._filler(function_code) - set(self.chain)
+
+    def _filler(self, function_code: int) -> set[int]:
         """Addresses a "filler" device answers although the profile does not use them."""
         read = self.profile.read
         regs = [r for r in self.profile.registers if r.function_code == function_code]
@@ -232,3 +245,40 @@ class SimulatedMeter:
             else rule.function_codes[0]
         return any(r.function_code == fc and r.address < rule.address + rule.words and rule.address < r.end
                    for r in self.profile.registers)
+
+
+def _sunspec_layout(profile: Profile, base: int, before: tuple[tuple[int, int], ...]) -> tuple[Profile, dict[int, int]]:
+    """The profile moved to where this device's chain puts the meter model, and the chain's words: "SunS", then
+    (ID, L) headers. Without `before`, a profile written for base 40000 lands at its own addresses."""
+    ss = profile.sunspec
+    assert ss is not None
+    nominal_gap = ss.model_address - (40000 + 2)  # registers between the first model and the meter model
+    models: list[tuple[int, int]] = [(1, 65)]  # the device's common model
+    rest = nominal_gap - 67
+    if rest >= 67 + 2:  # an inverter ahead of its meter (SolarEdge): inverter model, then the meter's common model
+        models += [(103, rest - 67 - 2), (1, 65)]
+    elif rest > 0:
+        models.append((64000, rest - 2))  # a vendor model filling the gap
+    models[1:1] = list(before)
+    meter_id = 203 if 203 in ss.models else ss.models[0]
+    meter_len = max(max(r.end for r in profile.registers) - ss.model_address - 2,
+                    105 if 201 <= meter_id <= 204 else 124 if 211 <= meter_id <= 214 else 0)  # model L (model JSON)
+    models += [(meter_id, meter_len)]
+    chain = {base: SUNS_WORDS[0], base + 1: SUNS_WORDS[1]}
+    addr, common = base + 2, 0
+    for model_id, length in models:
+        chain[addr], chain[addr + 1] = model_id, length
+        if model_id == 1:
+            common = addr
+        addr += length + 2
+    chain[addr], chain[addr + 1] = 0xFFFF, 0
+    model_address = addr - meter_len - 2
+    shift = model_address - ss.model_address
+    sn = profile.serial_number
+    moved = replace(profile, registers=tuple(replace(r, address=r.address + shift) for r in profile.registers),
+                    serial_number=replace(sn, address=common + 50) if sn is not None else None,
+                    sunspec=replace(ss, model_address=model_address))
+    return moved, chain
+
+
+SUNS_WORDS = (0x5375, 0x6E53)

@@ -177,10 +177,15 @@ def test_four_meters_rtu_and_tcp_end_to_end(rig: Rig) -> None:
     wait_for(lambda: all(rig.acker.contiguous.get(m, 0) >= 5 for m in rig.meters), 60, "5 readings per meter",
              rig.agent)
     status = subprocess.run(
-        [sys.executable, "-m", "gridmeter.cli", "agent", "status", "--url",
+        [sys.executable, "-m", "gridmeter.cli", "agent", "status", "--json", "--url",
          f"http://127.0.0.1:{rig.setup.status_port}/health"], capture_output=True, text=True, timeout=30,
     )
     health = json.loads(status.stdout)
+    plain = subprocess.run(
+        [sys.executable, "-m", "gridmeter.cli", "agent", "status", "--url",
+         f"http://127.0.0.1:{rig.setup.status_port}/health"], capture_output=True, text=True, timeout=30,
+    )
+    assert plain.stdout.startswith("gridmeter agent: OK\n") and "broker: connected" in plain.stdout, plain.stdout
     assert status.returncode == 0, status.stderr + status.stdout
     assert health["mqtt"]["connected"] is True and set(health["devices"]) == set(rig.meters)
     assert all(d["reads"] >= 5 for d in health["devices"].values())

@@ -146,7 +146,8 @@ async def test_commission_interactive_display_mismatch(bench: tuple[VirtualRtuBu
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     bus, _ = bench
-    answers = iter(["12.3"] + ["y"] * 10)  # the installer reads 12.3 kWh on the display: another meter
+    # site: cannot export; no known load; the display shows 12.3 kWh: another meter
+    answers = iter(["n", "n", "12.3"] + ["y"] * 10)
     monkeypatch.setattr("builtins.input", lambda _q="": next(answers))
     rc, out, _ = await commission(capsys, "--profile", "eastron-sdm630", "--port", bus.client_port, "--unit-id",
                                   "1", "--wait-s", "0", "--out", str(tmp_path / "c.json"))
@@ -249,11 +250,17 @@ def test_interactive_answer_that_is_not_a_number_is_recorded_not_raised() -> Non
     """An installer typing 'n' or '12,3 kWh' must get a FAIL result naming the answer, not an aborted run."""
     p = PROFILES["eastron-sdm630"]
     opts = CommissionOptions(p, BusTarget("rtu", port="/dev/null"), 1)
-    for answer in ("n", "12,3 kWh", ""):
+    for answer in ("n", "12,3 kWh"):
         result = CommissionResult(p.id, 1, {}, None, {}, {"energy_import_wh": 12_300}, {}, 0, [], [])
         _confirm(result, opts, lambda _q, a=answer: a)
         assert result.confirmations["display_import"].startswith("NOT CONFIRMED: the answer ")
         assert not result.passed
+    # a blank answer is asked again, then skipped: recorded, not a failure (issue 13)
+    asked: list[str] = []
+    result = CommissionResult(p.id, 1, {}, None, {}, {"energy_import_wh": 12_300}, {}, 0, [], [])
+    _confirm(result, opts, lambda q: asked.append(q) or "")
+    assert result.confirmations["display_import"].startswith("skipped") and result.passed
+    assert asked[1] == asked[2] != asked[0] and len([q for q in asked if "display" in q]) == 1
     result = CommissionResult(p.id, 1, {}, None, {}, {"energy_import_wh": 12_300}, {}, 0, [], [])
     _confirm(result, opts, lambda _q: "12,3")
     assert result.confirmations["display_import"].startswith("matches the display") and result.passed

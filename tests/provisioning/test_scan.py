@@ -160,7 +160,7 @@ def test_parse_ids() -> None:
     (["--port", "/dev/null", "--bauds", "9601"], "--bauds"),
     (["--port", "/dev/null", "--parities", "X"], "--parities"),
     (["--port", "/dev/null", "--profiles", "nope"], "--profiles"),
-    (["--port", "/dev/null", "--ids", "1-247"], "exceed"),
+    (["--port", "/dev/null", "--ids", "1-247", "--parities", "N,E,O"], "exceed"),
     (["--port", "/dev/null", "--timeout-s", "99"], "--timeout-s"),
 ])
 def test_scan_bad_input_names_flag(capsys: pytest.CaptureFixture[str], args: list[str], needle: str) -> None:

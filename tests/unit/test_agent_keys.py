@@ -77,7 +77,7 @@ def test_symlink_and_directory_refused(tmp_path: Path) -> None:
 def test_missing_directory_and_unknown_owner(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match="does not exist"):
         create_key_file(tmp_path / "sub" / "device.key")
-    with pytest.raises(KeyFileError, match="not a known user"):
+    with pytest.raises(KeyFileError, match="not a known user; create it first: `sudo scripts/install agent`"):
         create_key_file(tmp_path / "device.key", owner="no-such-user-gridmeter")
     assert not (tmp_path / "device.key").exists()
 

@@ -87,7 +87,9 @@ PROGRESS_CASES = [
     ("same seq", R(10, T0_MS, 1002), PROG, meter(), Outcome.REJECT, Reason.SEQ_NOT_INCREASING),
     ("backdated", R(11, T0_MS - 20_000, 1002), PROG, meter(), Outcome.REJECT, Reason.READ_AT_NOT_INCREASING),
     ("same time", R(11, T0_MS - 10_000, 1002), PROG, meter(), Outcome.REJECT, Reason.READ_AT_NOT_INCREASING),
-    ("too soon", R(11, T0_MS - 9_500, 1000), PROG, meter(), Outcome.REJECT, Reason.TOO_FREQUENT),
+    ("too soon", R(11, T0_MS - 9_501, 1000), PROG, meter(), Outcome.REJECT, Reason.TOO_FREQUENT),  # 499 ms
+    ("half spacing", R(11, T0_MS - 9_500, 1000), PROG, meter(), Outcome.ACCEPT, None),  # 500 ms: jitter allowance
+    ("poll jitter", R(11, T0_MS - 9_001, 1001), PROG, meter(), Outcome.ACCEPT, None),  # 999 ms at 1 s polling
     ("future", R(11, T0_MS + 31_000, 1002), PROG, meter(), Outcome.REJECT, Reason.READ_AT_FUTURE),
     ("skew ok", R(11, T0_MS + 30_000, 1002), PROG, meter(), Outcome.ACCEPT, None),
     ("too old", R(11, T0_MS - 86_400_001, 1002), Progress(10), meter(), Outcome.REJECT, Reason.READ_AT_TOO_OLD),
@@ -168,3 +170,20 @@ LATE_CASES = [
 def test_late(name: str, r, nb: Neighbors, outcome: Outcome, reason: Reason | None) -> None:  # type: ignore[no-untyped-def]
     v = check_late(r, nb, T0_MS, LIM)
     assert (v.outcome, v.reason) == (outcome, reason), v.detail
+
+
+def test_default_spacing_never_refuses_a_poll_interval_the_agent_allows() -> None:
+    """Agent and gateway defaults agree: the shortest poll interval an agent accepts, read with jitter of up to
+    half the interval, is never too_frequent under the gateway's default limits."""
+    from agent.config import MIN_POLL_INTERVAL_S
+    from gateway.config import LimitsSection
+
+    period_ms = round(MIN_POLL_INTERVAL_S * 1000)
+    assert Limits().min_read_spacing_ms == LimitsSection().min_read_spacing_ms == period_ms
+    lim = Limits(acceptance_window_ms=86_400_000)
+    for early_ms in (0, 1, period_ms // 4, period_ms // 2):
+        r = R(11, T0_MS - 10_000 + period_ms - early_ms, 1000)
+        assert check_progress(r, meter(), PROG, T0_MS, lim).outcome is Outcome.ACCEPT, early_ms
+    r = R(11, T0_MS - 10_000 + period_ms // 2 - 1, 1000)
+    v = check_progress(r, meter(), PROG, T0_MS, lim)
+    assert (v.outcome, v.reason) == (Outcome.REJECT, Reason.TOO_FREQUENT) and "half of min_read_spacing_ms" in v.detail
