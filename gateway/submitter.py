@@ -167,9 +167,20 @@ class Submitter:
         by_meter: dict[str, list[OutboxRow]] = defaultdict(list)
         for r in rows:
             by_meter[r.meter_id].append(r)
-        states = await self.client.fetch_meter_states(list(by_meter))
+        # A `sent` row not due yet (its transaction may still land) holds back the later rows of its meter: sent
+        # first, they would land and put its timestamp below the chain's, so if it never landed (killed before
+        # the RPC) it could never be sent and reconcile would hold it as a mismatch, its energy off chain.
+        unresolved = dict(self.store.conn.execute(
+            "SELECT meter_id, MIN(reading_timestamp) FROM outbox WHERE status = 'sent' AND next_attempt_ms > ? "
+            "GROUP BY meter_id", (int(now * 1000),)).fetchall())
+        for mid, ts in unresolved.items():
+            if mid in by_meter:
+                by_meter[mid] = [r for r in by_meter[mid] if r.reading_timestamp < ts]
+        states = await self.client.fetch_meter_states([m for m, mrows in by_meter.items() if mrows])
         to_send: list[OutboxRow] = []
         for mid, mrows in by_meter.items():
+            if not mrows:
+                continue
             meter = self.registry.get(mid)
             if meter is not None and meter.status is MeterStatus.RETIRED:
                 mrows = self._hold_retired(mrows, int(now * 1000))

@@ -283,9 +283,10 @@ class Stack:
                               "--state", str(self.chain_state_file)])
         self._wait_port("chain", self.rpc_port)
 
-    def start_gateway(self) -> None:
+    def start_gateway(self, *, wait: bool = True) -> None:
         self._spawn("gateway", [*self.cli, "gateway", "run", "--config", str(self.work / "gateway.toml")])
-        self._wait_port("gateway", self.dash_port)
+        if wait:
+            self._wait_port("gateway", self.dash_port)
 
     def start_agent(self) -> None:
         if "agent" in self.procs:

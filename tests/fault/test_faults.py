@@ -109,16 +109,21 @@ def test_kills_of_agent_and_gateway_and_broker_restarts_conserve_energy(stack_di
                 stack.wait(lambda b=before: committed(stack) > b, 60, "an agent commit", alive=("agent",))  # type: ignore[misc]
                 time.sleep(rng.uniform(0.0, 0.8))
             else:  # anywhere from start-up (opening the store, connecting) to work
-                time.sleep(rng.uniform(0.1, 1.2))
+                time.sleep(rng.uniform(0.05, 0.8))
             stack.kill_agent()
             progress.append(committed(stack) - before)
-            if i % (AGENT_KILLS // GATEWAY_KILLS) == 1:
+            if i % (AGENT_KILLS // GATEWAY_KILLS) == 1:  # killed anywhere from start-up to work, like the agent
                 stack.kill("gateway")
-                stack.start_gateway()
+                stack.start_gateway(wait=False)
             if i % (AGENT_KILLS // BROKER_RESTARTS) == 3:
                 stack.restart_broker()
         kills_s = time.monotonic() - t_start
         stack.start_agent()
+        stack.wait(lambda: stack.agent_health().get("mqtt", {}).get("connected") is True, 60, "agent connected",
+                   alive=("agent", "gateway"))
+        stack.wait(lambda: bool(stack.gw_query("SELECT 1 FROM progress WHERE last_seen_ms > ?",
+                                               time.time_ns() // 1_000_000 - 2000)), 60, "the gateway at work",
+                   alive=("agent", "gateway"))
         # a broker outage: the agent keeps reading and committing; everything drains afterwards
         stack.wait(lambda: stack.agent_health().get("mqtt", {}).get("connected") is True, 60, "agent connected",
                    alive=("agent",))
