@@ -3,12 +3,9 @@
 The household page shows each meter's on-chain totals and its last confirmed submission beside the register
 movement, so a household sees its energy arrived. Only reads: the agent never signs or sends a transaction.
 
-The oracle program keeps one MeterState account per meter at the PDA ["meter", meter_id] (Anchor account,
-Borsh, 102 bytes): discriminator (8) | meter_id bytes (32, padded) | meter_id_len u8 | bump u8 | zone_id i32 |
-energy_produced u64 | energy_consumed u64 | total_energy_produced u64 | total_energy_consumed u64 |
-last_reading_timestamp i64 | total_readings u64 | created_at i64. The gateway has the full interface
-(gateway/oracle_layout.py); the agent may not import the gateway, so these few bytes are decoded here and a
-test checks both decoders agree on an account written by the real program (tests/integration/test_agent_page.py).
+The oracle program keeps one MeterState account per meter at the PDA ["meter", meter_id]; its address and its
+bytes come from oracle_interface (the one description of the oracle's interface, shared with the gateway's
+chain client and the local chain), reduced here to what the household page shows.
 """
 
 from __future__ import annotations
@@ -16,22 +13,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import logging
-import struct
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import aiohttp
-from solders.pubkey import Pubkey
+import base58
+
+from oracle_interface import layout
+from oracle_interface.addresses import meter_state_pda
+from oracle_interface.instructions import program_key
 
 log = logging.getLogger(__name__)
 
-METER_STATE_SIZE = 102
-METER_STATE_DISCRIMINATOR = hashlib.sha256(b"account:MeterState").digest()[:8]
-MAX_METER_ID_SEED = 32
 # One getMultipleAccounts per refresh; a public RPC endpoint rate-limits far above one call a minute.
 DEFAULT_REFRESH_S = 60.0
 RPC_TIMEOUT_S = 10.0
@@ -51,26 +47,20 @@ class OnChain:
 
 
 def decode_meter_state(data: bytes) -> OnChain:
-    if len(data) < METER_STATE_SIZE or data[:8] != METER_STATE_DISCRIMINATOR:
-        raise ChainViewError(f"not a MeterState account ({len(data)} bytes, discriminator {data[:8].hex()})")
-    _zone, _prod, _cons, tprod, tcons, last_ts, total, _created = struct.unpack_from("<iQQQQqQq", data, 42)
-    return OnChain(tprod, tcons, total, last_ts)
+    try:
+        st = layout.decode_meter_state(data)
+    except layout.LayoutError as exc:
+        raise ChainViewError(f"not a MeterState account: {exc}") from None
+    return OnChain(st.total_energy_produced, st.total_energy_consumed, st.total_readings, st.last_reading_timestamp)
 
 
 def program_id_problem(text: str) -> str | None:
     """None if text is a base58 Solana program id, else what is wrong (for config errors)."""
     try:
-        Pubkey.from_string(text)
+        ok = len(base58.b58decode(text)) == 32
     except ValueError:
-        return "must be a base58 Solana program id"
-    return None
-
-
-def meter_state_address(program_id: Pubkey, meter_id: str) -> Pubkey:
-    seed = meter_id.encode("utf-8")
-    if len(seed) > MAX_METER_ID_SEED:
-        raise ValueError(f"meter_id {meter_id!r} is longer than a PDA seed")
-    return Pubkey.find_program_address([b"meter", seed], program_id)[0]
+        ok = False
+    return None if ok else "must be a base58 Solana program id"
 
 
 class ChainView:
@@ -79,8 +69,8 @@ class ChainView:
     def __init__(self, rpc_url: str, program_id: str, meter_ids: list[str], *,
                  refresh_s: float = DEFAULT_REFRESH_S) -> None:
         self.rpc_url, self.refresh_s = rpc_url, refresh_s
-        self.program_id = Pubkey.from_string(program_id)
-        self._addresses = {m: meter_state_address(self.program_id, m) for m in meter_ids}
+        self.program_id = program_key(program_id)
+        self._addresses = {m: meter_state_pda(self.program_id, m)[0] for m in meter_ids}
         self._state: dict[str, OnChain | None] = {}
         self.fetched_at_ms: int | None = None
         self.error = ""

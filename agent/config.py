@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.bus import BusSpec
-from agent.toml_table import Table, between, one_of, path_or_none
+from base.toml_table import Table, between, one_of, path_or_none
 from firmware_config.schema import BAUDRATES, PARITIES
 from protocol.errors import InvalidFieldError
 from protocol.identifiers import meter_id_problem, mqtt_username_problem
@@ -26,7 +26,7 @@ from protocol.topics import client_id_problem, prefix_problem
 
 # 10 s is the common meter-poll cadence (mbmd/evcc); faster than 1 s floods a 9600 baud bus.
 DEFAULT_POLL_INTERVAL_S = 10.0
-# The shortest poll interval accepted. The gateway's default min_read_spacing_ms (gateway.checks) equals it, so
+# The shortest poll interval accepted. The gateway's default min_read_spacing_ms (gateway.intake.checks) equals it, so
 # no poll interval allowed here is refused there as too_frequent.
 MIN_POLL_INTERVAL_S = 0.1
 # Readings are committed in groups: one SQLite transaction (one fsync of the WAL, each touched page written once

@@ -8,25 +8,19 @@ cut leaves either no key or a whole key, never half of one.
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
-from agent.durable_file import write_durably
+from base.durable_file import write_durably
+from base.key_file import KEY_FILE_MODE, KeyFileError, read_private_file
 from protocol.errors import InvalidFieldError
 from protocol.signing import SEED_BYTES, SigningKey
 
-KEY_FILE_MODE = 0o600
+__all__ = ["KeyFileError", "create_key_file", "load_key_file", "write_public_key"]
+
 KEY_HEX_CHARS = SEED_BYTES * 2
-# A key file is 65 bytes; anything far larger is not a key file (and we do not read it into memory).
-MAX_KEY_FILE_BYTES = 256
 
 
 _EXISTS = "{path}: already exists; refusing to overwrite a device key (pass overwrite=True)"
-
-
-class KeyFileError(Exception):
-    """A key file that is missing, unsafe or malformed. The message names the path, the problem and the fix."""
 
 
 def _write_key(path: Path, data: bytes, owner: str | None, overwrite: bool) -> None:
@@ -57,28 +51,11 @@ def create_key_file(path: Path, *, owner: str | None = None, overwrite: bool = F
 
 
 def load_key_file(path: Path) -> SigningKey:
-    """Load a key written by create_key_file. Refuses missing, group/other-accessible or malformed files."""
+    """Load a key written by create_key_file. Refuses missing, symlinked, group/other-accessible or malformed
+    files (base.key_file checks before reading)."""
     path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise KeyFileError(
-            f"{path}: key file missing; create it with `gridmeter provision keygen` (or provision register)"
-        ) from None
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot open key file ({exc.strerror or exc})") from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"{path}: not a regular file")
-        if st.st_mode & 0o077:
-            raise KeyFileError(
-                f"{path}: key file is accessible by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                f"run `chmod 600 {path}` and check nobody copied it"
-            )
-        raw = os.read(fd, MAX_KEY_FILE_BYTES + 1)
-    finally:
-        os.close(fd)
+    raw = read_private_file(path, missing_hint="create it with `gridmeter provision keygen` (or provision register)",
+                            symlink_hint="point the agent config's key_file at the key file itself")
     return _parse_key(path, raw)
 
 

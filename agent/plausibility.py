@@ -5,7 +5,6 @@ counter as fresh energy. A reading is GLITCH_SUSPECTED (signed and stored, but n
 the last GOOD reading of the same meter:
   - a counter decreased (this includes reading 0 after a non-zero value),
   - both counters read 0 with no history (the commonest glitch; a brand-new meter is flagged until it counts),
-  - decode flagged a sentinel value,
   - a counter grew faster than the meter's rated maximum power allows over the elapsed monotonic time,
   - a counter grew by more than one resolution step while no elapsed time is known (restart with the wall
     clock behind the last good reading: until the clock is past it again).
@@ -16,13 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from base.plausibility import rated_energy_mwh
+
 # Meters publish energy with 0.01 or 0.1 kWh resolution; one resolution step (100 Wh) of slack keeps a
 # counter that ticks just after a read from being called a jump.
 DEFAULT_COUNTER_SLACK_WH = 100
 # Register reads of one meter take up to ~1 s on a slow bus and timestamps are taken once per read:
 # allow this much extra elapsed time in the rate bound.
 DEFAULT_TIMING_SLACK_MS = 2000
-MS_PER_HOUR = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +42,9 @@ class Verdict:
 
 
 def max_energy_wh(rated_max_power_w: int, elapsed_ms: int, slack_wh: int = DEFAULT_COUNTER_SLACK_WH) -> int:
-    """Most energy a meter rated at rated_max_power_w can count in elapsed_ms (integer, rounded up)."""
-    return -(-rated_max_power_w * (elapsed_ms + DEFAULT_TIMING_SLACK_MS) // MS_PER_HOUR) + slack_wh
+    """Most energy a meter rated at rated_max_power_w can count in elapsed_ms (integer Wh, rounded up; the rule
+    of base.plausibility with the read-timing slack and no margin)."""
+    return -(-rated_energy_mwh(rated_max_power_w, elapsed_ms + DEFAULT_TIMING_SLACK_MS) // 1000) + slack_wh
 
 
 def elapsed_since(prev: Baseline, monotonic_ms: int, read_at_ms: int) -> int | None:
@@ -62,11 +63,8 @@ def check_counters(
     monotonic_ms: int,
     read_at_ms: int,
     rated_max_power_w: int,
-    sentinel: bool = False,
 ) -> Verdict:
     reasons: list[str] = []
-    if sentinel:
-        reasons.append("sentinel")
     if prev is None:
         if import_wh == 0 and export_wh == 0:
             reasons.append("zero_counters")

@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import socket
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -37,6 +35,7 @@ from agent.plausibility import Baseline, check_counters
 from agent.publisher import Publisher, wall_ms
 from agent.status import Health, StatusServer
 from agent.store import LastGood, StoreCorruptError, StoreError, StoreFullError, open_or_replace
+from base.sd_notify import Notifier
 from protocol.canonical import sign_reading
 from protocol.errors import InvalidFieldError
 from protocol.reading import Instantaneous, Quality, Reading
@@ -499,36 +498,6 @@ async def _maybe_await(value: Any) -> Any:
     if asyncio.iscoroutine(value):
         return await value
     return value
-
-
-class Notifier:
-    """sd_notify over the plain NOTIFY_SOCKET datagram socket (no dependency)."""
-
-    def __init__(self, address: str) -> None:
-        self.address = "\0" + address[1:] if address.startswith("@") else address
-
-    @classmethod
-    def from_env(cls) -> Notifier | None:
-        addr = os.environ.get("NOTIFY_SOCKET")
-        return cls(addr) if addr else None
-
-    def send(self, state: str) -> None:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-                s.sendto(state.encode(), self.address)
-        except OSError as exc:
-            log.warning("sd_notify %s failed: %s", state, exc)
-
-    @staticmethod
-    def watchdog_interval_s() -> float | None:
-        usec = os.environ.get("WATCHDOG_USEC")
-        pid = os.environ.get("WATCHDOG_PID")
-        if not usec or (pid and pid != str(os.getpid())):
-            return None
-        try:
-            return int(usec) / 2_000_000  # ping at half the timeout, as sd_watchdog_enabled(3) advises
-        except ValueError:
-            return None
 
 
 def _chain_view(cfg: AgentConfig, meters: list[MeterSpec]) -> ChainView | None:

@@ -1,7 +1,10 @@
-"""`python -m bench NAME [--json] [options]`: run one benchmark, print its result.
+"""`python -m bench [NAME] [--json] [options]`: run one benchmark, or all of them, and print the result.
 
 Each benchmark is bench/<NAME>.py exposing `run(args) -> dict` and optionally `add_arguments(parser)`.
-With --json the result is printed as one JSON object on stdout (logs go to stderr).
+With --json the result is printed as one JSON object on stdout (logs go to stderr). Without NAME every
+benchmark runs with its defaults, one after the other, and the JSON object is keyed by benchmark name
+(`python -m bench --json`; the footprint bench alone takes over 10 minutes). A benchmark that fails is reported
+under its name as {"error": "..."} and the exit code is 1; the others still run.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import json
 import logging
 import pkgutil
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 
 def _names() -> list[str]:
@@ -20,27 +25,56 @@ def _names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if not m.name.startswith("_"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    names = _names()
-    parser = argparse.ArgumentParser(prog="python -m bench", description="gridmeter benchmarks")
-    parser.add_argument("name", choices=names, help="benchmark to run")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    first, rest = parser.parse_known_args(argv)
-    module = importlib.import_module(f"bench.{first.name}")
-    sub = argparse.ArgumentParser(prog=f"python -m bench {first.name}")
+def _run_one(name: str, rest: list[str], as_json: bool) -> dict[str, Any]:
+    module = importlib.import_module(f"bench.{name}")
+    sub = argparse.ArgumentParser(prog=f"python -m bench {name}")
     sub.add_argument("--json", action="store_true")
     if hasattr(module, "add_arguments"):
         module.add_arguments(sub)
-    args = sub.parse_args(rest + (["--json"] if first.json else []))
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    result = module.run(args)
-    if args.json:
+    args = sub.parse_args(rest + (["--json"] if as_json else []))
+    result: dict[str, Any] = module.run(args)
+    return result
+
+
+def _print(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
         print(json.dumps(result, sort_keys=True))
     else:
         for k, v in result.items():
             print(f"{k}: {v}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    names = _names()
+    parser = argparse.ArgumentParser(prog="python -m bench", description="gridmeter benchmarks")
+    parser.add_argument("name", nargs="?", choices=names, help="benchmark to run (default: all of them)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    first, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if first.name is not None:
+        _print(_run_one(first.name, rest, first.json), first.json)
+        return 0
+    if rest:
+        parser.error(f"options {' '.join(rest)} need a benchmark NAME (running all uses each one's defaults)")
+    results: dict[str, Any] = {}
+    failed = False
+    for name in names:
+        print(f"bench: running {name} ...", file=sys.stderr, flush=True)
+        t0 = time.monotonic()
+        try:
+            results[name] = _run_one(name, [], first.json)
+        except Exception as exc:  # one broken bench must not hide the others' figures
+            failed = True
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"bench: {name} done in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+    if first.json:
+        print(json.dumps(results, sort_keys=True))
+    else:
+        for name, result in results.items():
+            print(f"[{name}]")
+            _print(result, False)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -194,8 +194,8 @@ class Household:
         from agent.keys import create_key_file, load_key_file
         from firmware_config.loader import load_all
         from gateway.keys import create_key_file as create_gateway_key
-        from gateway.oracle_authority_key import create_authority_key_file
-        from gateway.oracle_layout import DEVNET_PROGRAM_ID
+        from gateway.oracle.authority_key import create_authority_key_file
+        from oracle_interface.layout import DEVNET_PROGRAM_ID
         from protocol import MeterRole, Registration, SigningKey, sign_registration
         from testbed.broker import Broker
         from testbed.meter import SimulatedMeter

@@ -8,7 +8,7 @@
    (verify_per_s_per_core x cores); target >= 0.6.
 3. readings_per_tx: the submitter sends one interval submission for each of many meters to the local chain
    (LiteSVM behind JSON-RPC); mean submit instructions per landed transaction. max_readings_per_tx is
-   computed from the wire format with lookup tables (gateway.tx_packing.max_submits_per_tx) for the same meter
+   computed from the wire format with lookup tables (gateway.oracle.packing.max_submits_per_tx) for the same meter
    ids; tx_fill = readings_per_tx / max_readings_per_tx, target >= 0.9.
 """
 
@@ -23,14 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.acceptance import Acceptance, IngressLimit, verify_pool
-from gateway.checks import Limits
 from gateway.config import MqttSection
-from gateway.intake import Intake
-from gateway.intervals import Planned, PlanState
+from gateway.intake.acceptance import Acceptance, IngressLimit, verify_pool
+from gateway.intake.checks import Limits
+from gateway.intake.mqtt import Intake
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store import Store
+from gateway.submit.intervals import Planned, PlanState
 from protocol import (
     Instantaneous,
     MeterRole,
@@ -151,9 +151,8 @@ async def _packing(work: Path, n_meters: int) -> dict[str, Any]:
     from solders.keypair import Keypair
 
     from gateway.oracle import OracleClient
-    from gateway.oracle_submission import Submission
-    from gateway.submitter import Submitter
-    from gateway.tx_packing import max_submits_per_tx
+    from gateway.oracle.packing import max_submits_per_tx
+    from gateway.submit.submitter import Submitter
     from localchain.server import LocalChainServer
 
     authority = Keypair()
@@ -168,7 +167,7 @@ async def _packing(work: Path, n_meters: int) -> dict[str, Any]:
     async with LocalChainServer(chain_bridge=authority.pubkey()) as srv:
         client = OracleClient(srv.url, str(srv.chain.program_id), authority, poll_s=0.05)
         try:
-            sub = Submitter(store, registry, client, Metrics(), epoch_s=900, make_submission=Submission)
+            sub = Submitter(store, registry, client, Metrics(), epoch_s=900)
             t0 = time.perf_counter()
             await sub.run_once()
             elapsed = time.perf_counter() - t0

@@ -182,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from gateway.config import ConfigError
     from gateway.keys import KeyFileError
-    from gateway.oracle_errors import OracleClientError
+    from gateway.oracle.errors import OracleClientError
     from gateway.service import configure_logging, run
 
     configure_logging(args.log_format)
@@ -198,8 +198,8 @@ def _run(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError
     from gateway.keys import KeyFileError, load_key_file
-    from gateway.oracle_authority_key import load_authority_keypair
-    from gateway.oracle_errors import OracleClientError
+    from gateway.oracle.authority_key import load_authority_keypair
+    from gateway.oracle.errors import OracleClientError
 
     try:
         cfg = _config(args)
@@ -221,14 +221,12 @@ def _keygen(args: argparse.Namespace) -> int:
     except KeyFileError as exc:
         return _fail(str(exc))
     print(f"gateway ack public key, hex (agents' mqtt.gateway_public_key): {key.public_key.hex()}")
-    print("(this is the ack-signing key; the chain_bridge key that signs oracle submissions is made by "
-          "`gridmeter gateway authority-key`)")
     return 0
 
 
 def _authority_key(args: argparse.Namespace) -> int:
-    from gateway.oracle_authority_key import create_authority_key_file, load_authority_keypair
-    from gateway.oracle_errors import OracleClientError
+    from gateway.oracle.authority_key import create_authority_key_file, load_authority_keypair
+    from gateway.oracle.errors import OracleClientError
 
     try:
         kp = load_authority_keypair(args.path) if args.show else create_authority_key_file(args.path)

@@ -23,11 +23,12 @@ from urllib.parse import urlparse
 
 import base58
 
+from oracle_interface.layout import DEVNET_PROGRAM_ID
 from protocol.topics import prefix_problem
 
-# The devnet deployment of the GridTokenX oracle (since 2026-06-07). It changed 19 times in the
-# program's history, so it is only a default: production sets chain.program_id.
-DEFAULT_PROGRAM_ID = "64Vgos61STZ8pW9NnHi2iGtXMTQr7NqBoMorK6Zg8RJU"
+# The devnet deployment is only a default (defined once, in oracle_interface.layout): production sets
+# chain.program_id.
+DEFAULT_PROGRAM_ID = DEVNET_PROGRAM_ID
 DEFAULT_CONFIG_PATH = "/etc/gridmeter/gateway.toml"
 # Environment variables that override secrets from the file: (section, key) -> variable.
 ENV_OVERRIDES = {
@@ -232,7 +233,7 @@ class LimitsSection:
     # Readings older than this are refused: 7 days covers a long outage backlog of an agent.
     acceptance_window_s: int = 7 * 86400
     # Readings of one meter closer than HALF of this in signed time are refused as too_frequent (half: poll
-    # jitter; see gateway.checks.MIN_READ_SPACING_MS). 100 = the agent's shortest poll interval (0.1 s), so any
+    # jitter; see gateway.intake.checks.MIN_READ_SPACING_MS). 100 = the agent's shortest poll interval (0.1 s), so any
     # poll interval an agent may use passes; raise it only if every agent polls slower.
     min_read_spacing_ms: int = 100
     # Per-meter ingress token bucket (readings): a week's backlog at 10 s polling drains in ~1 min.

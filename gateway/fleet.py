@@ -6,7 +6,7 @@ import sqlite3
 from typing import Any
 
 from gateway.health import MeterFacts, Thresholds, held_reason, meter_health, observed_interval_ms
-from gateway.ingest_payload import wh_text
+from gateway.intake.http_payload import wh_text
 from gateway.registry import Meter, MeterStatus, Registry
 from protocol import MeterRole
 
@@ -15,41 +15,6 @@ DEFAULT_READINGS_LIMIT = 720  # 2 h of 10-s readings for the chart
 # A rejected MQTT message is stored whole (up to a full batch, ~320 kB): the dashboard lists 200 of them on
 # every live update, so it shows the first bytes (a signed reading is < 256) and the stored size.
 DEFAULT_PAYLOAD_SHOWN_BYTES = 512
-
-
-def _outbox_by_meter(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    q = ("SELECT meter_id, status, COUNT(*), SUM(produced_wh), SUM(consumed_wh), MAX(reading_timestamp) "
-         "FROM outbox GROUP BY meter_id, status")
-    for mid, status, n, prod, cons, last_ts in conn.execute(q):
-        d = out.setdefault(mid, {"confirmed": 0, "pending": 0, "sent": 0, "held": 0, "rejected": 0,
-                                 "confirmed_produced_wh": 0, "confirmed_consumed_wh": 0, "last_confirmed_ts": None})
-        d[status] = n
-        if status == "confirmed":
-            d.update(confirmed_produced_wh=prod, confirmed_consumed_wh=cons, last_confirmed_ts=last_ts)
-    return out
-
-
-def meters_overview(conn: sqlite3.Connection, meters: dict[str, Meter], now_ms: int) -> list[dict[str, Any]]:
-    prog = {r[0]: r for r in conn.execute(
-        "SELECT meter_id, last_seq, last_read_at_ms, last_import_wh, last_export_wh, last_seen_ms, accepted, held, "
-        "rejected, duplicates, missing FROM progress")}
-    ob = _outbox_by_meter(conn)
-    rows = []
-    for mid, m in sorted(meters.items()):
-        p = prog.get(mid)
-        last_read = p[2] if p else None
-        rows.append({
-            "meter_id": mid, "status": m.status.value, "zone_id": m.zone_id, "role": m.role.name.lower(),
-            "profile": m.profile, "rated_max_power_w": m.rated_max_power_w, "serial_number": m.serial_number,
-            "last_seq": p[1] if p else 0, "last_read_at_ms": last_read, "last_seen_ms": p[5] if p else None,
-            "lag_s": None if last_read is None else max(0, now_ms - last_read) // 1000,
-            "import_wh": p[3] if p else None, "export_wh": p[4] if p else None,
-            "accepted": p[6] if p else 0, "held": p[7] if p else 0, "rejected": p[8] if p else 0,
-            "duplicates": p[9] if p else 0, "missing": p[10] if p else 0,
-            "chain": ob.get(mid, {}),
-        })
-    return rows
 
 
 def rejections(conn: sqlite3.Connection, meter_id: str | None = None, limit: int = DEFAULT_REJECTIONS_LIMIT,
@@ -198,6 +163,17 @@ def held_readings(conn: sqlite3.Connection, meter_id: str | None = None, limit: 
     return [{"meter_id": r[0], "seq": r[1], "read_at_ms": r[2], "received_at_ms": r[3], "import_wh": r[4],
              "export_wh": r[5], "reason": held_reason(r[6], r[7]), "detail": r[7]}
             for r in conn.execute(q, (meter_id, meter_id, limit))]
+
+
+# Held interval reasons are codes (oracle check names, below_min_energy_value, ...), some followed by ": detail"
+# (reconcile_mismatch: chain has ...): the code before the colon is the bounded label.
+_REASON_CODE = "CASE WHEN instr(reason, ':') > 0 THEN substr(reason, 1, instr(reason, ':') - 1) ELSE reason END"
+
+
+def held_interval_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Held interval submissions by reason code (through the outbox status index: held rows only)."""
+    q = (f"SELECT COALESCE({_REASON_CODE}, 'unknown'), COUNT(*) FROM outbox WHERE status = 'held' GROUP BY 1")
+    return {str(code)[:64]: n for code, n in conn.execute(q)}
 
 
 def held_intervals(conn: sqlite3.Connection, meter_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:

@@ -105,6 +105,8 @@ def observed_interval_ms(newest: tuple[int, int] | None, earlier: tuple[int, int
 def age_text(ms: int | None) -> str:
     if ms is None:
         return "never"
+    if 0 < ms < 10_000 and ms % 1000:
+        return f"{ms / 1000:.1f} s"  # a sub-10-s cadence: 1.5 s, not 1 s
     s = max(0, ms) // 1000
     if s < 120:
         return f"{s} s"

@@ -6,46 +6,19 @@ by it, so this key decides what agents delete from their stores.
 
 from __future__ import annotations
 
-import errno
-import os
-import stat
 from pathlib import Path
 
-from gateway.durable_file import write_durably
+from base.durable_file import write_durably
+from base.key_file import KEY_FILE_MODE, MAX_KEY_FILE_BYTES, KeyFileError, read_private_file
 from protocol import SigningKey
 
 
-class KeyFileError(Exception):
-    """Names the path, what is wrong and what to do."""
-
-
-MAX_KEY_FILE_BYTES = 256  # 64 hex + newline; anything much larger is not a key file
-
-
 def load_key_file(path: str | Path) -> SigningKey:
-    """Opened without following a symlink (O_NOFOLLOW: a link planted in /etc/gridmeter cannot redirect the
-    gateway to a key of someone's choosing); type and mode are checked on the open file BEFORE a byte is read."""
+    """Refuses a missing file, a symlink, group/other access (base.key_file: checked before a byte is read) and
+    anything but 64 hex characters."""
     p = Path(path)
-    try:
-        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise KeyFileError(f"{p}: key file missing (create it with `gridmeter gateway keygen {p}`)") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise KeyFileError(f"{p}: is a symbolic link; point gateway.ack_key_file at the key file itself") from None
-        raise KeyFileError(f"{p}: cannot open key file ({exc.strerror or exc})") from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"{p}: not a regular file")
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyFileError(f"{p}: readable by group/other (mode {stat.S_IMODE(st.st_mode):o}); chmod 600 it "
-                               "and check nobody copied it")
-        raw = os.read(fd, MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise KeyFileError(f"{p}: cannot read key file ({exc.strerror or exc})") from exc
-    finally:
-        os.close(fd)
+    raw = read_private_file(p, missing_hint=f"create it with `gridmeter gateway keygen {p}`",
+                            symlink_hint="point gateway.ack_key_file at the key file itself")
     try:
         seed = bytes.fromhex(raw.decode("ascii").strip()) if len(raw) <= MAX_KEY_FILE_BYTES else b""
     except (UnicodeDecodeError, ValueError):
@@ -56,13 +29,20 @@ def load_key_file(path: str | Path) -> SigningKey:
 
 
 def create_key_file(path: str | Path, *, overwrite: bool = False) -> SigningKey:
-    """Create a new key file, mode 0600, written durably (gateway.durable_file)."""
+    """Create a new key file, mode 0600, written durably; without overwrite an existing file is never replaced
+    (atomically: two racing keygens cannot both win)."""
     p = Path(path)
+    exists = f"{p}: already exists (refusing to overwrite a key)"
     if p.exists() and not overwrite:
-        raise KeyFileError(f"{p}: already exists (refusing to overwrite a key)")
+        raise KeyFileError(exists)
     key = SigningKey.generate()
     try:
-        write_durably(p, (key.seed.hex() + "\n").encode("ascii"), 0o600)
+        write_durably(p, (key.seed.hex() + "\n").encode("ascii"), KEY_FILE_MODE, exclusive=not overwrite)
+    except FileExistsError:
+        raise KeyFileError(exists) from None
     except OSError as exc:
         raise KeyFileError(f"{p}: cannot write key file ({exc.strerror or exc})") from exc
     return key
+
+
+__all__ = ["KeyFileError", "create_key_file", "load_key_file"]

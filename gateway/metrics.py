@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
@@ -106,6 +106,7 @@ class FleetFigures:
     held_by_reason: dict[str, int]
     lags_s: list[int]  # per heard-from, not retired meter: now - newest read_at
     last_seen_s: dict[str, float]  # meter_id -> last seen (unix s), not retired
+    held_intervals_by_reason: dict[str, int] = field(default_factory=dict)  # outbox rows held, by reason code
 
 
 class _FleetCollector(Collector):
@@ -123,6 +124,12 @@ class _FleetCollector(Collector):
         for reason in HELD_REASONS:
             held.add_metric([reason], f.held_by_reason.get(reason, 0))
         yield held
+        held_iv = GaugeMetricFamily("gridmeter_gateway_intervals_held", "Interval submissions held back from the "
+                                    "chain, by reason (the oracle check that would fail, reconcile_mismatch, ...)",
+                                    labels=["reason"])
+        for reason, n_held in sorted(f.held_intervals_by_reason.items()):
+            held_iv.add_metric([reason], n_held)
+        yield held_iv
         buckets, n = [], 0
         lags = sorted(f.lags_s)
         for le in LAG_BUCKETS:

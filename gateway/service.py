@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -22,17 +21,18 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from gateway.acceptance import Acceptance, IngressLimit, verify_pool
-from gateway.checks import Limits
+from base.sd_notify import sd_notify
 from gateway.config import ConfigError, GatewayConfig
 from gateway.health import Thresholds
-from gateway.ingest_http import HttpIngest
-from gateway.intake import Intake
+from gateway.intake.acceptance import Acceptance, IngressLimit, verify_pool
+from gateway.intake.checks import Limits
+from gateway.intake.http import HttpIngest
+from gateway.intake.mqtt import Intake
 from gateway.keys import load_key_file
 from gateway.metrics import Metrics
 from gateway.registry import Registry, registry_path
 from gateway.store import Store
-from gateway.submitter import Submitter
+from gateway.submit.submitter import Submitter
 from gateway.web import Dashboard
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,7 @@ DEFAULT_SUPERVISE_S = 1.0  # how often the background threads' liveness is check
 LAST_FAILURE_SETTING = "last_task_failure"  # settings row: the task failure that ended the previous run
 EXIT_TASK_DIED = 1
 # Client libraries that log one INFO line per request (httpx2, which solana-py uses: every JSON-RPC call, several
-# per submitter cycle of 5 s): WARNING and up only,
-# unless -vv asked for debug logging.
+# per submitter cycle of 5 s): WARNING and up only, unless -vv asked for debug logging.
 QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "solana", "urllib3")
 
 
@@ -67,6 +66,8 @@ def configure_logging(log_format: str = "text") -> None:
     debug = root.getEffectiveLevel() <= logging.DEBUG
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
 _Closable = TypeVar("_Closable", Store, Registry)
 
 
@@ -75,17 +76,6 @@ def limits_from(cfg: GatewayConfig) -> Limits:
     return Limits(future_skew_ms=lim.future_skew_s * 1000, acceptance_window_ms=lim.acceptance_window_s * 1000,
                   min_read_spacing_ms=lim.min_read_spacing_ms, plausibility_margin_pct=lim.plausibility_margin_pct,
                   plausibility_slack_wh=lim.plausibility_slack_wh, gap_grace_ms=lim.gap_grace_s * 1000)
-
-
-def sd_notify(message: str) -> None:
-    """systemd notify protocol (Type=notify): no-op outside systemd."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(message.encode(), addr)
 
 
 def server_tls(section: str, cert: str, key: str) -> ssl.SSLContext | None:
@@ -192,7 +182,6 @@ class Gateway:
 
     def _start_submitter(self, reg_path: Path) -> None:
         from gateway.oracle import OracleClient
-        from gateway.oracle_submission import Submission
 
         cfg = self.cfg
         store, registry = self._own(Store(cfg.db_path)), self._own(Registry(reg_path))
@@ -200,8 +189,7 @@ class Gateway:
         client = OracleClient.from_key_file(cfg.chain.rpc_url, cfg.chain.program_id, cfg.chain.authority_key_file,
                                             commitment=cfg.chain.commitment, lookup_tables=tables)
         self.submitter = Submitter(store, registry, client, self.metrics, epoch_s=cfg.intervals.epoch_s,
-                                   authority=str(client.authority.pubkey()), max_backoff_s=cfg.chain.max_backoff_s,
-                                   make_submission=Submission)
+                                   authority=str(client.authority.pubkey()), max_backoff_s=cfg.chain.max_backoff_s)
 
         def persist_tables() -> None:
             if client.lookup_tables != tables:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from gateway.checks import Progress
 from gateway.database import Transaction, connect
-from gateway.intervals import Planned, PlanState, Point, http_point
+from gateway.intake.checks import Progress
+from gateway.submit.intervals import Planned, PlanState, Point, http_point
 
 # GridTokenX HTTP ingest (the older table http_readings holds rows of gateway versions that sent each
 # reading on its own; they still count for duplicate and order checks). Energies in integer mWh as received,

@@ -100,6 +100,7 @@ class Dashboard:
         self.sse_tick_s = DEFAULT_SSE_TICK_S
         self._meters: tuple[tuple[int, int], dict[str, Meter]] | None = None
         self._fleet: tuple[float, tuple[object, ...], int, list[dict[str, Any]]] | None = None
+        self._agg: tuple[tuple[object, ...], dict[str, Any]] | None = None
         self._states: dict[str, tuple[str, str | None]] | None = None  # last logged state of each meter
         self.last_compute_ms: tuple[float, float] = (0.0, 0.0)  # wall, CPU of the last fleet computation
         metrics.epoch.set(epoch_s)
@@ -288,7 +289,8 @@ class Dashboard:
             states=dict(Counter(r["state"] for r in rows)),
             held_by_reason=dict(Counter(r["state_reason"] for r in rows if r["state"] == State.HELD)),
             lags_s=[r["lag_s"] for r in live if r["lag_s"] is not None],
-            last_seen_s={r["meter_id"]: r["last_seen_ms"] / 1000 for r in live if r["last_seen_ms"] is not None})
+            last_seen_s={r["meter_id"]: r["last_seen_ms"] / 1000 for r in live if r["last_seen_ms"] is not None},
+            held_intervals_by_reason=self._aggregates()["held_intervals"])
 
     def chain_facts(self, now_ms: int) -> ChainFacts:
         f = self.metrics.chain.facts()
@@ -354,7 +356,7 @@ class Dashboard:
         doc = {"now_ms": now_ms, "total": len(rows), "matched": len(sel), "page": page, "per_page": per_page,
                "pages": pages, "counts": {s.value: counts.get(s.value, 0) for s in State},
                "held_by_reason": dict(held_by_reason), "meters": shown,
-               "rejections_by_reason": fleet.rejection_counts(self.conn), "outbox": self._outbox_stats(now_ms),
+               "rejections_by_reason": self._aggregates()["rejections"], "outbox": self._outbox_stats(now_ms),
                "chain": self._chain_doc(now_ms)}
         resp = self._json(doc)
         fw, fc = self.last_compute_ms
@@ -368,8 +370,21 @@ class Dashboard:
         return self._json({"readings": fleet.held_readings(self.conn, meter, 200),
                            "intervals": fleet.held_intervals(self.conn, meter, 200)})
 
+    def _aggregates(self) -> dict[str, Any]:
+        """Whole-table counts (outbox by status, rejections by reason): they scan an index, so they are taken
+        once per fleet computation (fleet_rows' key), not on every request."""
+        self.fleet_rows()
+        assert self._fleet is not None
+        key = self._fleet[1]
+        if self._agg is None or self._agg[0] != key:
+            self._agg = (key, {
+                "outbox": dict(self.conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall()),
+                "rejections": fleet.rejection_counts(self.conn),
+                "held_intervals": fleet.held_interval_counts(self.conn)})
+        return self._agg[1]
+
     def _outbox_stats(self, now_ms: int) -> dict[str, Any]:
-        counts = dict(self.conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall())
+        counts = self._aggregates()["outbox"]
         oldest = self.conn.execute("SELECT MIN(created_at_ms) FROM outbox WHERE status IN ('pending','sent')"
                                    ).fetchone()[0]
         return {"counts": counts, "oldest_age_s": None if oldest is None else (now_ms - oldest) // 1000}

@@ -20,7 +20,7 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.system_program import ID as SYSTEM_PROGRAM_ID
 
-from gateway.durable_file import write_durably
+from base.durable_file import write_durably
 
 if TYPE_CHECKING:
     from localchain.svm import LocalChain

@@ -6,9 +6,12 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from localchain.compute import CLUSTER_PDA_DERIVATION_CU, MAX_UNITS_PER_TRANSACTION
+
 if TYPE_CHECKING:
     from localchain.server import LocalChainServer
 
+MAX_CLOCK_OFFSET_S = 10 * 365 * 86400
 DEFAULT_PORT = 8899  # solana-test-validator's RPC port, so tools find it where they expect
 
 
@@ -35,6 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--min-reading-interval", type=int, default=None, metavar="SECONDS",
                    help="local chain only: set OracleData.min_reading_interval at genesis (default: the "
                    "program's initialize default, 60 s). The real oracle has no instruction for this.")
+    s.add_argument("--clock-offset", type=int, default=0, metavar="SECONDS",
+                   help="local chain only: run the cluster clock (Clock sysvar, block times) this many seconds "
+                   "ahead of the wall clock (negative: behind), as a real cluster's clock drifts (default 0)")
+    s.add_argument("--pda-derivation-cu", type=int, default=None, metavar="UNITS",
+                   help="local chain only: charge UNITS compute units per program-address derivation instead of "
+                   f"the cluster's {CLUSTER_PDA_DERIVATION_CU}, so the oracle program costs more compute (tests of "
+                   "the gateway's compute budget)")
     s.set_defaults(func=_serve)
 
 
@@ -60,9 +70,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     from solders.pubkey import Pubkey
 
-    from gateway.oracle_layout import DEVNET_PROGRAM_ID
     from localchain.server import LocalChainServer
     from localchain.svm import StateFileError
+    from oracle_interface.layout import DEVNET_PROGRAM_ID
 
     log = logging.getLogger("localchain")
     try:
@@ -74,6 +84,12 @@ def _serve(args: argparse.Namespace) -> int:
     if args.min_reading_interval is not None and not 0 <= args.min_reading_interval <= 65535:
         _err(f"--min-reading-interval: 0..65535 seconds (got {args.min_reading_interval})")
         return 2
+    if not -MAX_CLOCK_OFFSET_S <= args.clock_offset <= MAX_CLOCK_OFFSET_S:
+        _err(f"--clock-offset: -{MAX_CLOCK_OFFSET_S}..{MAX_CLOCK_OFFSET_S} seconds (got {args.clock_offset})")
+        return 2
+    if args.pda_derivation_cu is not None and not 0 <= args.pda_derivation_cu <= MAX_UNITS_PER_TRANSACTION:
+        _err(f"--pda-derivation-cu: 0..{MAX_UNITS_PER_TRANSACTION} (got {args.pda_derivation_cu})")
+        return 2
     if not 0 <= args.port <= 65535:
         _err(f"--port: 0..65535 (got {args.port})")
         return 2
@@ -81,7 +97,8 @@ def _serve(args: argparse.Namespace) -> int:
     async def run() -> int:
         try:
             server = LocalChainServer(bridge, program_id=program_id, host=args.host, port=args.port,
-                                      state_file=Path(args.state) if args.state else None)
+                                      state_file=Path(args.state) if args.state else None,
+                                      clock_offset_s=args.clock_offset, pda_derivation_cu=args.pda_derivation_cu)
         except (StateFileError, FileNotFoundError) as e:
             _err(f"--state: {e}")
             return 1

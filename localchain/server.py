@@ -26,7 +26,6 @@ from solders.message import MessageV0, from_bytes_versioned
 from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 
-from gateway.oracle_layout import DEVNET_PROGRAM_ID
 from localchain.rpc_wire import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -43,6 +42,7 @@ from localchain.rpc_wire import (
     parse_pubkey,
 )
 from localchain.svm import ChainRequestError, LocalChain, TxRecord, decode_transaction, describe_error
+from oracle_interface.layout import DEVNET_PROGRAM_ID
 
 log = logging.getLogger(__name__)
 
@@ -280,10 +280,13 @@ class LocalChainServer:
         state_file: Path | None = None,
         chain: LocalChain | None = None,
         save_interval_s: float = DEFAULT_SAVE_INTERVAL_S,
+        clock_offset_s: int = 0,
+        pda_derivation_cu: int | None = None,
     ) -> None:
         if isinstance(chain_bridge, str):
             chain_bridge = Pubkey.from_string(chain_bridge)
-        self.chain = chain or LocalChain(chain_bridge, program_id=program_id, state_file=state_file)
+        self.chain = chain or LocalChain(chain_bridge, program_id=program_id, state_file=state_file,
+                                         clock_offset_s=clock_offset_s, pda_derivation_cu=pda_derivation_cu)
         self.rpc = RpcHandler(self.chain)
         self.host, self.port = host, port
         self.save_interval_s = save_interval_s

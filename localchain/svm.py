@@ -33,7 +33,6 @@ from solders.account import Account
 from solders.address_lookup_table_account import ID as ALT_PROGRAM_ID
 from solders.address_lookup_table_account import AddressLookupTable
 from solders.clock import Clock
-from solders.compute_budget import ID as COMPUTE_BUDGET_ID
 from solders.compute_budget import set_compute_unit_limit
 from solders.hash import Hash
 from solders.keypair import Keypair
@@ -47,15 +46,17 @@ from solders.transaction import VersionedTransaction
 from solders.transaction_metadata import FailedTransactionMetadata, TransactionMetadata
 from solders.transaction_status import TransactionErrorFieldless
 
-from gateway.oracle_layout import DEVNET_PROGRAM_ID, oracle_data_pda
 from localchain import chain_state
 from localchain.chain_state import StateFileError, TxRecord
+from localchain.compute import meter_with, priority_fee
+from oracle_interface.addresses import oracle_data_pda
+from oracle_interface.layout import DEVNET_PROGRAM_ID
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ChainRequestError", "LocalChain", "SimOutcome", "StateFileError", "TxRecord", "close_quietly",
-    "decode_transaction", "describe_error", "error_json", "priority_fee",
+    "decode_transaction", "describe_error", "error_json",
 ]
 
 DEFAULT_SLOT_MS = 400  # a validator's target slot time
@@ -102,26 +103,6 @@ def _slot_hash(seed: bytes, slot: int) -> Hash:
     return Hash(hashlib.sha256(seed + struct.pack("<Q", slot)).digest())
 
 
-def priority_fee(message: Message | MessageV0) -> int:
-    """Lamports of priority fee: ceil(unit price (micro-lamports) x unit limit / 1e6), as a validator charges."""
-    keys = list(message.account_keys)
-    price = 0
-    limit: int | None = None
-    n_other = 0
-    for ix in message.instructions:
-        prog = keys[ix.program_id_index] if ix.program_id_index < len(keys) else None
-        data = bytes(ix.data)
-        if prog == COMPUTE_BUDGET_ID and data[:1] == b"\x03" and len(data) >= 9:
-            price = struct.unpack_from("<Q", data, 1)[0]
-        elif prog == COMPUTE_BUDGET_ID and data[:1] == b"\x02" and len(data) >= 5:
-            limit = struct.unpack_from("<I", data, 1)[0]
-        elif prog != COMPUTE_BUDGET_ID:
-            n_other += 1
-    if limit is None:
-        limit = min(200_000 * n_other, 1_400_000)
-    return -(-price * limit // 1_000_000)
-
-
 def decode_transaction(raw: bytes) -> VersionedTransaction:
     if len(raw) > MAX_TX_BYTES:
         raise ChainRequestError(-32602, f"invalid transaction: encoded transaction too large: {len(raw)} bytes "
@@ -152,6 +133,8 @@ class LocalChain:
         clock: Callable[[], float] = time.time,
         chain_bridge_lamports: int = DEFAULT_CHAIN_BRIDGE_LAMPORTS,
         blockhash_valid_slots: int = DEFAULT_BLOCKHASH_VALID_SLOTS,
+        clock_offset_s: int = 0,
+        pda_derivation_cu: int | None = None,
     ) -> None:
         self.program_id = Pubkey.from_string(program_id) if isinstance(program_id, str) else program_id
         self.state_file = state_file
@@ -159,6 +142,8 @@ class LocalChain:
         self.blockhash_valid_slots = blockhash_valid_slots
         self.drop_transactions = 0  # fault injection: the next N sent transactions are lost (like a lost packet)
         self._clock = clock
+        self.clock_offset_s = clock_offset_s  # the Clock sysvar runs this far ahead (+) or behind (-) the wall clock
+        self.pda_derivation_cu: int | None = None  # localchain.compute: a dearer cost model, after genesis
         self._seed = os.urandom(16)
         # LiteSVM's blockhash check, duplicate history and sigverify are replaced by ours (send/simulate)
         self.svm = LiteSVM().with_blockhash_check(False).with_transaction_history(0).with_sigverify(False)
@@ -186,11 +171,13 @@ class LocalChain:
             chain_state.apply_state(self, restored)
         elif load_program and chain_bridge is not None:
             self._initialize(chain_bridge, chain_bridge_lamports)
+        self.pda_derivation_cu = pda_derivation_cu
         self.dirty = True
 
     # ---- time -------------------------------------------------------------------------------------------
     def now(self) -> int:
-        return int(self._clock())
+        """The cluster's clock (Clock sysvar unix_timestamp): the wall clock plus clock_offset_s."""
+        return int(self._clock()) + self.clock_offset_s
 
     def tick(self) -> int:
         """Advance slots, Clock and SlotHashes to the wall clock. Returns the current slot."""
@@ -336,6 +323,7 @@ class LocalChain:
             return SimOutcome(error_json(TransactionErrorFieldless.BlockhashNotFound), [], 0)
         if sig_verify:
             self._verify_signatures(tx)
+        meter_with(self.svm, tx.message, self.pda_derivation_cu)
         res = self.svm.simulate_transaction(tx)
         if isinstance(res, FailedTransactionMetadata):
             meta = res.meta()
@@ -376,6 +364,7 @@ class LocalChain:
             return sig
         keys, w, r = self._all_keys(tx)
         pre = [self._lamports(k) for k in keys]
+        meter_with(self.svm, tx.message, self.pda_derivation_cu)
         res = self.svm.send_transaction(tx)
         post = [self._lamports(k) for k in keys]
         if isinstance(res, FailedTransactionMetadata) and res.err() == TransactionErrorFieldless.AlreadyProcessed:

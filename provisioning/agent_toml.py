@@ -17,7 +17,7 @@ from typing import Any
 import tomli_w
 
 from agent.config import AgentConfig, ConfigError, parse_config
-from agent.durable_file import write_durably
+from base.durable_file import write_durably
 from provisioning.errors import ProvisionError
 
 SECTION_ORDER = ("agent", "clock", "mqtt", "store", "status")

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.durable_file import write_durably
+from base.durable_file import write_durably
 from protocol.errors import InvalidFieldError
 from protocol.identifiers import USERNAME_RULE, meter_id_problem, mqtt_username_problem, topic_prefix_problem
 from protocol.topics import PREFIX, ack_topic, agent_status_topic, readings_topic, status_topic

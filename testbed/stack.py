@@ -179,7 +179,7 @@ class Stack:
         from agent.keys import create_key_file
         from firmware_config.loader import load_all
         from gateway.keys import create_key_file as create_gateway_key
-        from gateway.oracle_authority_key import create_authority_key_file
+        from gateway.oracle.authority_key import create_authority_key_file
         from testbed.meter import SimulatedMeter
         from testbed.rtu import VirtualRtuBus
         from testbed.tcp import ModbusTcpMeters
@@ -351,7 +351,7 @@ class Stack:
     def _write_configs(self) -> None:
         import tomli_w
 
-        from gateway.oracle_layout import DEVNET_PROGRAM_ID  # what `chain serve` loads the program at by default
+        from oracle_interface.layout import DEVNET_PROGRAM_ID  # what `chain serve` loads the program at by default
 
         assert self.broker is not None
         o = self.opts
@@ -479,7 +479,7 @@ class Stack:
     def chain_states(self) -> dict[str, Any]:
         """MeterState accounts read over JSON-RPC (None for a meter with nothing on chain)."""
         from gateway.oracle import OracleClient
-        from gateway.oracle_layout import DEVNET_PROGRAM_ID
+        from oracle_interface.layout import DEVNET_PROGRAM_ID
 
         async def fetch() -> dict[str, Any]:
             client = OracleClient(self.rpc_url, DEVNET_PROGRAM_ID, self.authority)
@@ -534,8 +534,8 @@ class Stack:
 
     def expected(self) -> dict[str, tuple[int, int]]:
         """meter -> (produced, consumed) the chain must hold once everything the registers moved since the
-        gateway's baseline is in closed intervals (role mapping as gateway.intervals.map_role)."""
-        from gateway.intervals import map_role
+        gateway's baseline is in closed intervals (role mapping as gateway.submit.intervals.map_role)."""
+        from gateway.submit.intervals import map_role
         from protocol import MeterRole
 
         base = self.baselines()
@@ -591,7 +591,7 @@ class Stack:
         its signed counters from the gateway's baseline reading to the reading closing its last confirmed
         interval (closed intervals, exact Wh), that movement plus the open interval equals the simulated
         registers' movement, and nothing was submitted twice."""
-        from gateway.intervals import map_role
+        from gateway.submit.intervals import map_role
         from protocol import MeterRole
 
         health = self.agent_health()

@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.acceptance import Acceptance, IngressLimit
-from gateway.checks import Limits
+from gateway.intake.acceptance import Acceptance, IngressLimit
+from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
 from gateway.registry import MeterStatus, Registry
 from gateway.store import Store
@@ -71,3 +71,14 @@ def every_state(f: Fleet) -> None:
     f.send("REJ-1", 9, ends_ago_s=40)
     f.send("REJ-1", 1, ends_ago_s=2, imp0=0, imp_step=0)  # counter lower than before: counter_decreased
     f.registry.set_status("RET-1", MeterStatus.RETIRED, now_ms)
+
+
+def hold_intervals(f: Fleet) -> None:
+    """Two interval submissions the submitter held (as it records them: status held, reason)."""
+    now_ms = int(f.now() * 1000)
+    for key, reason in (("OK-1:1", "anomalous_ratio"), ("OK-1:2", "reconcile_mismatch: chain has 3 readings up to "
+                                                                    "1780000000, gateway expected 2")):
+        f.store.conn.execute("INSERT INTO outbox (key, meter_id, zone_id, produced_wh, consumed_wh, reading_timestamp,"
+                             " part, parts, source, status, reason, created_at_ms, updated_at_ms) "
+                             "VALUES (?, 'OK-1', 1, 5, 100, ?, 0, 1, 'mqtt', 'held', ?, ?, ?)",
+                             (key, now_ms // 1000 - int(key[-1]) * 900, reason, now_ms, now_ms))

@@ -53,7 +53,7 @@ def set_oracle_fields(srv: Any, **fields: int) -> None:
 
     from solders.account import Account
 
-    from gateway.oracle_layout import oracle_data_pda
+    from oracle_interface.addresses import oracle_data_pda
 
     offsets = {"min_reading_interval": (168, "<H"), "min_energy_value": (104, "<Q"), "max_energy_value": (112, "<Q")}
     pda = oracle_data_pda(srv.chain.program_id)[0]

@@ -12,7 +12,7 @@ function el(tag, attrs, ...children) {
 // Times: ISO 8601 UTC, with the age relative to the server's clock (now_ms of the answer), not the browser's.
 let serverNow = Date.now();
 const iso = (ms) => new Date(ms).toISOString().slice(0, 19) + "Z";
-const fmtAge = (s) => (s == null ? "–" : s < 120 ? Math.round(s) + " s" : s < 7200 ? Math.floor(s / 60) + " min"
+const fmtAge = (s) => (s == null ? "–" : s < 10 && s % 1 ? s.toFixed(1) + " s" : s < 120 ? Math.floor(s) + " s" : s < 7200 ? Math.floor(s / 60) + " min"
   : s < 172800 ? Math.floor(s / 3600) + " h" : Math.floor(s / 86400) + " d");
 const fmtTime = (ms) => (ms == null ? "–" : iso(ms));
 const fmtNum = (n) => (n == null ? "–" : Number(n).toLocaleString("en-US"));
@@ -21,7 +21,7 @@ function when(ms) {  // a cell: ISO time, and "(25 s ago)" under it
   if (ms == null) return el("td", {}, "never");
   const age = (serverNow - ms) / 1000;
   return el("td", { class: "when", title: iso(ms) }, el("span", {}, iso(ms)),
-    el("small", {}, age >= 0 ? fmtAge(age) + " ago" : "in " + fmtAge(-age)));
+    el("small", {}, age >= 0 ? fmtAge(Math.floor(age)) + " ago" : "in " + fmtAge(Math.floor(-age))));
 }
 const STATE_TEXT = { ok: "OK", late: "Late", silent: "Silent", held: "Held", rejecting: "Rejecting", new: "New",
   suspended: "Suspended", retired: "Retired" };
@@ -70,7 +70,7 @@ function chainCards(c, outbox) {
   const errs = Object.entries(c.errors_by_reason || {}).filter(([, n]) => n > 0).map(([k, n]) => k + " " + n).join(", ");
   return [
     card("chain RPC", rpc, c.rpc_reachable === false ? "bad" : c.failing_reason ? "warn" : "good", { id: "chain-rpc" }),
-    card("last confirmed submission", c.last_submission_ms == null ? "none yet" : fmtAge((serverNow - c.last_submission_ms) / 1000) + " ago"),
+    card("last confirmed submission", c.last_submission_ms == null ? "none yet" : fmtAge(Math.floor((serverNow - c.last_submission_ms) / 1000)) + " ago"),
     card("oldest unconfirmed", fmtAge(c.oldest_unconfirmed_age_s), c.oldest_unconfirmed_age_s > c.epoch_s ? "bad" : ""),
     card("outbox pending", fmtNum((outbox.counts.pending || 0) + (outbox.counts.sent || 0))),
     card("confirmed on chain", fmtNum(outbox.counts.confirmed || 0)),
@@ -114,6 +114,11 @@ async function renderFleet() {
     num(m.import_wh), num(m.export_wh), num(m.accepted), num(m.held), num(m.rejected), num(m.missing),
     num(m.chain.confirmed || 0), num((m.chain.pending || 0) + (m.chain.sent || 0)), num(m.chain.held || 0))));
   fillHeld(document.querySelector("#held tbody"), held.readings.slice(0, 50), true);
+  document.querySelector("#held-intervals tbody").replaceChildren(...held.intervals.slice(0, 50).map((i) =>
+    el("tr", { "data-held-reason": (i.reason || "").split(":")[0] }, when(i.updated_at_ms),
+      el("td", {}, el("a", { href: "/meter/" + encodeURIComponent(i.meter_id) }, i.meter_id)),
+      el("td", {}, fmtTime(i.reading_timestamp * 1000)), num(i.produced_wh), num(i.consumed_wh),
+      el("td", { class: "reason detail" }, i.reason || ""))));
   fillRejections(document.querySelector("#rejections tbody"), rej.rejections);
 }
 
@@ -130,6 +135,14 @@ function setupFleet() {
   document.getElementById("controls").addEventListener("submit", (e) => { e.preventDefault(); again(); });
   document.getElementById("prev").addEventListener("click", () => { page = Math.max(1, page - 1); refresh(); });
   document.getElementById("next").addEventListener("click", () => { page += 1; refresh(); });
+  document.querySelector("#meters thead").addEventListener("click", (e) => {  // sortable headers
+    const th = e.target.closest("th[data-sort]");
+    if (!th) return;
+    const sortSel = document.getElementById("sort"), desc = document.getElementById("desc");
+    desc.checked = sortSel.value === th.dataset.sort ? !desc.checked : false;
+    sortSel.value = th.dataset.sort;
+    again();
+  });
   document.getElementById("states").addEventListener("click", (e) => {
     const c = e.target.closest(".card");
     if (!c) return;
@@ -190,7 +203,7 @@ async function renderMeter() {
   health.replaceChildren(el("span", { class: "pill state-" + m.state }, STATE_TEXT[m.state] + (m.state_reason ? ": " + m.state_reason : "")),
     " " + m.state_text);
   health.dataset.state = m.state;
-  const ago = (ms) => (ms == null ? "never" : iso(ms) + " (" + fmtAge((serverNow - ms) / 1000) + " ago)");
+  const ago = (ms) => (ms == null ? "never" : iso(ms) + " (" + fmtAge(Math.floor((serverNow - ms) / 1000)) + " ago)");
   document.getElementById("facts").replaceChildren(
     card("registry status", m.status), card("role", m.role), card("zone", m.zone_id),
     card("rated W", fmtNum(m.rated_max_power_w)), card("expected every", fmtAge(m.expected_interval_s)),
@@ -204,7 +217,7 @@ async function renderMeter() {
   chart(data.readings.filter((r) => r.status === "accepted"));
   fillHeld(document.querySelector("#held tbody"), data.held, false);
   document.querySelector("#intervals tbody").replaceChildren(...data.intervals.map((i) => el("tr", {},
-    el("td", {}, fmtTime(i.reading_timestamp * 1000)), num(i.produced_wh), num(i.consumed_wh), el("td", {}, i.status),
+    when(i.reading_timestamp * 1000), num(i.produced_wh), num(i.consumed_wh), el("td", {}, i.status),
     el("td", { class: "reason" }, i.reason || ""), el("td", {}, i.source),
     el("td", {}, i.signature ? i.signature.slice(0, 16) + "…" : ""))));
   fillRejections(document.querySelector("#rejections tbody"), data.rejections);

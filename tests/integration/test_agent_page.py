@@ -30,10 +30,10 @@ from agent.homeassistant import kwh_text
 from agent.keys import create_key_file, load_key_file
 from agent.service import AgentService, build_service
 from firmware_config.loader import load_all
-from gateway import oracle_layout as ol
 from gateway.oracle import OracleClient
-from gateway.oracle_submission import Submission
+from gateway.oracle.submission import Submission
 from localchain.server import LocalChainServer
+from oracle_interface import layout as ol
 from protocol.signing import SigningKey, VerifyKey
 from testbed.acker import Acker
 from testbed.broker import Broker

@@ -1,4 +1,4 @@
-"""gateway.acceptance on real SQLite files (no broker): limits, replacement, crash-safe idempotence."""
+"""gateway.intake.acceptance on real SQLite files (no broker): limits, replacement, crash-safe idempotence."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import gateway.acceptance as acceptance_mod
-from gateway.acceptance import Acceptance, IngressLimit, verify_pool
-from gateway.checks import Limits
+import gateway.intake.acceptance as acceptance_mod
+from gateway.intake.acceptance import Acceptance, IngressLimit, verify_pool
+from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store import Store

@@ -15,10 +15,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from gateway.acceptance import Acceptance, IngressLimit
-from gateway.checks import Limits
 from gateway.config import MqttSection
-from gateway.intake import BrokerUnavailableError, Intake
+from gateway.intake.acceptance import Acceptance, IngressLimit
+from gateway.intake.checks import Limits
+from gateway.intake.mqtt import BrokerUnavailableError, Intake
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store import Store

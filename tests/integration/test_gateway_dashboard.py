@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.acceptance import Acceptance, IngressLimit
-from gateway.checks import Limits
 from gateway.config import DashboardSection
+from gateway.intake.acceptance import Acceptance, IngressLimit
+from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store import Store

@@ -2,7 +2,7 @@
 
 Measured honestly, asserted robustly on a shared, loaded machine:
 - the API's own CPU time (Server-Timing `requestcpu`: computing the health of all 10,000 meters from SQLite,
-  `fleetcpu` of it, then filtering, sorting, paging, JSON) must be under 1 s; CPU time does not grow when other
+  `fleetcpu`, then filtering, sorting, paging, JSON) must be under 1 s; CPU time does not grow when other
   processes take the cores, wall time does (both are written to the figures file);
 - the page in headless Chromium: time from navigation to the first rendered table, 10,000 meters minus the
   same page over a 1-meter fleet in the same run (best of 3 each), must be under 1 s.
@@ -80,19 +80,21 @@ async def _page_ms(browser: Chromium, base: str) -> float:
 async def test_fleet_view_with_10000_meters(tmp_path: Path) -> None:
     big = open_fleet(tmp_path / "big")
     ids = _register(big, N_METERS)
-    _readings(big, ids[: N_REPORTING // 2], 2)
+    _readings(big, ids[: N_REPORTING // 2], 0)
     _readings(big, ids[N_REPORTING // 2 : N_REPORTING], 150)
     small = open_fleet(tmp_path / "small")
     _register(small, 1)
+    t0 = time.monotonic()  # the dashboards' clocks run from the fleet's "now" (so the cache expires as in life)
     dashes = [Dashboard(DashboardSection(token=TOKEN), p / "gateway.sqlite", p / "registry.sqlite", f.metrics,
-                        clock=lambda f=f: f.clock[0])  # type: ignore[misc]
+                        clock=lambda f=f: f.clock[0] + time.monotonic() - t0)  # type: ignore[misc]
               for f, p in ((big, tmp_path / "big"), (small, tmp_path / "small"))]
     servers = [TestServer(d.app(), host="127.0.0.1") for d in dashes]
     for srv in servers:
         await srv.start_server()
     base, ref = (str(srv.make_url("")).rstrip("/") for srv in servers)
     try:
-        doc, cold, cold_wall = await _api(base)  # first request: nothing cached
+        await asyncio.sleep(DEFAULT_FLEET_CACHE_S + 0.1)  # the next request recomputes every meter's health
+        doc, cold, cold_wall = await _api(base)
         assert doc["total"] == N_METERS and len(doc["meters"]) == 100 and doc["pages"] == 100
         assert doc["counts"]["new"] == N_METERS - N_REPORTING and doc["counts"]["late"] == N_REPORTING // 2
         assert doc["counts"]["ok"] == N_REPORTING // 2
@@ -119,7 +121,7 @@ async def test_fleet_view_with_10000_meters(tmp_path: Path) -> None:
             page_ref = await _page_ms(browser, ref)
         figures = {
             "meters": N_METERS, "reporting": N_REPORTING,
-            "api_cold": {"fleet_cpu_ms": cold["fleetcpu"], "fleet_wall_ms": cold["fleet"],
+            "api_recomputed": {"fleet_cpu_ms": cold["fleetcpu"], "fleet_wall_ms": cold["fleet"],
                          "request_cpu_ms": cold["requestcpu"], "client_wall_ms": round(cold_wall, 1)},
             "api_filtered_sorted_page3": {"fleet_cpu_ms": filtered["fleetcpu"],
                                           "request_cpu_ms": filtered["requestcpu"],
@@ -132,9 +134,10 @@ async def test_fleet_view_with_10000_meters(tmp_path: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(figures, indent=2) + "\n")
         print(json.dumps(figures))
-        # requestcpu includes the fleet computation (fleetcpu) when the request had to do it
-        assert cold["fleetcpu"] <= cold["requestcpu"] < 1000, figures
-        assert filtered["fleetcpu"] <= filtered["requestcpu"] < 1000, figures
+        # requestcpu includes the fleet computation when the request did it (fleetcpu: the last computation, maybe
+        # by the dashboard's state logger): their sum bounds the request's cost from above
+        assert cold["fleetcpu"] + cold["requestcpu"] < 1000, figures
+        assert filtered["fleetcpu"] + filtered["requestcpu"] < 1000, figures
         assert page_10k - page_ref < 1000, figures
     finally:
         for srv in servers:

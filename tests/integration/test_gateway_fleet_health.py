@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.config import DashboardSection
 from gateway.web import Dashboard
-from tests.fleet_support import Fleet, every_state, open_fleet
+from tests.fleet_support import Fleet, every_state, hold_intervals, open_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -81,8 +81,10 @@ async def test_states_counted_sorted_filtered_paginated(served: tuple[str, Fleet
 
 
 async def test_held_reason_everywhere(served: tuple[str, Fleet]) -> None:
-    base, _f = served
+    base, f = served
+    hold_intervals(f)
     held = await _get(base + "/api/held")
+    assert sorted(i["reason"].split(":")[0] for i in held["intervals"]) == ["anomalous_ratio", "reconcile_mismatch"]
     assert {(r["meter_id"], r["reason"], r["detail"]) for r in held["readings"]} == {
         ("HELD-1", "clock_unsynced", "clock_unsynced")}
     assert len(held["readings"]) == 4
@@ -93,6 +95,7 @@ async def test_held_reason_everywhere(served: tuple[str, Fleet]) -> None:
 
 async def test_metrics_states_reasons_last_seen(served: tuple[str, Fleet]) -> None:
     base, f = served
+    hold_intervals(f)
     async with aiohttp.ClientSession() as s, s.get(base + "/metrics", headers=AUTH) as r:
         text = await r.text()
     for line in ('gridmeter_gateway_meters{state="late"} 1.0', 'gridmeter_gateway_meters{state="silent"} 1.0',
@@ -101,6 +104,8 @@ async def test_metrics_states_reasons_last_seen(served: tuple[str, Fleet]) -> No
                  'gridmeter_gateway_readings_held_total{reason="clock_unsynced"} 4.0',
                  'gridmeter_gateway_readings_held_total{reason="partial"} 0.0',
                  'gridmeter_gateway_meter_lag_seconds_gcount 5.0',
+                 'gridmeter_gateway_intervals_held{reason="anomalous_ratio"} 1.0',
+                 'gridmeter_gateway_intervals_held{reason="reconcile_mismatch"} 1.0',
                  'gridmeter_gateway_readings_rejected_total{reason="counter_decreased",source="mqtt"} 1.0'):
         assert line in text, line
     seen = dict(re.findall(r'gridmeter_gateway_meter_last_seen_timestamp_seconds\{meter_id="([^"]+)"\} (\S+)', text))
@@ -184,7 +189,7 @@ def test_cli_authority_key_prints_base58_that_the_chain_accepts(tmp_path: Path,
     """`gateway keygen` printed hex; `chain serve --chain-bridge` needs base58: authority-key prints that."""
     from solders.pubkey import Pubkey
 
-    from gateway.oracle_authority_key import load_authority_keypair
+    from gateway.oracle.authority_key import load_authority_keypair
     from gridmeter.cli import main
 
     path = tmp_path / "chain-bridge.json"
@@ -219,6 +224,27 @@ def test_state_changes_are_logged_one_line_each(tmp_path: Path, caplog: pytest.L
                              "meter OK-1: late -> silent: nothing heard for 5 min (expected every 10 s)",
                              "meter REJ-1: late -> silent: nothing heard for 5 min (expected every 10 s)"]
         assert [r.levelname for r in caplog.records] == ["INFO"] + ["WARNING"] * 7
+    finally:
+        d.close()
+        f.close()
+
+
+def test_many_changes_at_once_are_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A broker outage silences the whole fleet: one summary line, not one per meter."""
+    from tests.gateway_support import record_for
+
+    f = open_fleet(tmp_path)
+    for i in range(12):
+        f.registry.add(record_for(f"M{i:02d}"), int(f.now() * 1000))
+        f.send(f"M{i:02d}", 3)
+    d = Dashboard(DashboardSection(token=TOKEN), tmp_path / "gateway.sqlite", tmp_path / "registry.sqlite",
+                  f.metrics, clock=lambda: f.clock[0])
+    try:
+        assert d.log_state_changes() == ["fleet: 12 ok"]
+        f.clock[0] += 60
+        with caplog.at_level("WARNING", logger="gateway.web"):
+            assert d.log_state_changes() == ["12 meters changed state: 12 ok -> late"]
+        assert len(caplog.records) == 1
     finally:
         d.close()
         f.close()

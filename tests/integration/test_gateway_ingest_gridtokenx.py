@@ -26,15 +26,14 @@ from aiohttp.test_utils import TestServer
 from solders.keypair import Keypair
 
 from gateway import fleet
-from gateway.checks import Limits
 from gateway.config import DashboardSection
-from gateway.ingest_http import HttpIngest
+from gateway.intake.checks import Limits
+from gateway.intake.http import HttpIngest
 from gateway.metrics import Metrics
 from gateway.oracle import OracleClient
-from gateway.oracle_submission import Submission
 from gateway.registry import MeterStatus, Registry
 from gateway.store import Store
-from gateway.submitter import Submitter
+from gateway.submit.submitter import Submitter
 from gateway.web import Dashboard
 from localchain.server import LocalChainServer
 from protocol import MeterRole
@@ -102,7 +101,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     client = OracleClient(srv.url, str(srv.chain.program_id), authority, poll_s=0.05)
     sub_store = Store(tmp_path / "gateway.sqlite")  # the submitter has its own connection, as in service.py
     submitter = Submitter(sub_store, registry, client, metrics, epoch_s=EPOCH_S,
-                          authority=str(authority.pubkey()), make_submission=Submission)
+                          authority=str(authority.pubkey()))
     submitter.http_idle_close_s = 0  # the test's clients have all stopped when the submitter runs
     session = aiohttp.ClientSession()
     try:

@@ -13,9 +13,9 @@ import base58
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway import ingest_http
-from gateway.checks import Limits
-from gateway.ingest_http import INGEST_PATH, HttpIngest, rust_f64_display, signed_message
+from gateway.intake import http as ingest_http
+from gateway.intake.checks import Limits
+from gateway.intake.http import INGEST_PATH, HttpIngest, rust_f64_display, signed_message
 from gateway.metrics import Metrics
 from gateway.registry import MeterStatus, Registry
 from gateway.store import Store

@@ -14,10 +14,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from gateway.acceptance import Acceptance, IngressLimit
-from gateway.checks import Limits
 from gateway.config import MqttSection
-from gateway.intake import Intake
+from gateway.intake.acceptance import Acceptance, IngressLimit
+from gateway.intake.checks import Limits
+from gateway.intake.mqtt import Intake
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store import Store
@@ -206,9 +206,9 @@ def test_two_gateways_share_the_load(broker: Broker, tmp_path: Path) -> None:
 
 def test_poison_message_is_quarantined_not_stuck(broker: Broker, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """A message whose processing raises (a bug) is retried, then quarantined as internal_error with its
-    bytes; the consumer keeps going with the next messages."""
-    import gateway.intake as intake_mod
+    """A message whose processing raises (a bug) is quarantined as internal_error with its bytes, the error as
+    detail and the meter_id / seq it names; the consumer keeps going with the next messages."""
+    import gateway.intake.mqtt as intake_mod
 
     monkeypatch.setattr(intake_mod, "DEFAULT_RETRY_S", 0.01)
 
@@ -235,7 +235,10 @@ def test_poison_message_is_quarantined_not_stuck(broker: Broker, tmp_path: Path,
         pub.publish(readings_topic("HOUSE-1"), batch(reading("HOUSE-1", 1, now - 5000, 1)), qos=1).wait_for_publish(5)
         wait_for(lambda: store.conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 1, 10, "HOUSE-1 stored")
         wait_for(lambda: store.conn.execute("SELECT COUNT(*) FROM rejections").fetchone()[0] == 1, 10, "quarantine")
-        assert store.conn.execute("SELECT reason, payload FROM rejections").fetchone() == ("internal_error", poison)
+        assert store.conn.execute("SELECT reason, payload, meter_id, seq, topic_meter_id FROM rejections"
+                                  ).fetchone() == ("internal_error", poison, "HOUSE-2", 1, "HOUSE-2")
+        detail = store.conn.execute("SELECT detail FROM rejections").fetchone()[0]
+        assert detail.startswith("RuntimeError: simulated bug (batch of 1 readings, seq 1..1)")
     finally:
         intake.stop()
         pub.disconnect()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.oracle_authority_key import create_authority_key_file
+from gateway.oracle.authority_key import create_authority_key_file
 from localchain.server import LocalChainServer
 
 pytestmark = pytest.mark.integration

@@ -21,11 +21,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-import gateway.intake as intake_mod
-from gateway.acceptance import Acceptance, IngressLimit, Prepared
-from gateway.checks import Limits
+import gateway.intake.mqtt as intake_mod
 from gateway.config import MqttSection
-from gateway.intake import Intake
+from gateway.intake.acceptance import Acceptance, IngressLimit, Prepared
+from gateway.intake.checks import Limits
+from gateway.intake.mqtt import Intake
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store import Store

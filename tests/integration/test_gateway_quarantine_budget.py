@@ -17,10 +17,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 import gateway.store as store_mod
-from gateway.acceptance import Acceptance, IngressLimit
-from gateway.checks import Limits
 from gateway.config import MqttSection
-from gateway.intake import Intake
+from gateway.intake.acceptance import Acceptance, IngressLimit
+from gateway.intake.checks import Limits
+from gateway.intake.mqtt import Intake
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store import Store

@@ -17,10 +17,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from gateway.acceptance import Acceptance, IngressLimit
-from gateway.checks import Limits
 from gateway.config import MqttSection
-from gateway.intake import Intake
+from gateway.intake.acceptance import Acceptance, IngressLimit
+from gateway.intake.checks import Limits
+from gateway.intake.mqtt import Intake
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store import Store
@@ -109,3 +109,67 @@ def test_stopped_gateway_takes_no_share(broker: Broker, tmp_path: Path, how: str
         agent.loop_stop()
         for c in (store_a, store_b, reg_a, reg_b):
             c.close()
+
+
+def test_sigkilled_gateway_process_takes_no_share(broker: Broker, tmp_path: Path) -> None:
+    """Gateway B is a real `gridmeter gateway run` process sharing A's database, killed with SIGKILL."""
+    import signal
+    import subprocess
+    import sys
+
+    from gateway.keys import create_key_file
+
+    now = int(time.time() * 1000)
+    state = tmp_path / "state"
+    reg = Registry(state / "registry.sqlite")
+    reg.add(record_for(METER, rated_w=20_000), now)
+    reg.close()
+    gw_key = create_key_file(tmp_path / "gateway.key")
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(f'[gateway]\nstate_dir = "{state}"\nack_key_file = "{tmp_path / "gateway.key"}"\n'
+                   f'verify_workers = 1\n[chain]\nenabled = false\n[dashboard]\nenabled = false\n'
+                   f'[mqtt]\nport = {broker.port}\nclient_id = "gw-b"\n')
+    a = Intake(MqttSection(port=broker.port, client_id="gw-a"),
+               Acceptance(store := Store(state / "gateway.sqlite"), registry := Registry(state / "registry.sqlite"),
+                          Limits(), IngressLimit(), metrics := Metrics()), gw_key, metrics)
+    acks: list[int] = []
+    agent = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="agent", protocol=MQTTProtocolVersion.MQTTv5)
+    agent.on_message = lambda _c, _u, msg: acks.append(decode_ack(msg.payload, VerifyKey(gw_key.public_key)).acked_seq)
+    agent.connect(broker.host, broker.port)
+    agent.subscribe(f"gridmeter/v1/{METER}/ack", qos=1)
+    agent.loop_start()
+    with open(tmp_path / "gw-b.log", "wb") as log:
+        b = subprocess.Popen([sys.executable, "-m", "gridmeter.cli", "gateway", "run", "--config", str(cfg)],
+                             stdout=log, stderr=log)
+    try:
+        a.start()
+        a.wait_ready()
+        t0 = now - 3_600_000
+        s = 0
+        deadline = time.monotonic() + 60
+        while received(a) == s:  # until B is subscribed and takes a share (A then misses one)
+            assert b.poll() is None and time.monotonic() < deadline, (tmp_path / "gw-b.log").read_text()[-2000:]
+            s += 1
+            agent.publish(readings_topic(METER), batch(reading(METER, s, t0 + s * 10_000, 1000 + s)), qos=1)
+            wait_for(lambda s=s: max(acks, default=0) == s, 30, f"ack {s}")
+        b.send_signal(signal.SIGKILL)
+        b.wait(10)
+        time.sleep(0.5)  # let the broker see the connection drop (a test pause, not a deadline)
+        a_before, first = received(a), s + 1
+        for s in range(first, first + 100):
+            agent.publish(readings_topic(METER), batch(reading(METER, s, t0 + s * 10_000, 1000 + s)), qos=1)
+        wait_for(lambda: received(a) - a_before >= 100 or max(acks) == first + 99, 30, "A received 100 seqs")
+        wait_for(lambda: max(acks) == first + 99, 10, f"ack {first + 99}")
+        assert received(a) - a_before == 100
+        stored = [q for (q,) in store.conn.execute("SELECT seq FROM readings ORDER BY seq")]
+        assert stored == list(range(1, first + 100))
+        assert store.conn.execute("SELECT COUNT(*) FROM gaps").fetchone()[0] == 0
+    finally:
+        if b.poll() is None:
+            b.kill()
+            b.wait(10)
+        a.stop()
+        agent.disconnect()
+        agent.loop_stop()
+        store.close()
+        registry.close()

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from solders.keypair import Keypair
 
-from gateway.acceptance import Acceptance, IngressLimit
-from gateway.checks import Limits
+from gateway.intake.acceptance import Acceptance, IngressLimit
+from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
 from gateway.oracle import OracleClient
-from gateway.oracle_submission import Submission
+from gateway.oracle.submission import Submission
 from gateway.registry import Registry
 from gateway.store import Store
-from gateway.submitter import Submitter
+from gateway.submit.submitter import Submitter
 from localchain.server import LocalChainServer
 from protocol import MeterRole
 from protocol.topics import readings_topic
@@ -40,7 +40,7 @@ class Env:
 
     def submitter(self) -> Submitter:
         return Submitter(self.store, self.registry, self.client, self.metrics, epoch_s=900,
-                         authority=str(self.client.authority.pubkey()), make_submission=Submission)
+                         authority=str(self.client.authority.pubkey()))
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ async def test_crash_after_send_is_reconciled_not_resent(env: Env) -> None:
 
 
 async def _limits(sub: Submitter):  # type: ignore[no-untyped-def]
-    from gateway.intervals import OracleLimits
+    from gateway.submit.intervals import OracleLimits
 
     return OracleLimits.from_config(await sub.client.fetch_config())
 
@@ -187,6 +187,9 @@ class _DropsAfterSend:
     async def fetch_meter_states(self, meter_ids):  # type: ignore[no-untyped-def]
         return await self.client.fetch_meter_states(meter_ids)
 
+    async def fetch_chain_time(self) -> int:
+        return await self.client.fetch_chain_time()
+
     async def submit(self, subs):  # type: ignore[no-untyped-def]
         self.sent += 1
         await self.client.submit(subs)
@@ -202,7 +205,7 @@ async def test_unrecorded_send_is_not_resent_before_its_blockhash_expires(env: E
     env.acceptance.process(backlog("HOUSE-7", 200, start, 10_000, 0, 0, 2, 0))
     dropping = _DropsAfterSend(env.client)
     sub = Submitter(env.store, env.registry, dropping, env.metrics, epoch_s=900,
-                    authority=str(env.client.authority.pubkey()), make_submission=Submission, clock=lambda: now[0])
+                    authority=str(env.client.authority.pubkey()), clock=lambda: now[0])
     with pytest.raises(ConnectionResetError):
         await sub.run_once()
     rows = env.store.outbox_rows("HOUSE-7")

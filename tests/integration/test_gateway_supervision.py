@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from gateway.config import ConfigError, GatewayConfig, parse_config
-from gateway.intake import Intake
+from gateway.intake.mqtt import Intake
 from gateway.keys import create_key_file
 from gateway.service import Gateway, run
 from testbed.broker import Broker

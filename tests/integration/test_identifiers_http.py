@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.checks import Limits
-from gateway.ingest_http import INGEST_PATH, HttpIngest
+from gateway.intake.checks import Limits
+from gateway.intake.http import INGEST_PATH, HttpIngest
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store import Store

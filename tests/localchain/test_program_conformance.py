@@ -28,8 +28,10 @@ from solders.transaction_status import (
     TransactionErrorInstructionError,
 )
 
-from gateway import oracle_layout as L
 from localchain import program_api as api
+from oracle_interface import addresses as A
+from oracle_interface import instructions as IX
+from oracle_interface import layout as L
 
 pytestmark = pytest.mark.integration  # the real sBPF VM (in process)
 
@@ -77,7 +79,7 @@ class Chain:
 
     def submit_ix(self, r: Reading, authority: Pubkey | None = None) -> Instruction:
         authority = authority or self.bridge.pubkey()
-        return api.submit_meter_reading_instruction(
+        return IX.submit_meter_reading_instruction(
             PROGRAM_ID, authority, r.meter_id, r.produced, r.consumed, r.ts, r.zone
         )
 
@@ -87,17 +89,17 @@ class Chain:
 
     def admin_ix(self, data: bytes, authority: Keypair | None = None) -> Result:
         authority = authority or self.admin
-        return self.send([api.admin_instruction(PROGRAM_ID, authority.pubkey(), data)], authority)
+        return self.send([IX.admin_instruction(PROGRAM_ID, authority.pubkey(), data)], authority)
 
     def meter(self, meter_id: str) -> L.MeterState | None:
-        acc = self.svm.get_account(L.meter_state_pda(PROGRAM_ID, meter_id)[0])
+        acc = self.svm.get_account(A.meter_state_pda(PROGRAM_ID, meter_id)[0])
         return None if acc is None or acc.lamports == 0 else L.decode_meter_state(bytes(acc.data))
 
     def meter_raw(self, meter_id: str) -> Account | None:
-        return self.svm.get_account(L.meter_state_pda(PROGRAM_ID, meter_id)[0])
+        return self.svm.get_account(A.meter_state_pda(PROGRAM_ID, meter_id)[0])
 
     def config(self) -> L.OracleConfig:
-        acc = self.svm.get_account(L.oracle_data_pda(PROGRAM_ID)[0])
+        acc = self.svm.get_account(A.oracle_data_pda(PROGRAM_ID)[0])
         assert acc is not None
         return L.decode_oracle_data(bytes(acc.data))
 
@@ -162,7 +164,7 @@ def borsh_reading(r: Reading) -> bytes:
 
 def test_submit_instruction_matches_the_worked_example() -> None:
     auth = Pubkey.new_unique()
-    ix = api.submit_meter_reading_instruction(PROGRAM_ID, auth, "METER-001", 1500, 300, 1750000000, 1)
+    ix = IX.submit_meter_reading_instruction(PROGRAM_ID, auth, "METER-001", 1500, 300, 1750000000, 1)
     assert bytes(ix.data).hex() == (
         "b5f7c48b4e58c0ce" "09000000" "4d455445522d303031" "dc05000000000000" "2c01000000000000"
         "80e14e6800000000" "01000000"
@@ -176,7 +178,7 @@ def test_submit_instruction_matches_the_worked_example() -> None:
 
 
 def test_initialize_writes_176_byte_oracle_data_with_defaults(chain: Chain) -> None:
-    pda = L.oracle_data_pda(PROGRAM_ID)[0]
+    pda = A.oracle_data_pda(PROGRAM_ID)[0]
     acc = chain.svm.get_account(pda)
     assert acc is not None
     assert acc.owner == PROGRAM_ID
@@ -185,8 +187,8 @@ def test_initialize_writes_176_byte_oracle_data_with_defaults(chain: Chain) -> N
     assert bytes(acc.data[:8]) == L.ACCOUNT_ORACLE_DATA
     cfg = L.decode_oracle_data(bytes(acc.data))
     assert cfg == L.OracleConfig(
-        authority=chain.admin.pubkey(),
-        chain_bridge=chain.bridge.pubkey(),
+        authority=str(chain.admin.pubkey()),
+        chain_bridge=str(chain.bridge.pubkey()),
         total_readings=0,
         last_reading_timestamp=0,
         last_clearing=0,
@@ -209,13 +211,13 @@ def test_initialize_writes_176_byte_oracle_data_with_defaults(chain: Chain) -> N
 
 
 def test_initialize_twice_fails_and_keeps_state(chain: Chain) -> None:
-    before = bytes(chain.svm.get_account(L.oracle_data_pda(PROGRAM_ID)[0]).data)
+    before = bytes(chain.svm.get_account(A.oracle_data_pda(PROGRAM_ID)[0]).data)
     other = Keypair()
     chain.svm.airdrop(other.pubkey(), 10**9)
-    res = chain.send([api.initialize_instruction(PROGRAM_ID, other.pubkey(), other.pubkey())], other)
+    res = chain.send([IX.initialize_instruction(PROGRAM_ID, other.pubkey(), other.pubkey())], other)
     assert custom_error(res) == (0, 0)  # the system program's AccountAlreadyInUse, as under Anchor's `init`
     assert any("already in use" in line for line in res.meta().logs())
-    assert bytes(chain.svm.get_account(L.oracle_data_pda(PROGRAM_ID)[0]).data) == before
+    assert bytes(chain.svm.get_account(A.oracle_data_pda(PROGRAM_ID)[0]).data) == before
 
 
 def test_initialize_rejects_a_non_pda_oracle_account() -> None:
@@ -223,7 +225,7 @@ def test_initialize_rejects_a_non_pda_oracle_account() -> None:
     api.load_oracle_program(svm, PROGRAM_ID)
     admin = Keypair()
     svm.airdrop(admin.pubkey(), 10**9)
-    ix = api.initialize_instruction(PROGRAM_ID, admin.pubkey(), admin.pubkey())
+    ix = IX.initialize_instruction(PROGRAM_ID, admin.pubkey(), admin.pubkey())
     ix.accounts = [AccountMeta(Pubkey.new_unique(), False, True), *ix.accounts[1:]]
     with pytest.raises(api.OracleProgramError) as e:
         api.send(svm, admin, [ix], "initialize")
@@ -237,7 +239,7 @@ def test_first_reading_creates_meter_state_with_exact_bytes_and_event(chain: Cha
     r = Reading("METER-001", 1500, 300, NOW, 1)
     bridge_before = chain.svm.get_balance(chain.bridge.pubkey())
     res = ok(chain.submit(r))
-    pda, bump = L.meter_state_pda(PROGRAM_ID, "METER-001")
+    pda, bump = A.meter_state_pda(PROGRAM_ID, "METER-001")
     assert str(pda) == "FSgUFMrEzPxwtYABtGWymZYfaf8jveVX1hu1DnL8Wy6E" and bump == 255
     acc = chain.svm.get_account(pda)
     assert acc.owner == PROGRAM_ID
@@ -261,7 +263,7 @@ def test_later_reading_updates_latest_values_totals_and_zone(chain: Chain) -> No
     st = chain.meter("M1")
     assert st == L.MeterState(
         meter_id="M1",
-        bump=L.meter_state_pda(PROGRAM_ID, "M1")[1],
+        bump=A.meter_state_pda(PROGRAM_ID, "M1")[1],
         zone_id=7,
         energy_produced=200,
         energy_consumed=70,
@@ -373,7 +375,7 @@ def test_multibyte_meter_id_and_invalid_utf8(chain: Chain) -> None:
 
 
 def test_totals_saturate_at_u64_max(chain: Chain) -> None:
-    pda, bump = L.meter_state_pda(PROGRAM_ID, "SAT")
+    pda, bump = A.meter_state_pda(PROGRAM_ID, "SAT")
     near = (
         L.ACCOUNT_METER_STATE
         + b"SAT".ljust(32, b"\0")
@@ -422,7 +424,7 @@ def test_account_validation_uses_anchor_errors(chain: Chain) -> None:
     oracle, meter, auth, system = good.accounts
     cases = [
         ([AccountMeta(chain.bridge.pubkey(), False, False), meter, auth, system], "AccountOwnedByWrongProgram"),
-        ([oracle, AccountMeta(L.meter_state_pda(PROGRAM_ID, "B")[0], False, True), auth, system], "ConstraintSeeds"),
+        ([oracle, AccountMeta(A.meter_state_pda(PROGRAM_ID, "B")[0], False, True), auth, system], "ConstraintSeeds"),
         ([oracle, meter, auth, AccountMeta(Pubkey.new_unique(), False, False)], "InvalidProgramId"),
     ]
     for accounts, name in cases:
@@ -438,9 +440,9 @@ def test_account_validation_uses_anchor_errors(chain: Chain) -> None:
     ix = Instruction(PROGRAM_ID, good.data, [oracle, meter, AccountMeta(chain.bridge.pubkey(), False, True), system])
     assert_rejected(chain.send([ix], chain.admin), "AccountNotSigner")
     # a program-owned account that is not a MeterState
-    fake = AccountMeta(L.oracle_data_pda(PROGRAM_ID)[0], False, True)
+    fake = AccountMeta(A.oracle_data_pda(PROGRAM_ID)[0], False, True)
     assert_rejected(chain.send([Instruction(PROGRAM_ID, good.data, [oracle, fake, auth, system])]), "ConstraintSeeds")
-    pda = L.meter_state_pda(PROGRAM_ID, "A")[0]
+    pda = A.meter_state_pda(PROGRAM_ID, "A")[0]
     chain.svm.set_account(pda, Account(METER_RENT, bytes(102), PROGRAM_ID, False, 0))
     assert_rejected(chain.send([good]), "AccountDiscriminatorMismatch")
     state = L.ACCOUNT_METER_STATE + bytes(94)
@@ -461,7 +463,7 @@ def test_unknown_instruction_and_short_data(chain: Chain) -> None:
 
 
 def test_prefunded_meter_address_is_still_created(chain: Chain) -> None:
-    pda = L.meter_state_pda(PROGRAM_ID, "GIFT")[0]
+    pda = A.meter_state_pda(PROGRAM_ID, "GIFT")[0]
     chain.svm.set_account(pda, Account(1000, b"", SYSTEM_PROGRAM_ID, False, 0))
     ok(chain.submit(Reading("GIFT")))
     acc = chain.meter_raw("GIFT")
@@ -481,16 +483,16 @@ ADMIN_CALLS = [
 
 @pytest.mark.parametrize("data", ADMIN_CALLS, ids=["status", "api_gateway", "validation", "ratio"])
 def test_admin_instructions_reject_non_admins(chain: Chain, data: bytes) -> None:
-    before = bytes(chain.svm.get_account(L.oracle_data_pda(PROGRAM_ID)[0]).data)
+    before = bytes(chain.svm.get_account(A.oracle_data_pda(PROGRAM_ID)[0]).data)
     assert_rejected(chain.admin_ix(data, chain.bridge), "UnauthorizedAuthority")
-    assert bytes(chain.svm.get_account(L.oracle_data_pda(PROGRAM_ID)[0]).data) == before
+    assert bytes(chain.svm.get_account(A.oracle_data_pda(PROGRAM_ID)[0]).data) == before
 
 
 def test_update_api_gateway_moves_submission_rights(chain: Chain) -> None:
     new = Keypair()
     chain.svm.airdrop(new.pubkey(), 10**9)
     res = ok(chain.admin_ix(L.update_api_gateway_data(new.pubkey())))
-    assert chain.config().chain_bridge == new.pubkey()
+    assert chain.config().chain_bridge == str(new.pubkey())
     ev = events(res, L.event_discriminator("ApiGatewayUpdated"))
     assert ev == [
         bytes(chain.admin.pubkey()) + bytes(chain.bridge.pubkey()) + bytes(new.pubkey()) + struct.pack("<q", NOW)
@@ -511,16 +513,16 @@ def test_validation_config_checks_and_takes_effect(chain: Chain) -> None:
 
 def test_market_clearing_and_aggregation(chain: Chain) -> None:
     epoch = NOW - NOW % 900
-    ok(chain.send([api.admin_instruction(PROGRAM_ID, chain.bridge.pubkey(), L.trigger_market_clearing_data(epoch))]))
+    ok(chain.send([IX.admin_instruction(PROGRAM_ID, chain.bridge.pubkey(), L.trigger_market_clearing_data(epoch))]))
     cfg = chain.config()
     assert (cfg.last_cleared_epoch, cfg.last_clearing) == (epoch, NOW)
     for bad in (epoch, epoch + 1, epoch + 900):  # not newer / not on a boundary / in the future
-        ix = api.admin_instruction(PROGRAM_ID, chain.bridge.pubkey(), L.trigger_market_clearing_data(bad))
+        ix = IX.admin_instruction(PROGRAM_ID, chain.bridge.pubkey(), L.trigger_market_clearing_data(bad))
         assert_rejected(chain.send([ix]), "InvalidEpoch")
-    ix = api.admin_instruction(PROGRAM_ID, chain.admin.pubkey(), L.trigger_market_clearing_data(epoch - 900))
+    ix = IX.admin_instruction(PROGRAM_ID, chain.admin.pubkey(), L.trigger_market_clearing_data(epoch - 900))
     assert_rejected(chain.send([ix], chain.admin), "UnauthorizedGateway")
 
-    ix = api.admin_instruction(PROGRAM_ID, chain.bridge.pubkey(), L.aggregate_readings_data(1000, 800, 3, 1))
+    ix = IX.admin_instruction(PROGRAM_ID, chain.bridge.pubkey(), L.aggregate_readings_data(1000, 800, 3, 1))
     ok(chain.send([ix]))
     cfg = chain.config()
     assert (cfg.total_global_energy_produced, cfg.total_global_energy_consumed) == (1000, 800)
@@ -534,7 +536,7 @@ def test_market_clearing_and_aggregation(chain: Chain) -> None:
 def test_compute_units_per_submit(chain: Chain) -> None:
     """CU depends on the PDA bumps (each find_program_address attempt costs 1,500): METER-001 has bump 255,
     oracle_data under the devnet ID 252 (four attempts), as for the real program."""
-    assert L.meter_state_pda(PROGRAM_ID, "METER-001")[1] == 255
+    assert A.meter_state_pda(PROGRAM_ID, "METER-001")[1] == 255
     first = ok(chain.submit(Reading("METER-001", ts=NOW - 120))).compute_units_consumed()
     later = ok(chain.submit(Reading("METER-001", ts=NOW - 60))).compute_units_consumed()
     batch = ok(chain.submit(*[Reading(f"HOUSE-{i}", ts=NOW) for i in range(10)])).compute_units_consumed()

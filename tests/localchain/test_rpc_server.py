@@ -25,10 +25,11 @@ from solders.system_program import TransferParams, transfer
 from solders.transaction import VersionedTransaction
 from solders.transaction_status import InstructionErrorCustom, TransactionErrorInstructionError
 
-from gateway import oracle_layout as ol
-from localchain.program_api import admin_instruction, submit_meter_reading_instruction
 from localchain.server import LocalChainServer
 from localchain.svm import LocalChain, StateFileError
+from oracle_interface import addresses as A
+from oracle_interface import layout as ol
+from oracle_interface.instructions import admin_instruction, submit_meter_reading_instruction
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +96,7 @@ def submit_ix(srv: LocalChainServer, authority: Pubkey, meter: str, prod: int, c
 
 
 async def meter_state(rpc: AsyncClient, srv: LocalChainServer, meter: str) -> ol.MeterState | None:
-    acc = (await rpc.get_account_info(ol.meter_state_pda(srv.chain.program_id, meter)[0])).value
+    acc = (await rpc.get_account_info(A.meter_state_pda(srv.chain.program_id, meter)[0])).value
     return None if acc is None else ol.decode_meter_state(bytes(acc.data))
 
 
@@ -261,8 +262,8 @@ async def test_meter_id_32_bytes_accepted_33_rejected(srv: LocalChainServer, rpc
     pid = srv.chain.program_id
     data = ol.DISC_SUBMIT_METER_READING + struct.pack("<I", 33) + id33.encode() + struct.pack("<QQqi", 1, 1, T0, 1)
     ix = Instruction(pid, data, [
-        AccountMeta(ol.oracle_data_pda(pid)[0], False, False),
-        AccountMeta(ol.meter_state_pda(pid, "N" * 32)[0], False, True),
+        AccountMeta(A.oracle_data_pda(pid)[0], False, False),
+        AccountMeta(A.meter_state_pda(pid, "N" * 32)[0], False, True),
         AccountMeta(bridge.pubkey(), True, True),
         AccountMeta(SYSTEM_PROGRAM_ID, False, False),
     ])
@@ -305,7 +306,7 @@ async def test_admin_through_rpc_oracle_inactive(srv: LocalChainServer, rpc: Asy
     with pytest.raises(RPCException) as e:
         await send_v0(rpc, bridge, [submit_ix(srv, bridge.pubkey(), "M-1", 10, 5, T0)])
     assert custom_code(e.value) == (0, ol.ERROR_CODES["OracleInactive"])
-    acc = (await rpc.get_account_info(ol.oracle_data_pda(srv.chain.program_id)[0])).value
+    acc = (await rpc.get_account_info(A.oracle_data_pda(srv.chain.program_id)[0])).value
     assert acc is not None and ol.decode_oracle_data(bytes(acc.data)).active is False
 
 
@@ -326,9 +327,9 @@ async def test_state_file_resume(tmp_path: Path, bridge: Keypair) -> None:
             assert st is not None and (st.total_energy_produced, st.total_readings) == (42, 1)
             got = (await rpc.get_transaction(sig, max_supported_transaction_version=0)).value
             assert got is not None and got.slot <= slot1
-            cfg = ol.decode_oracle_data(bytes((await rpc.get_account_info(ol.oracle_data_pda(
+            cfg = ol.decode_oracle_data(bytes((await rpc.get_account_info(A.oracle_data_pda(
                 s2.chain.program_id)[0])).value.data))  # type: ignore[union-attr]
-            assert cfg.chain_bridge == bridge.pubkey()
+            assert cfg.chain_bridge == str(bridge.pubkey())
             # rate limit state survived: a reading 30 s later is still refused
             with pytest.raises(RPCException) as e:
                 await send_v0(rpc, bridge, [submit_ix(s2, bridge.pubkey(), "KEEP-1", 1, 1, T0 + 30)])
@@ -353,7 +354,7 @@ async def test_state_saved_while_running(tmp_path: Path, bridge: Keypair) -> Non
             assert asyncio.get_running_loop().time() < deadline, "state file not written while running"
             await asyncio.sleep(0.02)
         saved = json.loads(state.read_text())
-        pda = str(ol.meter_state_pda(s.chain.program_id, "LIVE-1")[0])
+        pda = str(A.meter_state_pda(s.chain.program_id, "LIVE-1")[0])
         assert any(a["pubkey"] == pda for a in saved["accounts"])
 
 
@@ -373,8 +374,8 @@ async def test_cli_serve_process(tmp_path: Path, bridge: Keypair) -> None:
         await asyncio.to_thread(wait_port, port, 30)
         async with AsyncClient(f"http://127.0.0.1:{port}") as rpc:
             assert await rpc.is_connected()
-            acc = (await rpc.get_account_info(ol.oracle_data_pda(Pubkey.from_string(ol.DEVNET_PROGRAM_ID))[0])).value
-            assert acc is not None and ol.decode_oracle_data(bytes(acc.data)).chain_bridge == bridge.pubkey()
+            acc = (await rpc.get_account_info(A.oracle_data_pda(Pubkey.from_string(ol.DEVNET_PROGRAM_ID))[0])).value
+            assert acc is not None and ol.decode_oracle_data(bytes(acc.data)).chain_bridge == str(bridge.pubkey())
             assert (await rpc.get_balance(bridge.pubkey())).value == 100 * 10**9
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
@@ -405,7 +406,7 @@ async def test_cli_serve_process(tmp_path: Path, bridge: Keypair) -> None:
         ({"jsonrpc": "2.0", "id": 1, "method": "requestAirdrop", "params": [str(Pubkey.new_unique()), 10**18]},
          -32602, "lamports"),
         ({"jsonrpc": "2.0", "id": 1, "method": "getAccountInfo",
-          "params": [str(ol.oracle_data_pda(Pubkey.from_string(ol.DEVNET_PROGRAM_ID))[0]),
+          "params": [str(A.oracle_data_pda(Pubkey.from_string(ol.DEVNET_PROGRAM_ID))[0]),
                      {"encoding": "base58"}]}, -32602, "base 58"),
     ],
 )

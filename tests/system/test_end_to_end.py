@@ -31,7 +31,7 @@ from agent.keys import load_key_file as load_agent_key
 from firmware_config.loader import get_profile
 from gateway.keys import create_key_file as create_ack_key
 from gateway.oracle import OracleClient
-from gateway.oracle_authority_key import create_authority_key_file
+from gateway.oracle.authority_key import create_authority_key_file
 from localchain.server import LocalChainServer
 from protocol import MeterRole, Reading, SigningKey, encode_reading
 from protocol.topics import readings_topic

@@ -28,8 +28,8 @@ import aiohttp
 import pytest
 
 from gateway.oracle import OracleClient
-from gateway.oracle_authority_key import create_authority_key_file
-from gateway.submitter import DEFAULT_HTTP_IDLE_CLOSE_S
+from gateway.oracle.authority_key import create_authority_key_file
+from gateway.submit.submitter import DEFAULT_HTTP_IDLE_CLOSE_S
 from localchain.server import LocalChainServer
 from protocol import MeterRole
 from testbed.ports import free_port, wait_port
@@ -126,7 +126,8 @@ enabled = false
                                  0 if role is MeterRole.CONSUMPTION else c.sent_export_mwh // 1000)
             got: dict[str, tuple[int, int]] = {}
             deadline = time.monotonic() + DEFAULT_HTTP_IDLE_CLOSE_S + 120
-            while got != expected:
+            # on chain first, then the gateway's books: a row is 'sent' until the submitter sees it confirmed
+            while got != expected or q(db, "SELECT COUNT(*) FROM outbox WHERE status != 'confirmed'") != [(0,)]:
                 assert gw.poll() is None, gw_log.read_text(errors="replace")[-3000:]
                 assert time.monotonic() < deadline, f"chain {got} != sent {expected}\n" + \
                     gw_log.read_text(errors="replace")[-3000:]

@@ -98,7 +98,7 @@ def test_install_upgrade_uninstall_into_a_staging_root(tmp_path: Path) -> None:
     assert verify_unit(root, "gridmeter-gateway.service").returncode == 0
     gw_config = staged_example(root, "gateway")
     sh(gm, "gateway", "keygen", root / "etc/gridmeter/gateway.key")
-    from gateway.oracle_authority_key import create_authority_key_file
+    from gateway.oracle.authority_key import create_authority_key_file
 
     create_authority_key_file(root / "etc/gridmeter/chain-bridge.json")
     placeholder = sh(gm, "gateway", "check-config", "--config", gw_config, ok=False)

@@ -17,12 +17,13 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 
-from gateway import oracle_layout as ol
 from gateway.oracle import OracleClient
-from gateway.oracle_submission import Submission
-from gateway.tx_packing import PACKET_DATA_SIZE, max_submits_per_tx
+from gateway.oracle.packing import PACKET_DATA_SIZE, max_submits_per_tx
+from gateway.oracle.submission import Submission
 from localchain.server import LocalChainServer
 from localchain.svm import LocalChain
+from oracle_interface import addresses as A
+from oracle_interface import layout as ol
 
 pytestmark = pytest.mark.system
 
@@ -62,7 +63,7 @@ async def tx_info(srv: LocalChainServer, sig: str) -> tuple[int, dict]:
 
 async def test_config_and_missing_states(client: OracleClient, bridge: Keypair) -> None:
     cfg = await client.fetch_config()
-    assert cfg.chain_bridge == bridge.pubkey() and cfg.active and cfg.min_reading_interval == 60
+    assert cfg.chain_bridge == str(bridge.pubkey()) and cfg.active and cfg.min_reading_interval == 60
     assert (cfg.min_energy_value, cfg.max_energy_value, cfg.max_production_consumption_ratio) == (0, 1_000_000, 1000)
     assert await client.fetch_meter_states(["NOPE-1", "X" * 33]) == {"NOPE-1": None, "X" * 33: None}
 
@@ -171,7 +172,7 @@ async def test_transactions_are_unique(srv: LocalChainServer, client: OracleClie
     from solders.hash import Hash
 
     subs = subs_for(["U-1", "U-2"], int(time.time()) - 100)
-    await client._ensure_tables([ol.meter_state_pda(client.program_id, s.meter_id)[0] for s in subs])
+    await client._ensure_tables([A.meter_state_pda(client.program_id, s.meter_id)[0] for s in subs])
     a = bytes(client._build(subs, [0, 1], Hash.default()))
     b = bytes(client._build(subs, [0, 1], Hash.default()))
     assert a != b and len(a) == len(b)
@@ -187,7 +188,7 @@ async def test_unreachable_rpc_gives_retry(bridge: Keypair) -> None:
 
 
 async def test_worked_example_instruction(bridge: Keypair) -> None:
-    from gateway.oracle_instructions import submit_instruction
+    from gateway.oracle.instructions import submit_instruction
 
     pid = Pubkey.from_string(ol.DEVNET_PROGRAM_ID)
     ix = submit_instruction(pid, bridge.pubkey(), Submission("k", "METER-001", 1500, 300, 1750000000, 1))
@@ -221,7 +222,7 @@ async def test_crash_after_send_before_recording(srv: LocalChainServer, bridge: 
     from solders.message import MessageV0
     from solders.transaction import VersionedTransaction
 
-    from gateway.oracle_instructions import submit_instruction
+    from gateway.oracle.instructions import submit_instruction
 
     now = int(time.time())
     meters = [f"CRASH-{i}" for i in range(8)]

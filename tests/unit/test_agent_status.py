@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent.service import Notifier
 from agent.status import StatusServer
+from base.sd_notify import Notifier
 
 
 def sample_health() -> dict[str, Any]:

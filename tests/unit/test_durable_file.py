@@ -1,20 +1,18 @@
-"""agent.durable_file and gateway.durable_file: exact modes whatever the umask, no-clobber, no temp files left."""
+"""base.durable_file (agent, gateway, provisioning, localchain): exact modes whatever the umask, no-clobber,
+no temp files left."""
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from agent.durable_file import write_durably as agent_write
-from gateway.durable_file import write_durably as gateway_write
+from base.durable_file import write_durably as write
 
 
-@pytest.mark.parametrize("write", [agent_write, gateway_write], ids=["agent", "gateway"])
-def test_mode_is_exact_whatever_the_umask_and_no_temp_is_left(tmp_path: Path, write: Callable[..., None]) -> None:
+def test_mode_is_exact_whatever_the_umask_and_no_temp_is_left(tmp_path: Path) -> None:
     old = os.umask(0o077)
     try:
         write(tmp_path / "sub" / "pub.key", b"abc\n", 0o644)
@@ -28,8 +26,7 @@ def test_mode_is_exact_whatever_the_umask_and_no_temp_is_left(tmp_path: Path, wr
     assert sorted(p.name for p in target.parent.iterdir()) == ["pub.key"]
 
 
-@pytest.mark.parametrize("write", [agent_write, gateway_write], ids=["agent", "gateway"])
-def test_exclusive_never_replaces(tmp_path: Path, write: Callable[..., None]) -> None:
+def test_exclusive_never_replaces(tmp_path: Path) -> None:
     target = tmp_path / "device.key"
     write(target, b"first\n", 0o600, exclusive=True)
     with pytest.raises(FileExistsError):

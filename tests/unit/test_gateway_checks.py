@@ -1,10 +1,10 @@
-"""Table tests of gateway.checks (pure)."""
+"""Table tests of gateway.intake.checks (pure)."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.checks import (
+from gateway.intake.checks import (
     Limits,
     Neighbors,
     Outcome,

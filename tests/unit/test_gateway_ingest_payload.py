@@ -1,4 +1,4 @@
-"""gateway.ingest_payload: the contract's numbers to exact mWh, the signed kWh, consistency (table tests)."""
+"""gateway.intake.http_payload: the contract's numbers to exact mWh, the signed kWh, consistency (table tests)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from gateway.ingest_payload import (
+from gateway.intake.http_payload import (
     EXPORT_OBIS,
     IMPORT_OBIS,
     MWH_PER_KWH,

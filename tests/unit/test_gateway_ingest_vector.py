@@ -7,7 +7,7 @@ import hashlib
 import base58
 import pytest
 
-from gateway.ingest_http import rust_f64_display, signed_message
+from gateway.intake.http import rust_f64_display, signed_message
 from protocol import SigningKey, VerifyKey
 
 VECTOR_PUBKEY = "7225f0eae0344030d82419162bb65a868c48b71925dd78fa9ffbbc2a0303bfbc"

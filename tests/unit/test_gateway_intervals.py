@@ -1,4 +1,4 @@
-"""gateway.intervals: role mapping, epochs, oracle mirror, splitting, exact conservation (property tests)."""
+"""gateway.submit.intervals: role mapping, epochs, oracle mirror, splitting, exact conservation (property tests)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from gateway.intervals import OracleLimits, Planned, PlanState, Point, oracle_verdict, plan, split_value
+from gateway.submit.intervals import OracleLimits, Planned, PlanState, Point, oracle_verdict, plan, split_value
 from protocol import MeterRole
 
 E = 900  # epoch seconds

@@ -1,4 +1,4 @@
-"""gateway.intervals for interval-energy sources (GridTokenX HTTP ingest): exact mWh accumulation, epochs,
+"""gateway.submit.intervals for interval-energy sources (GridTokenX HTTP ingest): exact mWh accumulation, epochs,
 min_reading_interval by construction, sub-Wh carry, idle close, retired meters (table + property tests)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from gateway.intervals import OracleLimits, Planned, PlanState, Point, http_point, oracle_verdict, plan_http
+from gateway.submit.intervals import OracleLimits, Planned, PlanState, Point, http_point, oracle_verdict, plan_http
 from protocol import MeterRole
 
 E = 900

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gateway.checks import Limits, Outcome, Progress, advance, check_progress
-from gateway.intervals import OracleLimits, PlanState, Point, plan
+from gateway.intake.checks import Limits, Outcome, Progress, advance, check_progress
 from gateway.registry import Meter, MeterStatus
+from gateway.submit.intervals import OracleLimits, PlanState, Point, plan
 from protocol import MeterRole, Quality, decode_reading, key_id
 from protocol.reading import NOT_MEASURED
 from tests.gateway_support import T0_MS, key_for, reading

@@ -1,4 +1,4 @@
-"""Pure parts of gateway/oracle.py: wire-format size vs real serialization, error parsing, waves, key files."""
+"""Pure parts of gateway/oracle/: wire-format size vs real serialization, error parsing, waves, key files."""
 
 from __future__ import annotations
 
@@ -22,12 +22,13 @@ from solders.transaction_status import (
     TransactionErrorInstructionError,
 )
 
-from gateway import oracle_layout as ol
-from gateway.oracle_authority_key import create_authority_key_file, load_authority_keypair
-from gateway.oracle_errors import OracleClientError, TxFailure, parse_tx_error
-from gateway.oracle_instructions import estimate_compute_units, submit_instruction
-from gateway.oracle_submission import Submission
-from gateway.tx_packing import PACKET_DATA_SIZE, disjoint_wave, max_submits_per_tx, submit_tx_size
+from gateway.oracle.authority_key import create_authority_key_file, load_authority_keypair
+from gateway.oracle.errors import OracleClientError, TxFailure, parse_tx_error
+from gateway.oracle.instructions import estimate_compute_units, submit_instruction
+from gateway.oracle.packing import PACKET_DATA_SIZE, disjoint_wave, max_submits_per_tx, submit_tx_size
+from gateway.oracle.submission import Submission
+from oracle_interface import addresses
+from oracle_interface import layout as ol
 
 PID = Pubkey.from_string(ol.DEVNET_PROGRAM_ID)
 AUTH = Keypair()
@@ -37,8 +38,8 @@ def real_size(meter_ids: list[str], with_lookup_tables: bool) -> int:
     subs = [Submission(f"k{i}", m, 2**64 - 1, 0, 1_750_000_000, -1) for i, m in enumerate(meter_ids)]
     ixs = [set_compute_unit_limit(1_399_999), *(submit_instruction(PID, AUTH.pubkey(), s) for s in subs)]
     if with_lookup_tables:
-        addrs = [ol.oracle_data_pda(PID)[0], SYSTEM_PROGRAM_ID,
-                 *dict.fromkeys(ol.meter_state_pda(PID, m)[0] for m in meter_ids)]
+        addrs = [addresses.oracle_data_pda(PID)[0], SYSTEM_PROGRAM_ID,
+                 *dict.fromkeys(addresses.meter_state_pda(PID, m)[0] for m in meter_ids)]
         msg = MessageV0.try_compile(AUTH.pubkey(), ixs, [AddressLookupTableAccount(Pubkey.new_unique(), addrs)],
                                     Hash.default())
         return len(bytes(VersionedTransaction(msg, [AUTH])))
@@ -113,7 +114,7 @@ def test_waves_never_share_a_meter() -> None:
 
 def test_compute_unit_estimate() -> None:
     subs = [Submission("a", "METER-001", 1, 1, 1, 1), Submission("b", "METER-001", 1, 1, 2, 1)]
-    _, bump = ol.meter_state_pda(PID, "METER-001")
+    _, bump = addresses.meter_state_pda(PID, "METER-001")
     steps = 255 - bump
     assert estimate_compute_units(PID, subs, set(), 17_000, 14_500) == 1_000 + 17_000 + 14_500 + 2 * steps * 1_600
     assert estimate_compute_units(PID, subs, {"METER-001"}, 17_000, 14_500) == 1_000 + 2 * (14_500 + steps * 1_600)
@@ -145,13 +146,14 @@ def test_authority_key_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("cu_price", [0, 5])
 async def test_packing_is_tight_across_two_lookup_tables(cu_price: int) -> None:
-    from gateway.oracle import OracleClient, _Table
-    from gateway.oracle_instructions import meter_pda
+    from gateway.oracle.client import OracleClient
+    from gateway.oracle.instructions import meter_pda
+    from gateway.oracle.tables import Table as _Table
 
     client = OracleClient("http://127.0.0.1:9", ol.DEVNET_PROGRAM_ID, AUTH, cu_price_micro_lamports=cu_price)
     meters = [f"{'M' * (i % 23)}-{i:03d}" for i in range(120)]  # ids of 4..26 bytes
     pdas = [meter_pda(PID, m)[0] for m in meters]
-    client._tables = [_Table(Pubkey.new_unique(), [ol.oracle_data_pda(PID)[0], SYSTEM_PROGRAM_ID, *pdas[:70]]),
+    client._tables = [_Table(Pubkey.new_unique(), [addresses.oracle_data_pda(PID)[0], SYSTEM_PROGRAM_ID, *pdas[:70]]),
                       _Table(Pubkey.new_unique(), pdas[60:])]
     subs = [Submission(str(i), meters[(i * 7) % 120], 1, 1, i, 1) for i in range(400)]
     try:

@@ -7,7 +7,8 @@ import struct
 import pytest
 from solders.pubkey import Pubkey
 
-from gateway import oracle_layout as ol
+from oracle_interface import addresses as A
+from oracle_interface import layout as ol
 
 PROGRAM = Pubkey.from_string("64Vgos61STZ8pW9NnHi2iGtXMTQr7NqBoMorK6Zg8RJU")
 
@@ -42,17 +43,17 @@ def test_submit_worked_example_49_bytes() -> None:
 
 
 def test_pdas_match_reference_addresses() -> None:
-    assert ol.oracle_data_pda(PROGRAM) == (Pubkey.from_string("DfTLVsxZ5s9mwcBU7FNY6DG9wpaMdoPzisJzaC7psV4g"), 252)
-    assert ol.meter_state_pda(PROGRAM, "METER-001") == (
+    assert A.oracle_data_pda(PROGRAM) == (Pubkey.from_string("DfTLVsxZ5s9mwcBU7FNY6DG9wpaMdoPzisJzaC7psV4g"), 252)
+    assert A.meter_state_pda(PROGRAM, "METER-001") == (
         Pubkey.from_string("FSgUFMrEzPxwtYABtGWymZYfaf8jveVX1hu1DnL8Wy6E"),
         255,
     )
 
 
 def test_meter_id_longer_than_seed_is_refused() -> None:
-    ol.meter_state_pda(PROGRAM, "M" * 32)
+    A.meter_state_pda(PROGRAM, "M" * 32)
     with pytest.raises(ValueError, match="32 bytes"):
-        ol.meter_state_pda(PROGRAM, "M" * 33)
+        A.meter_state_pda(PROGRAM, "M" * 33)
     with pytest.raises(ValueError, match="32 bytes"):
         ol.submit_meter_reading_data("M" * 33, 1, 1, 1, 1)
 
@@ -82,7 +83,7 @@ def test_decode_oracle_data_offsets() -> None:
     struct.pack_into("<QQ", raw, 104, 5, 1_000_000)
     struct.pack_into("<HHBBB", raw, 168, 60, 1000, 1, 1, 100)
     cfg = ol.decode_oracle_data(bytes(raw))
-    assert (cfg.authority, cfg.chain_bridge) == (auth, bridge)
+    assert (cfg.authority, cfg.chain_bridge) == (str(auth), str(bridge))
     assert (cfg.min_energy_value, cfg.max_energy_value) == (5, 1_000_000)
     assert (cfg.min_reading_interval, cfg.max_production_consumption_ratio) == (60, 1000)
     assert cfg.active and cfg.anomaly_detection_enabled and cfg.last_quality_score == 100

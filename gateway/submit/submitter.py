@@ -7,8 +7,10 @@ One cycle (`run_once`):
    before (e.g. a crash after sending, before recording). They are confirmed only if the chain's
    total_readings equals the gateway's confirmed count plus those rows; otherwise they are held with
    reason `reconcile_mismatch` for a person to look at (never resent, never silently counted);
-4. mirror the oracle's checks on what is left (`intervals.oracle_verdict`, in order per meter);
-   FutureReading waits, any other failure holds the row with the oracle's error name;
+4. mirror the oracle's checks on what is left (`intervals.oracle_verdict`, in order per meter), judging
+   FutureReading by the CLUSTER's clock (the Clock sysvar, read once per cycle: a real cluster's clock drifts
+   from wall time) less DEFAULT_FUTURE_MARGIN_S; FutureReading waits, any other failure holds the row with the
+   oracle's error name;
 5. mark `sent` (durable) BEFORE the RPC, submit, record confirmed / rejected / retry. A `sent` row whose
    result never got recorded is due again only after DEFAULT_SENT_RECHECK_S (its blockhash has expired by
    then), and goes through step 3 first.
@@ -23,18 +25,23 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
-from gateway.intervals import OracleLimits, oracle_verdict, plan, plan_http
 from gateway.metrics import Metrics
+from gateway.oracle import MeterState, OracleConfig, Submission, SubmitResult
 from gateway.registry import MeterStatus, Registry
 from gateway.store import OutboxRow, Store
+from gateway.submit.intervals import OracleLimits, oracle_verdict, plan, plan_http
+from oracle_interface.layout import FUTURE_SKEW_S
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FIRST_BACKOFF_S = 1.0
 DEFAULT_MAX_ROWS_PER_CYCLE = 5000  # bounds one cycle's RPC work; the rest follows in the next cycle
-DEFAULT_FUTURE_MARGIN_S = 55  # the oracle allows +60 s; keep 5 s for clock differences with the validator
+# The oracle allows reading_timestamp up to its clock + 60 s (oracle_interface.layout.FUTURE_SKEW_S); a row is
+# sent only within 60 - 5 s of the cluster clock read at the start of the cycle (the cycle takes time, and the
+# bank that executes the transaction may lag the one that answered), else it waits for the cluster clock.
+DEFAULT_FUTURE_MARGIN_S = 5
 # A row marked `sent` whose result was never recorded (RPC dropped mid-submit, crash) is looked at again only
 # after this long: a transaction's blockhash expires after 150 slots (~60-90 s), so by then the lost
 # transaction has either landed (reconciled as confirmed) or can never land. Resending earlier races it: the
@@ -60,20 +67,21 @@ class ChainNotReady(RuntimeError):
 
 
 class OracleLike(Protocol):
-    """What the submitter needs from gateway.oracle.OracleClient (a fake in unit tests)."""
+    """What the submitter needs from gateway.oracle.OracleClient (a wrapper in tests)."""
 
-    async def fetch_config(self) -> Any: ...
-    async def fetch_meter_states(self, meter_ids: Sequence[str]) -> dict[str, Any]: ...
-    async def submit(self, subs: Sequence[Any]) -> list[Any]: ...
+    async def fetch_config(self) -> OracleConfig: ...
+    async def fetch_meter_states(self, meter_ids: Sequence[str]) -> dict[str, MeterState | None]: ...
+    async def fetch_chain_time(self) -> int: ...
+    async def submit(self, subs: Sequence[Submission]) -> list[SubmitResult]: ...
 
 
 class Submitter:
     def __init__(self, store: Store, registry: Registry, client: OracleLike, metrics: Metrics, *, epoch_s: int,
-                 authority: str | None = None, max_backoff_s: float = 60.0, make_submission: Callable[..., Any],
+                 authority: str | None = None, max_backoff_s: float = 60.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.store, self.registry, self.client, self.metrics = store, registry, client, metrics
         self.epoch_s, self.authority, self.max_backoff_s = epoch_s, authority, max_backoff_s
-        self.make_submission, self.clock = make_submission, clock
+        self.clock = clock
         self.on_cycle: Callable[[], None] | None = None  # e.g. persist the client's lookup tables
         self.backoff_s = 0.0
         self.limits: OracleLimits | None = None
@@ -177,6 +185,7 @@ class Submitter:
             if mid in by_meter:
                 by_meter[mid] = [r for r in by_meter[mid] if r.reading_timestamp < ts]
         states = await self.client.fetch_meter_states([m for m, mrows in by_meter.items() if mrows])
+        chain_now_s = await self.client.fetch_chain_time()
         to_send: list[OutboxRow] = []
         for mid, mrows in by_meter.items():
             if not mrows:
@@ -184,19 +193,19 @@ class Submitter:
             meter = self.registry.get(mid)
             if meter is not None and meter.status is MeterStatus.RETIRED:
                 mrows = self._hold_retired(mrows, int(now * 1000))
-            to_send += self._prepare(mid, mrows, states.get(mid), limits, int(now))
+            to_send += self._prepare(mid, mrows, states.get(mid), limits, int(now), chain_now_s)
         if not to_send:
             return {}
         now_ms = int(self.clock() * 1000)
         self.store.set_outbox([r.key for r in to_send], "sent", now_ms, attempt=True,
                               next_attempt_ms=now_ms + DEFAULT_SENT_RECHECK_S * 1000)
-        results = await self.client.submit([self.make_submission(
+        results = await self.client.submit([Submission(
             key=r.key, meter_id=r.meter_id, produced_wh=r.produced_wh, consumed_wh=r.consumed_wh,
             reading_timestamp=r.reading_timestamp, zone_id=r.zone_id) for r in to_send])
         return self._record(results, now_ms)
 
-    def _prepare(self, mid: str, rows: list[OutboxRow], chain: Any, limits: OracleLimits,
-                 now_s: int) -> list[OutboxRow]:
+    def _prepare(self, mid: str, rows: list[OutboxRow], chain: MeterState | None, limits: OracleLimits,
+                 now_s: int, chain_now_s: int) -> list[OutboxRow]:
         now_ms = now_s * 1000
         last_ts = chain.last_reading_timestamp if chain is not None else None
         landed = [r for r in rows if last_ts is not None and r.reading_timestamp <= last_ts]
@@ -207,9 +216,10 @@ class Submitter:
             if r in landed:
                 continue
             err = oracle_verdict(r.produced_wh, r.consumed_wh, r.reading_timestamp, last_ts, limits,
-                                 chain_now_s=now_s - (60 - DEFAULT_FUTURE_MARGIN_S))
-            if err == "FutureReading":
-                self.store.set_outbox([r.key], "pending", now_ms, next_attempt_ms=(r.reading_timestamp - 50) * 1000)
+                                 chain_now_s=chain_now_s - DEFAULT_FUTURE_MARGIN_S)
+            if err == "FutureReading":  # due when the cluster clock has caught up (it runs at about wall speed)
+                ahead_s = r.reading_timestamp - (chain_now_s - DEFAULT_FUTURE_MARGIN_S + FUTURE_SKEW_S)
+                self.store.set_outbox([r.key], "pending", now_ms, next_attempt_ms=now_ms + ahead_s * 1000)
                 break  # later rows of this meter must wait too (order)
             if err is not None:
                 self.store.set_outbox([r.key], "held", now_ms, reason=err)
@@ -226,7 +236,7 @@ class Submitter:
             self.store.set_outbox(held, "held", now_ms, reason="meter_retired")
         return [r for r in rows if r.key not in held]
 
-    def _reconcile(self, mid: str, landed: list[OutboxRow], chain: Any, now_ms: int) -> None:
+    def _reconcile(self, mid: str, landed: list[OutboxRow], chain: MeterState, now_ms: int) -> None:
         confirmed = self.store.conn.execute("SELECT COUNT(*) FROM outbox WHERE meter_id = ? AND status = 'confirmed'",
                                             (mid,)).fetchone()[0]
         keys = [r.key for r in landed]
@@ -240,7 +250,7 @@ class Submitter:
             log.error("%s: %s", mid, reason)
             self.store.set_outbox(keys, "held", now_ms, reason=reason)
 
-    def _record(self, results: list[Any], now_ms: int) -> dict[str, int]:
+    def _record(self, results: list[SubmitResult], now_ms: int) -> dict[str, int]:
         stats: Counter[str] = Counter()
         per_tx: Counter[str] = Counter()
         retry: list[str] = []

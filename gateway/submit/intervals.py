@@ -23,13 +23,9 @@ Intervals with no energy in either direction are not submitted (they would cost 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
+from oracle_interface.layout import FUTURE_SKEW_S, U64_MAX, OracleConfig
 from protocol import MeterRole
-
-U64_MAX = 2**64 - 1
-# The oracle refuses reading_timestamp > clock + 60 s (FutureReading).
-ORACLE_FUTURE_S = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +40,8 @@ class OracleLimits:
     active: bool = True
 
     @classmethod
-    def from_config(cls, cfg: Any) -> OracleLimits:
-        """From gateway.oracle_layout.OracleConfig (duck-typed, keeps this module free of solders)."""
+    def from_config(cls, cfg: OracleConfig) -> OracleLimits:
+        """From the decoded OracleData account."""
         return cls(cfg.min_energy_value, cfg.max_energy_value, cfg.min_reading_interval,
                    cfg.max_production_consumption_ratio, bool(cfg.anomaly_detection_enabled), bool(cfg.active))
 
@@ -55,7 +51,7 @@ def oracle_verdict(produced: int, consumed: int, ts: int, last_ts: int | None, l
     """The oracle's submit_meter_reading checks 2-7, in its order; returns its error name or None."""
     if not limits.active:
         return "OracleInactive"
-    if chain_now_s is not None and ts > chain_now_s + ORACLE_FUTURE_S:
+    if chain_now_s is not None and ts > chain_now_s + FUTURE_SKEW_S:
         return "FutureReading"
     if last_ts is not None:
         if ts <= last_ts:

@@ -11,23 +11,27 @@ from pathlib import Path
 
 from solders.keypair import Keypair
 
-from gateway.durable_file import write_durably
-from gateway.oracle_errors import OracleClientError
+from base.durable_file import write_durably
+from base.key_file import KEY_FILE_MODE, KeyFileError, read_private_file
+from gateway.oracle.errors import OracleClientError
+
+MAX_AUTHORITY_KEY_BYTES = 1024  # solana-keygen JSON of 64 bytes is at most ~260 characters
 
 
 def load_authority_keypair(path: str | Path) -> Keypair:
     """The chain_bridge keypair: solana-keygen JSON (64-byte array) or 64 hex chars of an Ed25519 seed."""
     p = Path(path)
     try:
-        st = p.stat()
-        text = p.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        raise OracleClientError(f"{p}: authority key file missing (create one with solana-keygen or "
-                                "`gridmeter gateway keygen`)") from None
-    except (OSError, UnicodeDecodeError) as e:
+        raw = read_private_file(p, max_bytes=MAX_AUTHORITY_KEY_BYTES,
+                                missing_hint=f"create one with `gridmeter gateway authority-key {p}` or solana-keygen",
+                                symlink_hint="point chain.authority_key_file at the key file itself")
+        if len(raw) > MAX_AUTHORITY_KEY_BYTES:
+            raise KeyFileError(f"{p}: larger than {MAX_AUTHORITY_KEY_BYTES} bytes: not a keypair file")
+        text = raw.decode("ascii").strip()
+    except KeyFileError as e:
+        raise OracleClientError(str(e)) from None
+    except UnicodeDecodeError as e:
         raise OracleClientError(f"{p}: cannot read authority key file ({e})") from e
-    if st.st_mode & 0o077:
-        raise OracleClientError(f"{p}: readable by group/other (mode {st.st_mode & 0o777:o}); chmod 600 it")
     try:
         if text.startswith("["):
             raw = bytes(json.loads(text))
@@ -47,11 +51,14 @@ def load_authority_keypair(path: str | Path) -> Keypair:
 def create_authority_key_file(path: str | Path, *, overwrite: bool = False) -> Keypair:
     """Write a new keypair in solana-keygen JSON format, mode 0600 (tmp + fsync + rename + fsync dir)."""
     p = Path(path)
+    exists = f"{p}: already exists (refusing to overwrite a key)"
     if p.exists() and not overwrite:
-        raise OracleClientError(f"{p}: already exists (refusing to overwrite a key)")
+        raise OracleClientError(exists)
     kp = Keypair()
     try:
-        write_durably(p, json.dumps(list(bytes(kp))).encode() + b"\n", 0o600)
+        write_durably(p, json.dumps(list(bytes(kp))).encode() + b"\n", KEY_FILE_MODE, exclusive=not overwrite)
+    except FileExistsError:
+        raise OracleClientError(exists) from None
     except OSError as exc:
         raise OracleClientError(f"{p}: cannot write authority key file ({exc.strerror or exc})") from exc
     return kp

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway import oracle_layout as ol
+from oracle_interface import layout as ol
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway import fleet
-from gateway.checks import Limits, TokenBucket
-from gateway.ingest_payload import (
+from gateway.intake.checks import Limits, TokenBucket, implausible_energy, read_at_window
+from gateway.intake.http_payload import (
     EXPORT_OBIS,
     IMPORT_OBIS,
     IngestReading,
@@ -73,7 +73,6 @@ DEFAULT_MAX_CLIENTS_TRACKED = 10_000
 # A body is < 1 KiB: a client that has not sent all of it within this time stalled (or is holding
 # connections open on purpose). It gets 408 and the connection is closed.
 DEFAULT_BODY_READ_TIMEOUT_S = 10.0
-_MS_PER_HOUR = 3_600_000
 
 
 class HttpIngest:
@@ -175,11 +174,8 @@ class HttpIngest:
 
     def _time_checks(self, r: IngestReading, rated_w: int) -> None:
         now_ms, ts_ms = int(self.clock() * 1000), r.timestamp_s * 1000
-        if ts_ms > now_ms + self.limits.future_skew_ms:
-            raise IngestRefused(400, "read_at_future", f"timestamp {r.timestamp_s} is in the future")
-        if ts_ms < now_ms - self.limits.acceptance_window_ms:
-            raise IngestRefused(400, "read_at_too_old",
-                                f"timestamp {r.timestamp_s} is older than the acceptance window")
+        if window := read_at_window(ts_ms, now_ms, self.limits):
+            raise IngestRefused(400, window[0].value, f"timestamp {r.timestamp_s}: {window[1]}")
         last = self.store.last_http_timestamp_ms(r.meter_id)
         if last is not None and ts_ms == last:
             raise IngestRefused(409, "duplicate", f"{r.meter_id}: timestamp {r.timestamp_s} already ingested",
@@ -189,12 +185,9 @@ class HttpIngest:
                                                                f"{last // 1000}")
         # A meter's first reading has no previous one: it can span at most the acceptance window.
         dt_ms = ts_ms - last if last is not None else self.limits.acceptance_window_ms
-        allowed = rated_w * dt_ms * (100 + self.limits.plausibility_margin_pct)  # in Wh * 100 * ms/h
-        allowed += self.limits.plausibility_slack_wh * 100 * _MS_PER_HOUR
-        most = max(r.import_mwh, r.export_mwh)
-        if most * 100 * _MS_PER_HOUR > allowed * 1000:
-            raise IngestRefused(400, "implausible_energy", f"{wh_text(most)} Wh in {dt_ms // 1000} s exceeds "
-                                                           f"rated {rated_w} W")
+        for name, mwh in (("import", r.import_mwh), ("export", r.export_mwh)):
+            if problem := implausible_energy(name, mwh, dt_ms, rated_w, self.limits):
+                raise IngestRefused(400, "implausible_energy", problem)
 
     def _quarantine(self, body: bytes, exc: IngestRefused) -> None:
         self.metrics.rejected.labels("http", exc.reason).inc()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 
-from gateway.oracle_submission import Submission
+from gateway.oracle.submission import Submission
 
 PACKET_DATA_SIZE = 1232  # max serialized transaction size a validator accepts (IPv6 MTU - headers)
 V0_STATIC_KEYS = 3  # with lookup tables: authority, ComputeBudget program, oracle program

@@ -1,6 +1,6 @@
-"""What goes into the oracle client's transactions (pure): the oracle's PDAs, the submit_meter_reading
-instruction, the address lookup table program's create/extend instructions, and the compute-unit limit
-estimated for a batch of submissions."""
+"""What goes into the oracle client's transactions (pure): the oracle's PDAs (cached), the submit_meter_reading
+instruction (accounts from oracle_interface.instructions), the address lookup table program's create/extend
+instructions, and the compute-unit limit estimated for a batch of submissions."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from solders.instruction import AccountMeta, Instruction
 from solders.pubkey import Pubkey
 from solders.system_program import ID as SYSTEM_PROGRAM_ID
 
-from gateway import oracle_layout as ol
-from gateway.oracle_submission import Submission
+from gateway.oracle.submission import Submission
+from oracle_interface.addresses import meter_state_pda, oracle_data_pda
+from oracle_interface.instructions import submit_meter_reading_instruction
 
 # Compute units per submit_meter_reading. Measured on localchain/program/oracle.so: 13,302 for a meter's first
 # reading (creates the account) and 11,732 after when the MeterState bump is 255, plus 1,500 per bump-search step
@@ -33,28 +34,18 @@ DEFAULT_PDA_CACHE = 65_536  # meter PDAs kept (32 + a few bytes each)
 @functools.lru_cache(maxsize=DEFAULT_PDA_CACHE)
 def meter_pda(program_id: Pubkey, meter_id: str) -> tuple[Pubkey, int]:
     """MeterState PDA and bump (cached: the bump search is the costly part of packing)."""
-    return ol.meter_state_pda(program_id, meter_id)
+    return meter_state_pda(program_id, meter_id)
 
 
 @functools.lru_cache(maxsize=16)
 def oracle_pda(program_id: Pubkey) -> Pubkey:
-    return ol.oracle_data_pda(program_id)[0]
+    return oracle_data_pda(program_id)[0]
 
 
 def submit_instruction(program_id: Pubkey, authority: Pubkey, sub: Submission) -> Instruction:
-    oracle_data = oracle_pda(program_id)
-    meter_state, _ = meter_pda(program_id, sub.meter_id)
-    return Instruction(
-        program_id,
-        ol.submit_meter_reading_data(sub.meter_id, sub.produced_wh, sub.consumed_wh, sub.reading_timestamp,
-                                     sub.zone_id),
-        [
-            AccountMeta(oracle_data, is_signer=False, is_writable=False),
-            AccountMeta(meter_state, is_signer=False, is_writable=True),
-            AccountMeta(authority, is_signer=True, is_writable=True),
-            AccountMeta(SYSTEM_PROGRAM_ID, is_signer=False, is_writable=False),
-        ],
-    )
+    return submit_meter_reading_instruction(
+        program_id, authority, sub.meter_id, sub.produced_wh, sub.consumed_wh, sub.reading_timestamp, sub.zone_id,
+        oracle_data=oracle_pda(program_id), meter_state=meter_pda(program_id, sub.meter_id)[0])
 
 
 def create_lookup_table_instruction(authority: Pubkey, payer: Pubkey, recent_slot: int) -> tuple[Instruction, Pubkey]:

@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from gateway.checks import (
+from gateway.health import held_reason
+from gateway.intake.checks import (
     ACCEPTED,
     NO_PROGRESS,
     Limits,
@@ -42,7 +43,6 @@ from gateway.checks import (
     check_progress,
     verify_signatures,
 )
-from gateway.health import held_reason
 from gateway.metrics import Metrics
 from gateway.registry import Meter, MeterStatus, Registry
 from gateway.store import BatchWrite, ReadingRow, RejectionRow, Store, quarantine_cost

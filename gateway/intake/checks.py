@@ -19,11 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from base.plausibility import exceeds_rating, mean_power_w
 from gateway.registry import Meter, MeterStatus
 from protocol import BadSignatureError, BatchItem, InvalidFieldError, Quality, Reading, VerifyKey
-
-_MS_PER_HOUR = 3_600_000
-_PLAUSIBILITY_SCALE = 100 * _MS_PER_HOUR  # percent x ms per hour
 
 
 class Outcome(StrEnum):
@@ -183,10 +181,8 @@ def check_progress(r: Reading, meter: Meter, progress: Progress, now_ms: int, li
 
 def _time_checks(r: Reading, progress: Progress, now_ms: int, limits: Limits) -> Verdict | None:
     at = r.read_at_ms
-    if at > now_ms + limits.future_skew_ms:
-        return _reject(Reason.READ_AT_FUTURE, f"read_at {at} is {at - now_ms} ms ahead")
-    if at < now_ms - limits.acceptance_window_ms:
-        return _reject(Reason.READ_AT_TOO_OLD, f"read_at {at} is {now_ms - at} ms old")
+    if window := read_at_window(at, now_ms, limits):
+        return _reject(*window)
     last = progress.last_read_at_ms
     if last is not None and at <= last:
         return _reject(Reason.READ_AT_NOT_INCREASING, f"read_at {at} <= last {last}")
@@ -214,20 +210,30 @@ def _counter_checks(r: Reading, meter: Meter, progress: Progress, limits: Limits
     if exp < old_exp:
         return _reject(Reason.COUNTER_DECREASED, f"energy_export_wh {exp} < last {old_exp}")
     dt_ms = r.read_at_ms - last_at
-    # delta_wh <= rated_w * dt_h * (1 + margin) + slack, in integers (x 100 * 3.6e6)
-    allowed = meter.rated_max_power_w * dt_ms * (100 + limits.plausibility_margin_pct)
-    allowed += limits.plausibility_slack_wh * _PLAUSIBILITY_SCALE
-    if (imp - old_imp) * _PLAUSIBILITY_SCALE > allowed:
-        return _implausible("import", imp - old_imp, dt_ms, meter)
-    if (exp - old_exp) * _PLAUSIBILITY_SCALE > allowed:
-        return _implausible("export", exp - old_exp, dt_ms, meter)
+    for name, delta_wh in (("import", imp - old_imp), ("export", exp - old_exp)):
+        if problem := implausible_energy(name, delta_wh * 1000, dt_ms, meter.rated_max_power_w, limits):
+            return _reject(Reason.IMPLAUSIBLE_ENERGY, problem)
     return None
 
 
-def _implausible(name: str, delta_wh: int, dt_ms: int, meter: Meter) -> Verdict:
-    mean_w = delta_wh * _MS_PER_HOUR // max(dt_ms, 1)
-    return _reject(Reason.IMPLAUSIBLE_ENERGY, f"energy_{name}_wh +{delta_wh} Wh in {dt_ms} ms = {mean_w} W "
-                                              f"> rated {meter.rated_max_power_w} W")
+def implausible_energy(name: str, delta_mwh: int, dt_ms: int, rated_w: int, limits: Limits) -> str | None:
+    """The rated-power rule (base.plausibility) with the configured margin and slack; used by the MQTT checks
+    and the HTTP ingest alike. Returns why the rise is implausible, or None."""
+    if not exceeds_rating(delta_mwh, dt_ms, rated_w, margin_pct=limits.plausibility_margin_pct,
+                          slack_wh=limits.plausibility_slack_wh):
+        return None
+    return (f"energy_{name}_wh +{delta_mwh // 1000} Wh in {dt_ms} ms = {mean_power_w(delta_mwh, dt_ms)} W "
+            f"> rated {rated_w} W")
+
+
+def read_at_window(at_ms: int, now_ms: int, limits: Limits) -> tuple[Reason, str] | None:
+    """A reading's time against the gateway's clock: not beyond the future skew, not older than the acceptance
+    window (MQTT and HTTP entries alike). Returns the reason and detail, or None."""
+    if at_ms > now_ms + limits.future_skew_ms:
+        return Reason.READ_AT_FUTURE, f"read_at {at_ms} is {at_ms - now_ms} ms ahead"
+    if at_ms < now_ms - limits.acceptance_window_ms:
+        return Reason.READ_AT_TOO_OLD, f"read_at {at_ms} is {now_ms - at_ms} ms old"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,10 +251,8 @@ def check_late(r: Reading, neighbors: Neighbors, now_ms: int, limits: Limits) ->
     (counters are cumulative, so skipping one loses no energy)."""
     if not r.good:
         return Verdict(Outcome.HOLD, Reason.QUALITY, "late; quality not good")
-    if r.read_at_ms > now_ms + limits.future_skew_ms:
-        return _reject(Reason.READ_AT_FUTURE, f"late reading: read_at {r.read_at_ms} is in the future")
-    if r.read_at_ms < now_ms - limits.acceptance_window_ms:
-        return _reject(Reason.READ_AT_TOO_OLD, f"late reading: read_at {r.read_at_ms} is too old")
+    if window := read_at_window(r.read_at_ms, now_ms, limits):
+        return _reject(window[0], f"late reading: {window[1]}")
     for nb, later in ((neighbors.prev, False), (neighbors.next, True)):
         if nb is None:
             continue

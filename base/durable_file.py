@@ -1,9 +1,10 @@
-"""Durable file replacement on the device: key files, public keys, the agent config, provisioning records.
+"""Durable file replacement: key files, public keys, configs, provisioning records, the local chain's state.
 
 tmp (mode and owner set before any byte is written, so a secret is never readable by others, not even for a
 moment) + fsync + rename (or link, for no-clobber) + fsync(dir): a power cut in the cellar leaves the old file
-or the new one, never half of one, and the rename itself survives (style rule 7).
-gateway/durable_file.py is the gateway's copy: agent and gateway never import each other.
+or the new one, never half of one, and the rename itself survives (style rule 7). exclusive=True links the
+finished temporary file into place, so two writers racing for a new file cannot both win.
+Used by agent, gateway, provisioning and localchain alike (the one copy: it lives below all of them).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""The GridTokenX oracle program's interface, as bytes (pure; no RPC).
+"""The GridTokenX oracle program's interface, as bytes (pure; no RPC, no solders).
 
 Facts from the oracle IDL (see README "Oracle interface"): Anchor discriminators, Borsh little-endian
-arguments, PDA seeds, the zero-copy OracleData layout (176 bytes) and Borsh MeterState (102 bytes),
-and custom error codes 6000-6011. The program ID is configuration, never a constant here.
+arguments, the zero-copy OracleData layout (176 bytes) and Borsh MeterState (102 bytes), custom error codes
+6000-6011, and the program's clock rule (FUTURE_SKEW_S). Account keys are base58 strings here. PDAs are in
+oracle_interface.addresses, instructions with their account lists in oracle_interface.instructions.
+The program ID is configuration; DEVNET_PROGRAM_ID is only its default (the one definition).
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from solders.pubkey import Pubkey
+import base58
 
-DEVNET_PROGRAM_ID = "64Vgos61STZ8pW9NnHi2iGtXMTQr7NqBoMorK6Zg8RJU"  # default for config only; changed 19 times
+# The devnet deployment of the GridTokenX oracle (since 2026-06-07). It changed 19 times in the program's
+# history, so it is only a default: production sets chain.program_id.
+DEVNET_PROGRAM_ID = "64Vgos61STZ8pW9NnHi2iGtXMTQr7NqBoMorK6Zg8RJU"
 MAX_METER_ID_SEED = 32
 ORACLE_DATA_SIZE = 176
 METER_STATE_SIZE = 102
@@ -62,7 +66,7 @@ ERRORS: dict[int, str] = {
 }
 ERROR_CODES: dict[str, int] = {v: k for k, v in ERRORS.items()}
 
-FUTURE_SKEW_S = 60  # reading_timestamp <= clock + 60 (check 4)
+FUTURE_SKEW_S = 60  # the program refuses reading_timestamp > Clock::unix_timestamp + 60 (check 4, FutureReading)
 U64_MAX = 2**64 - 1
 
 
@@ -95,16 +99,25 @@ def submit_meter_reading_data(
     )
 
 
-def initialize_data(chain_bridge: Pubkey) -> bytes:
-    return DISC_INITIALIZE + bytes(chain_bridge)
+def _key32(key: object) -> bytes:
+    raw = bytes(key)  # type: ignore[call-overload]  # a solders Pubkey or 32 bytes
+    if len(raw) != 32:
+        raise ValueError(f"an account key is 32 bytes (got {len(raw)})")
+    return raw
+
+
+def initialize_data(chain_bridge: object) -> bytes:
+    """chain_bridge: a Pubkey or its 32 bytes."""
+    return DISC_INITIALIZE + _key32(chain_bridge)
 
 
 def update_oracle_status_data(active: bool) -> bytes:
     return DISC_UPDATE_ORACLE_STATUS + struct.pack("<?", active)
 
 
-def update_api_gateway_data(new_api_gateway: Pubkey) -> bytes:
-    return DISC_UPDATE_API_GATEWAY + bytes(new_api_gateway)
+def update_api_gateway_data(new_api_gateway: object) -> bytes:
+    """new_api_gateway: a Pubkey or its 32 bytes."""
+    return DISC_UPDATE_API_GATEWAY + _key32(new_api_gateway)
 
 
 def update_production_ratio_config_data(max_ratio: int) -> bytes:
@@ -123,23 +136,12 @@ def aggregate_readings_data(total_produced: int, total_consumed: int, valid: int
     return DISC_AGGREGATE_READINGS + struct.pack("<QQQQ", total_produced, total_consumed, valid, rejected)
 
 
-def oracle_data_pda(program_id: Pubkey) -> tuple[Pubkey, int]:
-    return Pubkey.find_program_address([b"oracle_data"], program_id)
-
-
-def meter_state_pda(program_id: Pubkey, meter_id: str) -> tuple[Pubkey, int]:
-    seed = meter_id.encode("utf-8")
-    if len(seed) > MAX_METER_ID_SEED:
-        raise ValueError(f"meter_id {meter_id!r}: more than {MAX_METER_ID_SEED} bytes cannot be a PDA seed")
-    return Pubkey.find_program_address([b"meter", seed], program_id)
-
-
 @dataclass(frozen=True, slots=True)
 class OracleConfig:
-    """Decoded OracleData account (the thresholds the gateway mirrors)."""
+    """Decoded OracleData account (the thresholds the gateway mirrors). Keys are base58 strings."""
 
-    authority: Pubkey
-    chain_bridge: Pubkey
+    authority: str
+    chain_bridge: str
     total_readings: int
     last_reading_timestamp: int
     last_clearing: int
@@ -159,6 +161,10 @@ class OracleConfig:
     last_quality_score: int
 
 
+def _base58(raw: bytes) -> str:
+    return base58.b58encode(raw).decode("ascii")
+
+
 def decode_oracle_data(data: bytes) -> OracleConfig:
     if len(data) < ORACLE_DATA_SIZE:
         raise LayoutError(f"OracleData: {len(data)} bytes, expected {ORACLE_DATA_SIZE}")
@@ -166,8 +172,8 @@ def decode_oracle_data(data: bytes) -> OracleConfig:
         raise LayoutError(f"OracleData: discriminator {data[:8].hex()} != {ACCOUNT_ORACLE_DATA.hex()}")
     u = struct.unpack_from("<QqqqQQQQqQQqHHBBB", data, 72)
     return OracleConfig(
-        authority=Pubkey.from_bytes(data[8:40]),
-        chain_bridge=Pubkey.from_bytes(data[40:72]),
+        authority=_base58(data[8:40]),
+        chain_bridge=_base58(data[40:72]),
         total_readings=u[0],
         last_reading_timestamp=u[1],
         last_clearing=u[2],

@@ -1,5 +1,6 @@
 """Strict reading of one TOML table: typed values, error messages naming the key path and the value received,
-unknown keys rejected. Errors are collected (not raised) so one run reports every problem of a file."""
+unknown keys rejected. Errors are collected (not raised) so one run reports every problem of a file.
+The agent config and the gateway config both read through Table."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Submitting interval readings to the GridTokenX oracle over any Solana JSON-RPC URL (solana-py + solders).
 
-The gateway's only chain client (oracle_landing sends and confirms its transactions). It reaches the local
+The gateway's only chain client (landing.py sends and confirms its transactions). It reaches the local
 test chain exactly as it reaches devnet.
 
 How a batch of submissions becomes transactions:
@@ -8,16 +8,20 @@ How a batch of submissions becomes transactions:
   system program). Packed into v0 transactions whose non-signer accounts come from address lookup tables that
   this client creates and extends as meters appear (oracle_data, the system program and each MeterState PDA:
   one index byte per account instead of 32 bytes), as many as fit in the 1232-byte packet limit.
-- Every transaction starts with SetComputeUnitLimit = estimated CU + a per-transaction nonce, so a re-signed
-  or repeated batch is never byte-identical (a validator silently drops duplicates).
+- Every transaction starts with SetComputeUnitLimit = the units its simulation consumed + 10% + 1,000 (the
+  fixed estimates only when simulation fails) + a per-transaction nonce, so a re-signed or repeated batch is
+  never byte-identical (a validator silently drops duplicates). A transaction that still runs out of compute
+  (ProgramFailedToComplete / ComputationalBudgetExceeded, which name an instruction but are the transaction's
+  budget) is resent with its limit doubled, up to the 1.4M cap; at the cap it is split; a single submission
+  that does not fit is `retry`.
 - Transactions in flight at the same time never share a meter (ordering per meter is kept).
 - A transaction that fails (preflight or on chain) names the failing instruction; that submission is rejected
   with the oracle's error name, the rest are checked with simulateTransaction until clean and resubmitted.
 - Blockhash expiry: after lastValidBlockHeight passes without the signature landing (checked once more), the
   batch is re-signed with a fresh blockhash and a new nonce.
 
-OracleClient (reads, submit, lookup tables) lives here; its parts live in oracle_submission, oracle_instructions,
-tx_packing, oracle_landing, oracle_errors and oracle_authority_key (their public names are re-exported here).
+OracleClient (reads, submit, compute budget) lives here; its parts live beside it in gateway/oracle/: tables
+(address lookup tables), submission, instructions, packing, landing, errors and authority_key.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import logging
 import random
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,55 +38,48 @@ from solana.exceptions import SolanaRpcException
 from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Commitment
 from solana.rpc.core import RPCException
-from solders.address_lookup_table_account import ID as ALT_PROGRAM_ID
-from solders.address_lookup_table_account import AddressLookupTable, AddressLookupTableAccount
 from solders.compute_budget import set_compute_unit_limit, set_compute_unit_price
 from solders.hash import Hash
 from solders.instruction import Instruction
 from solders.keypair import Keypair
 from solders.message import MessageV0
 from solders.pubkey import Pubkey
-from solders.signature import Signature
 from solders.system_program import ID as SYSTEM_PROGRAM_ID
+from solders.sysvar import CLOCK as CLOCK_SYSVAR
 from solders.transaction import VersionedTransaction
 
-from gateway import oracle_layout as ol
-from gateway.oracle_authority_key import create_authority_key_file, load_authority_keypair
-from gateway.oracle_errors import OracleClientError, TxFailure, parse_tx_error
-from gateway.oracle_instructions import (
-    DEFAULT_CU_BASE,
+from gateway.oracle.authority_key import load_authority_keypair
+from gateway.oracle.errors import OracleClientError, TxFailure, parse_tx_error
+from gateway.oracle.instructions import (
     DEFAULT_CU_FIRST_READING,
     DEFAULT_CU_NONCE_RANGE,
-    DEFAULT_CU_PER_BUMP_STEP,
     DEFAULT_CU_READING,
     MAX_CU_PER_TX,
-    create_lookup_table_instruction,
     estimate_compute_units,
-    extend_lookup_table_instruction,
     meter_pda,
-    oracle_pda,
     submit_instruction,
 )
-from gateway.oracle_landing import Landing, TxBuilder, land
-from gateway.oracle_submission import Submission, SubmitResult, rejected_before_sending, settled_by_chain_state
-from gateway.tx_packing import (
-    PACKET_DATA_SIZE,
-    disjoint_wave,
-    max_submits_per_tx,
-    pack_submits,
-    submit_data_len,
-    submit_tx_size,
-)
+from gateway.oracle.landing import Landing, TxBuilder, land
+from gateway.oracle.packing import PACKET_DATA_SIZE, disjoint_wave, pack_submits
+from gateway.oracle.submission import Submission, SubmitResult, rejected_before_sending, settled_by_chain_state
+from gateway.oracle.tables import LookupTables, Table
+from oracle_interface import layout as ol
+from oracle_interface.addresses import oracle_data_pda
 
 log = logging.getLogger(__name__)
 
-LOOKUP_TABLE_MAX_ADDRESSES = 256
+CLOCK_SYSVAR_SIZE = 40  # slot, epoch_start_timestamp, epoch, leader_schedule_epoch, unix_timestamp
+CLOCK_UNIX_TIMESTAMP_OFFSET = 32
 DEFAULT_POLL_S = 0.25  # signature-status polling interval (a slot is ~0.4 s)
-DEFAULT_CU_TABLE_ADMIN = 100_000  # lookup table program (core BPF): measured 22.3k create+extend, 11.8k extend
-DEFAULT_EXTEND_CHUNK = 20  # addresses per ExtendLookupTable transaction (fits 1232 bytes with the create ix)
-DEFAULT_TABLE_READY_TIMEOUT_S = 30.0  # waiting for the slot after an extension (a few hundred ms normally)
 DEFAULT_RPC_TIMEOUT_S = 30.0
 MAX_ACCOUNTS_PER_REQUEST = 100  # getMultipleAccounts limit
+# Compute budget from simulation: each transaction is simulated (at the highest limit) before it is signed, and
+# its limit is the units it consumed plus this margin. The fixed estimates (instructions.DEFAULT_CU_*) are used
+# only when a simulation fails (sending then decides) or when simulate_budget is off.
+DEFAULT_CU_MARGIN_PCT = 10
+DEFAULT_CU_MARGIN_UNITS = 1_000
+CU_LIMIT_CAP = MAX_CU_PER_TX - DEFAULT_CU_NONCE_RANGE  # the nonce is added on top
+OUT_OF_COMPUTE = frozenset({"ProgramFailedToComplete", "ComputationalBudgetExceeded"})
 
 
 def rpc_failure_reason(exc: BaseException) -> str | None:
@@ -97,16 +93,7 @@ def rpc_failure_reason(exc: BaseException) -> str | None:
     return None
 
 
-@dataclass
-class _Table:
-    address: Pubkey
-    addresses: list[Pubkey] = field(default_factory=list)
-
-    def account(self) -> AddressLookupTableAccount:
-        return AddressLookupTableAccount(self.address, list(self.addresses))
-
-
-class OracleClient:
+class OracleClient(LookupTables):
     def __init__(
         self,
         rpc_url: str,
@@ -121,6 +108,7 @@ class OracleClient:
         cu_price_micro_lamports: int = 0,
         poll_s: float = DEFAULT_POLL_S,
         rpc_timeout_s: float = DEFAULT_RPC_TIMEOUT_S,
+        simulate_budget: bool = True,
     ) -> None:
         self.rpc_url = rpc_url
         self.program_id = Pubkey.from_string(program_id)
@@ -130,18 +118,21 @@ class OracleClient:
         self.cu_first_reading = cu_first_reading
         self.cu_reading = cu_reading
         self.cu_price = cu_price_micro_lamports
+        self.simulate_budget = simulate_budget
+        self._cu_limit: dict[tuple[str, ...], int] = {}  # batch (submission keys) -> its limit, within one submit
         self.poll_s = poll_s
         self._rpc = AsyncClient(rpc_url, commitment=commitment, timeout=rpc_timeout_s)
-        self._oracle_data = ol.oracle_data_pda(self.program_id)[0]
+        self._oracle_data = oracle_data_pda(self.program_id)[0]
         self._table_seed = [Pubkey.from_string(t) for t in lookup_tables]
-        self._tables: list[_Table] | None = None
+        self._tables: list[Table] | None = None
         self._ready_slot: dict[Pubkey, int] = {}  # address -> first slot it resolves from its table
         self._existing: set[str] = set()  # meters known to have a MeterState
         self._nonce = random.randrange(DEFAULT_CU_NONCE_RANGE)
         self._table_lock = asyncio.Lock()
         self._submit_lock = asyncio.Lock()  # one submit at a time: per-meter order across transactions
         self._used_recent_slots: set[int] = set()
-        self.stats = {"transactions": 0, "failed_transactions": 0, "resigned": 0, "simulations": 0}
+        self.stats = {"transactions": 0, "failed_transactions": 0, "resigned": 0, "simulations": 0,
+                      "budget_simulations": 0, "budget_raises": 0}
 
     @classmethod
     def from_key_file(cls, rpc_url: str, program_id: str, key_file: str | Path, **kw: Any) -> OracleClient:
@@ -155,11 +146,6 @@ class OracleClient:
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.close()
-
-    @property
-    def lookup_tables(self) -> list[str]:
-        """Addresses of this client's lookup tables (persist them and pass back as `lookup_tables=`)."""
-        return [str(t.address) for t in self._tables or []] or [str(t) for t in self._table_seed]
 
     # ---- reads --------------------------------------------------------------------------------------------
     async def fetch_config(self) -> ol.OracleConfig:
@@ -175,6 +161,17 @@ class OracleClient:
             return ol.decode_oracle_data(bytes(resp.value.data))
         except ol.LayoutError as e:
             raise OracleClientError(f"oracle_data {self._oracle_data}: {e}") from e
+
+    async def fetch_chain_time(self) -> int:
+        """The cluster's clock (Clock sysvar unix_timestamp, seconds) at the client's commitment: what the oracle
+        compares reading_timestamp with (FutureReading). A real cluster's clock drifts from wall time."""
+        try:
+            resp = await self._rpc.get_account_info(CLOCK_SYSVAR, encoding="base64")
+        except (SolanaRpcException, RPCException) as e:
+            raise OracleClientError(f"{self.rpc_url}: cannot read the Clock sysvar: {e}") from e
+        if resp.value is None or len(resp.value.data) < CLOCK_SYSVAR_SIZE:
+            raise OracleClientError(f"{self.rpc_url}: Clock sysvar missing or short")
+        return int(struct.unpack_from("<q", bytes(resp.value.data), CLOCK_UNIX_TIMESTAMP_OFFSET)[0])
 
     async def fetch_meter_states(self, meter_ids: Sequence[str]) -> dict[str, ol.MeterState | None]:
         out: dict[str, ol.MeterState | None] = {}
@@ -221,6 +218,7 @@ class OracleClient:
         if todo:
             try:
                 async with self._submit_lock:
+                    self._cu_limit.clear()
                     await self._submit(subs, todo, results)
             except (OracleClientError, SolanaRpcException, RPCException, OSError, ValueError) as e:
                 log.error("submit: %s: %s", type(e).__name__, e)
@@ -244,11 +242,11 @@ class OracleClient:
         batches = self._pack(subs, pending)
         while batches:
             wave, batches = disjoint_wave(subs, batches)
+            if self.simulate_budget:
+                await asyncio.gather(*(self._budget_from_simulation(subs, b) for b in wave))
             landings = await self._land([self._builder(subs, b) for b in wave])
             for batch, landing in zip(wave, landings, strict=True):
-                again = await self._settle(subs, batch, landing, results)
-                if again:
-                    batches.insert(0, again)
+                batches[:0] = await self._settle(subs, batch, landing, results)
 
     def _pack(self, subs: Sequence[Submission], idx: list[int]) -> list[list[int]]:
         """Greedy: consecutive submissions per transaction while it fits 1232 bytes (wire-format arithmetic,
@@ -272,18 +270,29 @@ class OracleClient:
     def _tx_size(self, subs: Sequence[Submission], batch: list[int]) -> int:
         return len(bytes(self._build(subs, batch, Hash.default())))
 
-    def _instructions(self, subs: Sequence[Submission], batch: list[int]) -> list[Instruction]:
+    def _batch_key(self, subs: Sequence[Submission], batch: list[int]) -> tuple[str, ...]:
+        return tuple(subs[i].key for i in batch)
+
+    def _cu_for(self, subs: Sequence[Submission], batch: list[int]) -> int:
+        """The batch's limit from simulation (or raised after running out), else the fixed estimate."""
+        known = self._cu_limit.get(self._batch_key(subs, batch))
+        if known is not None:
+            return known
+        return estimate_compute_units(self.program_id, [subs[i] for i in batch], self._existing,
+                                      self.cu_first_reading, self.cu_reading)
+
+    def _instructions(self, subs: Sequence[Submission], batch: list[int], cu: int | None = None) -> list[Instruction]:
         self._nonce = (self._nonce + 1) % DEFAULT_CU_NONCE_RANGE
-        cu = estimate_compute_units(self.program_id, [subs[i] for i in batch], self._existing,
-                                    self.cu_first_reading, self.cu_reading) + self._nonce
+        cu = (self._cu_for(subs, batch) if cu is None else cu) + self._nonce
         ixs = [set_compute_unit_limit(cu)]
         if self.cu_price:
             ixs.append(set_compute_unit_price(self.cu_price))
         ixs += [submit_instruction(self.program_id, self.authority.pubkey(), subs[i]) for i in batch]
         return ixs
 
-    def _build(self, subs: Sequence[Submission], batch: list[int], blockhash: Hash) -> VersionedTransaction:
-        ixs = self._instructions(subs, batch)
+    def _build(self, subs: Sequence[Submission], batch: list[int], blockhash: Hash,
+               cu: int | None = None) -> VersionedTransaction:
+        ixs = self._instructions(subs, batch, cu)
         msg = MessageV0.try_compile(self.authority.pubkey(), ixs, [t.account() for t in self._tables or []],
                                     blockhash)
         return VersionedTransaction(msg, [self.authority])
@@ -292,8 +301,8 @@ class OracleClient:
         return lambda bh: self._build(subs, batch, bh)
 
     async def _settle(self, subs: Sequence[Submission], batch: list[int], landing: Landing,
-                      results: dict[int, SubmitResult]) -> list[int]:
-        """Record results for a landed/refused batch; returns the submissions to send again (may be empty)."""
+                      results: dict[int, SubmitResult]) -> list[list[int]]:
+        """Record results for a landed/refused batch; returns the batches to send again (may be none)."""
         if landing.unknown is not None:
             for i in batch:
                 results[i] = SubmitResult(subs[i].key, "retry", landing.signature, landing.unknown)
@@ -304,8 +313,53 @@ class OracleClient:
                 self._existing.add(subs[i].meter_id)
             return []
         self.stats["failed_transactions"] += 1
-        rest = await self._drop_failing(subs, batch, parse_tx_error(landing.err, self.error_table), results)
-        return await self._isolate(subs, rest, results) if rest else []
+        failure = parse_tx_error(landing.err, self.error_table)
+        if failure.name in OUT_OF_COMPUTE:
+            return self._raise_budget(subs, batch, failure, results)
+        rest = await self._drop_failing(subs, batch, failure, results)
+        rest = await self._isolate(subs, rest, results) if rest else []
+        return [rest] if rest else []
+
+    async def _budget_from_simulation(self, subs: Sequence[Submission], batch: list[int]) -> None:
+        """Simulate the batch at the highest limit; its limit becomes unitsConsumed plus the margin (never below a
+        limit already raised for it). A failing simulation leaves the estimate: sending decides."""
+        tx = self._build(subs, batch, Hash.default(), cu=CU_LIMIT_CAP)
+        self.stats["budget_simulations"] += 1
+        resp = await self._rpc.simulate_transaction(tx, replace_recent_blockhash=True)
+        units = resp.value.units_consumed
+        if resp.value.err is not None or not units:
+            return
+        cu = min(CU_LIMIT_CAP, units + units * DEFAULT_CU_MARGIN_PCT // 100 + DEFAULT_CU_MARGIN_UNITS)
+        key = self._batch_key(subs, batch)
+        self._cu_limit[key] = max(cu, self._cu_limit.get(key, 0))
+
+    def _raise_budget(self, subs: Sequence[Submission], batch: list[int], f: TxFailure,
+                      results: dict[int, SubmitResult]) -> list[list[int]]:
+        """A transaction ran out of compute (the error names an instruction, but the budget is the transaction's):
+        resend the batch with its limit doubled, up to the per-transaction cap; at the cap a batch is split and
+        a single submission that still does not fit is `retry` with the error (never resent in a loop)."""
+        key = self._batch_key(subs, batch)
+        had = self._cu_for(subs, batch)
+        self.stats["budget_raises"] += 1
+        if not self.simulate_budget:  # the estimates were too low: later batches start higher too
+            self.cu_first_reading = min(CU_LIMIT_CAP, self.cu_first_reading * 2)
+            self.cu_reading = min(CU_LIMIT_CAP, self.cu_reading * 2)
+        if had < CU_LIMIT_CAP:
+            self._cu_limit[key] = min(CU_LIMIT_CAP, had * 2)
+            log.warning("transaction of %d submissions ran out of compute at %d CU (%s): resending at %d CU",
+                        len(batch), had, f.name, self._cu_limit[key])
+            return [batch]
+        if len(batch) > 1:
+            half = len(batch) // 2
+            log.warning("%d submissions do not fit %d CU (%s): splitting the transaction", len(batch), had, f.name)
+            parts = [batch[:half], batch[half:]]
+            for part in parts:
+                self._cu_limit[self._batch_key(subs, part)] = CU_LIMIT_CAP
+            return parts
+        log.error("submission %s does not fit the compute limit of a transaction (%d CU): %s", subs[batch[0]].key,
+                  had, f.name)
+        results[batch[0]] = SubmitResult(subs[batch[0]].key, "retry", None, f.name, f.code)
+        return []
 
     def _first_submit_index(self) -> int:
         return 2 if self.cu_price else 1
@@ -348,89 +402,3 @@ class OracleClient:
     async def _land(self, builders: list[TxBuilder]) -> list[Landing]:
         """Sign, send and confirm transactions concurrently, re-signing after blockhash expiry."""
         return await land(self._rpc, builders, commitment=self.commitment, poll_s=self.poll_s, stats=self.stats)
-
-    # ---- address lookup tables ----------------------------------------------------------------------------
-    async def _ensure_tables(self, meter_states: Sequence[Pubkey]) -> None:
-        async with self._table_lock:
-            if self._tables is None:
-                self._tables = await self._load_tables()
-            have = {a for t in self._tables for a in t.addresses}
-            missing = [a for a in dict.fromkeys([self._oracle_data, SYSTEM_PROGRAM_ID, *meter_states])
-                       if a not in have]
-            while missing:
-                table = self._tables[-1] if self._tables and len(self._tables[-1].addresses) < \
-                    LOOKUP_TABLE_MAX_ADDRESSES else None
-                room = LOOKUP_TABLE_MAX_ADDRESSES - (len(table.addresses) if table else 0)
-                chunk, missing = missing[: min(room, DEFAULT_EXTEND_CHUNK)], missing[min(room, DEFAULT_EXTEND_CHUNK):]
-                if table is None:
-                    slot = (await self._rpc.get_slot("finalized")).value
-                    while slot in self._used_recent_slots:  # one table per (authority, recent_slot)
-                        slot -= 1  # still in SlotHashes (512 recent slots)
-                    self._used_recent_slots.add(slot)
-                    create, address = create_lookup_table_instruction(self.authority.pubkey(),
-                                                                      self.authority.pubkey(), slot)
-                    table = _Table(address)
-                    await self._admin_tx([create, self._extend_ix(address, chunk)], f"create lookup table {address}")
-                    self._tables.append(table)
-                else:
-                    await self._admin_tx([self._extend_ix(table.address, chunk)], f"extend {table.address}")
-                table.addresses.extend(chunk)
-            await self._wait_ready([a for t in self._tables for a in t.addresses])
-
-    def _extend_ix(self, table: Pubkey, addresses: Sequence[Pubkey]) -> Instruction:
-        return extend_lookup_table_instruction(table, self.authority.pubkey(), self.authority.pubkey(), addresses)
-
-    async def _admin_tx(self, ixs: list[Instruction], what: str) -> None:
-        def build(bh: Hash) -> VersionedTransaction:
-            self._nonce = (self._nonce + 1) % DEFAULT_CU_NONCE_RANGE
-            limit = set_compute_unit_limit(DEFAULT_CU_TABLE_ADMIN + self._nonce)
-            msg = MessageV0.try_compile(self.authority.pubkey(), [limit, *ixs], [], bh)
-            return VersionedTransaction(msg, [self.authority])
-
-        (landing,) = await self._land([build])
-        if landing.unknown is not None or not landing.landed or landing.err is not None:
-            raise OracleClientError(f"{what}: {landing.unknown or landing.err}")
-        st = (await self._rpc.get_signature_statuses([Signature.from_string(landing.signature or "")])).value[0]
-        slot = st.slot if st is not None else (await self._rpc.get_slot(self.commitment)).value
-        for ix in ixs:
-            if bytes(ix.data)[:4] == struct.pack("<I", 2):
-                for k in range(12, len(ix.data), 32):
-                    self._ready_slot[Pubkey.from_bytes(bytes(ix.data)[k : k + 32])] = slot + 1
-        log.info("%s (slot %d)", what, slot)
-
-    async def _wait_ready(self, addresses: Sequence[Pubkey]) -> None:
-        need = max((self._ready_slot.get(a, 0) for a in addresses), default=0)
-        if need == 0:
-            return
-        deadline = asyncio.get_running_loop().time() + DEFAULT_TABLE_READY_TIMEOUT_S
-        while (await self._rpc.get_slot(self.commitment)).value < need:
-            if asyncio.get_running_loop().time() > deadline:
-                raise OracleClientError(f"lookup table not usable: slot {need} not reached")
-            await asyncio.sleep(self.poll_s)
-        for a in addresses:
-            self._ready_slot.pop(a, None)
-
-    async def _load_tables(self) -> list[_Table]:
-        tables: list[_Table] = []
-        if not self._table_seed:
-            return tables
-        resp = await self._rpc.get_multiple_accounts(self._table_seed, encoding="base64")
-        for addr, acc in zip(self._table_seed, resp.value, strict=True):
-            if acc is None or acc.owner != ALT_PROGRAM_ID:
-                log.warning("lookup table %s not found on chain: ignored", addr)
-                continue
-            t = AddressLookupTable.deserialize(bytes(acc.data))
-            if t.meta.authority != self.authority.pubkey():
-                log.warning("lookup table %s belongs to %s: ignored", addr, t.meta.authority)
-                continue
-            tables.append(_Table(addr, list(t.addresses)))
-        return tables
-
-
-__all__ = [  # OracleClient plus the names that moved to the modules above
-    "DEFAULT_CU_BASE", "DEFAULT_CU_FIRST_READING", "DEFAULT_CU_NONCE_RANGE", "DEFAULT_CU_PER_BUMP_STEP",
-    "DEFAULT_CU_READING", "MAX_CU_PER_TX", "PACKET_DATA_SIZE", "OracleClient", "OracleClientError", "Submission",
-    "SubmitResult", "TxFailure", "create_authority_key_file", "create_lookup_table_instruction",
-    "estimate_compute_units", "extend_lookup_table_instruction", "load_authority_keypair", "max_submits_per_tx",
-    "meter_pda", "oracle_pda", "parse_tx_error", "submit_data_len", "submit_instruction", "submit_tx_size",
-]

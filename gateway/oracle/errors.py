@@ -8,7 +8,7 @@ from typing import Any
 
 from solders.transaction_status import InstructionErrorCustom, TransactionErrorInstructionError
 
-from gateway import oracle_layout as ol
+from oracle_interface import layout as ol
 
 
 class OracleClientError(Exception):
