@@ -35,9 +35,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from gateway.checks import Reason
-from gateway.ingest_http import INGEST_PATH
-from gateway.ingest_payload import rust_f64_display, signed_message
+from gateway.intake.checks import Reason
+from gateway.intake.http import INGEST_PATH
+from gateway.intake.http_payload import rust_f64_display, signed_message
 from gateway.keys import create_key_file as create_ack_key
 from protocol import (
     BATCH_MAGIC,
