@@ -228,7 +228,7 @@ async def test_killed_before_the_rpc_blocks_later_rows_until_resent(env: Env) ->
     env.registry.add(record_for("HOUSE-6", rated_w=20_000), int(now[0] * 1000))
     env.acceptance.process(backlog("HOUSE-6", 250, start, 10_000, 0, 0, 2, 0))
     sub = Submitter(env.store, env.registry, env.client, env.metrics, epoch_s=900,
-                    authority=str(env.client.authority.pubkey()), make_submission=Submission, clock=lambda: now[0])
+                    authority=str(env.client.authority.pubkey()), clock=lambda: now[0])
     await sub._plan(await _limits(sub))
     rows = env.store.outbox_rows("HOUSE-6")
     assert len(rows) >= 2
