@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import aiohttp
-import base58
 
 from oracle_interface import layout
 from oracle_interface.addresses import meter_state_pda
@@ -52,15 +51,6 @@ def decode_meter_state(data: bytes) -> OnChain:
     except layout.LayoutError as exc:
         raise ChainViewError(f"not a MeterState account: {exc}") from None
     return OnChain(st.total_energy_produced, st.total_energy_consumed, st.total_readings, st.last_reading_timestamp)
-
-
-def program_id_problem(text: str) -> str | None:
-    """None if text is a base58 Solana program id, else what is wrong (for config errors)."""
-    try:
-        ok = len(base58.b58decode(text)) == 32
-    except ValueError:
-        ok = False
-    return None if ok else "must be a base58 Solana program id"
 
 
 class ChainView:

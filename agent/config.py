@@ -282,9 +282,9 @@ def _http_url(v: str) -> str | None:
 def _program_id(v: str) -> str | None:
     if v == "":
         return None
-    from agent.chain_view import program_id_problem
+    from oracle_interface.layout import account_key_problem
 
-    return program_id_problem(v)
+    return account_key_problem(v)
 
 
 def _status(t: Table) -> StatusSection:

@@ -132,11 +132,12 @@ def decode_register(image: RegisterImage, reg: Register, profile: Profile) -> in
     number = decode_number(words, reg)
     if isinstance(number, Invalid):
         return number
-    sf: int | Invalid | None = None
+    sf: int | None = None
     if reg.scale_factor is not None:
-        sf = scale_factor(image, profile.register(reg.scale_factor))
-        if isinstance(sf, Invalid):
-            return sf
+        found = scale_factor(image, profile.register(reg.scale_factor))
+        if isinstance(found, Invalid):
+            return found
+        sf = found
     return scale(number, reg, sf)
 
 

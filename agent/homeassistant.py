@@ -31,6 +31,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.config import HomeAssistantSection
+from base.units import milli_text
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,7 @@ def slug(meter_id: str) -> str:
 
 def kwh_text(wh: int) -> str:
     """Exact decimal kWh from integer Wh: 1234567 -> "1234.567"."""
-    sign = "-" if wh < 0 else ""
-    whole, frac = divmod(abs(wh), 1000)
-    return f"{sign}{whole}.{frac:03d}"
+    return milli_text(wh)
 
 
 def agent_availability_topic(client_id: str) -> str:

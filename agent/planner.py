@@ -7,7 +7,7 @@ unimplemented registers there. A multi-register value is never split. `hole_max`
 useless registers (2 bytes each) against the fixed cost of one more request (frame overhead, silences and the
 device's own inter-request delay), both in RTU character times.
 
-Also the RTU line-time formulas (Modbus over Serial Line V1.02 §2.5.1, meters-and-harness.md B.3) used by the
+Also the RTU line-time formulas (Modbus over Serial Line V1.02 §2.5.1) used by the
 planner, the virtual bus and the bus bench.
 """
 

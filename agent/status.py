@@ -9,6 +9,7 @@ in the process leaks into /metrics.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,8 +117,8 @@ class StatusServer:
         await site.start()
         if self.port == 0:
             server = site._server
-            assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            assert isinstance(server, asyncio.Server)
+            self.port = server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         await self._runner.cleanup()

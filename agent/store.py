@@ -223,7 +223,7 @@ class Store:
                     m = s.reading.meter_id
                     self._per_meter[m] = self._per_meter.get(m, 0) + 1
                 dropped = self._apply_overflow()
-        except (*STORE_FAILURES, StoreError) as exc:
+        except (*STORE_FAILURES, StoreError) as exc:  # type: ignore[misc]  # mypy: no starred except tuple
             with contextlib.suppress(*STORE_FAILURES):  # the commit failed; counts are re-read if the file allows
                 self._recount()
             raise store_error(f"{self.path}: cannot commit {len(rows)} readings", exc) from exc

@@ -4,7 +4,7 @@
 base + 2: `ID`, `L`, next model at + L + 2, end at ID 0xFFFF (`L` is read on its own: some devices give none for
 the end model). The `occurrence`-th model listed in the profile's `[sunspec] models` is the meter; the common
 model 1 before it carries its manufacturer and serial number. `resolve` shifts every address of a profile written
-for the usual layout to where the device has it (meters-and-harness.md A.2.6; sunspec/models model_1.json).
+for the usual layout to where the device has it (sunspec/models model_1.json, pysunspec2).
 """
 
 from __future__ import annotations
@@ -19,6 +19,13 @@ BASE_ADDRESSES = (40000, 0, 50000)
 END_MODEL_ID = 0xFFFF
 COMMON_MODEL_ID = 1
 COMMON_SN_OFFSET = 50  # model 1: ID @0, L @1, Mn @2, Md @18, Opt @34, Vr @42, SN @50 (16 registers)
+COMMON_MN_OFFSET, COMMON_MD_OFFSET, COMMON_STRING_WORDS = 2, 18, 16
+
+
+def model_1_string(words: list[int]) -> str:
+    """A model 1 string point (Mn, Md, SN): ASCII, NUL padded; all-NUL = not implemented -> ""."""
+    data = b"".join(w.to_bytes(2, "big") for w in words)
+    return data.split(b"\x00", 1)[0].decode("ascii", errors="replace").strip()
 MAX_MODELS = 64  # a chain longer than this is corrupt (a real device publishes a handful)
 
 # (function code, address, count) -> words; raises on no answer. A Modbus exception at a base address means
@@ -60,7 +67,8 @@ async def discover(read: Read, models: tuple[int, ...], occurrence: int = 1,
 
 
 async def _walk(read: Read, base: int, models: tuple[int, ...], occurrence: int) -> Location | None:
-    addr, common, seen, earlier = base + 2, None, 0, []
+    addr, common, seen = base + 2, None, 0
+    earlier: list[int] = []
     for _ in range(MAX_MODELS):
         if addr + 2 > 0x10000:
             raise SunSpecError(f"SunSpec chain from {base} runs past address 0xFFFF at {addr}")

@@ -4,11 +4,14 @@ The agent config and the gateway config both read through Table."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 Check = Callable[[Any], "str | None"]
+# How a TOML type is named in an error message (installers read these).
+TYPE_WORDS: dict[type, str] = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+                               list: "a list", dict: "a table"}
 
 
 class Table:
@@ -41,7 +44,7 @@ class Table:
         if float in types and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
         if not ok:
-            names = " or ".join(t.__name__ for t in types)
+            names = " or ".join(TYPE_WORDS.get(t, t.__name__) for t in types)
             self.fail(key, f"must be {names}", value)
             return None if default is ... else default
         if check is not None:
@@ -51,9 +54,11 @@ class Table:
                 return None if default is ... else default
         return value
 
-    def done(self) -> None:
+    def done(self, known: Iterable[str] = ()) -> None:
+        """Every key not read is an error; `known` (the keys this table may have) is listed in the message."""
+        hint = f" (known: {', '.join(sorted(known))})" if known else ""
         for key in sorted(set(self.data) - self.seen):
-            self.errors.append(f"{self._key(key)}: unknown key")
+            self.errors.append(f"{self._key(key)}: unknown key{hint}")
 
 
 def between(lo: float, hi: float) -> Check:

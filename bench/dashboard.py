@@ -95,7 +95,8 @@ def _timing(header: str) -> dict[str, float]:
     out = {}
     for part in header.split(","):
         name, _, rest = part.strip().partition(";dur=")
-        out[name] = float(rest.split(";")[0])
+        if rest:
+            out[name] = float(rest.split(";")[0])
     return out
 
 

@@ -53,7 +53,7 @@ UNITS: dict[str, dict[str, int]] = {
     "power_factor": {"ratio": 1000, "pct": 10, "milli": 1},  # -> 1/1000 (SunSpec PF is percent)
 }
 
-# Named "not implemented / invalid" raw patterns (meters-and-harness.md A.2.2 ABB, A.2.6 SunSpec mb.py).
+# Named "not implemented / invalid" raw patterns (ABB manual §9.3, pysunspec2 sunspec2/mb.py).
 # NaN/Inf of float types is always invalid and needs no entry.
 SENTINELS = ("all_ones", "signed_min", "signed_max", "zero")
 

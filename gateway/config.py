@@ -1,9 +1,10 @@
 """Gateway configuration: one TOML file, validated once and strictly at startup.
 
-Unknown keys are rejected; every error names the key path and the value received
-(`limits.future_skew_s: must be in 0..59 (got 90)`). Secrets may come from the environment instead of
-the file (see ENV_OVERRIDES) so the TOML can be world-readable. After `load_config` returns, the rest of
-the gateway trusts the typed values and does no ad-hoc checks of its own.
+Read through the strict TOML reader shared with the agent (base.toml_table): unknown keys are rejected, and
+every problem of the file is reported at once, each naming the key path and the value received
+(`limits.future_skew_s: must be in 0..59 (got 90)`; never the value of a secret). Secrets may come from the
+environment instead of the file (see ENV_OVERRIDES) so the TOML can be world-readable. After `load_config`
+returns, the rest of the gateway trusts the typed values and does no ad-hoc checks of its own.
 
 The oracle's thresholds (min/max energy, ratio, min_reading_interval) are NOT configuration: they are
 read from the OracleData account on chain at run time.
@@ -21,9 +22,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
-import base58
-
-from oracle_interface.layout import DEVNET_PROGRAM_ID
+from base.toml_table import Table
+from oracle_interface.layout import DEVNET_PROGRAM_ID, FUTURE_SKEW_S, account_key_problem
+from protocol.identifiers import client_id_problem
 from protocol.topics import prefix_problem
 
 # The devnet deployment is only a default (defined once, in oracle_interface.layout): production sets
@@ -40,13 +41,21 @@ ENV_OVERRIDES = {
 
 
 class ConfigError(Exception):
-    """`path: problem (got value)`; raised for the first problem found."""
+    """`path: problem (got value)`; from parse_config, every problem of the file (one per line)."""
 
     def __init__(self, path: str, problem: str, value: object = None) -> None:
         got = "" if value is None else f" (got {value!r})"
         super().__init__(f"{path}: {problem}{got}")
         self.path = path
         self.value = value
+
+    @classmethod
+    def from_errors(cls, errors: list[str]) -> ConfigError:
+        """One error for all of them: the first is the message's head (its path is .path); the others follow."""
+        first, rest = errors[0], errors[1:]
+        path, _, problem = first.partition(": ")
+        more = "".join(f"\n  {e}" for e in rest)
+        return cls(path, problem + (f"\n{len(rest)} more problem(s):{more}" if rest else ""))
 
 
 Check = typing.Callable[[Any], "str | None"]
@@ -70,14 +79,6 @@ def _listen(v: str) -> str | None:
 def _url(v: str) -> str | None:
     u = urlparse(v)
     return None if u.scheme in ("http", "https") and u.netloc else "must be an http(s):// URL"
-
-
-def _pubkey(v: str) -> str | None:
-    try:
-        ok = len(base58.b58decode(v)) == 32
-    except ValueError:
-        ok = False
-    return None if ok else "must be a base58 Solana public key (32 bytes)"
 
 
 # A credential shorter than this is guessable by anyone who can reach the port (the dashboard shows fleet data,
@@ -162,7 +163,7 @@ class ChainSection:
     config_refresh_s: float = 60.0  # OracleData thresholds are re-read at least this often
     max_backoff_s: float = 60.0  # cap of the exponential backoff after RPC failures
     checks: ClassVar[dict[str, Check]] = {
-        "rpc_url": _url, "program_id": _pubkey, "authority_key_file": _nonempty,
+        "rpc_url": _url, "program_id": account_key_problem, "authority_key_file": _nonempty,
         "commitment": _choice("processed", "confirmed", "finalized"),
         "submit_interval_s": _range(0.05, 3600), "config_refresh_s": _range(1, 86400),
         "max_backoff_s": _range(1, 3600),
@@ -187,7 +188,7 @@ class MqttSection:
     session_expiry_s: int = 0
     max_pending_messages: int = 2000  # bound of the receive queue; paho stops reading beyond it
     checks: ClassVar[dict[str, Check]] = {
-        "host": _nonempty, "port": _range(1, 65535), "client_id": _nonempty, "share_group": _nonempty,
+        "host": _nonempty, "port": _range(1, 65535), "client_id": _nonempty, "share_group": client_id_problem,
         "password": _mqtt_password,
         "topic_prefix": prefix_problem, "session_expiry_s": _range(0, 2**32 - 1),
         "max_pending_messages": _range(1, 1_000_000),
@@ -227,7 +228,7 @@ class DashboardSection:
 
 @dataclass(frozen=True)
 class LimitsSection:
-    # The oracle rejects reading_timestamp > chain clock + 60 s; a smaller skew leaves room for the
+    # The oracle rejects reading_timestamp > chain clock + FUTURE_SKEW_S (60 s); a smaller skew leaves room for the
     # gateway's and the validator's clocks to differ.
     future_skew_s: int = 30
     # Readings older than this are refused: 7 days covers a long outage backlog of an agent.
@@ -261,7 +262,7 @@ class LimitsSection:
     quarantine_burst_bytes: int = 8 * 1024 * 1024
     checks: ClassVar[dict[str, Check]] = {
         "quarantine_bytes_per_s": _range(1, 1 << 30), "quarantine_burst_bytes": _range(1024, 1 << 34),
-        "future_skew_s": _range(0, 59), "acceptance_window_s": _range(60, 10 * 365 * 86400),
+        "future_skew_s": _range(0, FUTURE_SKEW_S - 1), "acceptance_window_s": _range(60, 10 * 365 * 86400),
         "min_read_spacing_ms": _range(0, 3_600_000), "ingress_rate_per_s": _range(0.001, 1e7),
         "ingress_burst": _range(1, 10_000_000), "plausibility_margin_pct": _range(0, 1000),
         "plausibility_slack_wh": _range(0, 1_000_000), "gap_grace_s": _range(0, 7 * 86400),
@@ -306,40 +307,29 @@ class GatewayConfig:
 _SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(GatewayConfig)[f.name] for f in fields(GatewayConfig)}
 
 
-def _coerce(path: str, value: object, typ: object) -> object:
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(path, "must be true or false", value)
-    if typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(path, "must be an integer", value)
-    if typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(path, "must be a number", value)
-    if typ is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(path, "must be a string", value)
-    if typing.get_origin(typ) is list:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value)
-        raise ConfigError(path, "must be a list of strings", value)
-    raise ConfigError(path, f"unsupported type {typ}")  # programming error in this module
+# TOML type per field annotation (base.toml_table.Table checks it and words the error).
+_TOML_TYPES: dict[object, type | tuple[type, ...]] = {bool: bool, int: int, float: float, str: str, list[str]: list}
 
 
-def _section(name: str, data: object) -> object:
+def _section(name: str, data: object, errors: list[str]) -> Any:
+    """One [section] through the shared strict reader: every problem is collected in `errors` (key path, problem,
+    the value received unless it is a secret); the section object, or None when it has problems."""
     cls = _SECTIONS[name]
-    if not isinstance(data, dict):
-        raise ConfigError(name, "must be a table", data)
+    t = Table(data, name, errors)
+    before = len(errors)
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"{name}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
-    values = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in data.items()}
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in t.data:
+            continue  # the default
+        value = t.get(f.name, _TOML_TYPES[hints[f.name]])
+        if value is None:
+            continue  # wrong type: recorded
+        if hints[f.name] == list[str] and not all(isinstance(v, str) for v in value):
+            t.fail(f.name, "must be a list of strings", value)
+            continue
+        values[f.name] = value
+    t.done(known=[f.name for f in fields(cls)])
     for (sec, key), var in ENV_OVERRIDES.items():
         if sec == name and var in os.environ:
             raw = os.environ[var]
@@ -351,17 +341,20 @@ def _section(name: str, data: object) -> object:
         if secret and not enabled:
             continue  # a service that does not start uses no secret (read-only CLI commands disable them)
         if key in values and (problem := check(values[key])):
-            raise ConfigError(f"{name}.{key}", problem, None if secret else values[key])
-    return cls(**values)
+            errors.append(str(ConfigError(f"{name}.{key}", problem, None if secret else values[key])))
+    return cls(**values) if len(errors) == before else None
 
 
 def parse_config(data: dict[str, Any]) -> GatewayConfig:
-    """Build a validated config from parsed TOML (a dict)."""
+    """Build a validated config from parsed TOML (a dict). Raises ConfigError naming every problem found."""
+    errors: list[str] = []
     for key in data:
         if key not in _SECTIONS:
-            raise ConfigError(key, f"unknown section (known: {', '.join(sorted(_SECTIONS))})")
-    cfg = GatewayConfig(**{name: _section(name, data.get(name, {})) for name in _SECTIONS})
-    return _cross_check(cfg)
+            errors.append(f"{key}: unknown section (known: {', '.join(sorted(_SECTIONS))})")
+    sections = {name: _section(name, data.get(name, {}), errors) for name in _SECTIONS}
+    if errors:
+        raise ConfigError.from_errors(errors)
+    return _cross_check(GatewayConfig(**sections))
 
 
 def _cross_check(cfg: GatewayConfig) -> GatewayConfig:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
-from gateway.health import MeterFacts, Thresholds, held_reason, meter_health, observed_interval_ms
-from gateway.intake.http_payload import wh_text
+from base.units import milli_text as wh_text
+from gateway.health import SEVERITY, MeterFacts, State, Thresholds, held_reason, meter_health, observed_interval_ms
 from gateway.registry import Meter, MeterStatus, Registry
 from protocol import MeterRole
 
@@ -253,7 +254,7 @@ def http_meter_status(conn: sqlite3.Connection, meter: Meter) -> dict[str, Any]:
                         (mid,)).fetchone() or (0, 0)
     submits_import = meter.role is not MeterRole.PRODUCTION
     submits_export = meter.role is not MeterRole.CONSUMPTION
-    directions = {}
+    directions: dict[str, dict[str, Any]] = {}
     for name, received, planned, submitted, quantity in (("import", imp, plan[0], submits_import, "consumed"),
                                                          ("export", exp, plan[1], submits_export, "produced")):
         directions[name] = {"received_wh": wh_text(received), "submitted_as": quantity if submitted else None}
@@ -267,3 +268,20 @@ def http_meter_status(conn: sqlite3.Connection, meter: Meter) -> dict[str, Any]:
     return {"device_id": mid, "meter_status": meter.status.value, "role": meter.role.name.lower(), "readings": n,
             "last_timestamp_ms": last_ts, "last_received_at_ms": last_rcv, "energy": directions, "outbox": outbox,
             "not_submitted": not_submitted}
+
+
+# ---- sorting the fleet view (keys of /api/meters?sort=) ----
+
+def _lag_key(r: dict[str, Any]) -> tuple[int, int]:
+    return (r["lag_s"] is None, r["lag_s"] or 0)
+
+
+SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "state": lambda r: (SEVERITY[State(r["state"])], -(r["heard_age_s"] or 0), r["meter_id"]),
+    "meter": lambda r: r["meter_id"],
+    "lag": _lag_key,
+    "last_seen": lambda r: (r["last_seen_ms"] is None, r["last_seen_ms"] or 0),
+    "held": lambda r: (r["held"], r["meter_id"]),
+    "rejected": lambda r: (r["rejected"], r["meter_id"]),
+    "zone": lambda r: (r["zone_id"], r["meter_id"]),
+}

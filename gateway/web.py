@@ -39,7 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import fleet
 from gateway.config import DashboardSection
 from gateway.database import connect
-from gateway.health import SEVERITY, ChainFacts, State, Thresholds, chain_banner
+from gateway.health import ChainFacts, State, Thresholds, chain_banner
 from gateway.metrics import FleetFigures, Metrics
 from gateway.registry import Meter, Registry
 from protocol import validate_meter_id
@@ -59,7 +59,6 @@ DEFAULT_STATE_LOG_S = 10.0  # how often meter state changes are looked for (and 
 MAX_STATE_LINES = 10  # beyond this many changes in one look, one summary line (a network outage: 10,000 meters)
 DEFAULT_PER_PAGE = 100
 MAX_PER_PAGE = 500
-_SORTS = ("state", "meter", "lag", "last_seen", "held", "rejected", "zone")
 # Where /login may send a browser back to: a path of this dashboard, never another site ("//host", "/\\host").
 _NEXT_RE = re.compile(r"/(?:meter/[A-Za-z0-9._-]{1,64})?")
 
@@ -103,6 +102,7 @@ class Dashboard:
         self._agg: tuple[tuple[object, ...], dict[str, Any]] | None = None
         self._states: dict[str, tuple[str, str | None]] | None = None  # last logged state of each meter
         self.last_compute_ms: tuple[float, float] = (0.0, 0.0)  # wall, CPU of the last fleet computation
+        self.fleet_cache_hit = False  # whether the last fleet_rows() was served from the cache
         metrics.epoch.set(epoch_s)
         metrics.add_fleet_collector(self.fleet_figures)
 
@@ -111,7 +111,7 @@ class Dashboard:
         self.registry.close()
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth])
+        app = web.Application(middlewares=[self._auth])  # type: ignore[list-item]  # aiohttp's Protocol names the args
         app.on_response_prepare.append(_security_headers)
         app.cleanup_ctx.append(self._state_logger)
         r = app.router
@@ -233,7 +233,8 @@ class Dashboard:
         now = self.clock()
         key = (self.conn.execute("PRAGMA data_version").fetchone()[0], self.registry.data_version(),
                int(now // DEFAULT_FLEET_CACHE_S))
-        if self._fleet is not None and self._fleet[1] == key:
+        self.fleet_cache_hit = self._fleet is not None and self._fleet[1] == key
+        if self._fleet is not None and self.fleet_cache_hit:
             return self._fleet[2], self._fleet[3]
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         now_ms = int(now * 1000)
@@ -330,8 +331,8 @@ class Dashboard:
             if bad:
                 raise ValueError(f"state: unknown {sorted(bad)} (known: {', '.join(s.value for s in State)})")
             sort = q.get("sort", "state")
-            if sort not in _SORTS:
-                raise ValueError(f"sort: must be one of {', '.join(_SORTS)} (got {sort!r})")
+            if sort not in fleet.SORT_KEYS:
+                raise ValueError(f"sort: must be one of {', '.join(fleet.SORT_KEYS)} (got {sort!r})")
             order = q.get("order", "asc")
             if order not in ("asc", "desc"):
                 raise ValueError(f"order: must be asc or desc (got {order!r})")
@@ -343,11 +344,12 @@ class Dashboard:
         needle = q.get("q", "").strip().lower()
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         now_ms, rows = self.fleet_rows()
+        hit = self.fleet_cache_hit
         counts = Counter(r["state"] for r in rows)
         held_by_reason = Counter(r["state_reason"] for r in rows if r["state"] == State.HELD)
         sel = [r for r in rows if (not states or r["state"] in states)
                and (not needle or needle in r["meter_id"].lower() or needle in (r["state_reason"] or ""))]
-        sel.sort(key=_SORT_KEYS[sort], reverse=order == "desc")
+        sel.sort(key=fleet.SORT_KEYS[sort], reverse=order == "desc")
         pages = max(1, -(-len(sel) // per_page))
         shown = [dict(r) for r in sel[(page - 1) * per_page : page * per_page]]
         chain = fleet.outbox_by_meters(self.conn, [r["meter_id"] for r in shown])
@@ -362,7 +364,8 @@ class Dashboard:
         fw, fc = self.last_compute_ms
         rw, rc = (time.perf_counter() - wall0) * 1000, (time.thread_time() - cpu0) * 1000
         resp.headers["Server-Timing"] = (f'fleet;dur={fw:.1f};desc="health of all meters (last computation)", '
-                                         f"fleetcpu;dur={fc:.1f}, request;dur={rw:.1f}, requestcpu;dur={rc:.1f}")
+                                         f"fleetcpu;dur={fc:.1f}, request;dur={rw:.1f}, requestcpu;dur={rc:.1f}, "
+                                         f'cache;desc="{"hit" if hit else "miss"}"')
         return resp
 
     async def api_held(self, req: web.Request) -> web.Response:
@@ -442,17 +445,3 @@ class Dashboard:
             self.sse_clients -= 1
         return resp
 
-
-def _lag_key(r: dict[str, Any]) -> tuple[int, int]:
-    return (r["lag_s"] is None, r["lag_s"] or 0)
-
-
-_SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "state": lambda r: (SEVERITY[State(r["state"])], -(r["heard_age_s"] or 0), r["meter_id"]),
-    "meter": lambda r: r["meter_id"],
-    "lag": _lag_key,
-    "last_seen": lambda r: (r["last_seen_ms"] is None, r["last_seen_ms"] or 0),
-    "held": lambda r: (r["held"], r["meter_id"]),
-    "rejected": lambda r: (r["rejected"], r["meter_id"]),
-    "zone": lambda r: (r["zone_id"], r["meter_id"]),
-}

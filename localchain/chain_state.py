@@ -73,10 +73,10 @@ def _persisted_accounts(chain: LocalChain) -> list[tuple[Pubkey, Account]]:
         for k, acc in chain.svm.get_program_accounts(owner):
             keep[k] = acc
     for k in chain.touched:
-        acc = chain.svm.get_account(k)
-        if acc is not None and not acc.executable and acc.owner in (SYSTEM_PROGRAM_ID, chain.program_id,
-                                                                       ALT_PROGRAM_ID):
-            keep[k] = acc
+        found = chain.svm.get_account(k)
+        if found is not None and not found.executable and found.owner in (SYSTEM_PROGRAM_ID, chain.program_id,
+                                                                           ALT_PROGRAM_ID):
+            keep[k] = found
     return sorted(keep.items(), key=lambda kv: str(kv[0]))
 
 

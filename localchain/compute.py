@@ -10,14 +10,15 @@ import struct
 from solders.compute_budget import ID as COMPUTE_BUDGET_ID
 from solders.compute_budget import ComputeBudget
 from solders.litesvm import LiteSVM
-from solders.message import Message, MessageV0
+from solders.message import Message, MessageV0, MessageV1
 
+AnyMessage = Message | MessageV0 | MessageV1  # what VersionedTransaction.message may be
 DEFAULT_UNITS_PER_INSTRUCTION = 200_000  # without SetComputeUnitLimit
 MAX_UNITS_PER_TRANSACTION = 1_400_000
 CLUSTER_PDA_DERIVATION_CU = 1_500  # create_program_address_units on mainnet-beta/devnet
 
 
-def _budget_instructions(message: Message | MessageV0) -> tuple[int | None, int, int]:
+def _budget_instructions(message: AnyMessage) -> tuple[int | None, int, int]:
     """(unit limit asked for or None, unit price in micro-lamports, number of other instructions)."""
     keys = list(message.account_keys)
     price = 0
@@ -35,20 +36,20 @@ def _budget_instructions(message: Message | MessageV0) -> tuple[int | None, int,
     return limit, price, n_other
 
 
-def compute_unit_limit(message: Message | MessageV0) -> int:
+def compute_unit_limit(message: AnyMessage) -> int:
     limit, _price, n_other = _budget_instructions(message)
     if limit is None:
         limit = DEFAULT_UNITS_PER_INSTRUCTION * n_other
     return min(limit, MAX_UNITS_PER_TRANSACTION)
 
 
-def priority_fee(message: Message | MessageV0) -> int:
+def priority_fee(message: AnyMessage) -> int:
     """Lamports of priority fee: ceil(unit price (micro-lamports) x unit limit / 1e6), as a validator charges."""
     _limit, price, _n = _budget_instructions(message)
     return -(-price * compute_unit_limit(message) // 1_000_000)
 
 
-def meter_with(svm: LiteSVM, message: Message | MessageV0, pda_derivation_cu: int | None) -> None:
+def meter_with(svm: LiteSVM, message: AnyMessage, pda_derivation_cu: int | None) -> None:
     """Before executing `message`: with the dearer cost model, install it with the unit limit this transaction
     asked for (an installed budget replaces the transaction's own limit, so it is set per transaction)."""
     if pda_derivation_cu is None:

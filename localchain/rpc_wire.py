@@ -8,8 +8,10 @@ from typing import Any
 
 import base58
 from solders.account import Account
-from solders.message import Message, MessageV0
+from solders.message import MessageV0
 from solders.pubkey import Pubkey
+
+from localchain.compute import AnyMessage
 
 __all__ = [
     "BASE58_MAX_DATA", "INTERNAL_ERROR", "INVALID_PARAMS", "INVALID_REQUEST", "METHOD_NOT_FOUND", "PARSE_ERROR",
@@ -85,7 +87,7 @@ def account_json(acc: Account | None, encoding: str) -> dict[str, Any] | None:
             "rentEpoch": acc.rent_epoch, "space": len(data)}
 
 
-def message_json(msg: Message | MessageV0) -> dict[str, Any]:
+def message_json(msg: AnyMessage) -> dict[str, Any]:
     h = msg.header
     out: dict[str, Any] = {
         "header": {"numRequiredSignatures": h.num_required_signatures,

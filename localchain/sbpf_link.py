@@ -1,7 +1,8 @@
 """sBPF v0 relinker: a clang BPF relocatable object -> a shared object the Solana loader accepts (pure).
 
 `link` is a pure function of the relocatable object's bytes. It produces the layout the
-Solana loader accepts for SBPF v0 (see /work/shared/reference/sbpf-programs.md):
+Solana loader (solana-sbpf's ELF loader) accepts for SBPF v0, as tests/localchain/test_build.py checks by
+loading and running the output in LiteSVM:
 - one `.text` and one `.rodata` (every allocated read-only input section merged), every section's address
   equal to its file offset, rodata mapped at 0x1_0000_0000 + address;
 - `lddw` of a rodata/text address (R_BPF_64_64) and 8-byte pointers in rodata (R_BPF_64_ABS64) get the

@@ -159,7 +159,7 @@ class RpcHandler:
         if not isinstance(sigs, list) or len(sigs) > DEFAULT_MAX_SIGNATURES:
             raise RpcError(INVALID_PARAMS, f"Invalid params: up to {DEFAULT_MAX_SIGNATURES} signatures")
         self.chain.tick()
-        out = []
+        out: list[dict[str, Any] | None] = []
         for s in sigs:
             if not isinstance(s, str):
                 raise RpcError(INVALID_PARAMS, "Invalid param: signature must be a string")
@@ -332,8 +332,8 @@ class LocalChainServer:
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         server = site._server
-        if self.port == 0 and server is not None:
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if self.port == 0 and isinstance(server, asyncio.Server):
+            self.port = server.sockets[0].getsockname()[1]
         if self.chain.state_file is not None:
             self._saver = asyncio.create_task(self._save_loop())
         log.info("local chain JSON-RPC on %s (program %s)", self.url, self.chain.program_id)

@@ -48,7 +48,7 @@ from solders.transaction_status import TransactionErrorFieldless
 
 from localchain import chain_state
 from localchain.chain_state import StateFileError, TxRecord
-from localchain.compute import meter_with, priority_fee
+from localchain.compute import AnyMessage, meter_with, priority_fee
 from oracle_interface.addresses import oracle_data_pda
 from oracle_interface.layout import DEVNET_PROGRAM_ID
 
@@ -286,7 +286,7 @@ class LocalChain:
             raise ChainRequestError(-32603, f"airdrop failed: {None if rec is None else rec.err}")
         return sig
 
-    def resolve_lookups(self, message: Message | MessageV0) -> tuple[list[Pubkey], list[Pubkey]]:
+    def resolve_lookups(self, message: AnyMessage) -> tuple[list[Pubkey], list[Pubkey]]:
         """Loaded (writable, readonly) addresses of a v0 message; ChainRequestError if a table is bad."""
         if not isinstance(message, MessageV0):
             return [], []
@@ -406,7 +406,7 @@ class LocalChain:
         depth = self.tick() - rec.slot
         return None if depth >= DEFAULT_FINALIZED_AFTER_SLOTS else depth
 
-    def fee_for_message(self, message: Message | MessageV0) -> int:
+    def fee_for_message(self, message: AnyMessage) -> int:
         return LAMPORTS_PER_SIGNATURE * message.header.num_required_signatures + priority_fee(message)
 
     # ---- persistence (localchain/chain_state.py) --------------------------------------------------------

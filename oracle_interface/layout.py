@@ -161,6 +161,15 @@ class OracleConfig:
     last_quality_score: int
 
 
+def account_key_problem(text: str) -> str | None:
+    """None if text is a base58 Solana account key (a program ID, a public key: 32 bytes), else why not."""
+    try:
+        ok = len(base58.b58decode(text)) == 32
+    except ValueError:
+        ok = False
+    return None if ok else "must be a base58 Solana public key (32 bytes)"
+
+
 def _base58(raw: bytes) -> str:
     return base58.b58encode(raw).decode("ascii")
 

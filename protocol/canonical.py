@@ -66,6 +66,10 @@ _FAMILY = b"gridmeter/"
 MAX_READING_BYTES = 256  # largest possible payload is 20+33+8+8+8+1+2+8+8+65+2+36 = 199
 MAX_BATCH_READINGS = 1000
 MAX_BATCH_BYTES = len(BATCH_MAGIC) + 2 + MAX_BATCH_READINGS * (2 + MAX_READING_BYTES + SIGNATURE_BYTES)
+# What a broker should carry at most (mosquitto message_size_limit): a full batch (~315 KiB) fits, nothing
+# much larger does. The test/demo broker and provisioning's broker instructions use this value.
+BROKER_MESSAGE_SIZE_LIMIT = 512 * 1024
+assert BROKER_MESSAGE_SIZE_LIMIT >= MAX_BATCH_BYTES
 _INSTANT_FIELDS = Instantaneous.names()
 _AFTER_ID = struct.Struct("<8sQQBHQQB")  # key_id, seq, read_at_ms, clock_synced, quality, import, export, len
 _PRESENT = struct.Struct("<H")
@@ -393,7 +397,3 @@ def decode_ack(message: bytes, key: VerifyKey) -> Ack:
     check_stored("acked_seq", acked)
     check_stored("issued_at_ms", issued)
     return Ack(meter_id=validate_meter_id(meter_id), acked_seq=acked, issued_at_ms=issued)
-
-
-def instant_field_names() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(Instantaneous))

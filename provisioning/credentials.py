@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from base.durable_file import write_durably
+from protocol.canonical import BROKER_MESSAGE_SIZE_LIMIT
 from protocol.errors import InvalidFieldError
 from protocol.identifiers import USERNAME_RULE, meter_id_problem, mqtt_username_problem, topic_prefix_problem
 from protocol.topics import PREFIX, ack_topic, agent_status_topic, readings_topic, status_topic
@@ -321,6 +322,8 @@ def describe(res: IdentityResult) -> str:
         "",
         "and these lines to the acl_file, then reload mosquitto (SIGHUP):",
         *(f"  {a}" for a in res.acl),
+        "",
+        f"mosquitto.conf should also bound messages: message_size_limit {BROKER_MESSAGE_SIZE_LIMIT}",
     ]
     if "tls_csr" in f:
         lines += ["", f"TLS client key: {f['tls_key']} (0600)   CSR (CN={res.credentials.username}): {f['tls_csr']}"]

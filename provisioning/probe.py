@@ -17,7 +17,16 @@ from typing import Any
 from agent.bus import Bus, BusError, BusExceptionResponse, BusSpec, BusTimeoutError, open_bus
 from agent.decode import decode_identity, decode_image, identify_matches, image_from_block
 from agent.poller import MeterReadError, MeterSpec, Poller
-from agent.sunspec import Location, SunSpecError, discover, resolve
+from agent.sunspec import (
+    COMMON_MD_OFFSET,
+    COMMON_MN_OFFSET,
+    COMMON_STRING_WORDS,
+    Location,
+    SunSpecError,
+    discover,
+    model_1_string,
+    resolve,
+)
 from firmware_config.schema import IdentifyRule, Profile, SerialNumberRule
 from provisioning.errors import ProvisionError
 from provisioning.port_lock import check_free
@@ -137,6 +146,7 @@ class Identification:
     matched: bool
     values: tuple[int | str | None, ...]
     located: Profile | None = None  # SunSpec: the profile at the device's addresses
+    device: str = ""  # SunSpec: manufacturer and model from the common model 1 (Mn, Md)
     weak: bool = False  # matched only through a `weak` value (check the label)
 
     @property
@@ -175,7 +185,14 @@ async def identify_sunspec(bus: Bus, unit_id: int, profile: Profile, cache: Unit
         located = resolve(profile, loc)
     except SunSpecError:
         return Identification(profile, False, (loc.model_id,))
-    return Identification(profile, True, (loc.model_id, loc.model_address), located)
+    device = ""
+    if loc.common_address is not None:  # model 1 identification: what the device says it is
+        names = []
+        for offset in (COMMON_MN_OFFSET, COMMON_MD_OFFSET):
+            words = await cache.read(bus, unit_id, 3, loc.common_address + offset, COMMON_STRING_WORDS)
+            names.append(model_1_string(words) if isinstance(words, list) else "")
+        device = " ".join(n for n in names if n)
+    return Identification(profile, True, (loc.model_id, loc.model_address), located, device=device)
 
 
 async def identify(bus: Bus, unit_id: int, profile: Profile, cache: UnitCache) -> Identification:

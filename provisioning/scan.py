@@ -91,6 +91,7 @@ class Found:
     serial_number: int | str | None
     candidates: tuple[str, ...] = ()
     hints: list[str] = field(default_factory=list)
+    device: str = ""  # what the device says it is (SunSpec common model 1: Mn Md)
 
     def to_json(self) -> dict[str, Any]:
         t = self.target
@@ -101,7 +102,7 @@ class Found:
             "stopbits": t.stopbits if t.kind == "rtu" else None,
             "port": t.port, "host": t.host, "tcp_port": t.tcp_port if t.kind == "tcp" else None,
             "serial_number": self.serial_number, "candidates": list(self.candidates),
-            "unconfirmed": list(self.profile.unconfirmed), "hints": self.hints,
+            "unconfirmed": list(self.profile.unconfirmed), "hints": self.hints, "device": self.device,
         }
 
 
@@ -271,7 +272,8 @@ async def _record(report: ScanReport, bus: Any, unit: int, target: BusTarget, id
     sn_rule = (best.located or best.profile).serial_number
     if sn_rule is not None:
         serial = await read_rule(bus, unit, sn_rule, cache)
-    found = Found(best.profile, unit, target, serial, tuple(i.profile.id for i in matches if i is not best))
+    found = Found(best.profile, unit, target, serial, tuple(i.profile.id for i in matches if i is not best),
+                  device=best.device)
     found.hints = unit_hints(found, best)
     report.found.append(found)
     progress(f"  unit {unit}: {best.profile.id} (serial {serial})")
@@ -320,7 +322,7 @@ def format_report(report: ScanReport) -> str:
         t = f.target
         where = f"{t.framing}" if t.kind == "rtu" else f"{t.host}:{t.tcp_port}"
         lines.append(f"unit {f.unit_id:>3}  {f.profile.id:<22} {f.profile.manufacturer} {f.profile.model}  "
-                     f"[{where}]  serial {f.serial_number}")
+                     f"[{where}]  serial {f.serial_number}" + (f"  ({f.device})" if f.device else ""))
         lines += [f"          hint: {h}" for h in f.hints]
     if not report.found:
         lines.append("no meter identified")

@@ -15,12 +15,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protocol.canonical import BROKER_MESSAGE_SIZE_LIMIT
 from testbed.ports import free_port, wait_port
 
 DEFAULT_MAX_QUEUED = 1_000_000
 # mosquitto refuses (and drops) any PUBLISH whose payload is larger: a full batch (protocol MAX_BATCH_BYTES, ~315
-# KiB) fits, a client cannot make the broker buffer or forward megabytes. provisioning writes the same bound.
-DEFAULT_MESSAGE_SIZE_LIMIT = 512 * 1024
+# KiB) fits, a client cannot make the broker buffer or forward megabytes. provisioning prints the same bound.
+DEFAULT_MESSAGE_SIZE_LIMIT = BROKER_MESSAGE_SIZE_LIMIT
 
 
 def mosquitto_binary() -> str:

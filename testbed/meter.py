@@ -86,7 +86,7 @@ class SimulatedMeter:
         identify_function_code: int | None = None, clock: Callable[[], int] = time.monotonic_ns,
         absent: set[str] | None = None, identity: dict[int, int | str] | None = None,
         raw_power_sign: int | None = None, sunspec_base: int = 40000,
-        sunspec_before: tuple[tuple[int, int], ...] = (),
+        sunspec_before: tuple[tuple[int, int], ...] = (), sunspec_device: tuple[str, str] = ("Sim", "Meter"),
     ) -> None:
         """`invalid`: measurements served as their "not implemented" sentinel (NaN for floats); `absent`:
         measurements whose registers the meter does not have at all (a read of them answers exception 2 unless
@@ -103,7 +103,7 @@ class SimulatedMeter:
         self.profile, self.unit_id, self.framing = profile, unit_id, framing
         self.chain: dict[int, int] = {}  # SunSpec marker + model headers (FC03)
         if profile.sunspec is not None:
-            self.profile, self.chain = _sunspec_layout(profile, sunspec_base, sunspec_before)
+            self.profile, self.chain = _sunspec_layout(profile, sunspec_base, sunspec_before, sunspec_device)
         self.import_wh, self.export_wh, self.power_w = import_wh, export_wh, power_w
         self.voltage_dv, self.frequency_mhz, self.power_factor_milli = voltage_dv, frequency_mhz, power_factor_milli
         self.serial_number, self.live, self.invalid = serial_number, live, set(invalid or ())
@@ -247,7 +247,8 @@ class SimulatedMeter:
                    for r in self.profile.registers)
 
 
-def _sunspec_layout(profile: Profile, base: int, before: tuple[tuple[int, int], ...]) -> tuple[Profile, dict[int, int]]:
+def _sunspec_layout(profile: Profile, base: int, before: tuple[tuple[int, int], ...],
+                    device: tuple[str, str] = ("Sim", "Meter")) -> tuple[Profile, dict[int, int]]:
     """The profile moved to where this device's chain puts the meter model, and the chain's words: "SunS", then
     (ID, L) headers. Without `before`, a profile written for base 40000 lands at its own addresses."""
     ss = profile.sunspec
@@ -270,6 +271,9 @@ def _sunspec_layout(profile: Profile, base: int, before: tuple[tuple[int, int], 
         chain[addr], chain[addr + 1] = model_id, length
         if model_id == 1:
             common = addr
+            for offset, text in zip((2, 18), device, strict=True):  # Mn, Md: 16 registers of NUL-padded ASCII
+                data = text.encode("ascii")[:32].ljust(32, b"\x00")
+                chain.update({addr + offset + i: int.from_bytes(data[2 * i:2 * i + 2], "big") for i in range(16)})
         addr += length + 2
     chain[addr], chain[addr + 1] = 0xFFFF, 0
     model_address = addr - meter_len - 2

@@ -1,6 +1,6 @@
 """VirtualRtuBus: a socat pty pair as the RS-485 link + one pymodbus SimSerialServer serving several meters.
 
-    socat -d -d pty,rawer,link=<dir>/meters pty,rawer,link=<dir>/client      (meters-and-harness.md B.2)
+    socat -d -d pty,rawer,link=<dir>/meters pty,rawer,link=<dir>/client      (socat(1))
 
 The agent opens `client_port`. A pty does not enforce baud or parity, so the bus holds its own fd on the client
 side and reads the termios settings the client set (tcgetattr): a meter answers only when they match its framing.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -31,6 +32,7 @@ from testbed.child_process import stop_child
 from testbed.meter import Framing, SimulatedMeter
 from testbed.simserver import MeterServer, SimSerialServer
 
+log = logging.getLogger(__name__)
 DEFAULT_START_TIMEOUT_S = 10.0  # socat creates both links in ~10 ms; generous for a loaded 2-core CI box
 _SPEEDS = {getattr(termios, f"B{b}"): b for b in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)}
 _SIZES = {termios.CS5: 5, termios.CS6: 6, termios.CS7: 7, termios.CS8: 8}
@@ -139,9 +141,15 @@ class VirtualRtuBus:
             return None
         try:
             framing = termios_framing(self._client_fd)
-            mark_client_side(self._client_fd)
-        except termios.error:
+        except termios.error as exc:
+            log.warning("cannot read the client side's termios: %s", exc)
             return None
+        if framing is None:
+            log.warning("client side speed is not a standard rate: %s", termios.tcgetattr(self._client_fd))
+        try:
+            mark_client_side(self._client_fd)
+        except termios.error as exc:  # only a marker for the next open: the framing read above still holds
+            log.warning("cannot mark the client side: %s", exc)
         return framing
 
     def comparable(self, framing: Framing) -> Framing:

@@ -1,7 +1,7 @@
 """pymodbus 3.16 simulator plumbing shared by testbed/rtu.py and testbed/tcp.py.
 
 Each SimulatedMeter becomes one `SimDevice` with separate holding/input blocks (Eastron input and holding maps
-both start at 0). The device `action` hook (awaited on every access, meters-and-harness.md B.1) refreshes the
+both start at 0). The device `action` hook (awaited on every access, pymodbus 3.16 server request handler) refreshes the
 registers from the meter's counters, emulates line timing and slow replies, and answers injected exception codes;
 the server's `trace_packet` hook (what actually goes on the wire) drops replies for silence and corrupts the CRC.
 """

@@ -449,7 +449,7 @@ class Stack:
                           protocol=MQTTProtocolVersion.MQTTv5)
         spy.on_message = on_message
         spy.on_connect = on_connect
-        spy.reconnect_delay_set(0.1, 1)
+        spy.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]  # paho takes float seconds; its hint says int
         spy.connect("127.0.0.1", self.broker.port)
         spy.loop_start()
         self._spy = spy

@@ -1,6 +1,7 @@
-"""A GridTokenX meter client written only from the contract (shared/reference/gridtokenx-ingest.md), as its
-smart-meter simulator behaves: floats everywhere, Wh rounded to 3 decimals, kWh to 6, the net kWh computed
-as a float difference (0.03 - 0.01 = 0.019999999999999997), the body serialised by a JSON library.
+"""A GridTokenX meter client written only from the contract (GridTokenX's private-network ingest API, as
+gateway/README.md "HTTP ingest" states it), as its smart-meter simulator behaves: floats everywhere, Wh
+rounded to 3 decimals, kWh to 6, the net kWh computed as a float difference (0.03 - 0.01 =
+0.019999999999999997), the body serialised by a JSON library.
 It imports nothing from the gateway: it is the other side of the contract.
 Also: the exact energy such a client sent, in integer mWh, read back from the bodies' own text."""
 

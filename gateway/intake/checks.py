@@ -165,7 +165,7 @@ def check_progress(r: Reading, meter: Meter, progress: Progress, now_ms: int, li
         return _reject(Reason.SEQ_NOT_INCREASING, f"seq {r.seq} <= last {progress.last_seq} (different bytes)")
     gap = (progress.last_seq + 1, r.seq - 1) if r.seq > progress.last_seq + 1 else None
     if not r.good:
-        flags = [f.name.lower() for f in Quality if f and f in r.quality] if r.quality else []
+        flags = [f.name.lower() for f in Quality if f and f.name and f in r.quality] if r.quality else []
         if not r.clock_synced:
             flags.insert(0, "clock_unsynced")
         return Verdict(Outcome.HOLD, Reason.QUALITY, ",".join(dict.fromkeys(flags)), gap)

@@ -26,6 +26,7 @@ from decimal import MAX_EMAX, MIN_EMIN, ROUND_HALF_EVEN, Decimal, InvalidOperati
 
 import base58
 
+from base.units import milli_text
 from protocol import ProtocolError
 from protocol.identifiers import validate_device_id
 
@@ -184,6 +185,4 @@ def check_consistency(payload: dict[str, object], r: IngestReading) -> None:
 
 def wh_text(mwh: int) -> str:
     """mWh as Wh with 3 decimals, exactly (for messages and status documents)."""
-    sign = "-" if mwh < 0 else ""
-    whole, frac = divmod(abs(mwh), MWH_PER_WH)
-    return f"{sign}{whole}.{frac:03d}"
+    return milli_text(mwh)

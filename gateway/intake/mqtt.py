@@ -21,7 +21,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -33,9 +34,14 @@ from gateway.config import MqttSection
 from gateway.intake.acceptance import Acceptance, Prepared
 from gateway.metrics import Metrics
 from protocol import Ack, SigningKey, encode_ack
-from protocol.topics import ack_topic
+from protocol.topics import ack_topic, shared_readings_filter
 
 log = logging.getLogger(__name__)
+
+
+def _messages(msgs: Iterable[mqtt.MQTTMessage]) -> list[tuple[str, bytes]]:
+    """(topic, payload) pairs; paho hands bytes (its hint also allows bytearray, which acceptance reads alike)."""
+    return cast(list[tuple[str, bytes]], [(m.topic, m.payload) for m in msgs])
 
 DEFAULT_GROUP_READINGS = 4000  # readings per commit: amortises fsync, acks and queries (~ms) over many readings
 DEFAULT_READING_BYTES = 216  # a signed reading in a batch (2 + ~150 + 64): to size groups without decoding
@@ -103,8 +109,8 @@ class Intake:
             return
         log.info("MQTT connected to %s:%s (session present: %s)", self.cfg.host, self.cfg.port, flags.session_present)
         self._connected.set()
-        flt = f"$share/{self.cfg.share_group}/{self.cfg.topic_prefix}/+/readings"
-        client.subscribe(flt, options=SubscribeOptions(qos=1))
+        client.subscribe(shared_readings_filter(self.cfg.share_group, self.cfg.topic_prefix),
+                         options=SubscribeOptions(qos=1))
 
     def _on_subscribe(self, _c: mqtt.Client, _ud: object, _mid: int, codes: list[mqtt.ReasonCode],
                       _props: Properties | None) -> None:
@@ -206,7 +212,7 @@ class Intake:
             if group:
                 prepared: Prepared | None = None
                 try:
-                    prepared = self.acceptance.prepare([(m.topic, m.payload) for m in group])
+                    prepared = self.acceptance.prepare(_messages(group))
                 except Exception:
                     log.exception("preparing %d messages failed; they are retried one by one", len(group))
                 pending.append((group, prepared))
@@ -239,7 +245,7 @@ class Intake:
             part, failed = todo.pop()
             if failed is None:
                 try:
-                    acks = self.acceptance.process([(m.topic, m.payload) for m in part])
+                    acks = self.acceptance.process(_messages(part))
                 except Exception as e:
                     failed = e
                 else:

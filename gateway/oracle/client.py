@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from solana.exceptions import SolanaRpcException
 from solana.rpc.async_api import AsyncClient
-from solana.rpc.commitment import Commitment
+from solana.rpc.commitment import Commitment, Confirmed
 from solana.rpc.core import RPCException
 from solders.compute_budget import set_compute_unit_limit, set_compute_unit_price
 from solders.hash import Hash
@@ -100,7 +100,7 @@ class OracleClient(LookupTables):
         program_id: str,
         authority: Keypair,
         *,
-        commitment: Commitment = "confirmed",
+        commitment: Commitment = Confirmed,
         lookup_tables: Sequence[str] = (),
         error_table: dict[int, str] | None = None,
         cu_first_reading: int = DEFAULT_CU_FIRST_READING,

@@ -9,6 +9,7 @@ transaction once more and has the last word.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import TypeVar
 
 from gateway.oracle.submission import Submission
 
@@ -78,8 +79,11 @@ def max_submits_per_tx(meter_ids: Sequence[str], with_lookup_tables: bool = True
         n += 1
 
 
-def pack_submits(items: Sequence[tuple[Hashable, str]], table_of: Mapping[Hashable, int],
-                 readonly: Sequence[Hashable], *, cu_price: bool) -> list[list[int]]:
+K = TypeVar("K", bound=Hashable)  # an account key (solders Pubkey in the client)
+
+
+def pack_submits(items: Sequence[tuple[K, str]], table_of: Mapping[K, int],
+                 readonly: Sequence[K], *, cu_price: bool) -> list[list[int]]:
     """Greedy: consecutive submissions per v0 transaction while it fits PACKET_DATA_SIZE.
 
     items: (MeterState address, meter id) per submission, in order; table_of: address -> index of the lookup
@@ -88,7 +92,7 @@ def pack_submits(items: Sequence[tuple[Hashable, str]], table_of: Mapping[Hashab
     """
     fixed_ixs = compute_budget_ix_sizes(cu_price)
 
-    def size(pdas: set[Hashable], n: int, ix_bytes: int) -> int:
+    def size(pdas: set[K], n: int, ix_bytes: int) -> int:
         tables: dict[int, list[int]] = {}
         for ro in readonly:
             tables.setdefault(table_of[ro], [0, 0])[1] += 1
@@ -98,7 +102,7 @@ def pack_submits(items: Sequence[tuple[Hashable, str]], table_of: Mapping[Hashab
 
     batches: list[list[int]] = []
     cur: list[int] = []
-    pdas: set[Hashable] = set()
+    pdas: set[K] = set()
     ix_bytes = 0
     for pos, (pda, meter_id) in enumerate(items):
         add = ix_size(4, submit_data_len(meter_id))

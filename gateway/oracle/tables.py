@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from solana.rpc.async_api import AsyncClient
-from solana.rpc.commitment import Commitment
+from solana.rpc.commitment import Commitment, Finalized
 from solders.address_lookup_table_account import ID as ALT_PROGRAM_ID
 from solders.address_lookup_table_account import AddressLookupTable, AddressLookupTableAccount
 from solders.compute_budget import set_compute_unit_limit
@@ -85,7 +85,7 @@ class LookupTables:
                 room = LOOKUP_TABLE_MAX_ADDRESSES - (len(table.addresses) if table else 0)
                 chunk, missing = missing[: min(room, DEFAULT_EXTEND_CHUNK)], missing[min(room, DEFAULT_EXTEND_CHUNK):]
                 if table is None:
-                    slot = (await self._rpc.get_slot("finalized")).value
+                    slot = (await self._rpc.get_slot(Finalized)).value
                     while slot in self._used_recent_slots:  # one table per (authority, recent_slot)
                         slot -= 1  # still in SlotHashes (512 recent slots)
                     self._used_recent_slots.add(slot)

@@ -209,7 +209,7 @@ class Submitter:
         now_ms = now_s * 1000
         last_ts = chain.last_reading_timestamp if chain is not None else None
         landed = [r for r in rows if last_ts is not None and r.reading_timestamp <= last_ts]
-        if landed:
+        if landed and chain is not None:
             self._reconcile(mid, landed, chain, now_ms)
         out: list[OutboxRow] = []
         for r in rows:

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from agent.keys import create_key_file
 from protocol.signing import SigningKey
 from testbed.broker import Broker
 from testbed.ports import free_port
+from tests import polling
 
 
 @dataclass
@@ -132,11 +132,12 @@ class AgentProcess:
 
 
 def wait_for(cond, timeout_s: float, what: str, proc: AgentProcess | None = None) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not cond():
+    """tests.polling.wait_for that also stops when the agent process exits, with the agent's log tail."""
+
+    def exited() -> str | None:
         if proc is not None and proc.proc is not None and proc.proc.poll() is not None:
-            raise AssertionError(f"agent exited ({proc.proc.returncode}) while waiting for {what}:\n{proc.tail()}")
-        if time.monotonic() > deadline:
-            tail = proc.tail() if proc is not None else ""
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{tail}")
-        time.sleep(0.05)
+            return f"agent exited ({proc.proc.returncode})"
+        return None
+
+    polling.wait_for(cond, timeout_s, what, abort=exited, detail=(proc.tail if proc is not None else None),
+                     poll_s=0.05)

@@ -41,6 +41,7 @@ from testbed.meter import SimulatedMeter
 from testbed.ports import free_port
 from testbed.tcp import ModbusTcpMeters
 from tests.chromium_driver import Chromium
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -91,17 +92,6 @@ class HaListener:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
-
-
-async def until(cond: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def health(url: str) -> dict[str, Any]:

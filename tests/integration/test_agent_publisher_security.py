@@ -25,7 +25,7 @@ GATEWAY = SigningKey(bytes(range(1, 33)))
 
 
 def make_pki(d: Path) -> None:
-    """Self-signed CA, server cert for 127.0.0.1, client cert CN=agent (meters-and-harness.md B.4)."""
+    """Self-signed CA, server cert for 127.0.0.1, client cert CN=agent (mosquitto.conf(5) TLS listener)."""
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
 

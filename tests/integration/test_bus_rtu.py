@@ -2,6 +2,10 @@
 
 Faults: no reply, CRC corruption, exception codes, slow replies, unknown unit ids silent, framing mismatch silent,
 a dead meter does not starve the others, a gap-rejecting meter is re-planned.
+
+Every timeout, slow-reply delay and deadline here comes from line timing measured just before the test
+(tests/integration/line_timing.py), never from a fixed wall time: these tests must pass on a loaded machine
+(scripts/loadcheck runs them next to a CPU hog).
 """
 
 from __future__ import annotations
@@ -14,18 +18,24 @@ from dataclasses import replace
 import pytest
 
 from agent.bus import Bus, BusClaimedError, BusSpec, open_bus
+from agent.planner import rtu_read_time_s
 from agent.poller import MeterReadError, MeterSample, MeterSpec, Poller
 from firmware_config.loader import load_all
 from testbed.meter import Framing, SimulatedMeter
 from testbed.rtu import VirtualRtuBus
 from testbed.rtu_process import RtuBusProcess
 from testbed.tcp import ModbusTcpMeters
+from tests.integration import line_timing
+from tests.integration.line_timing import LineTiming
 
 pytestmark = pytest.mark.integration
 PROFILES = load_all()
 SDM630, SDM120 = PROFILES["eastron-sdm630"], PROFILES["eastron-sdm120"]
-# Short timeouts keep fault tests fast; 0.4 s is still > 2x the longest emulated 9600-baud read (~180 ms).
-TIMEOUT_S = 0.4
+# A success-only read never waits for its timeout, so a generous one cannot slow a test down; tests that wait for
+# timeouts take theirs from LineTiming.
+GENEROUS_TIMEOUT_S = line_timing.PROBE_TIMEOUT_S
+# The largest read the poller makes of an Eastron meter: FC04 0x0000 + 76 registers.
+BIG_READ = (4, 0x0000, 0x4C)
 
 
 def meters_on_bus() -> list[SimulatedMeter]:
@@ -48,8 +58,14 @@ async def vbus() -> AsyncIterator[VirtualRtuBus]:
 
 
 @pytest.fixture
-async def rtu(vbus: VirtualRtuBus) -> AsyncIterator[Bus]:
-    bus = open_bus(BusSpec("rs485-0", "rtu", port=vbus.client_port, timeout_s=TIMEOUT_S, retries=1))
+async def line(vbus: VirtualRtuBus) -> LineTiming:
+    return await line_timing.measure(BusSpec("rs485-0", "rtu", port=vbus.client_port), 1, *BIG_READ,
+                                     wire_s=rtu_read_time_s(BIG_READ[2], 9600), attempts=2)
+
+
+@pytest.fixture
+async def rtu(vbus: VirtualRtuBus, line: LineTiming) -> AsyncIterator[Bus]:
+    bus = open_bus(BusSpec("rs485-0", "rtu", port=vbus.client_port, timeout_s=line.timeout_s, retries=1))
     try:
         yield bus
     finally:
@@ -82,7 +98,8 @@ async def test_three_rtu_meters_and_one_tcp_decode_exactly(vbus: VirtualRtuBus, 
     assert rtu.stats.requests == 3  # one request per meter (76 registers <= Eastron's 80)
 
     async with ModbusTcpMeters([SimulatedMeter(SDM630, 1, import_wh=42_000, export_wh=7)]) as tcp_meters:
-        tcp = open_bus(BusSpec("tcp-0", "tcp", host=tcp_meters.host, tcp_port=tcp_meters.port, timeout_s=TIMEOUT_S))
+        tcp = open_bus(BusSpec("tcp-0", "tcp", host=tcp_meters.host, tcp_port=tcp_meters.port,
+                               timeout_s=GENEROUS_TIMEOUT_S))
         try:
             tp = Poller(tcp, [MeterSpec("PV-1", "tcp-0", 1, SDM630)])
             s = await tp.read_meter(tp.meters[0])
@@ -93,7 +110,9 @@ async def test_three_rtu_meters_and_one_tcp_decode_exactly(vbus: VirtualRtuBus, 
 
 async def test_rtu_over_tcp() -> None:
     async with ModbusTcpMeters([SimulatedMeter(SDM120, 5, import_wh=777)], framing="rtu") as gw:
-        bus = open_bus(BusSpec("gw", "rtu-over-tcp", host=gw.host, tcp_port=gw.port, timeout_s=TIMEOUT_S))
+        spec = BusSpec("gw", "rtu-over-tcp", host=gw.host, tcp_port=gw.port)
+        line = await line_timing.measure(spec, 5, 4, 0, 2)
+        bus = open_bus(replace(spec, timeout_s=line.timeout_s))
         try:
             p = Poller(bus, [MeterSpec("M", "gw", 5, SDM120)])
             assert (await p.read_meter(p.meters[0])).values["energy_import_wh"] == 777
@@ -121,10 +140,13 @@ async def test_live_meter_published_equals_served(vbus: VirtualRtuBus, rtu: Bus)
     ({"corrupt_crc": True}, "crc"),
     ({"exception_code": 4}, "exception_code_4"),
     ({"exception_code": 6}, "exception_code_6"),
-    ({"delay_s": 1.0}, "timeout"),  # slower than both 0.4 s attempts together
+    ({"delay_s": "too_slow"}, "timeout"),  # slower than both attempts together (LineTiming.too_slow_delay_s)
 ])
-async def test_faults_are_reported_with_reason(vbus: VirtualRtuBus, rtu: Bus, fault: dict, reason: str) -> None:
+async def test_faults_are_reported_with_reason(vbus: VirtualRtuBus, rtu: Bus, line: LineTiming, fault: dict,
+                                               reason: str) -> None:
     poller = Poller(rtu, specs())
+    if fault.get("delay_s") == "too_slow":
+        fault = {"delay_s": line.too_slow_delay_s}
     vbus.set_fault(2, **fault)
     with pytest.raises(MeterReadError) as e:
         await poller.read_meter(poller.meters[1])
@@ -136,13 +158,13 @@ async def test_faults_are_reported_with_reason(vbus: VirtualRtuBus, rtu: Bus, fa
     assert poller.device_status()["HEATPUMP"]["last_error"].startswith(reason)
     # the neighbours on the same line still read, and the meter recovers when the fault goes away (a slow meter
     # may still be answering stale requests for a moment, as on a real line: hence "eventually")
-    assert (await eventually(poller, poller.meters[0])).values["energy_import_wh"] == 1_234_567
+    assert (await eventually(poller, poller.meters[0], line.settle_s)).values["energy_import_wh"] == 1_234_567
     vbus.clear_faults()
-    assert (await eventually(poller, poller.meters[1])).values["energy_import_wh"] == 512_250
+    assert (await eventually(poller, poller.meters[1], line.settle_s)).values["energy_import_wh"] == 512_250
     assert poller.device_status()["HEATPUMP"]["consecutive_errors"] == 0
 
 
-async def eventually(poller: Poller, meter: MeterSpec, timeout_s: float = 10.0) -> MeterSample:
+async def eventually(poller: Poller, meter: MeterSpec, timeout_s: float) -> MeterSample:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -152,13 +174,14 @@ async def eventually(poller: Poller, meter: MeterSpec, timeout_s: float = 10.0) 
                 raise
 
 
-async def test_slow_but_in_time_reply_is_read(vbus: VirtualRtuBus, rtu: Bus) -> None:
+async def test_slow_but_in_time_reply_is_read(vbus: VirtualRtuBus, rtu: Bus, line: LineTiming) -> None:
     poller = Poller(rtu, specs())
-    vbus.set_fault(2, delay_s=0.15)
+    vbus.set_fault(2, delay_s=line.in_time_delay_s)
     t0 = time.monotonic()
     s = await poller.read_meter(poller.meters[1])
     assert s.values["energy_import_wh"] == 512_250
-    assert time.monotonic() - t0 >= 0.15
+    assert time.monotonic() - t0 >= line.in_time_delay_s
+    assert rtu.stats.retries == 0  # read in the first attempt, not by a retry
 
 
 async def test_unknown_unit_id_is_silent(vbus: VirtualRtuBus, rtu: Bus) -> None:
@@ -172,11 +195,16 @@ async def test_unknown_unit_id_is_silent(vbus: VirtualRtuBus, rtu: Bus) -> None:
 
 async def test_dead_meter_does_not_starve_the_others() -> None:
     async with VirtualRtuBus(meters_on_bus(), line_timing=False) as vb:
-        bus = open_bus(BusSpec("rs485-0", "rtu", port=vb.client_port, timeout_s=TIMEOUT_S, retries=1))
+        spec = BusSpec("rs485-0", "rtu", port=vb.client_port, retries=1)
+        line = await line_timing.measure(spec, 1, *BIG_READ)
+        bus = open_bus(replace(spec, timeout_s=line.timeout_s))
         try:
             poller = Poller(bus, specs())
             vb.set_fault(2, no_reply=True)
-            got, errors = await _poll_until(poller, cycles=8)
+            # a cycle: two healthy reads + the dead meter's attempts; the interval leaves room for a whole cycle
+            interval_s = max(0.2, 1.5 * (2 * line.rtt_s + line.attempts * line.timeout_s))
+            got, errors = await _poll_until(poller, cycles=8, interval_s=interval_s,
+                                            deadline_s=8 * 4 * interval_s + line.settle_s)
         finally:
             await bus.close()
     cycles = poller.stats.cycles
@@ -189,7 +217,8 @@ async def test_dead_meter_does_not_starve_the_others() -> None:
     assert {e.reason for e in errors} == {"timeout"}
 
 
-async def _poll_until(poller: Poller, cycles: int) -> tuple[dict[str, list[MeterSample]], list[MeterReadError]]:
+async def _poll_until(poller: Poller, cycles: int, interval_s: float, deadline_s: float
+                      ) -> tuple[dict[str, list[MeterSample]], list[MeterReadError]]:
     got: dict[str, list[MeterSample]] = {m.meter_id: [] for m in poller.meters}
     errors: list[MeterReadError] = []
 
@@ -199,9 +228,9 @@ async def _poll_until(poller: Poller, cycles: int) -> tuple[dict[str, list[Meter
     async def on_error(_m: MeterSpec, e: MeterReadError) -> None:
         errors.append(e)
 
-    task = asyncio.create_task(poller.run(0.2, on_sample, on_error))
+    task = asyncio.create_task(poller.run(interval_s, on_sample, on_error))
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + deadline_s
         while poller.stats.cycles < cycles:
             assert time.monotonic() < deadline, f"poller stuck: {poller.device_status()}"
             assert not task.done(), task
@@ -216,9 +245,10 @@ async def test_framing_mismatch_is_silent() -> None:
     meters = [SimulatedMeter(SDM630, 1, import_wh=10), SimulatedMeter(SDM120, 2, import_wh=20,
                                                                       framing=Framing(19200, "N", 1))]
     async with VirtualRtuBus(meters, 9600, "N", 1, line_timing=False) as vb:
+        line = await line_timing.measure(BusSpec("b", "rtu", port=vb.client_port), 1, 4, 0, 2, floor_s=0.2, attempts=1)
         for baud, stopbits, answering in [(9600, 1, {1}), (19200, 1, {2}), (9600, 2, set()), (2400, 1, set())]:
             bus = open_bus(BusSpec("b", "rtu", port=vb.client_port, baudrate=baud, stopbits=stopbits,
-                                   timeout_s=0.2, retries=0))
+                                   timeout_s=line.timeout_s, retries=0))
             try:
                 p = Poller(bus, [MeterSpec("A", "b", 1, SDM630), MeterSpec("B", "b", 2, SDM120)])
                 ok = set()
@@ -236,9 +266,12 @@ async def test_framing_mismatch_is_silent() -> None:
 async def test_parity_mismatch() -> None:
     meters = [SimulatedMeter(SDM120, 1, import_wh=5)]
     async with VirtualRtuBus(meters, 9600, "E", 1, line_timing=False) as vb:  # Inepro/Schneider-style 8E1 bus
+        line = await line_timing.measure(BusSpec("b", "rtu", port=vb.client_port, parity="E"), 1, 4, 0, 2,
+                                         floor_s=0.2, attempts=1)
         results = {}
         for parity in ("N", "E"):
-            bus = open_bus(BusSpec("b", "rtu", port=vb.client_port, parity=parity, timeout_s=0.2, retries=0))
+            bus = open_bus(BusSpec("b", "rtu", port=vb.client_port, parity=parity, timeout_s=line.timeout_s,
+                                   retries=0))
             try:
                 p = Poller(bus, [MeterSpec("A", "b", 1, SDM120)])
                 try:
@@ -259,7 +292,9 @@ async def test_parity_mismatch() -> None:
 async def test_gap_rejecting_meter_is_replanned(rtu: Bus, vbus: VirtualRtuBus) -> None:
     strict = replace(SDM630, read=replace(SDM630.read, gaps="exception", readable=()))
     async with VirtualRtuBus([SimulatedMeter(strict, 4, import_wh=99)], line_timing=False) as vb:
-        bus = open_bus(BusSpec("strict", "rtu", port=vb.client_port, timeout_s=TIMEOUT_S))
+        spec = BusSpec("strict", "rtu", port=vb.client_port)
+        line = await line_timing.measure(spec, 4, 4, 0, 2, attempts=spec.retries + 1)  # a read without gaps
+        bus = open_bus(replace(spec, timeout_s=line.timeout_s))
         try:
             p = Poller(bus, [MeterSpec("S", "strict", 4, SDM630)])
             s = await p.read_meter(p.meters[0])
@@ -283,14 +318,16 @@ async def test_bus_in_a_separate_process_keeps_counting() -> None:
         {"profile": "eastron-sdm120", "unit_id": 7, "import_wh": 1000, "power_w": 3_600_000, "live": True}]}
     proc = RtuBusProcess(cfg).start()
     try:
-        bus = open_bus(BusSpec("p", "rtu", port=proc.client_port, timeout_s=TIMEOUT_S))
+        spec = BusSpec("p", "rtu", port=proc.client_port)
+        line = await line_timing.measure(spec, 7, 4, 0, 2, attempts=spec.retries + 1)
+        bus = open_bus(replace(spec, timeout_s=line.timeout_s))
         try:
             p = Poller(bus, [MeterSpec("P", "p", 7, SDM120)])
             first = (await p.read_meter(p.meters[0])).values["energy_import_wh"]
             status = proc.status()["meters"][0]
             assert status["served_import_wh"] == first
-            deadline = time.monotonic() + 10
-            while proc.status()["meters"][0]["import_wh"] < first + 100:  # 1 Wh per ms
+            deadline = time.monotonic() + 100 * line.settle_s  # the meter process counts 1 Wh per ms of its clock
+            while proc.status()["meters"][0]["import_wh"] < first + 100:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.02)
             assert proc.command({"cmd": "fault", "unit_id": 7, "no_reply": True}) == {"ok": True}

@@ -163,3 +163,11 @@ def test_project_broker_refuses_oversized_messages(broker: Broker, tmp_path: Pat
             c.loop_stop()
         store.close()
         registry.close()
+
+
+def test_provisioning_tells_the_broker_admin_the_size_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    from gridmeter.cli import main
+
+    assert main(["provision", "mqtt-credentials", "--meter-id", "HOUSE-1", "--out-dir", str(tmp_path)]) == 0
+    assert "message_size_limit 524288" in capsys.readouterr().out

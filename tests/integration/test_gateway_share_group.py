@@ -113,6 +113,8 @@ def test_stopped_gateway_takes_no_share(broker: Broker, tmp_path: Path, how: str
 
 def test_sigkilled_gateway_process_takes_no_share(broker: Broker, tmp_path: Path) -> None:
     """Gateway B is a real `gridmeter gateway run` process sharing A's database, killed with SIGKILL."""
+    import contextlib
+    import os
     import signal
     import subprocess
     import sys
@@ -140,7 +142,7 @@ def test_sigkilled_gateway_process_takes_no_share(broker: Broker, tmp_path: Path
     agent.loop_start()
     with open(tmp_path / "gw-b.log", "wb") as log:
         b = subprocess.Popen([sys.executable, "-m", "gridmeter.cli", "gateway", "run", "--config", str(cfg)],
-                             stdout=log, stderr=log)
+                             stdout=log, stderr=log, start_new_session=True)  # its own group: verify workers too
     try:
         a.start()
         a.wait_ready()
@@ -152,7 +154,7 @@ def test_sigkilled_gateway_process_takes_no_share(broker: Broker, tmp_path: Path
             s += 1
             agent.publish(readings_topic(METER), batch(reading(METER, s, t0 + s * 10_000, 1000 + s)), qos=1)
             wait_for(lambda s=s: max(acks, default=0) == s, 30, f"ack {s}")
-        b.send_signal(signal.SIGKILL)
+        os.killpg(b.pid, signal.SIGKILL)  # the gateway and its verify worker, as systemd kills a unit's cgroup
         b.wait(10)
         time.sleep(0.5)  # let the broker see the connection drop (a test pause, not a deadline)
         a_before, first = received(a), s + 1
@@ -165,9 +167,9 @@ def test_sigkilled_gateway_process_takes_no_share(broker: Broker, tmp_path: Path
         assert stored == list(range(1, first + 100))
         assert store.conn.execute("SELECT COUNT(*) FROM gaps").fetchone()[0] == 0
     finally:
-        if b.poll() is None:
-            b.kill()
-            b.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(b.pid, signal.SIGKILL)
+        b.wait(10)
         a.stop()
         agent.disconnect()
         agent.loop_stop()

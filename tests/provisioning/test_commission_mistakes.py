@@ -160,3 +160,17 @@ def test_questions_are_checkable_on_site_and_asked_once() -> None:
             assert "?" in q, (p.id, q)
     assert installer_questions(PROFILES["eastron-sdm630"])[-1] == \
         "Does the meter's label say Eastron SDM630-Modbus v2?"
+
+
+async def test_word_order_mistake_names_word_order(tcp_meters: tuple[ModbusTcpMeters, dict[str, SimulatedMeter]],
+                                                   tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A float32 profile read low word first: the range check fails and says the swapped reading is plausible."""
+    server, _ = tcp_meters
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    broken_profile(profiles, "eastron-sdm630", "test-sdm630-swapped", ('word_order = "big"', 'word_order = "little"'))
+    rc, text, _ = await commission(capsys, *args(server, "test-sdm630-swapped", 4, tmp_path / "w.json",
+                                                 "--profile-dir", str(profiles), "--wait-s", "0", "--yes"))
+    assert rc == 3, text
+    assert "With the words swapped it reads 2300, which is plausible: word order" in text
+    assert "Eastron meters can be set to the other word order" in text

@@ -42,7 +42,8 @@ async def test_sunspec_meters_on_rs485_are_found_by_default(capsys: pytest.Captu
     by a multi-MPPT model 160, both on RS-485 at 9600 8N1: found without --ids (factory ids), serials from the
     common model before each meter model."""
     bus = VirtualRtuBus([meter("sunspec-meter-int", 240, serial_number="FRO-240"),
-                         meter("solaredge-meter", 1, serial_number="SE-1", sunspec_before=((160, 48),))],
+                         meter("solaredge-meter", 1, serial_number="SE-1", sunspec_before=((160, 48),),
+                               sunspec_device=("SolarEdge", "SE-MTR-3Y"))],
                         baudrate=9600, parity="N")
     await bus.start()
     try:
@@ -54,6 +55,7 @@ async def test_sunspec_meters_on_rs485_are_found_by_default(capsys: pytest.Captu
     assert got == {(240, "sunspec-meter-int", "FRO-240"), (1, "solaredge-meter", "SE-1")}
     se = next(f for f in found if f["unit_id"] == 1)
     assert se["candidates"] == ["sunspec-meter-int"]  # the generic profile also reads it; the specific one wins
+    assert se["device"] == "SolarEdge SE-MTR-3Y"  # model 1 identification: what the device says it is
 
 
 @pytest.mark.integration

@@ -31,6 +31,7 @@ from gateway.submit.submitter import Submitter
 from localchain.server import LocalChainServer
 from localchain.svm import LocalChain, decode_transaction
 from oracle_interface import addresses as A
+from oracle_interface.layout import DEVNET_PROGRAM_ID
 from tests.gateway_support import record_for
 
 pytestmark = pytest.mark.system
@@ -193,7 +194,7 @@ async def test_cli_serve_clock_offset_and_dearer_compute(bridge: Keypair) -> Non
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         await asyncio.to_thread(wait_port, port, 30)
-        async with OracleClient(f"http://127.0.0.1:{port}", "64Vgos61STZ8pW9NnHi2iGtXMTQr7NqBoMorK6Zg8RJU", bridge,
+        async with OracleClient(f"http://127.0.0.1:{port}", DEVNET_PROGRAM_ID, bridge,
                                 poll_s=0.05, simulate_budget=False) as client:
             assert abs(await client.fetch_chain_time() - (int(time.time()) - 120)) <= 2
             (res,) = await client.submit(subs_for(["CLI-1"], int(time.time()) - 600))

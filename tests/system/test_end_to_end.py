@@ -39,6 +39,7 @@ from testbed.broker import Broker
 from testbed.meter import SimulatedMeter
 from testbed.ports import free_port, wait_port
 from testbed.tcp import ModbusTcpMeters
+from tests import polling
 from tests.gateway_support import batch, key_for, reading, record_for, set_oracle_fields
 from tests.integration.agent_process import AgentProcess, AgentSetup, MeterEntry
 
@@ -52,13 +53,15 @@ METERS = {"HOUSE-1": (1, MeterRole.GRID, 18_000), "PV-1": (2, MeterRole.PRODUCTI
 
 async def until(cond: Callable[[], bool], timeout_s: float, what: str, procs: tuple[subprocess.Popen[bytes], ...] = (),
                 logs: tuple[Path, ...] = ()) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        dead = [p for p in procs if p.poll() is not None]
-        if dead or time.monotonic() > deadline:
-            tails = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
-            raise AssertionError(f"{'process exited' if dead else 'timed out'} waiting for {what}\n{tails}")
-        await asyncio.sleep(0.1)
+    """tests.polling.until that stops when one of `procs` exits, with the tails of `logs`."""
+
+    def exited() -> str | None:
+        return "process exited" if any(p.poll() is not None for p in procs) else None
+
+    def tails() -> str:
+        return "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
+
+    await polling.until(cond, timeout_s, what, abort=exited, detail=tails, poll_s=0.1)
 
 
 def gateway_config(tmp: Path, broker: Broker, rpc_url: str, program_id: str, dash_port: int) -> Path:

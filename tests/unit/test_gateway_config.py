@@ -153,3 +153,18 @@ def test_cli_rejections_escape_control_characters(tmp_path: Path, capsys: pytest
     assert "\x1b" not in out and "\\x1b]0;pwned\\x07" in out and "detail\\x1b[2J" in out
     assert main(["gateway", "rejections", "--json", "--config", str(cfg)]) == 0  # the evidence in full
     assert '"payload_hex": "7b7d"' in capsys.readouterr().out
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    """The gateway reads its TOML through the same strict reader as the agent (base.toml_table): one run names
+    every problem of the file, not just the first."""
+    data = {**AUTH, "mqtt": {"port": "x", "prot": 1}, "limits": {"future_skew_s": 90}, "nope": {},
+            "dashboard": {**AUTH["dashboard"], "password": "password123456"}}
+    with pytest.raises(ConfigError) as e:
+        parse_config(data)
+    msg = str(e.value)
+    assert e.value.path == "nope" and msg.startswith("nope: unknown section (known: chain, dashboard,")
+    for part in ("mqtt.port: must be an integer (got 'x')", "mqtt.prot: unknown key (known: client_id, enabled,",
+                 "limits.future_skew_s: must be in 0..59 (got 90)", "dashboard.password: is a placeholder"):
+        assert part in msg
+    assert "4 more problem(s)" in msg and "password123456" not in msg

@@ -81,7 +81,7 @@ def test_eastron_without_holes_is_per_cluster() -> None:
 
 
 def test_rtu_read_time_matches_reference_table() -> None:
-    # meters-and-harness.md B.3: N=2 at 9600 8N1 = 25.0 ms, N=125 = 281.2 ms; 9600 8E1 N=2 = 27.5 ms
+    # Modbus over Serial Line V1.02 §2.5.1: N=2 at 9600 8N1 = 25.0 ms, N=125 = 281.2 ms; 9600 8E1 N=2 = 27.5 ms
     assert rtu_read_time_s(2, 9600) == pytest.approx(0.025, abs=1e-6)
     assert rtu_read_time_s(125, 9600) == pytest.approx(0.28125, abs=1e-6)
     assert rtu_read_time_s(2, 9600, "E") == pytest.approx(0.0275, abs=1e-6)
