@@ -27,7 +27,7 @@ def _names() -> list[str]:
 
 def _run_one(name: str, rest: list[str], as_json: bool) -> dict[str, Any]:
     module = importlib.import_module(f"bench.{name}")
-    sub = argparse.ArgumentParser(prog=f"python -m bench {name}")
+    sub = argparse.ArgumentParser(prog=f"python -m bench {name}")  # its own --help
     sub.add_argument("--json", action="store_true")
     if hasattr(module, "add_arguments"):
         module.add_arguments(sub)
@@ -47,10 +47,17 @@ def _print(result: dict[str, Any], as_json: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     names = _names()
-    parser = argparse.ArgumentParser(prog="python -m bench", description="gridmeter benchmarks")
+    parser = argparse.ArgumentParser(prog="python -m bench", description="gridmeter benchmarks", add_help=False,
+                                     epilog="python -m bench NAME --help lists that benchmark's options")
     parser.add_argument("name", nargs="?", choices=names, help="benchmark to run (default: all of them)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("-h", "--help", action="store_true", help="show this help (or NAME's) and exit")
     first, rest = parser.parse_known_args(argv)
+    if first.help and first.name is None:
+        parser.print_help()
+        return 0
+    if first.help:
+        rest.append("--help")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if first.name is not None:
         _print(_run_one(first.name, rest, first.json), first.json)

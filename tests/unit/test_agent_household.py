@@ -135,3 +135,36 @@ def test_meter_states_and_availability() -> None:
     assert got["N"] == (None, "offline")  # no good reading yet
     assert meter_states(hh, {"M": {"consecutive_errors": 2}}, now, 10.0)["M"][1] == "offline"
     assert meter_states(hh, {"M": {"consecutive_errors": 0}}, now + 61_000, 10.0)["M"][1] == "offline"  # stale
+
+
+@pytest.mark.parametrize(("section", "values", "error"), [
+    ("status", {"chain_rpc_url": "http://127.0.0.1:8899"}, "status.chain_program_id: required with chain_rpc_url"),
+    ("status", {"chain_rpc_url": "ftp://x", "chain_program_id": "11111111111111111111111111111111"},
+     "status.chain_rpc_url: must be an http:// or https:// URL"),
+    ("status", {"chain_rpc_url": "http://h:1", "chain_program_id": "not-base58!"},
+     "status.chain_program_id: must be a base58 Solana"),
+    ("status", {"chain_refresh_s": 1}, "status.chain_refresh_s"),
+    ("homeassistant", {"discovery_prefix": "home/assistant"}, "homeassistant.discovery_prefix: 1-64 of"),
+    ("homeassistant", {"enabled": "yes"}, "homeassistant.enabled"),
+    ("homeassistant", {"bogus": 1}, "homeassistant.bogus"),
+])
+def test_page_and_home_assistant_config_errors_name_the_key(section: str, values: dict[str, Any], error: str) -> None:
+    from agent.config import ConfigError
+    from tests.unit.test_agent_config import base_doc, parse
+
+    doc = base_doc()
+    doc[section] = values
+    with pytest.raises(ConfigError, match=error.replace("(", r"\(").replace(".", r"\.")):
+        parse(doc)
+
+
+def test_home_assistant_defaults_and_password_from_env() -> None:
+    from tests.unit.test_agent_config import base_doc, parse
+
+    assert parse(base_doc()).homeassistant.enabled is False
+    doc = base_doc()
+    doc["homeassistant"] = {"enabled": True, "host": "ha.local", "username": "gm"}
+    ha = parse(doc, env={"GRIDMETER_HA_MQTT_PASSWORD": "s3cret-from-env"}).homeassistant
+    assert (ha.enabled, ha.host, ha.port, ha.discovery_prefix, ha.password) == (
+        True, "ha.local", 1883, "homeassistant", "s3cret-from-env")
+    assert "s3cret" not in repr(ha)
