@@ -187,12 +187,12 @@ class Submitter:
         # A `sent` row not due yet (its transaction may still land) holds back the later rows of its meter: sent
         # first, they would land and put its timestamp below the chain's, so if it never landed (killed before
         # the RPC) it could never be sent and reconcile would hold it as a mismatch, its energy off chain.
-        unresolved = dict(self.store.conn.execute(
-            "SELECT meter_id, MIN(reading_timestamp) FROM outbox WHERE status = 'sent' AND next_attempt_ms > ? "
-            "GROUP BY meter_id", (int(now * 1000),)).fetchall())
-        for mid, ts in unresolved.items():
-            if mid in by_meter:
-                by_meter[mid] = [r for r in by_meter[mid] if r.reading_timestamp < ts]
+        due = {r.key for r in rows}
+        for mid in by_meter:
+            unresolved = [r.reading_timestamp for r in self.store.outbox_rows(mid, OutboxStatus.SENT)
+                          if r.key not in due]
+            if unresolved:
+                by_meter[mid] = [r for r in by_meter[mid] if r.reading_timestamp < min(unresolved)]
         states = await self.client.fetch_meter_states([m for m, mrows in by_meter.items() if mrows])
         chain_now_s = await self.client.fetch_chain_time()
         to_send: list[OutboxRow] = []
