@@ -28,6 +28,7 @@ from typing import Any
 
 import psycopg
 
+from gateway.config import ConfigError
 from gateway.intake.checks import Progress
 from gateway.migrations import POSTGRES_MIGRATIONS, apply_postgres
 from gateway.outbox import OutboxSource
@@ -74,7 +75,10 @@ class PostgresStore(Store):
 
     def __init__(self, dsn: str) -> None:  # Store.__init__ opens SQLite: not called
         self.dsn = dsn
-        pg = PgConnection(dsn)
+        try:
+            pg = PgConnection(dsn)
+        except psycopg.OperationalError as exc:  # one line naming the key (gateway.cli), never a traceback
+            raise ConfigError("gateway.postgres_dsn", f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
         apply_postgres(pg.raw, POSTGRES_MIGRATIONS)
         self.conn = pg  # type: ignore[assignment]
 

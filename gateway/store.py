@@ -196,7 +196,11 @@ class Store(Outbox):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.conn = connect(path)
-        apply_sqlite(self.conn, SQLITE_MIGRATIONS)
+        try:
+            apply_sqlite(self.conn, SQLITE_MIGRATIONS)
+        except BaseException:
+            self.conn.close()
+            raise
 
     def close(self) -> None:
         self.conn.close()

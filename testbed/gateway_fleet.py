@@ -58,16 +58,17 @@ def register(registry_db: Path, meter_ids: list[str], rated_w: int = 30_000) -> 
 def gateway_config(workdir: Path, name: str, *, broker_port: int, dsn: str, rpc_url: str, program_id: str,
                    authority_file: Path, ack_key_file: Path, epoch_s: int = 2, submit_interval_s: float = 0.2,
                    sent_recheck_s: float = 5.0) -> Path:
+    """dsn "": the SQLite store in the gateway's state directory (one box)."""
     state = workdir / name
     state.mkdir(parents=True, exist_ok=True)
     cfg = state / "gateway.toml"
+    dsn_line = f'postgres_dsn = "{dsn}"\n' if dsn else ""
     cfg.write_text(f"""
 [gateway]
 state_dir = "{state}"
 ack_key_file = "{ack_key_file}"
 verify_workers = 1
-postgres_dsn = "{dsn}"
-[chain]
+{dsn_line}[chain]
 rpc_url = "{rpc_url}"
 program_id = "{program_id}"
 authority_key_file = "{authority_file}"
@@ -183,6 +184,8 @@ class Publishers:
                 r = Reading(mid, m.key.key_id, m.seq, read_at, True, m.import_wh, 0, PROFILE, Quality.NONE,
                             Instantaneous(power_w=energy_wh * 3600))
                 msg = encode_batch([sign_reading(r, m.key)])
+                if not m.sent:  # the resend clock runs from the oldest unacked reading
+                    self._last_ack_ms[mid] = time.monotonic()
                 m.sent[m.seq] = msg
                 m.last_read_at_ms = read_at
                 self.published_at[(mid, m.seq)] = int(time.time() * 1000)
