@@ -200,9 +200,9 @@ class AgentService:
     async def on_error(self, meter: MeterSpec, err: MeterReadError) -> None:
         dev = self.devices[meter.meter_id]
         dev.read_errors += 1
-        if err.reason == "decode":  # an energy register read as a sentinel / NaN: a glitch, never published
+        if err.reason == "decode":  # an energy register read as a sentinel / NaN / beyond 2^63-1: never published
             dev.glitches += 1
-            dev.last_glitch = f"sentinel ({err.detail})"
+            dev.last_glitch = f"invalid energy register ({err.detail})"
         if dev.last_error != str(err):
             log.warning("%s: read failed: %s", meter.meter_id, err)
         dev.last_error = str(err)

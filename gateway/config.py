@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 from base.toml_table import Table
 from oracle_interface.layout import DEVNET_PROGRAM_ID, FUTURE_SKEW_S, account_key_problem
-from protocol.identifiers import client_id_problem
+from protocol.identifiers import client_id_problem, mqtt_username_problem
 from protocol.topics import prefix_problem
 
 # The devnet deployment is only a default (defined once, in oracle_interface.layout): production sets
@@ -148,8 +148,10 @@ class GatewaySection:
     state_dir: str = "/var/lib/gridmeter-gateway"  # SQLite database lives here
     ack_key_file: str = "/etc/gridmeter/gateway.key"  # Ed25519 seed (64 hex) signing the acks
     verify_workers: int = 0  # signature-checking processes; 0 = one per core
+    retention_days: int = 30  # decided rows older than this are pruned (gateway/retention.py)
+    postgres_dsn: str = ""  # empty: SQLite in state_dir (one box); set: PostgreSQL shared by N gateways (fleet)
     checks: ClassVar[dict[str, Check]] = {"state_dir": _nonempty, "ack_key_file": _nonempty,
-                                          "verify_workers": _range(0, 64)}
+                                          "verify_workers": _range(0, 64), "retention_days": _range(1, 3650)}
 
 
 @dataclass(frozen=True)
@@ -162,11 +164,12 @@ class ChainSection:
     submit_interval_s: float = 5.0  # how often the outbox is drained
     config_refresh_s: float = 60.0  # OracleData thresholds are re-read at least this often
     max_backoff_s: float = 60.0  # cap of the exponential backoff after RPC failures
+    sent_recheck_s: float = 120.0  # a `sent` row without a result is reconciled after this (blockhash expiry)
     checks: ClassVar[dict[str, Check]] = {
         "rpc_url": _url, "program_id": account_key_problem, "authority_key_file": _nonempty,
         "commitment": _choice("processed", "confirmed", "finalized"),
         "submit_interval_s": _range(0.05, 3600), "config_refresh_s": _range(1, 86400),
-        "max_backoff_s": _range(1, 3600),
+        "max_backoff_s": _range(1, 3600), "sent_recheck_s": _range(1, 3600),
     }
 
 
@@ -188,8 +191,8 @@ class MqttSection:
     session_expiry_s: int = 0
     max_pending_messages: int = 2000  # bound of the receive queue; paho stops reading beyond it
     checks: ClassVar[dict[str, Check]] = {
-        "host": _nonempty, "port": _range(1, 65535), "client_id": _nonempty, "share_group": client_id_problem,
-        "password": _mqtt_password,
+        "host": _nonempty, "port": _range(1, 65535), "client_id": client_id_problem, "share_group": client_id_problem,
+        "username": lambda v: mqtt_username_problem(v) if v else None, "password": _mqtt_password,
         "topic_prefix": prefix_problem, "session_expiry_s": _range(0, 2**32 - 1),
         "max_pending_messages": _range(1, 1_000_000),
     }
@@ -367,6 +370,9 @@ def _cross_check(cfg: GatewayConfig) -> GatewayConfig:
         raise ConfigError("dashboard.tls_key", "tls_cert and tls_key go together")
     if cfg.http.enabled and not cfg.http.api_keys:
         raise ConfigError("http.api_keys", "the HTTP ingest needs at least one API key")
+    if cfg.gateway.postgres_dsn and (cfg.http.enabled or cfg.dashboard.enabled):
+        raise ConfigError("gateway.postgres_dsn", "the HTTP ingest and the dashboard run on the SQLite store only: "
+                          "disable [http] and [dashboard] on a PostgreSQL gateway")
     if bool(cfg.http.tls_cert) != bool(cfg.http.tls_key):
         raise ConfigError("http.tls_key", "tls_cert and tls_key go together")
     if bool(cfg.mqtt.tls_cert) != bool(cfg.mqtt.tls_key):

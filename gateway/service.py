@@ -31,6 +31,7 @@ from gateway.intake.mqtt import Intake
 from gateway.keys import load_key_file
 from gateway.metrics import Metrics
 from gateway.registry import Registry, registry_path
+from gateway.retention import DEFAULT_PRUNE_INTERVAL_S
 from gateway.store import Store
 from gateway.submit.submitter import Submitter
 from gateway.web import Dashboard
@@ -100,6 +101,15 @@ async def _site(app: web.Application, listen: str, ssl_context: object = None) -
     return runner
 
 
+def open_store(cfg: GatewayConfig) -> Store:
+    """SQLite in the state directory, or the PostgreSQL store a fleet's gateways share (gateway.postgres_dsn)."""
+    if cfg.gateway.postgres_dsn:
+        from gateway.pgstore import PostgresStore
+
+        return PostgresStore(cfg.gateway.postgres_dsn)
+    return Store(cfg.db_path)
+
+
 @dataclass(frozen=True)
 class TaskFailure:
     task: str
@@ -133,13 +143,13 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.cfg
         reg_path = registry_path(cfg.gateway.state_dir)
-        stats_store = self._state = self._own(Store(cfg.db_path))
+        stats_store = self._state = self._own(open_store(cfg))
         self.previous_failure = json.loads(stats_store.get_setting(LAST_FAILURE_SETTING) or "null")
         self.metrics.add_outbox_collector(lambda: stats_store.outbox_stats(int(time.time() * 1000)))
         if cfg.mqtt.enabled:
             self._start_intake(reg_path)
         if cfg.http.enabled:
-            store, registry = self._own(Store(cfg.db_path)), self._own(Registry(reg_path))
+            store, registry = self._own(open_store(cfg)), self._own(Registry(reg_path))
             ingest = HttpIngest(store, registry, limits_from(cfg), cfg.http.api_keys, self.metrics,
                                 max_body_bytes=cfg.http.max_body_bytes)
             tls = server_tls("http", cfg.http.tls_cert, cfg.http.tls_key)
@@ -156,6 +166,7 @@ class Gateway:
             self.runners.append(await _site(app, cfg.dashboard.listen, self.dashboard.ssl_context()))
         if cfg.chain.enabled:
             self._start_submitter(reg_path)
+        self.spawn("retention", self._prune(stats_store, cfg.gateway.retention_days))
         sd_notify("READY=1")
         self.spawn("supervisor", self._supervise())
         if int(os.environ.get("WATCHDOG_USEC", "0") or 0) > 0:
@@ -170,7 +181,7 @@ class Gateway:
     def _start_intake(self, reg_path: Path) -> None:
         cfg = self.cfg
         ack_key = load_key_file(cfg.gateway.ack_key_file)  # a bad key file fails before anything is opened
-        store, registry = self._own(Store(cfg.db_path)), self._own(Registry(reg_path))
+        store, registry = self._own(open_store(cfg)), self._own(Registry(reg_path))
         pool = verify_pool(cfg.gateway.verify_workers or len(os.sched_getaffinity(0)))
         acc = Acceptance(store, registry, limits_from(cfg),
                          IngressLimit(cfg.limits.ingress_rate_per_s, cfg.limits.ingress_burst), self.metrics, pool,
@@ -184,7 +195,7 @@ class Gateway:
         from gateway.oracle import OracleClient
 
         cfg = self.cfg
-        store, registry = self._own(Store(cfg.db_path)), self._own(Registry(reg_path))
+        store, registry = self._own(open_store(cfg)), self._own(Registry(reg_path))
         tables = json.loads(store.get_setting("lookup_tables") or "[]")
         client = OracleClient.from_key_file(cfg.chain.rpc_url, cfg.chain.program_id, cfg.chain.authority_key_file,
                                             commitment=cfg.chain.commitment, lookup_tables=tables)
@@ -197,8 +208,24 @@ class Gateway:
                 store.set_setting("lookup_tables", json.dumps(tables))
 
         self.submitter.on_cycle = persist_tables
+        self.submitter.sent_recheck_s = cfg.chain.sent_recheck_s
+        if cfg.gateway.postgres_dsn:
+            from gateway.pgstore import SubmitterLease
+
+            lease = SubmitterLease(cfg.gateway.postgres_dsn)
+            self.submitter.lease = lease.held
+            self._closers.append(lease.close)
         self._async_closers.append(client.close)
         self.spawn("submitter", self.submitter.run(self.stop_event, cfg.chain.submit_interval_s))
+
+    async def _prune(self, store: Store, retention_days: int) -> None:
+        """Retention (gateway/retention.py): at start, then every DEFAULT_PRUNE_INTERVAL_S."""
+        while not self.stop_event.is_set():
+            pruned = store.prune(int(time.time() * 1000), retention_days)
+            if pruned.total:
+                log.info("retention: pruned %s", pruned)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), DEFAULT_PRUNE_INTERVAL_S)
 
     # ---- supervision ------------------------------------------------------------------------------
     def spawn(self, name: str, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:

@@ -4,14 +4,15 @@ Durability order: a batch of readings is committed in ONE transaction (readings,
 progress) before any ack is published, so an ack always describes what is on disk. (meter_id, seq) is
 the primary key of the readings, so a resend after a crash cannot double-count.
 
-Outbox states: pending -> sent -> confirmed | rejected; held = never sent (reason stored). `sent` is
-written BEFORE the RPC call: after a crash, a `sent` row may or may not be on chain, and the submitter
-reconciles it with the meter's on-chain last_reading_timestamp before resending anything.
+The outbox's states, keys and SQL are gateway/outbox.py (mixed in here); retention (what is pruned when) is
+gateway/retention.py; the interface a second backend implements is gateway/store_api.py.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,9 @@ from typing import NamedTuple
 
 from gateway.database import Transaction, connect
 from gateway.intake.checks import Progress
+from gateway.migrations import SqliteStep, apply_sqlite
+from gateway.outbox import Outbox, OutboxSource
+from gateway.retention import DEFAULT_RETENTION_DAYS, Pruned, prune
 from gateway.submit.intervals import Planned, PlanState, Point, http_point
 
 # GridTokenX HTTP ingest (the older table http_readings holds rows of gateway versions that sent each
@@ -87,6 +91,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     updated_at_ms INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox (status, meter_id, reading_timestamp);
+CREATE TABLE IF NOT EXISTS outbox_pruned (meter_id TEXT PRIMARY KEY, confirmed INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS http_readings (
     meter_id TEXT NOT NULL, timestamp_ms INTEGER NOT NULL, body BLOB NOT NULL, received_at_ms INTEGER NOT NULL,
@@ -105,7 +110,6 @@ QUARANTINE_PREFIX_BYTES = 256
 MAX_DETAIL_CHARS = 512  # a detail may quote a hostile topic (MQTT allows 64 KiB)
 ROW_OVERHEAD_BYTES = 96  # columns other than payload/signature/detail, hash, index entry (approximate)
 HOUR_MS = 3_600_000
-OUTBOX_STATUSES = ("pending", "sent", "confirmed", "held", "rejected")
 
 
 class ReadingRow(NamedTuple):
@@ -169,39 +173,34 @@ class BatchWrite:
     dropped: tuple[int, int] = (0, 0)  # unauthenticated rejections over the quarantine budget: messages, bytes
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    key: str
-    meter_id: str
-    zone_id: int
-    produced_wh: int
-    consumed_wh: int
-    reading_timestamp: int
-    status: str
-    reason: str | None
-    signature: str | None
-    attempts: int
-    source: str
-    created_at_ms: int
+def _v1(c: sqlite3.Connection) -> None:
+    """The schema, and the columns/rows that databases of versions before numbered migrations lack."""
+    for stmt in re.sub(r"--[^\n]*", "", _SCHEMA).split(";"):  # executescript would COMMIT the migration's BEGIN
+        if stmt.strip():
+            c.execute(stmt)
+    cols = {r[1] for r in c.execute("PRAGMA table_info(rejections)")}
+    for col, typ in (("payload_len", "INTEGER"), ("payload_sha256", "BLOB")):
+        if col not in cols:
+            c.execute(f"ALTER TABLE rejections ADD COLUMN {col} {typ}")
+    if c.execute("SELECT NOT EXISTS (SELECT 1 FROM http_meters) AND EXISTS (SELECT 1 FROM http_ingest)").fetchone()[0]:
+        c.execute("INSERT OR IGNORE INTO http_meters SELECT meter_id, MAX(seq), MAX(received_at_ms) "
+                  "FROM http_ingest GROUP BY meter_id")
 
 
-_OUTBOX_COLS = ("key, meter_id, zone_id, produced_wh, consumed_wh, reading_timestamp, status, reason, signature,"
-                " attempts, source, created_at_ms")
+SQLITE_MIGRATIONS: list[tuple[int, SqliteStep]] = [(1, _v1)]  # gateway/migrations.py
 
 
-class Store:
+class Store(Outbox):
+    """The gateway's durable state in SQLite (gateway.store_api.GatewayStore is the interface)."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.conn = connect(path)
-        self.conn.executescript(_SCHEMA)
-        cols = {r[1] for r in self.conn.execute("PRAGMA table_info(rejections)")}
-        for col, typ in (("payload_len", "INTEGER"), ("payload_sha256", "BLOB")):  # databases of older versions
-            if col not in cols:
-                self.conn.execute(f"ALTER TABLE rejections ADD COLUMN {col} {typ}")
-        if self.conn.execute("SELECT NOT EXISTS (SELECT 1 FROM http_meters) AND EXISTS (SELECT 1 FROM http_ingest)"
-                             ).fetchone()[0]:  # a database of the version before http_meters
-            self.conn.execute("INSERT OR IGNORE INTO http_meters SELECT meter_id, MAX(seq), MAX(received_at_ms) "
-                              "FROM http_ingest GROUP BY meter_id")
+        try:
+            apply_sqlite(self.conn, SQLITE_MIGRATIONS)
+        except BaseException:
+            self.conn.close()
+            raise
 
     def close(self) -> None:
         self.conn.close()
@@ -267,7 +266,8 @@ class Store:
         c.executemany(_INSERT_REJECTION, map(_rejection_params, w.rejections))
         if w.dropped[0]:
             c.execute("INSERT INTO quarantine_dropped VALUES (?,?,?) ON CONFLICT (hour_ms) DO UPDATE SET "
-                      "messages = messages + excluded.messages, bytes = bytes + excluded.bytes",
+                      "messages = quarantine_dropped.messages + excluded.messages, "
+                      "bytes = quarantine_dropped.bytes + excluded.bytes",
                       (w.seen_ms - w.seen_ms % HOUR_MS, *w.dropped))
         c.executemany("INSERT INTO gaps VALUES (?,?,?,?)", w.gaps)
         rows = []
@@ -280,9 +280,10 @@ class Store:
             "INSERT INTO progress VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (meter_id) DO UPDATE SET "
             "last_seq=excluded.last_seq, last_read_at_ms=excluded.last_read_at_ms, "
             "last_import_wh=excluded.last_import_wh, last_export_wh=excluded.last_export_wh, "
-            "last_seen_ms=excluded.last_seen_ms, accepted=accepted+excluded.accepted, held=held+excluded.held, "
-            "rejected=rejected+excluded.rejected, duplicates=duplicates+excluded.duplicates, "
-            "missing=missing+excluded.missing", rows)
+            "last_seen_ms=excluded.last_seen_ms, accepted=progress.accepted+excluded.accepted, "
+            "held=progress.held+excluded.held, "
+            "rejected=progress.rejected+excluded.rejected, duplicates=progress.duplicates+excluded.duplicates, "
+            "missing=progress.missing+excluded.missing", rows)
 
     def add_rejection(self, r: RejectionRow) -> None:
         self.write_rejections([r], r.received_at_ms)
@@ -332,15 +333,8 @@ class Store:
                       (meter_id, int(state.baseline_set), state.last_seq, state.anchor_read_at_ms,
                        state.sub_import_wh, state.sub_export_wh, state.last_import_wh, state.last_export_wh,
                        state.last_read_at_ms, state.last_ts))
-            c.executemany(
-                "INSERT INTO outbox (key, meter_id, zone_id, produced_wh, consumed_wh, reading_timestamp, closing_seq,"
-                " part, parts, source, status, reason, created_at_ms, updated_at_ms) "
-                "VALUES (?,?,?,?,?,?,?,?,?,'mqtt',?,?,?,?)",
-                [(p.key, p.meter_id, zone_id, p.produced_wh, p.consumed_wh, p.reading_timestamp, p.closing_seq,
-                  p.part, p.parts, "held" if p.held_reason else "pending", p.held_reason, now_ms, now_ms)
-                 for p in planned])
+            self.add_planned(c, OutboxSource.MQTT, planned, zone_id, now_ms)
 
-    # ---- outbox ---------------------------------------------------------------------------------
     # ---- GridTokenX HTTP ingest ------------------------------------------------------------------------
     def add_http_reading(self, meter_id: str, timestamp_ms: int, import_mwh: int, export_mwh: int, body: bytes,
                          reading_id: str, now_ms: int) -> tuple[str, str | None]:
@@ -416,36 +410,8 @@ class Store:
                       (meter_id, int(state.baseline_set), state.last_seq, state.anchor_read_at_ms,
                        state.sub_import_wh, state.sub_export_wh, state.last_import_wh, state.last_export_wh,
                        state.last_read_at_ms, state.last_ts))
-            c.executemany(
-                "INSERT INTO outbox (key, meter_id, zone_id, produced_wh, consumed_wh, reading_timestamp, closing_seq,"
-                " part, parts, source, status, reason, created_at_ms, updated_at_ms) "
-                "VALUES (?,?,?,?,?,?,?,?,?,'http',?,?,?,?)",
-                [("http:" + p.key, p.meter_id, zone_id, p.produced_wh, p.consumed_wh, p.reading_timestamp,
-                  p.closing_seq, p.part, p.parts, "held" if p.held_reason else "pending", p.held_reason, now_ms,
-                  now_ms) for p in planned])
+            self.add_planned(c, OutboxSource.HTTP, planned, zone_id, now_ms)
 
-    def outbox_due(self, now_ms: int, limit: int = 5000) -> list[OutboxRow]:
-        q = (f"SELECT {_OUTBOX_COLS} FROM outbox WHERE status IN ('pending', 'sent') AND next_attempt_ms <= ? "
-             "ORDER BY meter_id, reading_timestamp LIMIT ?")
-        return [OutboxRow(*r) for r in self.conn.execute(q, (now_ms, limit))]
-
-    def outbox_rows(self, meter_id: str | None = None, status: str | None = None, limit: int = 1000) -> list[OutboxRow]:
-        q = f"SELECT {_OUTBOX_COLS} FROM outbox WHERE (? IS NULL OR meter_id = ?) AND (? IS NULL OR status = ?) " \
-            "ORDER BY meter_id, reading_timestamp LIMIT ?"
-        return [OutboxRow(*r) for r in self.conn.execute(q, (meter_id, meter_id, status, status, limit))]
-
-    def set_outbox(self, keys: Sequence[str], status: str, now_ms: int, *, reason: str | None = None,
-                   signature: str | None = None, next_attempt_ms: int = 0, attempt: bool = False) -> None:
-        with Transaction(self.conn) as c:
-            c.executemany(
-                "UPDATE outbox SET status = ?, reason = COALESCE(?, reason), signature = COALESCE(?, signature), "
-                "updated_at_ms = ?, next_attempt_ms = ?, attempts = attempts + ? WHERE key = ?",
-                [(status, reason, signature, now_ms, next_attempt_ms, int(attempt), k) for k in keys])
-
-    def outbox_stats(self, now_ms: int) -> dict[str, object]:
-        counts = dict.fromkeys(OUTBOX_STATUSES, 0)
-        counts.update(dict(self.conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall()))
-        oldest = self.conn.execute("SELECT MIN(created_at_ms) FROM outbox WHERE status IN ('pending','sent')"
-                                   ).fetchone()[0]
-        return {"counts": counts, "oldest_age_s": 0.0 if oldest is None else max(0, now_ms - oldest) / 1000}
-
+    def prune(self, now_ms: int, retention_days: int = DEFAULT_RETENTION_DAYS) -> Pruned:
+        """Decided rows older than the retention deleted (gateway.retention)."""
+        return prune(self.conn, now_ms, retention_days)

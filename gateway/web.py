@@ -36,7 +36,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import fleet
+from gateway import fleet, outbox
 from gateway.config import DashboardSection
 from gateway.database import connect
 from gateway.health import ChainFacts, State, Thresholds, chain_banner
@@ -381,15 +381,14 @@ class Dashboard:
         key = self._fleet[1]
         if self._agg is None or self._agg[0] != key:
             self._agg = (key, {
-                "outbox": dict(self.conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall()),
+                "outbox": outbox.status_counts(self.conn),
                 "rejections": fleet.rejection_counts(self.conn),
                 "held_intervals": fleet.held_interval_counts(self.conn)})
         return self._agg[1]
 
     def _outbox_stats(self, now_ms: int) -> dict[str, Any]:
         counts = self._aggregates()["outbox"]
-        oldest = self.conn.execute("SELECT MIN(created_at_ms) FROM outbox WHERE status IN ('pending','sent')"
-                                   ).fetchone()[0]
+        oldest = outbox.oldest_undecided_ms(self.conn)
         return {"counts": counts, "oldest_age_s": None if oldest is None else (now_ms - oldest) // 1000}
 
     async def api_meter(self, req: web.Request) -> web.Response:

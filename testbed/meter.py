@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
+from base.units import MS_PER_HOUR
 from firmware_config.schema import REGISTER_TYPES, IdentifyRule, Profile, Register, SerialNumberRule, sentinel_raw
 
-MS_PER_HOUR = 3_600_000
 # Served values remembered for tests that check "every published value was really served".
 DEFAULT_SERVED_LOG = 10_000
 FILLER_WORD = 0x0000  # what a "filler" device answers for registers we do not model
@@ -188,7 +188,7 @@ class SimulatedMeter:
                 out.update(self.chain)
             for rule in self.profile.identify if not self.chain else ():
                 if self._identity_fc(rule) == function_code:
-                    words = _encode_identity(rule, self.identity.get(rule.address, rule.expected[0]))
+                    words = _encode_identity(rule, self.identity.get(rule.address, rule.example))
                     out.update({rule.address + i: w for i, w in enumerate(words)})
             sn = self.profile.serial_number
             if sn is not None and sn.function_codes[0] == function_code:
@@ -201,7 +201,7 @@ class SimulatedMeter:
 
     def _identity_fc(self, rule: IdentifyRule) -> int:
         if self._answered_by_measurement(rule):
-            return NO_FUNCTION_CODE  # a distinguishing read: the measurement register answers it, not expected[0]
+            return NO_FUNCTION_CODE  # a distinguishing read: the measurement register answers it, not rule.example
         if self.identify_function_code in rule.function_codes:
             return self.identify_function_code  # type: ignore[return-value]
         return rule.function_codes[0]
@@ -240,7 +240,7 @@ class SimulatedMeter:
 
     def _answered_by_measurement(self, rule: IdentifyRule) -> bool:
         """A rule that reads a register the profile also measures (e.g. a plausible phase voltage) is answered by
-        the measured value, as on a real meter; overwriting it with expected[0] would falsify the measurement."""
+        the measured value, as on a real meter; overwriting it with rule.example would falsify the measurement."""
         fc = self.identify_function_code if self.identify_function_code in rule.function_codes \
             else rule.function_codes[0]
         return any(r.function_code == fc and r.address < rule.address + rule.words and rule.address < r.end

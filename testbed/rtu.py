@@ -81,22 +81,32 @@ def mark_client_side(fd: int) -> None:
 class SocatLink:
     """Two linked ptys; `meter_path` for the simulator, `client_path` for the agent."""
 
+    # socat -d -d logs this once both ptys are opened AND configured. The links appear earlier: on a loaded machine
+    # socat was seen applying its termios settings (through the master) after a client had opened the slave and
+    # set 9600 8N1, leaving the line at B0, so the simulated meters (which check the client's framing) stayed
+    # silent. Ready means this line, not the links.
+    READY_MARK = b"starting data transfer loop"
+
     def __init__(self, workdir: Path) -> None:
         self.meter_path, self.client_path = str(workdir / "meters"), str(workdir / "client")
+        self.log_path = workdir / "socat.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = DEFAULT_START_TIMEOUT_S) -> None:
-        self.proc = subprocess.Popen(
-            ["socat", "-d", "-d", f"pty,rawer,link={self.meter_path}", f"pty,rawer,link={self.client_path}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                ["socat", "-d", "-d", f"pty,rawer,link={self.meter_path}", f"pty,rawer,link={self.client_path}"],
+                stdout=subprocess.DEVNULL, stderr=log,
+            )
         deadline = time.monotonic() + timeout_s
-        while not (os.path.exists(self.meter_path) and os.path.exists(self.client_path)):
+        while not (os.path.exists(self.meter_path) and os.path.exists(self.client_path)
+                   and self.READY_MARK in self.log_path.read_bytes()):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"socat exited with {self.proc.returncode} before creating the pty pair")
+                raise RuntimeError(f"socat exited with {self.proc.returncode} before the pty pair was ready: "
+                                   f"{self.log_path.read_text(errors='replace')[-500:]}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise TimeoutError(f"socat did not create {self.client_path} within {timeout_s}s")
+                raise TimeoutError(f"socat did not set up {self.client_path} within {timeout_s}s")
             time.sleep(0.005)
 
     def stop(self) -> None:

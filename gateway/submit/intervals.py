@@ -105,12 +105,7 @@ class Planned:
     closing_seq: int
     part: int = 0  # 0..parts-1 when an interval was split
     parts: int = 1
-    held_reason: str | None = None  # set: stored, never sent
-
-    @property
-    def key(self) -> str:
-        """Unique per meter: sent submissions have strictly increasing timestamps; a held one is marked."""
-        return f"{self.meter_id}:{self.reading_timestamp}" + (":held" if self.held_reason else "")
+    held_reason: str | None = None  # set: stored, never sent (its outbox key: gateway.outbox.outbox_key)
 
 
 def map_role(role: MeterRole, d_import: int, d_export: int) -> tuple[int, int]:

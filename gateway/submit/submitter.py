@@ -29,8 +29,9 @@ from typing import Protocol
 
 from gateway.metrics import Metrics
 from gateway.oracle import MeterState, OracleConfig, Submission, SubmitResult
+from gateway.outbox import OutboxRow, OutboxStatus
 from gateway.registry import MeterStatus, Registry
-from gateway.store import OutboxRow, Store
+from gateway.store_api import GatewayStore
 from gateway.submit.intervals import OracleLimits, oracle_verdict, plan, plan_http
 from oracle_interface.layout import FUTURE_SKEW_S
 
@@ -76,7 +77,7 @@ class OracleLike(Protocol):
 
 
 class Submitter:
-    def __init__(self, store: Store, registry: Registry, client: OracleLike, metrics: Metrics, *, epoch_s: int,
+    def __init__(self, store: GatewayStore, registry: Registry, client: OracleLike, metrics: Metrics, *, epoch_s: int,
                  authority: str | None = None, max_backoff_s: float = 60.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.store, self.registry, self.client, self.metrics = store, registry, client, metrics
@@ -87,10 +88,18 @@ class Submitter:
         self.limits: OracleLimits | None = None
         self.last_error: str | None = None
         self.http_idle_close_s = DEFAULT_HTTP_IDLE_CLOSE_S
+        self.sent_recheck_s: float = DEFAULT_SENT_RECHECK_S
+        # Several gateways on one PostgreSQL store: a cycle runs only while this says True
+        # (gateway.pgstore.SubmitterLease); None: the only submitter (SQLite, one box).
+        self.lease: Callable[[], bool] | None = None
         metrics.chain.start(epoch_s)
 
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
         while not stop.is_set():
+            if self.lease is not None and not await asyncio.to_thread(self.lease):
+                with contextlib.suppress(TimeoutError):  # standby: another gateway submits
+                    await asyncio.wait_for(stop.wait(), interval_s)
+                continue
             try:
                 stats = await self.run_once()
                 if self.on_cycle is not None:
@@ -175,10 +184,21 @@ class Submitter:
         by_meter: dict[str, list[OutboxRow]] = defaultdict(list)
         for r in rows:
             by_meter[r.meter_id].append(r)
-        states = await self.client.fetch_meter_states(list(by_meter))
+        # A `sent` row not due yet (its transaction may still land) holds back the later rows of its meter: sent
+        # first, they would land and put its timestamp below the chain's, so if it never landed (killed before
+        # the RPC) it could never be sent and reconcile would hold it as a mismatch, its energy off chain.
+        due = {r.key for r in rows}
+        for mid in by_meter:
+            unresolved = [r.reading_timestamp for r in self.store.outbox_rows(mid, OutboxStatus.SENT)
+                          if r.key not in due]
+            if unresolved:
+                by_meter[mid] = [r for r in by_meter[mid] if r.reading_timestamp < min(unresolved)]
+        states = await self.client.fetch_meter_states([m for m, mrows in by_meter.items() if mrows])
         chain_now_s = await self.client.fetch_chain_time()
         to_send: list[OutboxRow] = []
         for mid, mrows in by_meter.items():
+            if not mrows:
+                continue
             meter = self.registry.get(mid)
             if meter is not None and meter.status is MeterStatus.RETIRED:
                 mrows = self._hold_retired(mrows, int(now * 1000))
@@ -186,8 +206,8 @@ class Submitter:
         if not to_send:
             return {}
         now_ms = int(self.clock() * 1000)
-        self.store.set_outbox([r.key for r in to_send], "sent", now_ms, attempt=True,
-                              next_attempt_ms=now_ms + DEFAULT_SENT_RECHECK_S * 1000)
+        self.store.set_outbox([r.key for r in to_send], OutboxStatus.SENT, now_ms, attempt=True,
+                              next_attempt_ms=now_ms + int(self.sent_recheck_s * 1000))
         results = await self.client.submit([Submission(
             key=r.key, meter_id=r.meter_id, produced_wh=r.produced_wh, consumed_wh=r.consumed_wh,
             reading_timestamp=r.reading_timestamp, zone_id=r.zone_id) for r in to_send])
@@ -208,10 +228,10 @@ class Submitter:
                                  chain_now_s=chain_now_s - DEFAULT_FUTURE_MARGIN_S)
             if err == "FutureReading":  # due when the cluster clock has caught up (it runs at about wall speed)
                 ahead_s = r.reading_timestamp - (chain_now_s - DEFAULT_FUTURE_MARGIN_S + FUTURE_SKEW_S)
-                self.store.set_outbox([r.key], "pending", now_ms, next_attempt_ms=now_ms + ahead_s * 1000)
+                self.store.set_outbox([r.key], OutboxStatus.PENDING, now_ms, next_attempt_ms=now_ms + ahead_s * 1000)
                 break  # later rows of this meter must wait too (order)
             if err is not None:
-                self.store.set_outbox([r.key], "held", now_ms, reason=err)
+                self.store.set_outbox([r.key], OutboxStatus.HELD, now_ms, reason=err)
                 continue
             out.append(r)
             last_ts = r.reading_timestamp
@@ -220,24 +240,23 @@ class Submitter:
     def _hold_retired(self, rows: list[OutboxRow], now_ms: int) -> list[OutboxRow]:
         """GridTokenX ingest rows of a retired meter not sent yet are held (`meter_retired`; the client sees it
         in the ingest's status endpoints). Rows already `sent` still go through reconciliation."""
-        held = [r.key for r in rows if r.source == "http" and r.status == "pending"]
+        held = [r.key for r in rows if r.source == "http" and r.status is OutboxStatus.PENDING]
         if held:
-            self.store.set_outbox(held, "held", now_ms, reason="meter_retired")
+            self.store.set_outbox(held, OutboxStatus.HELD, now_ms, reason="meter_retired")
         return [r for r in rows if r.key not in held]
 
     def _reconcile(self, mid: str, landed: list[OutboxRow], chain: MeterState, now_ms: int) -> None:
-        confirmed = self.store.conn.execute("SELECT COUNT(*) FROM outbox WHERE meter_id = ? AND status = 'confirmed'",
-                                            (mid,)).fetchone()[0]
+        confirmed = self.store.confirmed_count(mid)
         keys = [r.key for r in landed]
         if confirmed + len(landed) == chain.total_readings:
-            self.store.set_outbox(keys, "confirmed", now_ms, reason="reconciled")
+            self.store.set_outbox(keys, OutboxStatus.CONFIRMED, now_ms, reason="reconciled")
             self.metrics.submitted.inc(len(keys))
             self.metrics.chain.submitted(len(keys))
         else:
             reason = (f"reconcile_mismatch: chain has {chain.total_readings} readings up to "
                       f"{chain.last_reading_timestamp}, gateway expected {confirmed + len(landed)}")
             log.error("%s: %s", mid, reason)
-            self.store.set_outbox(keys, "held", now_ms, reason=reason)
+            self.store.set_outbox(keys, OutboxStatus.HELD, now_ms, reason=reason)
 
     def _record(self, results: list[SubmitResult], now_ms: int) -> dict[str, int]:
         stats: Counter[str] = Counter()
@@ -246,12 +265,12 @@ class Submitter:
         for res in results:
             stats[res.status] += 1
             if res.status == "confirmed":
-                self.store.set_outbox([res.key], "confirmed", now_ms, signature=res.signature)
+                self.store.set_outbox([res.key], OutboxStatus.CONFIRMED, now_ms, signature=res.signature)
                 if res.signature:
                     per_tx[res.signature] += 1
             elif res.status == "rejected":
                 log.error("oracle refused %s: %s", res.key, res.error)
-                self.store.set_outbox([res.key], "rejected", now_ms, reason=res.error)
+                self.store.set_outbox([res.key], OutboxStatus.REJECTED, now_ms, reason=res.error)
                 self.metrics.tx_failed.labels(res.error or "unknown").inc()
             else:
                 retry.append(res.key)
@@ -263,5 +282,6 @@ class Submitter:
         if retry:
             first = next(r for r in results if r.key == retry[0])
             self._failed(f"{len(retry)} submissions not landed: {first.error or 'no error given'}")
-            self.store.set_outbox(retry, "pending", now_ms, next_attempt_ms=now_ms + int(self.backoff_s * 1000))
+            self.store.set_outbox(retry, OutboxStatus.PENDING, now_ms,
+                                  next_attempt_ms=now_ms + int(self.backoff_s * 1000))
         return dict(stats)

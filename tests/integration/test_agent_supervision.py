@@ -135,6 +135,7 @@ def test_glitched_uint64_register_is_a_counted_read_error_and_never_stops_commit
     h = rig.health()
     g = h["devices"]["GLITCH-1"]
     assert g["read_errors"] >= 3 and "out_of_range" in g["last_error"], g
+    assert g["last_glitch"] == "invalid energy register (energy_import_wh: out_of_range)", g
     assert h["queue"]["commit_error"] == "" and h["failed_task"] is None
     assert h["devices"]["HOUSE-1"]["stored"] >= 8
     assert "GLITCH-1" not in rig.acker.contiguous

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from gateway.outbox import OutboxSource, outbox_key
 from gateway.submit.intervals import OracleLimits, Planned, PlanState, Point, oracle_verdict, plan, split_value
 from protocol import MeterRole
 
@@ -160,4 +161,4 @@ def test_property_conservation_and_oracle_acceptance(seed: int) -> None:
         if p.held_reason is None:
             assert oracle_verdict(p.produced_wh, p.consumed_wh, p.reading_timestamp, last_ts, lim) is None, p
             last_ts = p.reading_timestamp
-    assert len({p.key for p in planned}) == len(planned)
+    assert len({outbox_key(OutboxSource.MQTT, p) for p in planned}) == len(planned)

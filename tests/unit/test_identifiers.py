@@ -259,3 +259,23 @@ def test_gateway_meters_add_cli_refuses_trailing_newline(tmp_path: Path, capsys:
         assert reg.all() == []
     finally:
         reg.close()
+
+
+@pytest.mark.parametrize("value", [v for v in HOSTILE if v.values[0]])  # username "" = anonymous
+@pytest.mark.parametrize("key", ["client_id", "share_group", "username"])
+def test_gateway_config_refuses_hostile_mqtt_identifiers(key: str, value: str) -> None:
+    """The gateway's MQTT identifiers were only checked for being non-empty ("gw-1\\n" and "grp/+" passed)."""
+    from gateway.config import ConfigError
+    from gateway.config import parse_config as parse_gateway_config
+
+    with pytest.raises(ConfigError) as e:
+        parse_gateway_config({"mqtt": {key: value}, "dashboard": {"enabled": False}})
+    assert f"mqtt.{key}" in str(e.value)
+
+
+def test_gateway_config_default_mqtt_identifiers_still_pass() -> None:
+    from gateway.config import parse_config as parse_gateway_config
+
+    cfg = parse_gateway_config({"mqtt": {"client_id": "gw-2", "share_group": "gridmeter-gateway", "username": "gw"},
+                                "dashboard": {"enabled": False}})
+    assert (cfg.mqtt.client_id, cfg.mqtt.share_group, cfg.mqtt.username) == ("gw-2", "gridmeter-gateway", "gw")

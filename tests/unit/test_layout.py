@@ -89,7 +89,7 @@ MAX_MODULE_LINES = 450
 # Larger modules that predate the rule, at their size when it was introduced: to be split, and never to grow.
 OVERSIZE = {
     "agent/config.py": 477, "agent/service.py": 534, "agent/store.py": 500, "gateway/cli.py": 465,
-    "gateway/intake/acceptance.py": 461, "gateway/store.py": 451, "gateway/web.py": 458,
+    "gateway/intake/acceptance.py": 461, "gateway/web.py": 458,
     "provisioning/commission.py": 589, "testbed/stack.py": 643,
 }
 

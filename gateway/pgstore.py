@@ -1,0 +1,156 @@
+"""The gateway store on PostgreSQL: several gateway hosts on one share group, one database (issue 11).
+
+Driver: psycopg 3 (sync). The store's callers (the intake thread, the submitter) are synchronous code that
+already runs in its own thread or between awaits, exactly as with sqlite3; psycopg 3's sync connection is a
+drop-in for that shape, while asyncpg is asyncio-only and would need a second event loop in the intake thread.
+psycopg also speaks plain libpq (DSN, TLS, .pgpass, target_session_attrs for a primary behind HA).
+
+Same semantics as gateway.store.Store (gateway/store_api.py), the same SQL except where the dialects differ:
+- per-meter serialization across hosts: an intake transaction takes a transaction-scoped advisory lock per
+  meter (`pg_advisory_xact_lock`, in sorted order: no deadlock) before it reads the meters' progress, so two
+  gateways deciding batches of one meter run one after the other; monotonicity, gaps, late readings and acks
+  are decided on what the other committed;
+- exactly one active submitter: `SubmitterLease`, a session advisory lock held by the submitter's own
+  connection. It is released by the server when that session ends (process killed, host gone: at once for a
+  closed socket, after the TCP keepalive for a vanished host), and a standby gateway takes it on its next try;
+- versioned schema migrations (gateway/migrations.py), applied under an advisory lock at start.
+Not on PostgreSQL yet: the GridTokenX HTTP ingest and the dashboard (they read SQLite); gateway.config refuses
+those with a PostgreSQL store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import psycopg
+
+from gateway.config import ConfigError
+from gateway.intake.checks import Progress
+from gateway.migrations import POSTGRES_MIGRATIONS, apply_postgres
+from gateway.outbox import OutboxSource
+from gateway.store import Store
+from gateway.submit.intervals import Planned, PlanState
+
+log = logging.getLogger(__name__)
+
+SUBMITTER_LOCK = 0x6772_6964_6D74_7231  # "gridmtr1": the advisory lock key of the active submitter
+_QMARK = re.compile(r"\?")
+
+
+def _meter_lock_key(meter_id: str) -> int:
+    """A stable signed 64-bit key per meter (the same on every host and Python version)."""
+    return int.from_bytes(hashlib.blake2b(meter_id.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+class PgConnection:
+    """The slice of sqlite3.Connection the store uses, over psycopg: qmark parameters become %s, SQLite's
+    `BEGIN IMMEDIATE` a plain BEGIN (the advisory locks give the serialization), in autocommit mode so a
+    statement outside a transaction commits at once, as sqlite3 with isolation_level=None does."""
+
+    def __init__(self, dsn: str) -> None:
+        self.raw = psycopg.connect(dsn, autocommit=True)
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        return "BEGIN" if sql == "BEGIN IMMEDIATE" else _QMARK.sub("%s", sql)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        return self.raw.execute(self._sql(sql), tuple(params) or None)  # type: ignore[arg-type]
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
+        cur = self.raw.cursor()
+        cur.executemany(self._sql(sql), list(rows))  # type: ignore[arg-type]
+        return cur
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class PostgresStore(Store):
+    """gateway.store.Store's methods over PostgreSQL; the ones whose SQL differs are overridden here."""
+
+    def __init__(self, dsn: str) -> None:  # Store.__init__ opens SQLite: not called
+        self.dsn = dsn
+        try:
+            pg = PgConnection(dsn)
+        except psycopg.OperationalError as exc:  # one line naming the key (gateway.cli), never a traceback
+            raise ConfigError("gateway.postgres_dsn", f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
+        apply_postgres(pg.raw, POSTGRES_MIGRATIONS)
+        self.conn = pg  # type: ignore[assignment]
+
+    def load_progress(self, meter_ids: Iterable[str]) -> dict[str, Progress]:
+        ids = sorted(set(meter_ids))
+        for mid in ids:  # within the caller's transaction: held until its COMMIT or ROLLBACK
+            self.conn.execute("SELECT pg_advisory_xact_lock(?)", (_meter_lock_key(mid),))
+        return super().load_progress(ids)
+
+    def set_setting(self, name: str, value: str) -> None:
+        self.conn.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                          (name, value))
+
+    def save_plan(self, meter_id: str, state: PlanState, planned: Sequence[Planned], zone_id: int,
+                  now_ms: int) -> None:
+        with self.transaction() as c:
+            _upsert_plan(c, "plan_state", meter_id, state)
+            self.add_planned(c, OutboxSource.MQTT, planned, zone_id, now_ms)  # type: ignore[arg-type]
+
+    def save_http_plan(self, meter_id: str, state: PlanState, planned: Sequence[Planned], zone_id: int,
+                       now_ms: int) -> None:
+        with self.transaction() as c:
+            _upsert_plan(c, "http_plan_state", meter_id, state)
+            self.add_planned(c, OutboxSource.HTTP, planned, zone_id, now_ms)  # type: ignore[arg-type]
+
+    def add_http_reading(self, *args: object, **kwargs: object) -> tuple[str, str | None]:
+        raise NotImplementedError("the GridTokenX HTTP ingest runs on the SQLite store only (gateway.config)")
+
+
+_PLAN_COLS = ("meter_id", "baseline_set", "last_seq", "anchor_read_at_ms", "sub_import_wh", "sub_export_wh",
+              "last_import_wh", "last_export_wh", "last_read_at_ms", "last_ts")
+
+
+def _upsert_plan(c: Any, table: str, meter_id: str, s: PlanState) -> None:
+    sets = ", ".join(f"{col} = excluded.{col}" for col in _PLAN_COLS[1:])
+    c.execute(f"INSERT INTO {table} VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (meter_id) DO UPDATE SET {sets}",
+              (meter_id, int(s.baseline_set), s.last_seq, s.anchor_read_at_ms, s.sub_import_wh, s.sub_export_wh,
+               s.last_import_wh, s.last_export_wh, s.last_read_at_ms, s.last_ts))
+
+
+class SubmitterLease:
+    """Exactly one active submitter per database: a session advisory lock on a connection of its own.
+    `held()` is asked before every submitter cycle: True while this gateway holds the lock (taking it when
+    free); False on a standby gateway, or when the connection broke (the server has then released the lock,
+    and it is taken again on a later try, by this or another gateway)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: psycopg.Connection[Any] | None = None
+        self.holding = False
+
+    def held(self) -> bool:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5,
+                                             keepalives=1, keepalives_idle=5, keepalives_interval=2,
+                                             keepalives_count=3)
+                self.holding = False
+            if self.holding:
+                self._conn.execute("SELECT 1")  # the session (and its lock) is alive
+            else:
+                row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (SUBMITTER_LOCK,)).fetchone()
+                self.holding = bool(row and row[0])
+                if self.holding:
+                    log.info("submitter lease taken: this gateway submits")
+        except psycopg.Error as exc:
+            log.warning("submitter lease: %s", exc)
+            self.close()
+        return self.holding
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn, self.holding = None, False
+
