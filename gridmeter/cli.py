@@ -20,7 +20,9 @@ _SUBCOMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """All subcommands, or only `only`'s: a service (`gridmeter agent run`) then never imports the other packages'
+    CLIs and what they pull in (the Solana libraries alone are ~20 MB of RSS on the Pi)."""
     parser = argparse.ArgumentParser(
         prog="gridmeter",
         description="Meter edge of the GridTokenX energy market: read meters, sign, queue, verify, submit on chain.",
@@ -28,13 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for _name, module in _SUBCOMMANDS:
-        importlib.import_module(module).register(sub)
+    for name, module in _SUBCOMMANDS:
+        if only is None or name == only:
+            importlib.import_module(module).register(sub)
     return parser
 
 
+def _command(argv: list[str]) -> str | None:
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in {name for name, _ in _SUBCOMMANDS} else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_command(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -175,7 +175,8 @@ def test_agent_with_the_default_config_does_not_load_the_chain_libraries() -> No
     import subprocess
     import sys
 
-    code = ("import sys, agent.cli, agent.service, agent.status, agent.publisher, agent.poller; "
+    code = ("import sys, gridmeter.cli as c; c.build_parser(c._command(['-v', 'agent', 'run'])); "
+            "import agent.service, agent.status, agent.publisher, agent.poller; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'solders', 'solana', 'oracle_interface'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
