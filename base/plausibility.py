@@ -18,11 +18,10 @@ def rated_energy_mwh(rated_max_power_w: int, elapsed_ms: int, margin_pct: int = 
     return -(-rated_max_power_w * max(elapsed_ms, 0) * (100 + margin_pct) // _MWH_DIVISOR)
 
 
-def exceeds_rating(delta_mwh: int, elapsed_ms: int, rated_max_power_w: int, *, margin_pct: int,
-                   slack_wh: int) -> bool:
-    """True when a counter rose by delta_mwh over elapsed_ms faster than the rating allows (margin and slack
-    included): the reading is implausible."""
-    return delta_mwh > rated_energy_mwh(rated_max_power_w, elapsed_ms, margin_pct) + slack_wh * 1000
+def max_rise_mwh(rated_max_power_w: int, elapsed_ms: int, margin_pct: int, slack_wh: int) -> int:
+    """The largest counter rise (mWh) over elapsed_ms that the rating allows, margin and slack included: a
+    larger one is implausible. (One expression: the gateway evaluates it for every reading.)"""
+    return -(-rated_max_power_w * max(elapsed_ms, 0) * (100 + margin_pct) // _MWH_DIVISOR) + slack_wh * 1000
 
 
 def mean_power_w(delta_mwh: int, elapsed_ms: int) -> int:

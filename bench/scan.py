@@ -35,7 +35,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     profiles = {pid: p for pid, p in sorted(load_all().items()) if "rtu" in p.transports}
-    meters = [SimulatedMeter(p, unit, import_wh=1_000_000, export_wh=10_000, power_w=-1500,
+    # a site exports unless its meter has no export counter (consumption-only circuit, unsigned power)
+    meters = [SimulatedMeter(p, unit, import_wh=1_000_000, export_wh=10_000,
+                             power_w=-1500 if "energy_export_wh" in p.measurements else 1500,
                              serial_number="SN" if p.serial_number and p.serial_number.type == "string" else unit)
               for unit, p in enumerate(profiles.values(), start=1)]
     reads = {(r.function_codes[0], r.address, r.words) for p in profiles.values() for r in p.identify}

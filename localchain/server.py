@@ -308,7 +308,12 @@ class LocalChainServer:
 
     async def _handle(self, request: web.Request) -> web.Response:
         try:
-            body = json.loads(await request.read())
+            raw = await request.read()
+        except ConnectionError:  # the client went away mid-request (a killed gateway): nobody to answer
+            log.debug("JSON-RPC client disconnected before its request was read")
+            return web.Response(status=400)
+        try:
+            body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             return web.json_response({"jsonrpc": "2.0", "error": {"code": PARSE_ERROR, "message": "Parse error"},
                                       "id": None})

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
+from base.units import MS_PER_HOUR
 from firmware_config.schema import REGISTER_TYPES, IdentifyRule, Profile, Register, SerialNumberRule, sentinel_raw
 
-MS_PER_HOUR = 3_600_000
 # Served values remembered for tests that check "every published value was really served".
 DEFAULT_SERVED_LOG = 10_000
 FILLER_WORD = 0x0000  # what a "filler" device answers for registers we do not model

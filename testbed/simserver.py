@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -66,11 +67,13 @@ class Faults:
     corrupt_crc: bool = False  # reply sent with a broken CRC (RTU framing): the client discards it
     exception_code: int | None = None  # answer every read with this Modbus exception
     delay_s: float = 0.0  # extra reply delay ("slow meter")
+    garbage: bool = False  # reply replaced by noise of the same length (a babbling device, EMI on the line)
 
     @classmethod
     def from_dict(cls, d: dict) -> Faults:
         return cls(no_reply=bool(d.get("no_reply", False)), corrupt_crc=bool(d.get("corrupt_crc", False)),
-                   exception_code=d.get("exception_code"), delay_s=float(d.get("delay_s", 0.0)))
+                   exception_code=d.get("exception_code"), delay_s=float(d.get("delay_s", 0.0)),
+                   garbage=bool(d.get("garbage", False)))
 
 
 def runs(image: dict[int, int]) -> list[SimData]:
@@ -181,4 +184,6 @@ class MeterServer:
             return b""  # a real RS-485 bus stays silent (pymodbus would answer exception 4 for unknown ids)
         if fault.corrupt_crc and self.rtu_frames:
             return data[:-1] + bytes([data[-1] ^ 0xFF])
+        if fault.garbage:
+            return os.urandom(len(data))
         return data

@@ -89,6 +89,7 @@ class StackOptions:
     agent_reconnect_s: tuple[float, float] = (1.0, 60.0)  # the agent's MQTT reconnect backoff (min, max)
     store_max_readings: int = 100_000
     rtu_timeout_s: float = 1.0
+    gateway_verify_workers: int = 0  # 0 = one per core
 
 
 class MeterServers:
@@ -251,9 +252,12 @@ class Stack:
                 for name in self.starts if (self.work / f"{name}.log").exists()}
 
     def kill(self, name: str) -> None:
+        """SIGKILL the process and everything it started (its session: the gateway's verify workers), as
+        systemd's KillMode=control-group would."""
         p = self.procs.get(name)
         if p is not None and p.poll() is None:
-            p.send_signal(signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
             p.wait(30)
             if name in self.kills:
                 self.kills[name] += 1
@@ -279,9 +283,10 @@ class Stack:
                               "--state", str(self.chain_state_file)])
         self._wait_port("chain", self.rpc_port)
 
-    def start_gateway(self) -> None:
+    def start_gateway(self, *, wait: bool = True) -> None:
         self._spawn("gateway", [*self.cli, "gateway", "run", "--config", str(self.work / "gateway.toml")])
-        self._wait_port("gateway", self.dash_port)
+        if wait:
+            self._wait_port("gateway", self.dash_port)
 
     def start_agent(self) -> None:
         if "agent" in self.procs:
@@ -351,7 +356,8 @@ class Stack:
         assert self.broker is not None
         o = self.opts
         gw = {
-            "gateway": {"state_dir": str(self.work / "gateway"), "ack_key_file": str(self.work / "gateway.key")},
+            "gateway": {"state_dir": str(self.work / "gateway"), "ack_key_file": str(self.work / "gateway.key"),
+                        "verify_workers": o.gateway_verify_workers},
             "chain": {"rpc_url": self.rpc_url, "program_id": DEVNET_PROGRAM_ID,
                       "authority_key_file": str(self.work / "chain-bridge.json"),
                       "submit_interval_s": o.submit_interval_s, "max_backoff_s": 5.0},

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from base.plausibility import exceeds_rating, mean_power_w
+from base.plausibility import max_rise_mwh, mean_power_w
 from gateway.registry import Meter, MeterStatus
 from protocol import BadSignatureError, BatchItem, InvalidFieldError, Quality, Reading, VerifyKey
 
@@ -210,18 +210,23 @@ def _counter_checks(r: Reading, meter: Meter, progress: Progress, limits: Limits
     if exp < old_exp:
         return _reject(Reason.COUNTER_DECREASED, f"energy_export_wh {exp} < last {old_exp}")
     dt_ms = r.read_at_ms - last_at
-    for name, delta_wh in (("import", imp - old_imp), ("export", exp - old_exp)):
-        if problem := implausible_energy(name, delta_wh * 1000, dt_ms, meter.rated_max_power_w, limits):
-            return _reject(Reason.IMPLAUSIBLE_ENERGY, problem)
+    most = max_rise_mwh(meter.rated_max_power_w, dt_ms, limits.plausibility_margin_pct, limits.plausibility_slack_wh)
+    rise_imp, rise_exp = (imp - old_imp) * 1000, (exp - old_exp) * 1000
+    if rise_imp > most or rise_exp > most:
+        name, rise = ("import", rise_imp) if rise_imp > most else ("export", rise_exp)
+        return _reject(Reason.IMPLAUSIBLE_ENERGY, _implausible(name, rise, dt_ms, meter.rated_max_power_w))
     return None
 
 
 def implausible_energy(name: str, delta_mwh: int, dt_ms: int, rated_w: int, limits: Limits) -> str | None:
     """The rated-power rule (base.plausibility) with the configured margin and slack; used by the MQTT checks
     and the HTTP ingest alike. Returns why the rise is implausible, or None."""
-    if not exceeds_rating(delta_mwh, dt_ms, rated_w, margin_pct=limits.plausibility_margin_pct,
-                          slack_wh=limits.plausibility_slack_wh):
+    if delta_mwh <= max_rise_mwh(rated_w, dt_ms, limits.plausibility_margin_pct, limits.plausibility_slack_wh):
         return None
+    return _implausible(name, delta_mwh, dt_ms, rated_w)
+
+
+def _implausible(name: str, delta_mwh: int, dt_ms: int, rated_w: int) -> str:
     return (f"energy_{name}_wh +{delta_mwh // 1000} Wh in {dt_ms} ms = {mean_power_w(delta_mwh, dt_ms)} W "
             f"> rated {rated_w} W")
 

@@ -184,10 +184,21 @@ class Submitter:
         by_meter: dict[str, list[OutboxRow]] = defaultdict(list)
         for r in rows:
             by_meter[r.meter_id].append(r)
-        states = await self.client.fetch_meter_states(list(by_meter))
+        # A `sent` row not due yet (its transaction may still land) holds back the later rows of its meter: sent
+        # first, they would land and put its timestamp below the chain's, so if it never landed (killed before
+        # the RPC) it could never be sent and reconcile would hold it as a mismatch, its energy off chain.
+        due = {r.key for r in rows}
+        for mid in by_meter:
+            unresolved = [r.reading_timestamp for r in self.store.outbox_rows(mid, OutboxStatus.SENT)
+                          if r.key not in due]
+            if unresolved:
+                by_meter[mid] = [r for r in by_meter[mid] if r.reading_timestamp < min(unresolved)]
+        states = await self.client.fetch_meter_states([m for m, mrows in by_meter.items() if mrows])
         chain_now_s = await self.client.fetch_chain_time()
         to_send: list[OutboxRow] = []
         for mid, mrows in by_meter.items():
+            if not mrows:
+                continue
             meter = self.registry.get(mid)
             if meter is not None and meter.status is MeterStatus.RETIRED:
                 mrows = self._hold_retired(mrows, int(now * 1000))

@@ -216,3 +216,32 @@ async def test_unrecorded_send_is_not_resent_before_its_blockhash_expires(env: E
     await sub.run_once()
     assert dropping.sent == 1
     assert {(r.status, r.reason) for r in env.store.outbox_rows("HOUSE-7")} == {("confirmed", "reconciled")}
+
+
+async def test_killed_before_the_rpc_blocks_later_rows_until_resent(env: Env) -> None:
+    """Found by the fault suite (tests/fault, gateway SIGKILLs): the gateway died after marking a row `sent` and
+    before its transaction went out. The meter's later rows were submitted meanwhile and landed, so at its recheck
+    the row's timestamp was below the chain's last one: counted as landed, held as reconcile_mismatch, its energy
+    never reached the chain. Later rows of a meter must wait for an unresolved `sent` row; it is then resent."""
+    now = [time.time()]
+    start = (int(now[0] * 1000) // 900_000 - 3) * 900_000 + 1_000
+    env.registry.add(record_for("HOUSE-6", rated_w=20_000), int(now[0] * 1000))
+    env.acceptance.process(backlog("HOUSE-6", 250, start, 10_000, 0, 0, 2, 0))
+    sub = Submitter(env.store, env.registry, env.client, env.metrics, epoch_s=900,
+                    authority=str(env.client.authority.pubkey()), clock=lambda: now[0])
+    await sub._plan(await _limits(sub))
+    rows = env.store.outbox_rows("HOUSE-6")
+    assert len(rows) >= 2
+    first = rows[0]
+    now_ms = int(now[0] * 1000)
+    env.store.set_outbox([first.key], "sent", now_ms, attempt=True, next_attempt_ms=now_ms + 120_000)  # then killed
+    await sub.run_once()  # restarted: the later rows must not overtake the unresolved one
+    assert (await env.client.fetch_meter_states(["HOUSE-6"]))["HOUSE-6"] is None
+    now[0] += 121  # the lost transaction's blockhash has expired: it never landed, so it is sent again
+    await sub.run_once()
+    await sub.run_once()
+    after = env.store.outbox_rows("HOUSE-6")
+    assert {r.status for r in after} == {"confirmed"}, [(r.key, r.status, r.reason) for r in after]
+    st = (await env.client.fetch_meter_states(["HOUSE-6"]))["HOUSE-6"]
+    assert st is not None and (st.total_energy_consumed, st.total_readings) == (sum(r.consumed_wh for r in rows),
+                                                                                len(rows))

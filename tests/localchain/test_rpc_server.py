@@ -443,3 +443,21 @@ def test_cli_serve_unreadable_state_file_names_it(tmp_path: Path, capsys: pytest
                "--state", str(tmp_path / "chain.json")])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("gridmeter chain serve: --state: ") and "chain.json" in err
+
+
+async def test_client_gone_mid_request_is_no_traceback(srv: LocalChainServer, caplog: pytest.LogCaptureFixture
+                                                       ) -> None:
+    """A gateway SIGKILLed while posting: the body never completes. The server answers no one and logs no
+    traceback (the fault suite checks every process's output for them); the next client is served."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection(srv.host, srv.port)
+    writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"js")
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the handler is now waiting for the rest of the body
+    writer.transport.abort()  # RST, as a killed process's socket
+    await asyncio.sleep(0.3)
+    assert await raw_call(srv.url, {"jsonrpc": "2.0", "id": 1, "method": "getHealth"}) == {
+        "jsonrpc": "2.0", "id": 1, "result": "ok"}
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+    del reader

@@ -41,7 +41,7 @@ def test_demo_json_reports_energy_conserved_per_meter(tmp_path: Path) -> None:
     on-chain MeterState totals equal its register movement (closed intervals, open interval stated apart)."""
     import json
 
-    out = subprocess.run([sys.executable, "-m", "gridmeter.cli", "demo", "--meters", "6", "--duration", "25",
+    out = subprocess.run([sys.executable, "-m", "gridmeter.cli", "demo", "--meters", "6", "--duration", "15",
                           "--json", "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
