@@ -176,4 +176,4 @@ def decode_identity(rule: IdentifyRule | _SerialNumberRule, words: Sequence[int]
 def identify_matches(rule: IdentifyRule, value: int | str) -> bool:
     if isinstance(value, str):
         return any(isinstance(e, str) and value.startswith(e) for e in rule.expected)
-    return value in rule.expected
+    return value in rule.expected or rule.in_range(value)

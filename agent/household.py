@@ -11,8 +11,15 @@ Energy stays integer Wh here; only the page divides by 1000 for display.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.chain_view import ChainView
+    from agent.config import AgentConfig
+    from agent.homeassistant import HomeAssistant
+    from agent.poller import MeterSpec
 
 
 def local_day(at_ms: int) -> str:
@@ -155,3 +162,31 @@ def summary(h: dict[str, Any]) -> str:
         lines.append("What needs attention:")
         lines += [f"  - {p}" for p in problems]
     return "\n".join(lines)
+
+
+# -- the optional helpers, built only when configured: solders alone is ~20 MB of RSS ---------------------------
+
+def chain_view_for(cfg: AgentConfig, meters: Sequence[MeterSpec]) -> ChainView | None:
+    st = cfg.status
+    if not st.chain_rpc_url:
+        return None
+    from agent.chain_view import ChainView
+
+    return ChainView(st.chain_rpc_url, st.chain_program_id, [m.meter_id for m in meters],
+                     refresh_s=st.chain_refresh_s)
+
+
+def homeassistant_for(cfg: AgentConfig, meters: Sequence[MeterSpec],
+                      snapshot: Callable[[], tuple[Any, Any, int]]) -> HomeAssistant | None:
+    if not cfg.homeassistant.enabled:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    from agent.homeassistant import HomeAssistant
+
+    try:
+        ver = version("gridmeter")
+    except PackageNotFoundError:
+        ver = "unknown"
+    return HomeAssistant(cfg.homeassistant, {m.meter_id: m.profile.id for m in meters}, cfg.agent.poll_interval_s,
+                         snapshot, ver)

@@ -25,11 +25,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from agent.chain_view import ChainView
 from agent.clock import ClockProbe, clock_jumped, reading_clock_quality
 from agent.config import AgentConfig, build_specs
-from agent.homeassistant import HomeAssistant
-from agent.household import DayCounters, explain
+from agent.household import DayCounters, chain_view_for, explain, homeassistant_for
 from agent.keys import load_key_file
 from agent.plausibility import Baseline, check_counters
 from agent.publisher import Publisher, wall_ms
@@ -85,8 +83,8 @@ class AgentService:
         self.store, self.store_replaced = open_or_replace(cfg.db_path, max_readings=cfg.store.max_readings,
                                                           overflow=cfg.store.overflow)
         self.day = DayCounters()  # the household page's live power and today's kWh (memory only)
-        self.chain_view = _chain_view(cfg, meters)
-        self.homeassistant = _homeassistant(cfg, meters, self._ha_snapshot)
+        self.chain_view = chain_view_for(cfg, meters)
+        self.homeassistant = homeassistant_for(cfg, meters, self._ha_snapshot)
         self.clock = ClockProbe(cfg.clock.check, require_sync=cfg.clock.require_sync)
         self.publisher = Publisher(cfg.mqtt, [m.meter_id for m in meters], self.store,
                                    VerifyKey(cfg.mqtt.gateway_public_key))
@@ -498,27 +496,6 @@ async def _maybe_await(value: Any) -> Any:
     if asyncio.iscoroutine(value):
         return await value
     return value
-
-
-def _chain_view(cfg: AgentConfig, meters: list[MeterSpec]) -> ChainView | None:
-    st = cfg.status
-    if not st.chain_rpc_url:
-        return None
-    return ChainView(st.chain_rpc_url, st.chain_program_id, [m.meter_id for m in meters],
-                     refresh_s=st.chain_refresh_s)
-
-
-def _homeassistant(cfg: AgentConfig, meters: list[MeterSpec], snapshot: Any) -> HomeAssistant | None:
-    if not cfg.homeassistant.enabled:
-        return None
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        ver = version("gridmeter")
-    except PackageNotFoundError:
-        ver = "unknown"
-    return HomeAssistant(cfg.homeassistant, {m.meter_id: m.profile.id for m in meters}, cfg.agent.poll_interval_s,
-                         snapshot, ver)
 
 
 def build_service(cfg: AgentConfig) -> AgentService:

@@ -38,6 +38,7 @@ from firmware_config.schema import (
     SerialDefaults,
     SerialNumberRule,
     SunSpec,
+    int_type_bounds,
     validate_profile,
 )
 
@@ -178,18 +179,38 @@ def _identify(t: _Table, dec: dict[str, Any], serial_number: bool = False) -> An
     if serial_number:
         t.done()
         return SerialNumberRule(**common)
-    expected = t.take("expected", list)
+    lo, hi = _identify_range(t, rtype)
+    expected = t.take("expected", list, [] if lo is not None else _MISSING)
     want = str if rtype == "string" else int
-    if not expected or any(isinstance(x, bool) or not isinstance(x, want) for x in expected):
-        raise t.fail("expected", f"must be a non-empty array of {_kind_name(want)}s", expected)
+    plural = "strings" if want is str else "integers"
+    if (not expected and lo is None) or any(isinstance(x, bool) or not isinstance(x, want) for x in expected):
+        raise t.fail("expected", f"must be a non-empty array of {plural} (or give min and max)", expected)
     weak = t.take("weak", list, [])
     if any(isinstance(x, bool) or not isinstance(x, want) for x in weak):
-        raise t.fail("weak", f"must be an array of {_kind_name(want)}s", weak)
+        raise t.fail("weak", f"must be an array of {plural}", weak)
     rule = IdentifyRule(expected=tuple(expected) + tuple(x for x in weak if x not in expected),
                         confirmed=t.take("confirmed", bool, False), note=t.take("note", str, ""),
-                        weak=tuple(weak), **common)
+                        weak=tuple(weak), minimum=lo, maximum=hi, **common)
     t.done()
     return rule
+
+
+def _identify_range(t: _Table, rtype: str) -> tuple[int, int] | tuple[None, None]:
+    """`min` and `max` (both or neither): an inclusive range of the raw value, inside what `type` can hold."""
+    lo, hi = t.take("min", int, None), t.take("max", int, None)
+    if lo is None and hi is None:
+        return None, None
+    if rtype == "string":
+        raise t.fail("min" if lo is not None else "max", "only for integer types, not \"string\"")
+    if lo is None or hi is None:
+        raise t.fail("max" if hi is None else "min", "required key missing (min and max go together)")
+    first, last = int_type_bounds(rtype)
+    for k, v in (("min", lo), ("max", hi)):
+        if not first <= v <= last:
+            raise t.fail(k, f"must be in {first}..{last} for {rtype}", v)
+    if lo > hi:
+        raise t.fail("min", f"must not exceed max ({hi})", lo)
+    return lo, hi
 
 
 def _serial(t: _Table) -> SerialDefaults:

@@ -149,7 +149,7 @@ class ReadPolicy:
 class IdentifyRule:
     address: int
     type: str
-    expected: tuple[int | str, ...]
+    expected: tuple[int | str, ...]  # accepted values (may be empty when a range is given)
     function_codes: tuple[int, ...] = (3,)  # tried in order: the first that answers decides
     length: int = 0  # words, for type = "string"
     word_order: str = "big"
@@ -158,10 +158,32 @@ class IdentifyRule:
     # Values that match only weakly (e.g. 0 from early SDM630 firmware without a meter code): the scan marks the
     # match as needing a look at the label.
     weak: tuple[int | str, ...] = ()
+    # Inclusive range of the register's value as `type` decodes it (raw integer, no scale): a distinguishing read
+    # of a plausible voltage or frequency. A value matches if it is in `expected` or in the range.
+    minimum: int | None = None
+    maximum: int | None = None
 
     @property
     def words(self) -> int:
         return self.length if self.type == "string" else REGISTER_TYPES[self.type][0]
+
+    def in_range(self, value: int) -> bool:
+        return self.minimum is not None and self.maximum is not None and self.minimum <= value <= self.maximum
+
+    @property
+    def example(self) -> int | str:
+        """A value the rule accepts (the simulated meter serves it): the first expected value, else the minimum."""
+        if self.expected:
+            return self.expected[0]
+        assert self.minimum is not None  # the loader requires `expected` or a range
+        return self.minimum
+
+
+def int_type_bounds(type_name: str) -> tuple[int, int]:
+    """Smallest and largest value an integer register type holds."""
+    words, signed, _kind = REGISTER_TYPES[type_name]
+    bits = words * 16
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
 
 
 @dataclass(frozen=True, slots=True)

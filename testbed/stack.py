@@ -410,50 +410,13 @@ class Stack:
 
     # ---- observation -------------------------------------------------------------------------------------
     def _start_spy(self) -> None:
-        """Watch the broker like a fleet monitor: every published reading (decoded; same seq with other bytes is
-        a protocol violation) and every gateway ack (signature verified with the gateway key)."""
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
-        from protocol import ProtocolError, VerifyKey, decode_ack, decode_batch
+        """Watch the broker like a fleet monitor (testbed.broker_monitor)."""
+        from protocol import VerifyKey
+        from testbed.broker_monitor import start_monitor
 
         assert self.broker is not None
-        gw_key = VerifyKey(self.gateway_key.public_key)
-
-        def on_message(_c: Any, _u: Any, msg: Any) -> None:
-            payload = bytes(msg.payload)
-            try:
-                if msg.topic.endswith("/ack"):
-                    ack = decode_ack(payload, gw_key)
-                    with self._spy_lock:
-                        if ack.meter_id in self.acked:
-                            self.acked[ack.meter_id] = max(self.acked[ack.meter_id], ack.acked_seq)
-                    return
-                items = decode_batch(payload)
-            except ProtocolError:
-                return
-            with self._spy_lock:
-                for item in items:
-                    if item.signed is None:
-                        continue
-                    r = item.signed.reading
-                    seen = self.published.setdefault(r.meter_id, {})
-                    old = seen.setdefault(r.seq, item.payload)
-                    if old != item.payload:
-                        self.publish_conflicts.append(f"{r.meter_id} seq {r.seq}")
-
-        def on_connect(client: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-            if not rc.is_failure:
-                client.subscribe([("gridmeter/v1/+/readings", 1), ("gridmeter/v1/+/ack", 1)])
-
-        spy = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="gridmeter-stack-monitor",
-                          protocol=MQTTProtocolVersion.MQTTv5)
-        spy.on_message = on_message
-        spy.on_connect = on_connect
-        spy.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]  # paho takes float seconds; its hint says int
-        spy.connect("127.0.0.1", self.broker.port)
-        spy.loop_start()
-        self._spy = spy
+        self._spy = start_monitor(self.broker.port, VerifyKey(self.gateway_key.public_key), self._spy_lock,
+                                  self.acked, self.published, self.publish_conflicts)
 
     def agent_health(self) -> dict[str, Any]:
         import urllib.request

@@ -20,7 +20,7 @@ function text(root, sel, value) {
   root.querySelector(sel).textContent = value;
 }
 
-function meterCard(id, dev, home, chain, chainOn, now) {
+function meterCard(id, dev, home, chain, chainOn, waiting, now) {
   const card = document.getElementById("meter-card").content.firstElementChild.cloneNode(true);
   card.dataset.meter = id;
   text(card, ".meter-id", id);
@@ -46,7 +46,7 @@ function meterCard(id, dev, home, chain, chainOn, now) {
     text(card, ".chain-note", "Nothing confirmed on chain yet for this meter (the first interval is submitted when its market period closes).");
   }
   const state = dev.consecutive_errors ? "Not answering: " + (dev.last_error || "no answer") : "Read " + ago(dev.last_read_ms, now);
-  text(card, ".meter-state", state);
+  text(card, ".meter-state", state + " · " + (waiting || 0) + " readings waiting for the gateway's confirmation");
   return card;
 }
 
@@ -63,7 +63,8 @@ function render(h) {
   const chain = h.chain || null;
   const meters = document.getElementById("meters");
   meters.replaceChildren(...Object.keys(h.devices).sort().map((id) =>
-    meterCard(id, h.devices[id], (h.household || {})[id], chain && chain.meters ? chain.meters[id] : null, chain !== null, now)));
+    meterCard(id, h.devices[id], (h.household || {})[id], chain && chain.meters ? chain.meters[id] : null, chain !== null,
+      (h.queue.per_meter || {})[id], now)));
   text(document, "#last-read", ago(h.last_read_ms, now));
   text(document, "#last-publish", ago(h.last_publish_ms, now));
   text(document, "#last-ack", ago(h.last_ack_ms, now));

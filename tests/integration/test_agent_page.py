@@ -194,6 +194,7 @@ async def test_household_page_in_chromium_shows_power_today_buffer_chain_and_pla
         assert "2000 W" in house and "from the grid" in house
         assert "5.000 kWh" in house  # on chain: produced (export) beside the register
         assert "1 submissions confirmed on chain" in house
+        assert "readings waiting for the gateway's confirmation" in house
         # the register row shows the meter's own counter, as kWh with 3 decimals from integer Wh
         reg = await browser.eval("document.querySelector('[data-meter=\"HOUSE-1\"] .reg-import').textContent")
         reg_wh = int(Decimal(reg.split()[0]) * 1000)

@@ -43,7 +43,7 @@ def sim(pid: str) -> SimulatedMeter:
 
 
 def rule_key(r: IdentifyRule) -> tuple[object, ...]:
-    return (r.address, r.type, r.length, r.function_codes, r.word_order, r.expected)
+    return (r.address, r.type, r.length, r.function_codes, r.word_order, r.expected, r.minimum, r.maximum)
 
 
 def twins(pid: str) -> set[str]:

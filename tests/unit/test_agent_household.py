@@ -168,3 +168,14 @@ def test_home_assistant_defaults_and_password_from_env() -> None:
     assert (ha.enabled, ha.host, ha.port, ha.discovery_prefix, ha.password) == (
         True, "ha.local", 1883, "homeassistant", "s3cret-from-env")
     assert "s3cret" not in repr(ha)
+
+
+def test_agent_with_the_default_config_does_not_load_the_chain_libraries() -> None:
+    """solders alone is ~20 MB of RSS (the budget is 60 MB): only a configured chain view imports it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, agent.cli, agent.service, agent.status, agent.publisher, agent.poller; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'solders', 'solana', 'oracle_interface'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

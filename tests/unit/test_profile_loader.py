@@ -128,3 +128,74 @@ def test_new_fields_parse() -> None:
     assert p.installer_checks == ("Does the label say SDM120?",)
     assert p.sunspec is not None and (p.sunspec.models, p.sunspec.model_address, p.sunspec.occurrence) == (
         (201, 203), 40069, 2)
+
+
+# ---- identification ranges: `min`/`max` on the raw value (a distinguishing read of a plausible voltage) ----------
+
+
+def _ranged(**keys: Any) -> Any:
+    def fn(d: dict[str, Any]) -> None:
+        rule = d["identify"][0]
+        rule.pop("expected")
+        rule.update(keys)
+    return fn
+
+
+RANGE_ERRORS = [
+    ("min without max", _ranged(min=4500), "identify[0].max: required key missing (min and max go together)"),
+    ("max without min", _ranged(max=6500), "identify[0].min: required key missing (min and max go together)"),
+    ("min above max", _ranged(min=6500, max=4500), "identify[0].min: must not exceed max (4500) (got 6500)"),
+    ("max beyond uint16", _ranged(min=0, max=65536), "identify[0].max: must be in 0..65535 for uint16 (got 65536)"),
+    ("min below int16", _ranged(type="int16", min=-32769, max=0),
+     "identify[0].min: must be in -32768..32767 for int16 (got -32769)"),
+    ("min not integer", _ranged(min=45.0, max=65), "identify[0].min: must be an integer (got 45.0)"),
+    ("max is bool", _ranged(min=0, max=True), "identify[0].max: must be an integer (got True)"),
+    ("range on string", _ranged(type="string", length=2, min=0, max=1),
+     "identify[0].min: only for integer types, not \"string\""),
+    ("neither expected nor range", _ranged(), "identify[0].expected: required key missing"),
+    ("empty expected, no range", lambda d: d["identify"][0].update(expected=[]),
+     "identify[0].expected: must be a non-empty array of integers (or give min and max) (got [])"),
+]
+
+
+@pytest.mark.parametrize(("name", "fn", "message"), RANGE_ERRORS, ids=[e[0] for e in RANGE_ERRORS])
+def test_range_errors_name_key_path(name: str, fn: Any, message: str) -> None:
+    with pytest.raises(ProfileError) as e:
+        parse_profile(mutate(fn), "test.toml")
+    assert str(e.value) == f"test.toml: {message}"
+
+
+# rule keys -> (value, matches?)
+RANGE_MATCHES = [
+    ({"min": 4500, "max": 6500}, [(4499, False), (4500, True), (5000, True), (6500, True), (6501, False)]),
+    ({"type": "int16", "min": -10, "max": 10}, [(-11, False), (-10, True), (0, True), (10, True), (11, False)]),
+    ({"type": "uint32", "min": 70_000, "max": 70_000}, [(69_999, False), (70_000, True), (70_001, False)]),
+    # a range and a list: either one accepts (ET112-style codes with a gap plus a contiguous block)
+    ({"expected": [100, 102], "min": 120, "max": 121},
+     [(100, True), (101, False), (102, True), (119, False), (120, True), (121, True), (122, False)]),
+]
+
+
+@pytest.mark.parametrize(("keys", "cases"), RANGE_MATCHES, ids=[str(k) for k, _ in RANGE_MATCHES])
+def test_range_rule_matches(keys: dict[str, Any], cases: list[tuple[int, bool]]) -> None:
+    from agent.decode import identify_matches
+
+    p = parse_profile(mutate(_ranged(**keys)), "x.toml")
+    rule = p.identify[0]
+    assert [(v, identify_matches(rule, v)) for v, _ in cases] == cases
+    assert identify_matches(rule, rule.example)  # what the simulated meter serves is accepted
+
+
+def test_range_example_is_first_expected_else_min() -> None:
+    only_range = parse_profile(mutate(_ranged(min=4500, max=6500)), "x.toml").identify[0]
+    assert (only_range.expected, only_range.minimum, only_range.maximum, only_range.example) == ((), 4500, 6500, 4500)
+    both = parse_profile(mutate(_ranged(expected=[5000], min=4500, max=6500)), "x.toml").identify[0]
+    assert both.example == 5000
+
+
+def test_shipped_range_rules_replace_enumerations() -> None:
+    """The ORNO WE-514 frequency/voltage reads are ranges now, accepting exactly 45.00-65.00 Hz / 184.00-276.00 V."""
+    p = load_all()["orno-we514"]
+    assert [(r.address, r.expected, r.minimum, r.maximum) for r in p.identify] == [
+        (0x0130, (), 4500, 6500), (0x0131, (), 18400, 27600)]
+    assert (PROFILES_DIR / "orno-we514.toml").stat().st_size < 4096
