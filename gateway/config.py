@@ -37,6 +37,7 @@ ENV_OVERRIDES = {
     ("dashboard", "token"): "GRIDMETER_GATEWAY_DASHBOARD_TOKEN",
     ("dashboard", "password"): "GRIDMETER_GATEWAY_DASHBOARD_PASSWORD",
     ("http", "api_keys"): "GRIDMETER_GATEWAY_INGEST_API_KEYS",  # comma-separated
+    ("gateway", "postgres_dsn"): "GRIDMETER_GATEWAY_POSTGRES_DSN",  # may hold the database password
 }
 
 

@@ -202,16 +202,19 @@ class SimulatedMeter:
     def _identity_fc(self, rule: IdentifyRule) -> int:
         if self._answered_by_measurement(rule):
             return NO_FUNCTION_CODE  # a distinguishing read: the measurement register answers it, not rule.example
-        if self.identify_function_code in rule.function_codes:
-            return self.identify_function_code  # type: ignore[return-value]
-        return rule.function_codes[0]
+        return self._rule_fc(rule)
+
+    def _rule_fc(self, rule: IdentifyRule) -> int:
+        """The function code this device answers the rule's register at: the configured one if the rule allows it."""
+        fc = self.identify_function_code
+        return fc if fc is not None and fc in rule.function_codes else rule.function_codes[0]
 
     def filler_addresses(self, function_code: int) -> set[int]:
         """Addresses a "filler" device answers although the profile does not use them."""
         return self._filler(function_code) - set(self.chain)
 
     def _filler(self, function_code: int) -> set[int]:
-        """Addresses a "filler" device answers although the profile does not use them."""
+        """filler_addresses before the SunSpec chain's own words are taken out."""
         read = self.profile.read
         regs = [r for r in self.profile.registers if r.function_code == function_code]
         if not regs:
@@ -241,8 +244,7 @@ class SimulatedMeter:
     def _answered_by_measurement(self, rule: IdentifyRule) -> bool:
         """A rule that reads a register the profile also measures (e.g. a plausible phase voltage) is answered by
         the measured value, as on a real meter; overwriting it with rule.example would falsify the measurement."""
-        fc = self.identify_function_code if self.identify_function_code in rule.function_codes \
-            else rule.function_codes[0]
+        fc = self._rule_fc(rule)
         return any(r.function_code == fc and r.address < rule.address + rule.words and rule.address < r.end
                    for r in self.profile.registers)
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testbed import stack_report
 from testbed.broker import Broker
 from testbed.ports import free_port, wait_port
 
@@ -409,50 +410,13 @@ class Stack:
 
     # ---- observation -------------------------------------------------------------------------------------
     def _start_spy(self) -> None:
-        """Watch the broker like a fleet monitor: every published reading (decoded; same seq with other bytes is
-        a protocol violation) and every gateway ack (signature verified with the gateway key)."""
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
-        from protocol import ProtocolError, VerifyKey, decode_ack, decode_batch
+        """Watch the broker like a fleet monitor (testbed.broker_monitor)."""
+        from protocol import VerifyKey
+        from testbed.broker_monitor import start_monitor
 
         assert self.broker is not None
-        gw_key = VerifyKey(self.gateway_key.public_key)
-
-        def on_message(_c: Any, _u: Any, msg: Any) -> None:
-            payload = bytes(msg.payload)
-            try:
-                if msg.topic.endswith("/ack"):
-                    ack = decode_ack(payload, gw_key)
-                    with self._spy_lock:
-                        if ack.meter_id in self.acked:
-                            self.acked[ack.meter_id] = max(self.acked[ack.meter_id], ack.acked_seq)
-                    return
-                items = decode_batch(payload)
-            except ProtocolError:
-                return
-            with self._spy_lock:
-                for item in items:
-                    if item.signed is None:
-                        continue
-                    r = item.signed.reading
-                    seen = self.published.setdefault(r.meter_id, {})
-                    old = seen.setdefault(r.seq, item.payload)
-                    if old != item.payload:
-                        self.publish_conflicts.append(f"{r.meter_id} seq {r.seq}")
-
-        def on_connect(client: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-            if not rc.is_failure:
-                client.subscribe([("gridmeter/v1/+/readings", 1), ("gridmeter/v1/+/ack", 1)])
-
-        spy = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="gridmeter-stack-monitor",
-                          protocol=MQTTProtocolVersion.MQTTv5)
-        spy.on_message = on_message
-        spy.on_connect = on_connect
-        spy.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]  # paho takes float seconds; its hint says int
-        spy.connect("127.0.0.1", self.broker.port)
-        spy.loop_start()
-        self._spy = spy
+        self._spy = start_monitor(self.broker.port, VerifyKey(self.gateway_key.public_key), self._spy_lock,
+                                  self.acked, self.published, self.publish_conflicts)
 
     def agent_health(self) -> dict[str, Any]:
         import urllib.request
@@ -517,133 +481,18 @@ class Stack:
     def all_baselined(self) -> bool:
         return set(self.baselines()) >= {m.meter_id for m in self.meters}
 
-    # ---- the end: settle and report -----------------------------------------------------------------------
+    # ---- the end: settle and report (testbed.stack_report) -----------------------------------------------
     def register_values(self, meter_id: str) -> tuple[int, int]:
-        """(import Wh, export Wh) the meter's registers show now: its counters as the register encoding
-        quantises them (0.1 kWh steps on some meters), exactly what an honest read decodes to."""
-        from testbed.meter import encode_register
-
-        sim = self.sims[meter_id]
-        with sim._lock:
-            snap = sim.snapshot()
-            vals = {"energy_import_wh": snap["import_wh"], "energy_export_wh": snap["export_wh"]}
-            for reg in sim.profile.registers:
-                if reg.measurement in vals and not reg.scale_factor:
-                    vals[reg.measurement] = encode_register(reg, vals[reg.measurement])[1]
-        return vals["energy_import_wh"], vals["energy_export_wh"]
+        return stack_report.register_values(self, meter_id)
 
     def expected(self) -> dict[str, tuple[int, int]]:
-        """meter -> (produced, consumed) the chain must hold once everything the registers moved since the
-        gateway's baseline is in closed intervals (role mapping as gateway.submit.intervals.map_role)."""
-        from gateway.submit.intervals import map_role
-        from protocol import MeterRole
-
-        base = self.baselines()
-        out = {}
-        for m in self.meters:
-            if m.meter_id not in base:
-                out[m.meter_id] = (0, 0)
-                continue
-            imp, exp = self.register_values(m.meter_id)
-            _, b_imp, b_exp = base[m.meter_id]
-            out[m.meter_id] = map_role(MeterRole(_ROLES[m.role]), imp - b_imp, exp - b_exp)
-        return out
+        return stack_report.expected(self)
 
     def settle(self, timeout_s: float) -> float:
-        """Stop every meter counting, then wait until the chain holds all their movement (each meter's open
-        interval closes at its first reading in a later epoch). Returns seconds waited; on timeout the report
-        states the open intervals."""
-        for s in self.sims.values():
-            s.set_power(0)
-        t0 = time.monotonic()
-        deadline = t0 + timeout_s
-        while time.monotonic() < deadline:
-            self.check_alive("agent", "gateway", "chain")
-            totals = self.chain_totals()
-            exp = self.expected()
-            if all(totals[m][:2] == exp[m] for m in exp) and not self._outbox_busy():
-                break
-            time.sleep(0.5)
-        return time.monotonic() - t0
-
-    def _outbox_busy(self) -> bool:
-        return bool(self.gw_query("SELECT 1 FROM outbox WHERE status IN ('pending', 'sent') LIMIT 1"))
-
-    def _closed(self) -> dict[str, tuple[int, int, int] | None]:
-        """meter -> (closing seq, import, export) of the reading that closed its last confirmed submission."""
-        rows = self.gw_query(
-            "SELECT o.meter_id, r.seq, r.import_wh, r.export_wh FROM outbox o JOIN readings r ON r.meter_id = "
-            "o.meter_id AND r.seq = o.closing_seq WHERE o.status = 'confirmed' AND o.closing_seq = (SELECT "
-            "MAX(closing_seq) FROM outbox x WHERE x.meter_id = o.meter_id AND x.status = 'confirmed')")
-        out: dict[str, tuple[int, int, int] | None] = {m.meter_id: None for m in self.meters}
-        out.update({m: (s, i, e) for m, s, i, e in rows})
-        return out
+        return stack_report.settle(self, timeout_s)
 
     def failed_transactions(self) -> int | None:
-        """Failed transactions in the chain's saved history (the chain must have been stopped to write it)."""
-        if not self.chain_state_file.exists():
-            return None
-        doc = json.loads(self.chain_state_file.read_text())
-        return sum(1 for t in doc.get("transactions", []) if t.get("err") is not None)
+        return stack_report.failed_transactions(self)
 
     def report(self) -> dict[str, Any]:
-        """Figures per meter and `energy_conserved`: for every meter the on-chain totals equal the movement of
-        its signed counters from the gateway's baseline reading to the reading closing its last confirmed
-        interval (closed intervals, exact Wh), that movement plus the open interval equals the simulated
-        registers' movement, and nothing was submitted twice."""
-        from gateway.submit.intervals import map_role
-        from protocol import MeterRole
-
-        health = self.agent_health()
-        base, closed = self.baselines(), self._closed()
-        totals = self.chain_totals()
-        confirmed = dict(self.gw_query("SELECT meter_id, COUNT(*) FROM outbox WHERE status = 'confirmed' "
-                                       "GROUP BY meter_id"))
-        progress = {r[0]: r[1:] for r in self.gw_query(
-            "SELECT meter_id, accepted, held, rejected, duplicates, missing FROM progress")}
-        outbox = dict(self.gw_query("SELECT status, COUNT(*) FROM outbox GROUP BY status"))
-        meters: dict[str, Any] = {}
-        all_ok = bool(self.meters)
-        for m in self.meters:
-            mid, role = m.meter_id, MeterRole(_ROLES[m.role])
-            end_imp, end_exp = self.register_values(mid)
-            b = base.get(mid)
-            c = closed.get(mid)
-            start_imp, start_exp = (b[1], b[2]) if b else (end_imp, end_exp)
-            moved_imp, moved_exp = end_imp - start_imp, end_exp - start_exp
-            c_imp, c_exp = (c[1] - start_imp, c[2] - start_exp) if (b and c) else (0, 0)
-            exp_prod, exp_cons = map_role(role, c_imp, c_exp)
-            prod, cons, subs = totals.get(mid, (0, 0, 0))
-            open_imp, open_exp = moved_imp - c_imp, moved_exp - c_exp
-            with self._spy_lock:
-                published = len(self.published.get(mid, {}))
-                acked = self.acked.get(mid, 0)
-            dev = health.get("devices", {}).get(mid, {})
-            reads = self.agent_reads_before_restarts.get(mid, 0) + int(dev.get("reads", 0))
-            acc, held, rej, dup, missing = progress.get(mid, (0, 0, 0, 0, 0))
-            dup_subs = subs - confirmed.get(mid, 0)
-            ok = (b is not None and (prod, cons) == (exp_prod, exp_cons) and open_imp >= 0 and open_exp >= 0
-                  and dup_subs == 0)
-            all_ok = all_ok and ok
-            meters[mid] = {
-                "role": m.role, "profile": m.profile, "link": m.link,
-                "registers": {"import_wh_start": start_imp, "import_wh_end": end_imp,
-                              "export_wh_start": start_exp, "export_wh_end": end_exp,
-                              "moved_import_wh": moved_imp, "moved_export_wh": moved_exp},
-                "closed_intervals": {"closing_seq": c[0] if c else None, "import_wh": c_imp, "export_wh": c_exp,
-                                     "expected_produced_wh": exp_prod, "expected_consumed_wh": exp_cons},
-                "open_interval": {"import_wh": open_imp, "export_wh": open_exp},
-                "on_chain": {"produced_wh": prod, "consumed_wh": cons, "submissions": subs},
-                "readings": {"read": reads, "published": published, "acked": acked, "accepted": acc, "held": held,
-                             "rejected": rej, "duplicates_dropped": dup, "missing": missing},
-                "duplicate_submissions": dup_subs,
-                "energy_conserved": ok,
-            }
-        return {
-            "energy_conserved": all_ok,
-            "meters": meters,
-            "outbox": outbox,
-            "publish_conflicts": list(self.publish_conflicts),
-            "agent_kills": self.kills["agent"], "gateway_kills": self.kills["gateway"],
-            "broker_restarts": self.broker_restarts,
-        }
+        return stack_report.report(self)
