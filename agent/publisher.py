@@ -58,6 +58,10 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class PublisherError(RuntimeError):
+    """The publisher cannot go on (its network thread is gone)."""
+
+
 @dataclass
 class PublisherStats:
     connected: bool = False
@@ -261,6 +265,7 @@ class Publisher:
             self.start()
         while not self._stopping:
             self._wake.clear()
+            self._check_network_thread()
             if self.stats.connected:
                 self._rewind_timed_out(self._mono())
                 try:
@@ -271,6 +276,14 @@ class Publisher:
                     self._store_recovered()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), DEFAULT_TICK_S)
+
+    def _check_network_thread(self) -> None:
+        """paho's network thread reconnects; if it died (an exception inside paho, e.g. its reconnect wait),
+        nothing would ever be published again while the pollers keep committing: end the publisher task so
+        the service's supervision withholds the watchdog and exits for a restart."""
+        thread = self._client._thread  # paho 2.x: set by loop_start, None once the thread ended; pinned <3
+        if self._loop is not None and (thread is None or not thread.is_alive()) and not self._stopping:
+            raise PublisherError("the MQTT network thread died; nothing can be published until a restart")
 
     def _store_failed(self, error: str) -> None:
         self.stats.store_errors += 1

@@ -249,15 +249,20 @@ class Store(Outbox):
     def fill_late(self, row: ReadingRow, gap: tuple[int, int, int]) -> None:
         """Store a late reading now (within the caller's transaction) and shrink the gap it filled. The pieces
         keep the gap's detection time: filling one seq must not restart the grace period of the rest."""
+        self.conn.execute(_INSERT_READING, row)
+        self.close_gap_seq(row.meter_id, row.seq, gap)
+        self.conn.execute("UPDATE progress SET accepted = accepted + ?, held = held + ? WHERE meter_id = ?",
+                          (int(row.status == "accepted"), int(row.status == "held"), row.meter_id))
+
+    def close_gap_seq(self, meter_id: str, seq: int, gap: tuple[int, int, int]) -> None:
+        """`seq` of a recorded gap is decided (stored, or an authenticated reading quarantined): shrink the gap
+        (within the caller's transaction). The pieces keep the detection time of the gap."""
         c = self.conn
-        c.execute(_INSERT_READING, row)
         first, last, detected_at_ms = gap
-        c.execute("DELETE FROM gaps WHERE meter_id = ? AND first_seq = ? AND last_seq = ?", (row.meter_id, first, last))
-        rest = [(row.meter_id, a, b, detected_at_ms) for a, b in ((first, row.seq - 1), (row.seq + 1, last))
-                if a <= b]
+        c.execute("DELETE FROM gaps WHERE meter_id = ? AND first_seq = ? AND last_seq = ?", (meter_id, first, last))
+        rest = [(meter_id, a, b, detected_at_ms) for a, b in ((first, seq - 1), (seq + 1, last)) if a <= b]
         c.executemany("INSERT INTO gaps VALUES (?,?,?,?)", rest)
-        c.execute("UPDATE progress SET missing = missing - 1, accepted = accepted + ?, held = held + ? "
-                  "WHERE meter_id = ?", (int(row.status == "accepted"), int(row.status == "held"), row.meter_id))
+        c.execute("UPDATE progress SET missing = missing - 1 WHERE meter_id = ?", (meter_id,))
 
     def write_batch(self, w: BatchWrite) -> None:
         """Caller holds the transaction (see `transaction`)."""

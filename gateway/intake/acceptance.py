@@ -11,9 +11,8 @@ the ack seq per meter AFTER everything is committed. Steps:
   4. one SQLite transaction: progress re-read (another gateway process of the share group may have
      moved it), envelope + progress checks in seq order, readings/rejections/gaps/progress written; a
      reading arriving late inside a recorded gap is checked against its neighbours and stored.
-The ack seq of a meter is its highest authenticated seq: everything at or below it is stored, quarantined,
-or a recorded gap, so the agent may delete it. If the worker pool breaks (a worker killed), verification
-continues inline in this process: slower, never wrong.
+The ack seq of a meter is its highest authenticated seq: all at or below it is stored, quarantined or a recorded
+gap, so the agent may delete it. A broken worker pool (a worker killed): verified inline, slower, never wrong.
 """
 
 from __future__ import annotations
@@ -358,8 +357,9 @@ class Acceptance:
         verdict = check_late(r, Neighbors(*self.store.neighbors(mid, r.seq)), w.now_ms, self.limits)
         w.ack.add(mid)
         w.payloads[(mid, r.seq)] = it.item.payload
-        if verdict.outcome is Outcome.REJECT:
+        if verdict.outcome is Outcome.REJECT:  # authenticated and quarantined: that seq is decided as well
             w.reject(it, verdict, True)
+            self.store.close_gap_seq(mid, r.seq, gap)
             return True
         self.store.fill_late(w.row(it.item, r, verdict), gap)
         if verdict.outcome is Outcome.ACCEPT:

@@ -191,3 +191,29 @@ async def test_store_read_failure_does_not_end_the_drain(
         await until(lambda: store.count() == 0, 20, "drain after the store recovered")
         assert acker.contiguous == {"M1": 120}
     assert pub.stats.store_errors == 3 and pub.stats.last_store_error == ""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the simulated crash itself
+async def test_dead_network_thread_ends_the_publisher_task(tmp_path: Path) -> None:
+    """Seen under libfaketime: paho's reconnect wait raised inside its network thread, the thread died, and the
+    agent kept reading and committing (and feeding the watchdog) with nothing ever published again. The
+    publisher task must end with a reason so the service's supervision stops the agent for a restart."""
+    from agent.publisher import PublisherError
+    from testbed.ports import free_port
+
+    absent = Broker(workdir=tmp_path / "absent", port=free_port())  # never started: paho keeps reconnecting
+    store = Store(tmp_path / "agent.sqlite", max_readings=1000)
+    pub = Publisher(mqtt_cfg(absent), ["M1"], store, VerifyKey(GATEWAY.public_key))
+
+    def broken_wait() -> None:
+        raise OSError(22, "Invalid argument")  # what time.sleep raised under libfaketime
+
+    pub._client._reconnect_wait = broken_wait  # type: ignore[method-assign]
+    task = asyncio.create_task(pub.run())
+    try:
+        await until(lambda: task.done(), 30, "publisher task ends when paho's thread dies")
+        with pytest.raises(PublisherError, match="network thread died"):
+            task.result()
+    finally:
+        await pub.stop()
+        store.close()
