@@ -4,7 +4,7 @@ A gateway state directory with --meters registered meters (default 10,000), --re
 --readings readings each (half current, half stopped 2.5 min ago: late) is built through the real registry and
 intake. Then, five times each, in this process:
 
-- fleet_ms: gateway.fleet.fleet_health over all meters (every meter's state from SQLite: newest reading, one
+- fleet_ms: gateway.store.fleet.fleet_health over all meters (every meter's state from SQLite: newest reading, one
   some seqs earlier, recent rejections), CPU and wall;
 - api_ms: GET /api/meters (health recomputed: the dashboard's clock is moved past its cache period), with
   filtering, sorting and one page of 100, over HTTP from aiohttp's client, wall; and its Server-Timing CPU;
@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import DashboardSection
-from gateway.fleet import fleet_health
 from gateway.health import Thresholds
 from gateway.intake.acceptance import Acceptance, IngressLimit
 from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
 from gateway.registry import Registry
-from gateway.store import Store
+from gateway.store.fleet import fleet_health
+from gateway.store.sqlite import Store
 from gateway.web import DEFAULT_FLEET_CACHE_S, Dashboard
 from protocol import (
     Instantaneous,

@@ -287,9 +287,9 @@ def _read_record(name: str) -> str:
 
 def _meters_list(args: argparse.Namespace) -> int:
     """Registry plus health: state, last seen (ISO and age), lag, expected interval, counts."""
-    from gateway import fleet
     from gateway.registry import Registry, registry_path
-    from gateway.store import Store
+    from gateway.store import fleet
+    from gateway.store.sqlite import Store
 
     cfg = _state_config(args)
     reg = Registry(registry_path(cfg.gateway.state_dir))
@@ -361,8 +361,8 @@ def _ts(ms: int | None) -> str:
 
 
 def _rejections(args: argparse.Namespace) -> int:
-    from gateway import fleet
-    from gateway.database import connect
+    from gateway.store import fleet
+    from gateway.store.database import connect
 
     conn = connect(_state_config(args).db_path)
     try:
@@ -386,8 +386,8 @@ def _printable(text: str) -> str:
 
 
 def _held(args: argparse.Namespace) -> int:
-    from gateway import fleet
-    from gateway.store import Store
+    from gateway.store import fleet
+    from gateway.store.sqlite import Store
 
     store = Store(_state_config(args).db_path)
     try:
@@ -410,8 +410,8 @@ def _held(args: argparse.Namespace) -> int:
 
 
 def _ingest_status(args: argparse.Namespace) -> int:
-    from gateway import fleet
-    from gateway.database import connect
+    from gateway.store import fleet
+    from gateway.store.database import connect
 
     if not args.meter_id and not args.reading:
         return _fail("ingest-status: give a METER_ID or --reading READING_ID")
@@ -452,7 +452,7 @@ def _ingest_status(args: argparse.Namespace) -> int:
 
 
 def _outbox(args: argparse.Namespace) -> int:
-    from gateway.store import Store
+    from gateway.store.sqlite import Store
 
     store = Store(_state_config(args).db_path)
     try:

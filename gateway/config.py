@@ -149,7 +149,7 @@ class GatewaySection:
     state_dir: str = "/var/lib/gridmeter-gateway"  # SQLite database lives here
     ack_key_file: str = "/etc/gridmeter/gateway.key"  # Ed25519 seed (64 hex) signing the acks
     verify_workers: int = 0  # signature-checking processes; 0 = one per core
-    retention_days: int = 30  # decided rows older than this are pruned (gateway/retention.py)
+    retention_days: int = 30  # decided rows older than this are pruned (gateway/store/retention.py)
     postgres_dsn: str = ""  # empty: SQLite in state_dir (one box); set: PostgreSQL shared by N gateways (fleet)
     checks: ClassVar[dict[str, Check]] = {"state_dir": _nonempty, "ack_key_file": _nonempty,
                                           "verify_workers": _range(0, 64), "retention_days": _range(1, 3650)}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from gateway.database import Transaction, connect
+from gateway.store.database import Transaction, connect
 from protocol import MeterRole, ProtocolError, Registration, key_id, parse_registration
 from protocol.identifiers import validate_meter_id
 

@@ -31,8 +31,8 @@ from gateway.intake.mqtt import Intake
 from gateway.keys import load_key_file
 from gateway.metrics import Metrics
 from gateway.registry import Registry, registry_path
-from gateway.retention import DEFAULT_PRUNE_INTERVAL_S
-from gateway.store import Store
+from gateway.store.retention import DEFAULT_PRUNE_INTERVAL_S
+from gateway.store.sqlite import Store
 from gateway.submit.submitter import Submitter
 from gateway.web import Dashboard
 
@@ -104,7 +104,7 @@ async def _site(app: web.Application, listen: str, ssl_context: object = None) -
 def open_store(cfg: GatewayConfig) -> Store:
     """SQLite in the state directory, or the PostgreSQL store a fleet's gateways share (gateway.postgres_dsn)."""
     if cfg.gateway.postgres_dsn:
-        from gateway.pgstore import PostgresStore
+        from gateway.store.postgres import PostgresStore
 
         return PostgresStore(cfg.gateway.postgres_dsn)
     return Store(cfg.db_path)
@@ -210,7 +210,7 @@ class Gateway:
         self.submitter.on_cycle = persist_tables
         self.submitter.sent_recheck_s = cfg.chain.sent_recheck_s
         if cfg.gateway.postgres_dsn:
-            from gateway.pgstore import SubmitterLease
+            from gateway.store.postgres import SubmitterLease
 
             lease = SubmitterLease(cfg.gateway.postgres_dsn)
             self.submitter.lease = lease.held
@@ -219,7 +219,7 @@ class Gateway:
         self.spawn("submitter", self.submitter.run(self.stop_event, cfg.chain.submit_interval_s))
 
     async def _prune(self, store: Store, retention_days: int) -> None:
-        """Retention (gateway/retention.py): at start, then every DEFAULT_PRUNE_INTERVAL_S."""
+        """Retention (gateway/store/retention.py): at start, then every DEFAULT_PRUNE_INTERVAL_S."""
         while not self.stop_event.is_set():
             pruned = store.prune(int(time.time() * 1000), retention_days)
             if pruned.total:

@@ -36,12 +36,12 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import fleet, outbox
 from gateway.config import DashboardSection
-from gateway.database import connect
 from gateway.health import ChainFacts, State, Thresholds, chain_banner
 from gateway.metrics import FleetFigures, Metrics
 from gateway.registry import Meter, Registry
+from gateway.store import fleet, outbox
+from gateway.store.database import connect
 from protocol import validate_meter_id
 from protocol.errors import InvalidFieldError
 

@@ -10,7 +10,7 @@ from gateway.intake.acceptance import Acceptance, IngressLimit
 from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
 from gateway.registry import MeterStatus, Registry
-from gateway.store import Store
+from gateway.store.sqlite import Store
 from protocol.topics import readings_topic
 from tests.gateway_support import batch, reading, record_for
 

@@ -44,7 +44,7 @@ from gateway.intake.checks import (
 )
 from gateway.metrics import Metrics
 from gateway.registry import Meter, MeterStatus, Registry
-from gateway.store import BatchWrite, ReadingRow, RejectionRow, Store, quarantine_cost
+from gateway.store.sqlite import BatchWrite, ReadingRow, RejectionRow, Store, quarantine_cost
 from protocol import BatchItem, InvalidFieldError, ProtocolError, Reading, decode_batch
 from protocol.canonical import reading_head
 from protocol.topics import PREFIX, parse_meter_topic

@@ -40,7 +40,6 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import fleet
 from gateway.intake.checks import Limits, TokenBucket, implausible_energy, read_at_window
 from gateway.intake.http_payload import (
     EXPORT_OBIS,
@@ -55,7 +54,8 @@ from gateway.intake.http_payload import (
 )
 from gateway.metrics import Metrics
 from gateway.registry import MeterStatus, Registry
-from gateway.store import RejectionRow, Store
+from gateway.store import fleet
+from gateway.store.sqlite import RejectionRow, Store
 from protocol import BadSignatureError, MeterRole, ProtocolError, VerifyKey
 from protocol.identifiers import validate_device_id
 

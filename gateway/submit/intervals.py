@@ -105,7 +105,7 @@ class Planned:
     closing_seq: int
     part: int = 0  # 0..parts-1 when an interval was split
     parts: int = 1
-    held_reason: str | None = None  # set: stored, never sent (its outbox key: gateway.outbox.outbox_key)
+    held_reason: str | None = None  # set: stored, never sent (its outbox key: gateway.store.outbox.outbox_key)
 
 
 def map_role(role: MeterRole, d_import: int, d_export: int) -> tuple[int, int]:

@@ -29,9 +29,9 @@ from typing import Protocol
 
 from gateway.metrics import Metrics
 from gateway.oracle import MeterState, OracleConfig, Submission, SubmitResult
-from gateway.outbox import OutboxRow, OutboxStatus
 from gateway.registry import MeterStatus, Registry
-from gateway.store_api import GatewayStore
+from gateway.store.api import GatewayStore
+from gateway.store.outbox import OutboxRow, OutboxStatus
 from gateway.submit.intervals import OracleLimits, oracle_verdict, plan, plan_http
 from oracle_interface.layout import FUTURE_SKEW_S
 
@@ -90,7 +90,7 @@ class Submitter:
         self.http_idle_close_s = DEFAULT_HTTP_IDLE_CLOSE_S
         self.sent_recheck_s: float = DEFAULT_SENT_RECHECK_S
         # Several gateways on one PostgreSQL store: a cycle runs only while this says True
-        # (gateway.pgstore.SubmitterLease); None: the only submitter (SQLite, one box).
+        # (gateway.store.postgres.SubmitterLease); None: the only submitter (SQLite, one box).
         self.lease: Callable[[], bool] | None = None
         metrics.chain.start(epoch_s)
 

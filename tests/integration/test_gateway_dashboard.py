@@ -17,7 +17,7 @@ from gateway.intake.acceptance import Acceptance, IngressLimit
 from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
 from gateway.registry import Registry
-from gateway.store import Store
+from gateway.store.sqlite import Store
 from gateway.web import Dashboard
 from protocol.topics import readings_topic
 from tests.chromium_driver import Chromium
@@ -197,7 +197,7 @@ async def test_rejection_payloads_are_cut_in_the_api(dash: str, dash_state: Acce
     """A rejected message was stored whole (up to a full batch); /api/rejections listed 200 of them in full hex on
     every live update. It now shows the first 512 bytes and the received size (an unauthenticated message is
     stored as its first QUARANTINE_PREFIX_BYTES with its length and hash: issue 8)."""
-    from gateway.store import RejectionRow
+    from gateway.store.sqlite import RejectionRow
 
     dash_state.store.add_rejection(RejectionRow(int(time.time() * 1000), "mqtt", "HOUSE-1", None, None, "malformed",
                                                 "undecodable", False, b"\xab" * 100_000, b""))

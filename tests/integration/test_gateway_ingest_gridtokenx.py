@@ -25,14 +25,14 @@ import pytest
 from aiohttp.test_utils import TestServer
 from solders.keypair import Keypair
 
-from gateway import fleet
 from gateway.config import DashboardSection
 from gateway.intake.checks import Limits
 from gateway.intake.http import HttpIngest
 from gateway.metrics import Metrics
 from gateway.oracle import OracleClient
 from gateway.registry import MeterStatus, Registry
-from gateway.store import Store
+from gateway.store import fleet
+from gateway.store.sqlite import Store
 from gateway.submit.submitter import Submitter
 from gateway.web import Dashboard
 from localchain.server import LocalChainServer

@@ -18,7 +18,7 @@ from gateway.intake.checks import Limits
 from gateway.intake.http import INGEST_PATH, HttpIngest, rust_f64_display, signed_message
 from gateway.metrics import Metrics
 from gateway.registry import MeterStatus, Registry
-from gateway.store import Store
+from gateway.store.sqlite import Store
 from protocol import SigningKey
 from tests.gateway_support import record_for
 

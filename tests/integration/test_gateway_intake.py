@@ -20,7 +20,7 @@ from gateway.intake.checks import Limits
 from gateway.intake.mqtt import Intake
 from gateway.metrics import Metrics
 from gateway.registry import Registry
-from gateway.store import Store
+from gateway.store.sqlite import Store
 from protocol import Ack, Reading, SigningKey, VerifyKey, decode_ack, encode_reading
 from protocol.topics import readings_topic
 from testbed.broker import Broker

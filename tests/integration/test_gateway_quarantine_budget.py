@@ -16,14 +16,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-import gateway.store as store_mod
+import gateway.store.sqlite as store_mod
 from gateway.config import MqttSection
 from gateway.intake.acceptance import Acceptance, IngressLimit
 from gateway.intake.checks import Limits
 from gateway.intake.mqtt import Intake
 from gateway.metrics import Metrics
 from gateway.registry import Registry
-from gateway.store import Store
+from gateway.store.sqlite import Store
 from protocol import SigningKey, VerifyKey, decode_ack
 from protocol.topics import readings_topic
 from testbed.broker import Broker

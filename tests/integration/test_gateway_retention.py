@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from gateway.intake.checks import Progress
-from gateway.outbox import OutboxStatus
-from gateway.retention import DAY_MS, prune
-from gateway.store import BatchWrite, ReadingRow, Store
+from gateway.store.outbox import OutboxStatus
+from gateway.store.retention import DAY_MS, prune
+from gateway.store.sqlite import BatchWrite, ReadingRow, Store
 from gateway.submit.intervals import OracleLimits, plan
 from protocol import MeterRole
 

@@ -19,7 +19,7 @@ from gateway.metrics import Metrics
 from gateway.oracle import OracleClient
 from gateway.oracle.submission import Submission
 from gateway.registry import Registry
-from gateway.store import Store
+from gateway.store.sqlite import Store
 from gateway.submit.submitter import Submitter
 from localchain.server import LocalChainServer
 from protocol import MeterRole

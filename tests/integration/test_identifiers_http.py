@@ -17,7 +17,7 @@ from gateway.intake.checks import Limits
 from gateway.intake.http import INGEST_PATH, HttpIngest
 from gateway.metrics import Metrics
 from gateway.registry import Registry
-from gateway.store import Store
+from gateway.store.sqlite import Store
 
 pytestmark = pytest.mark.integration
 

@@ -139,7 +139,7 @@ def test_cli_oversized_record_refused(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_cli_rejections_escape_control_characters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A claimed meter id from an unauthenticated HTTP body was printed raw: terminal escape sequences reached
     the operator's terminal."""
-    from gateway.store import RejectionRow, Store
+    from gateway.store.sqlite import RejectionRow, Store
     from gridmeter.cli import main
 
     cfg = tmp_path / "gateway.toml"

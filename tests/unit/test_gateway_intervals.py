@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from gateway.outbox import OutboxSource, outbox_key
+from gateway.store.outbox import OutboxSource, outbox_key
 from gateway.submit.intervals import OracleLimits, Planned, PlanState, Point, oracle_verdict, plan, split_value
 from protocol import MeterRole
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.migrations import SchemaTooNew
-from gateway.store import SQLITE_MIGRATIONS, Store
+from gateway.store.migrations import SchemaTooNew
+from gateway.store.sqlite import SQLITE_MIGRATIONS, Store
 
 
 def test_new_database_gets_the_latest_version(tmp_path: Path) -> None:

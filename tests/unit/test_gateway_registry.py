@@ -85,7 +85,7 @@ def test_status_changes(reg: Registry) -> None:
 
 def test_database_path_with_uri_characters(tmp_path: Path) -> None:
     """A state_dir containing '#' or '?' was cut short in the SQLite URI: the database landed in another file."""
-    from gateway.database import connect
+    from gateway.store.database import connect
 
     d = tmp_path / "site #2?x=1 100%"
     conn = connect(d / "g.sqlite")

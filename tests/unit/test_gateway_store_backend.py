@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import ConfigError, parse_config
-from gateway.pgstore import _meter_lock_key
+from gateway.store.postgres import _meter_lock_key
 
 DSN = "postgresql://gridmeter@db1,db2/gridmeter?target_session_attrs=read-write"
 TOKEN = "k3J9-vQ2x-Lp7w-Zr4m-Ty8n-Hb6c"

@@ -20,8 +20,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from gateway.database import Transaction
-from gateway.outbox import OutboxStatus
+from gateway.store.database import Transaction
+from gateway.store.outbox import OutboxStatus
 
 DEFAULT_RETENTION_DAYS = 30
 DAY_MS = 86_400_000

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from gateway.database import Transaction
+from gateway.store.database import Transaction
 from gateway.submit.intervals import Planned
 
 
@@ -29,7 +29,7 @@ class OutboxStatus(StrEnum):
     REJECTED = "rejected"
 
 
-UNDECIDED = (OutboxStatus.PENDING, OutboxStatus.SENT)  # never pruned (gateway.retention)
+UNDECIDED = (OutboxStatus.PENDING, OutboxStatus.SENT)  # never pruned (gateway.store.retention)
 OUTBOX_STATUSES = tuple(s.value for s in OutboxStatus)
 
 
@@ -124,7 +124,7 @@ class Outbox:
                 [(st, reason, signature, now_ms, next_attempt_ms, int(attempt), k) for k in keys])
 
     def confirmed_count(self, meter_id: str) -> int:
-        """Intervals of this meter confirmed on chain, including those pruned since (gateway.retention): what the
+        """Intervals of this meter confirmed on chain, including those pruned since (gateway.store.retention): what the
         reconciliation compares with the chain's total_readings."""
         n = self.conn.execute("SELECT COUNT(*) FROM outbox WHERE meter_id = ? AND status = ?",
                               (meter_id, OutboxStatus.CONFIRMED.value)).fetchone()[0]

@@ -5,7 +5,7 @@ already runs in its own thread or between awaits, exactly as with sqlite3; psyco
 drop-in for that shape, while asyncpg is asyncio-only and would need a second event loop in the intake thread.
 psycopg also speaks plain libpq (DSN, TLS, .pgpass, target_session_attrs for a primary behind HA).
 
-Same semantics as gateway.store.Store (gateway/store_api.py), the same SQL except where the dialects differ:
+Same semantics as gateway.store.Store (gateway/store/api.py), the same SQL except where the dialects differ:
 - per-meter serialization across hosts: an intake transaction takes a transaction-scoped advisory lock per
   meter (`pg_advisory_xact_lock`, in sorted order: no deadlock) before it reads the meters' progress, so two
   gateways deciding batches of one meter run one after the other; monotonicity, gaps, late readings and acks
@@ -13,7 +13,7 @@ Same semantics as gateway.store.Store (gateway/store_api.py), the same SQL excep
 - exactly one active submitter: `SubmitterLease`, a session advisory lock held by the submitter's own
   connection. It is released by the server when that session ends (process killed, host gone: at once for a
   closed socket, after the TCP keepalive for a vanished host), and a standby gateway takes it on its next try;
-- versioned schema migrations (gateway/migrations.py), applied under an advisory lock at start.
+- versioned schema migrations (gateway/store/migrations.py), applied under an advisory lock at start.
 Not on PostgreSQL yet: the GridTokenX HTTP ingest and the dashboard (they read SQLite); gateway.config refuses
 those with a PostgreSQL store.
 """
@@ -30,9 +30,9 @@ import psycopg
 
 from gateway.config import ConfigError
 from gateway.intake.checks import Progress
-from gateway.migrations import POSTGRES_MIGRATIONS, apply_postgres
-from gateway.outbox import OutboxSource
-from gateway.store import Store
+from gateway.store.migrations import POSTGRES_MIGRATIONS, apply_postgres
+from gateway.store.outbox import OutboxSource
+from gateway.store.sqlite import Store
 from gateway.submit.intervals import Planned, PlanState
 
 log = logging.getLogger(__name__)

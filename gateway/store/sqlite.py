@@ -4,8 +4,8 @@ Durability order: a batch of readings is committed in ONE transaction (readings,
 progress) before any ack is published, so an ack always describes what is on disk. (meter_id, seq) is
 the primary key of the readings, so a resend after a crash cannot double-count.
 
-The outbox's states, keys and SQL are gateway/outbox.py (mixed in here); retention (what is pruned when) is
-gateway/retention.py; the interface a second backend implements is gateway/store_api.py.
+The outbox's states, keys and SQL are gateway/store/outbox.py (mixed in here); retention (what is pruned when) is
+gateway/store/retention.py; the interface a second backend implements is gateway/store/api.py.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from gateway.database import Transaction, connect
 from gateway.intake.checks import Progress
-from gateway.migrations import SqliteStep, apply_sqlite
-from gateway.outbox import Outbox, OutboxSource
-from gateway.retention import DEFAULT_RETENTION_DAYS, Pruned, prune
+from gateway.store.database import Transaction, connect
+from gateway.store.migrations import SqliteStep, apply_sqlite
+from gateway.store.outbox import Outbox, OutboxSource
+from gateway.store.retention import DEFAULT_RETENTION_DAYS, Pruned, prune
 from gateway.submit.intervals import Planned, PlanState, Point, http_point
 
 # GridTokenX HTTP ingest (the older table http_readings holds rows of gateway versions that sent each
@@ -187,11 +187,11 @@ def _v1(c: sqlite3.Connection) -> None:
                   "FROM http_ingest GROUP BY meter_id")
 
 
-SQLITE_MIGRATIONS: list[tuple[int, SqliteStep]] = [(1, _v1)]  # gateway/migrations.py
+SQLITE_MIGRATIONS: list[tuple[int, SqliteStep]] = [(1, _v1)]  # gateway/store/migrations.py
 
 
 class Store(Outbox):
-    """The gateway's durable state in SQLite (gateway.store_api.GatewayStore is the interface)."""
+    """The gateway's durable state in SQLite (gateway.store.api.GatewayStore is the interface)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -418,5 +418,5 @@ class Store(Outbox):
             self.add_planned(c, OutboxSource.HTTP, planned, zone_id, now_ms)
 
     def prune(self, now_ms: int, retention_days: int = DEFAULT_RETENTION_DAYS) -> Pruned:
-        """Decided rows older than the retention deleted (gateway.retention)."""
+        """Decided rows older than the retention deleted (gateway.store.retention)."""
         return prune(self.conn, now_ms, retention_days)

@@ -17,8 +17,8 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from gateway.intake.checks import Progress
-from gateway.outbox import OutboxRow, OutboxStatus
-from gateway.retention import Pruned
+from gateway.store.outbox import OutboxRow, OutboxStatus
+from gateway.store.retention import Pruned
 from gateway.submit.intervals import Planned, PlanState, Point
 
 
