@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,10 +49,14 @@ async def land(rpc: AsyncClient, builders: list[TxBuilder], *, commitment: Commi
     for _attempt in range(DEFAULT_MAX_SIGNINGS):
         if not waiting:
             break
+        t0 = time.perf_counter()
         bh_resp = await rpc.get_latest_blockhash(commitment)
         blockhash, last_valid = bh_resp.value.blockhash, bh_resp.value.last_valid_block_height
         sent = await _send(rpc, builders, waiting, blockhash, out, commitment, stats)
+        t1 = time.perf_counter()
         statuses = await _await_statuses(rpc, sent, last_valid, commitment, poll_s)
+        stats["ms_send"] = stats.get("ms_send", 0) + round((t1 - t0) * 1000)
+        stats["ms_confirm"] = stats.get("ms_confirm", 0) + round((time.perf_counter() - t1) * 1000)
         for k, sig in sent.items():
             st = statuses.get(k)
             if st is not None:

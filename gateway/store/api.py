@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from gateway.intake.checks import Progress
 from gateway.store.outbox import OutboxRow, OutboxStatus
 from gateway.store.retention import Pruned
-from gateway.submit.intervals import Planned, PlanState, Point
+from gateway.submit.intervals import MeterPlan, Planned, PlanState, Point
 
 
 class GatewayStore(Protocol):
@@ -49,6 +49,7 @@ class GatewayStore(Protocol):
     def plan_inputs(self, meter_id: str, limit: int = 100_000) -> tuple[PlanState, list[Point]]: ...
     def save_plan(self, meter_id: str, state: PlanState, planned: Sequence[Planned], zone_id: int,
                   now_ms: int) -> None: ...
+    def save_plans(self, plans: Sequence[MeterPlan], now_ms: int) -> None: ...
     def http_meters_to_plan(self, now_ms: int, quiet_ms: int, epoch_s: int) -> list[str]: ...
     def http_plan_inputs(self, meter_id: str, limit: int = 100_000) -> tuple[PlanState | None, list[Point], int]: ...
     def save_http_plan(self, meter_id: str, state: PlanState, planned: Sequence[Planned], zone_id: int,

@@ -23,7 +23,7 @@ from gateway.store.database import Transaction, connect
 from gateway.store.migrations import SqliteStep, apply_sqlite
 from gateway.store.outbox import Outbox, OutboxSource
 from gateway.store.retention import DEFAULT_RETENTION_DAYS, Pruned, prune
-from gateway.submit.intervals import Planned, PlanState, Point, http_point
+from gateway.submit.intervals import MeterPlan, Planned, PlanState, Point, http_point
 
 # GridTokenX HTTP ingest (the older table http_readings holds rows of gateway versions that sent each
 # reading on its own; they still count for duplicate and order checks). Energies in integer mWh as received,
@@ -333,12 +333,18 @@ class Store(Outbox):
 
     def save_plan(self, meter_id: str, state: PlanState, planned: Sequence[Planned], zone_id: int,
                   now_ms: int) -> None:
+        self.save_plans([MeterPlan(meter_id, state, planned, zone_id)], now_ms)
+
+    def save_plans(self, plans: Sequence[MeterPlan], now_ms: int) -> None:
+        """Several meters' plans in ONE transaction (one commit per planner cycle, not one per meter)."""
         with Transaction(self.conn) as c:
-            c.execute("INSERT OR REPLACE INTO plan_state VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (meter_id, int(state.baseline_set), state.last_seq, state.anchor_read_at_ms,
-                       state.sub_import_wh, state.sub_export_wh, state.last_import_wh, state.last_export_wh,
-                       state.last_read_at_ms, state.last_ts))
-            self.add_planned(c, OutboxSource.MQTT, planned, zone_id, now_ms)
+            c.executemany("INSERT OR REPLACE INTO plan_state VALUES (?,?,?,?,?,?,?,?,?,?)",
+                          [(p.meter_id, int(p.state.baseline_set), p.state.last_seq, p.state.anchor_read_at_ms,
+                            p.state.sub_import_wh, p.state.sub_export_wh, p.state.last_import_wh,
+                            p.state.last_export_wh, p.state.last_read_at_ms, p.state.last_ts) for p in plans])
+            for p in plans:
+                if p.planned:
+                    self.add_planned(c, OutboxSource.MQTT, p.planned, p.zone_id, now_ms)
 
     # ---- GridTokenX HTTP ingest ------------------------------------------------------------------------
     def add_http_reading(self, meter_id: str, timestamp_ms: int, import_mwh: int, export_mwh: int, body: bytes,

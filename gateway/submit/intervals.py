@@ -22,6 +22,7 @@ Intervals with no energy in either direction are not submitted (they would cost 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from oracle_interface.layout import FUTURE_SKEW_S, U64_MAX, OracleConfig
@@ -106,6 +107,16 @@ class Planned:
     part: int = 0  # 0..parts-1 when an interval was split
     parts: int = 1
     held_reason: str | None = None  # set: stored, never sent (its outbox key: gateway.store.outbox.outbox_key)
+
+
+@dataclass(frozen=True, slots=True)
+class MeterPlan:
+    """One meter's planner result, saved with others in one transaction (store.save_plans)."""
+
+    meter_id: str
+    state: PlanState
+    planned: Sequence[Planned]
+    zone_id: int
 
 
 def map_role(role: MeterRole, d_import: int, d_export: int) -> tuple[int, int]:
