@@ -65,6 +65,8 @@ INGRESS_RATE = Verdict(Outcome.REJECT, Reason.INGRESS_RATE, "per-meter ingress r
 VERIFY_BUDGET = Verdict(Outcome.REJECT, Reason.VERIFY_BUDGET, "this topic's signature checks are over budget "
                         "(forged, replayed or over-rate readings): not verified")
 _VERIFIED = Verdict(Outcome.ACCEPT, None, "signature verified")
+SOURCE_CONFLICT = Verdict(Outcome.REJECT, Reason.SOURCE_CONFLICT, "this meter's energy comes over the GridTokenX "
+                          "HTTP ingest: one meter, one source (its submissions would collide on chain)")
 
 
 @dataclass
@@ -207,9 +209,10 @@ class Acceptance:
         with self.store.transaction():
             mids = {it.topic_meter_id for it in items if it.topic_meter_id}
             progress = self.store.load_progress(mids)
+            http_sourced = self.store.http_sourced(mids) if mids else set()
             w = GroupRows(now_ms, self.budget.allows)
             for it in items:
-                self._decide(it, meters, progress, w)
+                self._decide(it, meters, progress, w, http_sourced)
             w.count_stored()
             self.store.write_batch(BatchWrite(w.readings, w.rejections, w.gaps, w.touched(progress, meters), w.counts,
                                               now_ms, (w.not_stored, w.not_stored_bytes)))
@@ -219,7 +222,8 @@ class Acceptance:
         acks = {m: self.store.ack_seq(m, progress[m].last_seq, open_after) for m in w.ack if m in progress}
         return {m: seq for m, seq in acks.items() if seq > 0}
 
-    def _decide(self, it: Item, meters: dict[str, Meter], progress: dict[str, Progress], w: GroupRows) -> None:
+    def _decide(self, it: Item, meters: dict[str, Meter], progress: dict[str, Progress], w: GroupRows,
+                http_sourced: set[str]) -> None:
         mid = it.topic_meter_id
         if it.head_verified and it.head_seq is not None and it.item is not None and mid is not None:
             self._authentic_invalid(it, it.item, mid, it.head_seq, progress, w)
@@ -236,6 +240,8 @@ class Acceptance:
                 stored = w.payloads.get((mid, r.seq)) or self.store.handled_payload(mid, r.seq)
                 verdict = check_envelope(it.item, mid, meter, prog, stored) or verdict
             verdict = self._paid(mid, verdict, w)
+            if verdict is _VERIFIED and mid in http_sourced:
+                verdict = SOURCE_CONFLICT  # authenticated: acked, so the agent stops re-sending it
             if verdict is _VERIFIED and r.seq <= prog.last_seq and self._late(it, r, mid, w):
                 return
             if verdict is _VERIFIED:
