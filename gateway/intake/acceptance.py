@@ -165,14 +165,10 @@ class Acceptance:
             it.verdict = check_envelope(it.item, mid, meter, NO_PROGRESS, None)
             if meter is None:
                 continue
-            if it.verdict is None:
-                pass
-            elif (meter.status is MeterStatus.ACTIVE and it.item.signed is None
-                  and isinstance(it.item.error, InvalidFieldError)
-                  and (head := reading_head(it.item.payload)) is not None and head[:2] == (mid, meter.key_id)):
-                it.head_seq = head[2]
-            else:
-                continue
+            if it.verdict is not None:
+                it.head_seq = _own_head_seq(it.item, mid, meter)
+                if it.head_seq is None:
+                    continue  # refused before any crypto
             if gate.admit(mid):
                 todo.append(it)
                 verifying.add((meter.public_key, it.item.payload, it.item.signature))
@@ -345,3 +341,12 @@ class Acceptance:
         m.duplicates.inc(sum(c.get("duplicates", 0) for c in w.counts.values()))
         m.gaps.inc(sum(c.get("missing", 0) for c in w.counts.values()))
 
+
+def _own_head_seq(item: BatchItem, mid: str, meter: Meter) -> int | None:
+    """The seq of a reading refused for a field value (invalid_field) whose head names this topic's active meter
+    and its key: worth verifying (the meter's own reading is acked, an authenticated refusal); else None."""
+    if meter.status is not MeterStatus.ACTIVE or item.signed is not None or not isinstance(item.error,
+                                                                                          InvalidFieldError):
+        return None
+    head = reading_head(item.payload)
+    return head[2] if head is not None and head[:2] == (mid, meter.key_id) else None
