@@ -246,9 +246,9 @@ def _gen_token(_args: argparse.Namespace) -> int:
 
 
 def _registry(args: argparse.Namespace) -> Registry:
-    from gateway.registry import Registry, registry_path
+    from gateway.registry import open_registry
 
-    return Registry(registry_path(_state_config(args).gateway.state_dir))
+    return open_registry(_state_config(args))
 
 
 def _meters_add(args: argparse.Namespace) -> int:
@@ -259,9 +259,9 @@ def _meters_add(args: argparse.Namespace) -> int:
         text = _read_record(args.record)
     except (OSError, ValueError) as exc:
         return _fail(str(exc))
-    from gateway.registry import Registry, registry_path
+    from gateway.registry import open_registry
 
-    reg = Registry(registry_path(cfg.gateway.state_dir))
+    reg = open_registry(cfg)
     try:
         meter, action = reg.add(text, int(time.time() * 1000))
     except RegistryError as exc:
@@ -287,12 +287,12 @@ def _read_record(name: str) -> str:
 
 def _meters_list(args: argparse.Namespace) -> int:
     """Registry plus health: state, last seen (ISO and age), lag, expected interval, counts."""
-    from gateway.registry import Registry, registry_path
+    from gateway.registry import open_registry
     from gateway.store import fleet
     from gateway.store.sqlite import Store
 
     cfg = _state_config(args)
-    reg = Registry(registry_path(cfg.gateway.state_dir))
+    reg = open_registry(cfg)
     try:
         meters = {m.meter_id: m for m in reg.all()}
     finally:

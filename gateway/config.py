@@ -371,9 +371,9 @@ def _cross_check(cfg: GatewayConfig) -> GatewayConfig:
         raise ConfigError("dashboard.tls_key", "tls_cert and tls_key go together")
     if cfg.http.enabled and not cfg.http.api_keys:
         raise ConfigError("http.api_keys", "the HTTP ingest needs at least one API key")
-    if cfg.gateway.postgres_dsn and (cfg.http.enabled or cfg.dashboard.enabled):
-        raise ConfigError("gateway.postgres_dsn", "the HTTP ingest and the dashboard run on the SQLite store only: "
-                          "disable [http] and [dashboard] on a PostgreSQL gateway")
+    if cfg.gateway.postgres_dsn and cfg.dashboard.enabled:
+        raise ConfigError("gateway.postgres_dsn", "the dashboard runs on the SQLite store only: "
+                          "disable [dashboard] on a PostgreSQL gateway")
     if bool(cfg.http.tls_cert) != bool(cfg.http.tls_key):
         raise ConfigError("http.tls_key", "tls_cert and tls_key go together")
     if bool(cfg.mqtt.tls_cert) != bool(cfg.mqtt.tls_key):
