@@ -230,9 +230,16 @@ class LimitsSection:
     # jitter; see gateway.intake.checks.MIN_READ_SPACING_MS). 100 = the agent's shortest poll interval (0.1 s), so any
     # poll interval an agent may use passes; raise it only if every agent polls slower.
     min_read_spacing_ms: int = 100
-    # Per-meter ingress token bucket (readings): a week's backlog at 10 s polling drains in ~1 min.
+    # Per-meter ingress token bucket (readings): a week's backlog at 10 s polling drains in ~1 min. Only NEW readings
+    # whose signature verified pay for it: forged ones on a meter's topic cannot spend it.
     ingress_rate_per_s: float = 1000.0
     ingress_burst: int = 10000
+    # Per-topic verify budget: signature checks no new authenticated reading paid for (a signature that failed, a
+    # replay of a handled reading, a reading over the meter's rate), ~45 us of CPU each. Beyond it the topic's
+    # readings are refused unverified (verify_budget_exceeded; not acked, the agent re-sends). All topics together
+    # get five times this (gateway.intake.budgets).
+    verify_budget_per_s: float = 1000.0
+    verify_budget_burst: int = 10000
     # Energy over a reading gap may exceed rated power by this much (meter accuracy class, rounding
     # of 1 Wh counters over short gaps) before it is called implausible.
     plausibility_margin_pct: int = 10
@@ -258,6 +265,7 @@ class LimitsSection:
         "future_skew_s": between(0, FUTURE_SKEW_S - 1), "acceptance_window_s": between(60, 10 * 365 * 86400),
         "min_read_spacing_ms": between(0, 3_600_000), "ingress_rate_per_s": between(0.001, 1e7),
         "ingress_burst": between(1, 10_000_000), "plausibility_margin_pct": between(0, 1000),
+        "verify_budget_per_s": between(1, 1e6), "verify_budget_burst": between(1, 10_000_000),
         "plausibility_slack_wh": between(0, 1_000_000), "gap_grace_s": between(0, 7 * 86400),
     }
 

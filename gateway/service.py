@@ -24,6 +24,7 @@ from base.sd_notify import sd_notify
 from gateway.config import ConfigError, GatewayConfig
 from gateway.health import Thresholds
 from gateway.intake.acceptance import Acceptance, IngressLimit
+from gateway.intake.budgets import VerifyBudget
 from gateway.intake.checks import Limits
 from gateway.intake.http import HttpIngest
 from gateway.intake.mqtt import Intake
@@ -186,7 +187,9 @@ class Gateway:
         acc = Acceptance(store, registry, limits_from(cfg),
                          IngressLimit(cfg.limits.ingress_rate_per_s, cfg.limits.ingress_burst), self.metrics, pool,
                          topic_prefix=cfg.mqtt.topic_prefix, quarantine_bytes_per_s=cfg.limits.quarantine_bytes_per_s,
-                         quarantine_burst_bytes=cfg.limits.quarantine_burst_bytes)
+                         quarantine_burst_bytes=cfg.limits.quarantine_burst_bytes,
+                         verify_budget=VerifyBudget(time.time(), cfg.limits.verify_budget_per_s,
+                                                    cfg.limits.verify_budget_burst))
         self._closers.append(lambda: pool.shutdown(wait=True))
         self.intake = Intake(cfg.mqtt, acc, ack_key, self.metrics)
         self.intake.start()
