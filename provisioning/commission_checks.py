@@ -9,7 +9,7 @@ against the meter's display. The typical installer mistakes are caught with a hi
 - a value outside its range that would be plausible with the words swapped (word order);
 - with a known load switched on: the power step against the load (wrong CT ratio on a CT meter, or scale).
 
-What lives where: this module holds the checks and their thresholds (no I/O, no questions, table-tested);
+What lives where: this module holds the checks and their thresholds (no I/O, no questions);
 provisioning.commission reads the meter, asks the installer, runs these checks and records the result.
 """
 
@@ -51,7 +51,6 @@ class Check:
     ok: bool
     severity: str  # "fail" | "warn" | "ok"
     message: str
-
 
 
 def _range(name: str, value: int | None, low: int, high: int, what: str) -> Check:
