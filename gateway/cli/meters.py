@@ -32,14 +32,14 @@ def states(text: str) -> set[str]:
 
 
 def add(args: argparse.Namespace) -> int:
-    from gateway.registry import Registry, RegistryError, registry_path
+    from gateway.registry import RegistryError
 
     cfg = state_config(args)  # a bad config is reported before anything waits on stdin
     try:
         text = _read_record(args.record)
     except (OSError, ValueError) as exc:
         return fail(str(exc))
-    reg = Registry(registry_path(cfg.gateway.state_dir))
+    reg = open_registry(args, cfg)
     try:
         meter, action = reg.add(text, int(time.time() * 1000))
     except RegistryError as exc:
@@ -65,12 +65,11 @@ def _read_record(name: str) -> str:
 
 def list_meters(args: argparse.Namespace) -> int:
     """Registry plus health: state, last seen (ISO and age), lag, expected interval, counts."""
-    from gateway.registry import Registry, registry_path
     from gateway.store import fleet
     from gateway.store.sqlite import Store
 
     cfg = state_config(args)
-    reg = Registry(registry_path(cfg.gateway.state_dir))
+    reg = open_registry(args, cfg)
     try:
         meters = {m.meter_id: m for m in reg.all()}
     finally:
@@ -126,3 +125,31 @@ def set_status(args: argparse.Namespace) -> int:
         reg.close()
     print(f"{m.meter_id}: {m.status.value}")
     return 0
+
+
+def import_file(args: argparse.Namespace) -> int:
+    """A host's registry file into the fleet's PostgreSQL registry (moving a fleet to one registry)."""
+    from pathlib import Path
+
+    from gateway.registry import Registry
+    from gateway.store.postgres_registry import PostgresRegistry
+
+    cfg = state_config(args)
+    if not cfg.gateway.postgres_dsn:
+        return fail("meters import copies a registry file into the fleet's registry in PostgreSQL: "
+                    "gateway.postgres_dsn is not set in this config")
+    if not Path(args.file).is_file():
+        return fail(f"{args.file}: no such registry file (a gateway's <state_dir>/registry.sqlite)")
+    source, fleet_registry = Registry(args.file), PostgresRegistry(cfg.gateway.postgres_dsn)
+    try:
+        done = fleet_registry.import_meters(source, int(time.time() * 1000))
+    finally:
+        source.close()
+        fleet_registry.close()
+    for outcome in ("imported", "same", "differs", "invalid"):
+        ids = getattr(done, outcome)
+        print(f"{outcome}: {len(ids)}" + (f" ({', '.join(ids[:20])}{', ...' if len(ids) > 20 else ''})" if ids else ""))
+    if done.differs:
+        print("differs: already in the fleet's registry with another record or status, left as they are: compare "
+              "with `meters list` and suspend, retire or add the newer record", file=sys.stderr)
+    return 1 if done.invalid else 0
