@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import struct
 import time
 from collections.abc import Iterator, Sequence
@@ -115,6 +116,7 @@ class OracleClient(LookupTables):
         self.rpc_url = rpc_url
         self.program_id = Pubkey.from_string(program_id)
         self.authority = authority
+        self._payer = authority.pubkey()  # derived once: Keypair.pubkey() costs ~50 us, per instruction it added up
         self.commitment: Commitment = commitment
         self.error_table = error_table
         self.cu_first_reading = cu_first_reading
@@ -122,6 +124,12 @@ class OracleClient(LookupTables):
         self.cu_price = cu_price_micro_lamports
         self.simulate_budget = simulate_budget
         self._cu_limit: dict[tuple[str, ...], int] = {}  # batch (submission keys) -> its limit, within one submit
+        # meter -> compute units its submit_meter_reading consumed in a simulation, once its MeterState existed
+        # (the program's log line per instruction): a batch of such meters gets its limit from their sum plus the
+        # margin without simulating again (one RPC and one execution less per transaction). Forgotten for a batch
+        # that runs out of compute (then simulated again).
+        self._meter_cu: dict[str, int] = {}
+        self._consumed_re = re.compile(rf"Program {self.program_id} consumed (\d+) of \d+ compute units")
         self.poll_s = poll_s
         self._rpc = AsyncClient(rpc_url, commitment=commitment, timeout=rpc_timeout_s)
         self._oracle_data = oracle_data_pda(self.program_id)[0]
@@ -253,7 +261,8 @@ class OracleClient(LookupTables):
             wave, batches = disjoint_wave(subs, batches)
             if self.simulate_budget:
                 with self._timed("ms_simulate"):
-                    await asyncio.gather(*(self._budget_from_simulation(subs, b) for b in wave))
+                    await asyncio.gather(*(self._budget_from_simulation(subs, b) for b in wave
+                                           if not self._budget_from_known(subs, b)))
             landings = await self._land([self._builder(subs, b) for b in wave])
             for batch, landing in zip(wave, landings, strict=True):
                 batches[:0] = await self._settle(subs, batch, landing, results)
@@ -306,13 +315,13 @@ class OracleClient(LookupTables):
         ixs = [set_compute_unit_limit(cu)]
         if self.cu_price:
             ixs.append(set_compute_unit_price(self.cu_price))
-        ixs += [submit_instruction(self.program_id, self.authority.pubkey(), subs[i]) for i in batch]
+        ixs += [submit_instruction(self.program_id, self._payer, subs[i]) for i in batch]
         return ixs
 
     def _build(self, subs: Sequence[Submission], batch: list[int], blockhash: Hash,
                cu: int | None = None) -> VersionedTransaction:
         ixs = self._instructions(subs, batch, cu)
-        msg = MessageV0.try_compile(self.authority.pubkey(), ixs, [t.account() for t in self._tables or []],
+        msg = MessageV0.try_compile(self._payer, ixs, [t.account() for t in self._tables or []],
                                     blockhash)
         return VersionedTransaction(msg, [self.authority])
 
@@ -339,15 +348,34 @@ class OracleClient(LookupTables):
         rest = await self._isolate(subs, rest, results) if rest else []
         return [rest] if rest else []
 
+    def _budget_from_known(self, subs: Sequence[Submission], batch: list[int]) -> bool:
+        """The batch's limit from its meters' measured costs, if every one is known (see _meter_cu)."""
+        key = self._batch_key(subs, batch)
+        if key in self._cu_limit:
+            return False  # raised after running out of compute: simulate (never below the raised limit)
+        costs = [self._meter_cu.get(subs[i].meter_id) for i in batch]
+        if any(c is None or subs[i].meter_id not in self._existing for c, i in zip(costs, batch, strict=True)):
+            return False
+        units = sum(c or 0 for c in costs)
+        self._cu_limit[key] = min(CU_LIMIT_CAP, units + units * DEFAULT_CU_MARGIN_PCT // 100 + DEFAULT_CU_MARGIN_UNITS)
+        self.stats["budget_known"] = self.stats.get("budget_known", 0) + 1
+        return True
+
     async def _budget_from_simulation(self, subs: Sequence[Submission], batch: list[int]) -> None:
         """Simulate the batch at the highest limit; its limit becomes unitsConsumed plus the margin (never below a
         limit already raised for it). A failing simulation leaves the estimate: sending decides."""
         tx = self._build(subs, batch, Hash.default(), cu=CU_LIMIT_CAP)
+        existed = [subs[i].meter_id in self._existing for i in batch]
         self.stats["budget_simulations"] += 1
         resp = await self._rpc.simulate_transaction(tx, replace_recent_blockhash=True)
         units = resp.value.units_consumed
         if resp.value.err is not None or not units:
             return
+        per_ix = [int(m.group(1)) for line in resp.value.logs or [] if (m := self._consumed_re.search(line))]
+        if len(per_ix) == len(batch):  # one line per instruction, in order (the oracle makes no call to itself)
+            for i, was, cost in zip(batch, existed, per_ix, strict=True):
+                if was:
+                    self._meter_cu[subs[i].meter_id] = cost
         cu = min(CU_LIMIT_CAP, units + units * DEFAULT_CU_MARGIN_PCT // 100 + DEFAULT_CU_MARGIN_UNITS)
         key = self._batch_key(subs, batch)
         self._cu_limit[key] = max(cu, self._cu_limit.get(key, 0))
@@ -360,6 +388,8 @@ class OracleClient(LookupTables):
         key = self._batch_key(subs, batch)
         had = self._cu_for(subs, batch)
         self.stats["budget_raises"] += 1
+        for i in batch:  # measured costs were too low (a changed program?): measure again
+            self._meter_cu.pop(subs[i].meter_id, None)
         if not self.simulate_budget:  # the estimates were too low: later batches start higher too
             self.cu_first_reading = min(CU_LIMIT_CAP, self.cu_first_reading * 2)
             self.cu_reading = min(CU_LIMIT_CAP, self.cu_reading * 2)

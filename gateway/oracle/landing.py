@@ -73,8 +73,8 @@ async def _send(rpc: AsyncClient, builders: list[TxBuilder], keys: list[int], bl
                 out: list[Landing | None], commitment: Commitment, stats: dict[str, int]) -> dict[int, Signature]:
     """Sign and send builders[k] for each k in keys; returns the ones whose status decides (refusals go to out[k])."""
     sent: dict[int, Signature] = {}
-    for k in keys:
-        tx = builders[k](blockhash)
+
+    async def one(k: int, tx: VersionedTransaction) -> None:
         try:
             await rpc.send_raw_transaction(bytes(tx), TxOpts(skip_preflight=False, preflight_commitment=commitment))
             stats["transactions"] += 1
@@ -85,14 +85,18 @@ async def _send(rpc: AsyncClient, builders: list[TxBuilder], keys: list[int], bl
                 sim_err = err.data.err
                 if sim_err is not None and "BlockhashNotFound" not in str(sim_err):
                     out[k] = Landing(None, False, sim_err)  # refused by simulation
-                continue  # blockhash expired between fetch and send: re-sign next attempt
+                return  # blockhash expired between fetch and send: re-sign next attempt
             out[k] = Landing(str(tx.signatures[0]), False, unknown=f"RpcError: {err}")
         except SolanaRpcException as e:
             # transport error: it may or may not have reached the node; its status (or the blockhash
             # expiring without it) decides, like any other sent transaction
             log.warning("sendTransaction %s: %s", tx.signatures[0], e)
             sent[k] = tx.signatures[0]
-    return sent
+
+    # The transactions of one call share no meter (packing.disjoint_wave): their order does not matter, so they
+    # are in flight together rather than one round trip after another.
+    await asyncio.gather(*(one(k, builders[k](blockhash)) for k in keys))
+    return {k: sent[k] for k in keys if k in sent}
 
 
 async def _await_statuses(rpc: AsyncClient, sent: dict[int, Signature], last_valid: int, commitment: Commitment,

@@ -316,11 +316,16 @@ class Store(Outbox):
             c.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name, value))
 
     # ---- planner --------------------------------------------------------------------------------
-    def meters_to_plan(self) -> list[str]:
+    def meters_to_plan(self, epoch_s: int | None = None) -> list[str]:
+        """Meters with accepted readings the planner has not seen. With epoch_s: only those whose latest reading
+        lies in a later epoch than the one their last interval closed in (the others cannot close an interval
+        yet: planning them would only move their plan state), and those without a plan state (baseline)."""
+        closing = "" if epoch_s is None else "p.last_read_at_ms / ? > s.anchor_read_at_ms / ? AND "
         q = ("SELECT p.meter_id FROM progress p LEFT JOIN plan_state s ON s.meter_id = p.meter_id "
-             "WHERE p.last_read_at_ms IS NOT NULL AND (s.meter_id IS NULL OR s.last_seq < "
+             f"WHERE p.last_read_at_ms IS NOT NULL AND (s.meter_id IS NULL OR {closing}s.last_seq < "
              "(SELECT MAX(seq) FROM readings r WHERE r.meter_id = p.meter_id AND r.status = 'accepted'))")
-        return [r[0] for r in self.conn.execute(q)]
+        params = () if epoch_s is None else (epoch_s * 1000, epoch_s * 1000)
+        return [r[0] for r in self.conn.execute(q, params)]
 
     def plan_inputs(self, meter_id: str, limit: int = 100_000) -> tuple[PlanState, list[Point]]:
         s = self.conn.execute("SELECT baseline_set, last_seq, anchor_read_at_ms, sub_import_wh, sub_export_wh, "

@@ -99,6 +99,7 @@ class Submitter:
         # one cycle of its commit. The interval stays the upper bound (HTTP idle close, retries, other hosts).
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._woken = False  # the cycle about to run was started by wake()
         metrics.chain.start(epoch_s)
 
     def wake(self) -> None:
@@ -124,8 +125,8 @@ class Submitter:
             _done, pending = await asyncio.wait(waits, timeout=delay_s, return_when=asyncio.FIRST_COMPLETED)
             for f in pending:
                 f.cancel()
-            if wakeable and self._wake.is_set():
-                self.profile.woken += 1
+            self._woken = wakeable and self._wake.is_set()
+            self.profile.woken += self._woken
             self._wake.clear()
 
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
@@ -139,7 +140,7 @@ class Submitter:
                     continue
             try:
                 self.profile.cycles += 1
-                stats = await self.run_once()
+                stats = await self.run_once(woken=self._woken)
                 if self.on_cycle is not None:
                     self.on_cycle()
                 if stats.get("retry"):
@@ -159,8 +160,14 @@ class Submitter:
         self.last_error = error
         self.backoff_s = min(self.max_backoff_s, max(DEFAULT_FIRST_BACKOFF_S, self.backoff_s * 2))
 
-    async def run_once(self) -> dict[str, int]:
+    async def run_once(self, *, woken: bool = False) -> dict[str, int]:
+        """One cycle. woken (an intake commit started it): if no meter can close an interval and no row is due,
+        it ends at once, without any RPC (the timer's cycles still check the chain, HTTP meters, retries)."""
         self._cycle_states = {}
+        plan_ids = self.store.meters_to_plan(self.epoch_s)
+        if woken and not plan_ids and self.limits is not None and self.last_error is None \
+                and not self.store.outbox_due(int(self.clock() * 1000), 1):
+            return {}
         with self.profile.phase("config"):
             cfg = await self.client.fetch_config()
         self.limits = OracleLimits.from_config(cfg)
@@ -170,7 +177,7 @@ class Submitter:
         if not self.limits.active:
             raise ChainNotReady("oracle_inactive", "the oracle is inactive (update_oracle_status): submissions wait")
         with self.profile.phase("plan"):
-            await self._plan(self.limits)
+            await self._plan(self.limits, plan_ids)
             await self._plan_http(self.limits)
         stats = await self._submit_due(self.limits)
         if self.last_error is not None and not stats.get("retry"):
@@ -180,8 +187,9 @@ class Submitter:
             self.backoff_s = 0.0
         return stats
 
-    async def _plan(self, limits: OracleLimits) -> None:
-        meter_ids = self.store.meters_to_plan()
+    async def _plan(self, limits: OracleLimits, meter_ids: list[str] | None = None) -> None:
+        if meter_ids is None:
+            meter_ids = self.store.meters_to_plan(self.epoch_s)
         if not meter_ids:
             return
         with self.profile.phase("plan_rpc"):
