@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -131,16 +130,19 @@ def _guarded(func: Handler) -> Handler:
     @wraps(func)
     def handler(args: argparse.Namespace) -> int:
         from gateway.config import ConfigError
+        from gateway.store.errors import database_error
 
         try:
             return func(args)
         except ConfigError as exc:
             return _fail(str(exc))
-        except sqlite3.Error as exc:
-            return _fail(f"database problem in the state directory ({exc}); check gateway.state_dir and "
-                         "its permissions")
         except OSError as exc:
             return _fail(f"{exc.filename or 'I/O'}: {exc.strerror or exc}")
+        except Exception as exc:
+            if not database_error(exc):
+                raise
+            return _fail(f"database problem in the state directory ({exc}); check gateway.state_dir and "
+                         "its permissions")
 
     return handler
 
@@ -288,7 +290,6 @@ def _read_record(name: str) -> str:
 def _meters_list(args: argparse.Namespace) -> int:
     """Registry plus health: state, last seen (ISO and age), lag, expected interval, counts."""
     from gateway.registry import Registry, registry_path
-    from gateway.store import fleet
     from gateway.store.sqlite import Store
 
     cfg = _state_config(args)
@@ -300,7 +301,7 @@ def _meters_list(args: argparse.Namespace) -> int:
     store = Store(cfg.db_path)
     now_ms = int(time.time() * 1000)
     try:
-        health = fleet.fleet_health(store.conn, meters, now_ms, _thresholds(cfg))
+        health = store.fleet_health(meters, now_ms, _thresholds(cfg))
     finally:
         store.close()
     rows = []
@@ -361,14 +362,13 @@ def _ts(ms: int | None) -> str:
 
 
 def _rejections(args: argparse.Namespace) -> int:
-    from gateway.store import fleet
-    from gateway.store.database import connect
+    from gateway.store.sqlite import Store
 
-    conn = connect(_state_config(args).db_path)
+    store = Store(_state_config(args).db_path)
     try:
-        rows = fleet.rejections(conn, args.meter, args.limit, max_payload_bytes=None)
+        rows = store.rejections(args.meter, args.limit, max_payload_bytes=None)
     finally:
-        conn.close()
+        store.close()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -386,13 +386,12 @@ def _printable(text: str) -> str:
 
 
 def _held(args: argparse.Namespace) -> int:
-    from gateway.store import fleet
     from gateway.store.sqlite import Store
 
     store = Store(_state_config(args).db_path)
     try:
-        readings = fleet.held_readings(store.conn, args.meter, args.limit)
-        intervals = fleet.held_intervals(store.conn, args.meter, args.limit)
+        readings = store.held_readings(args.meter, args.limit)
+        intervals = store.held_intervals(args.meter, args.limit)
     finally:
         store.close()
     if args.json:
@@ -410,24 +409,23 @@ def _held(args: argparse.Namespace) -> int:
 
 
 def _ingest_status(args: argparse.Namespace) -> int:
-    from gateway.store import fleet
-    from gateway.store.database import connect
+    from gateway.store.sqlite import Store
 
     if not args.meter_id and not args.reading:
         return _fail("ingest-status: give a METER_ID or --reading READING_ID")
-    conn, reg = connect(_state_config(args).db_path), _registry(args)
+    store, reg = Store(_state_config(args).db_path), _registry(args)
     try:
         if args.reading:
-            doc = fleet.http_reading_status(conn, reg, args.reading)
+            doc = store.http_reading_status(reg, args.reading)
             if doc is None:
                 return _fail(f"reading {args.reading!r}: not found")
         else:
             meter = reg.get(args.meter_id)
             if meter is None:
                 return _fail(f"{args.meter_id!r}: not registered")
-            doc = fleet.http_meter_status(conn, meter)
+            doc = store.http_meter_status(meter)
     finally:
-        conn.close()
+        store.close()
         reg.close()
     if args.json:
         print(json.dumps(doc, indent=2))
