@@ -4,6 +4,7 @@ and quarantines anything else; the CLI turns any database error into one line. B
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import psycopg
 import psycopg.errors
@@ -29,3 +30,18 @@ from gateway.store.errors import database_error, retryable
 def test_store_errors_by_meaning(exc: BaseException, is_retryable: bool, is_database: bool) -> None:
     assert retryable(exc) is is_retryable
     assert database_error(exc) is is_database
+
+
+@pytest.mark.parametrize("argv", [["rejections"], ["held"], ["outbox"], ["ingest-status", "M1"]])
+def test_cli_database_problem_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 argv: list[str]) -> None:
+    """A gateway database that is not one (a damaged file) is a database error of the store: one line, exit 2."""
+    from gridmeter.cli import main
+
+    (tmp_path / "gateway.sqlite").write_bytes(b"not a database, just bytes " * 200)
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(f'[gateway]\nstate_dir = "{tmp_path}"\n')
+    assert main(["gateway", *argv, "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gridmeter gateway: database problem in the state directory (file is not a database)")
+    assert "Traceback" not in err
