@@ -24,10 +24,11 @@ from aiohttp import web
 from base.sd_notify import sd_notify
 from gateway.config import ConfigError, GatewayConfig
 from gateway.health import Thresholds
-from gateway.intake.acceptance import Acceptance, IngressLimit, verify_pool
+from gateway.intake.acceptance import Acceptance, IngressLimit
 from gateway.intake.checks import Limits
 from gateway.intake.http import HttpIngest
 from gateway.intake.mqtt import Intake
+from gateway.intake.signatures import verify_pool
 from gateway.keys import load_key_file
 from gateway.metrics import Metrics
 from gateway.registry import Registry, registry_path

@@ -88,8 +88,8 @@ def test_chain_libraries_only_in_the_chain_client(library: str) -> None:
 MAX_MODULE_LINES = 450
 # Larger modules that predate the rule, at their size when it was introduced: to be split, and never to grow.
 OVERSIZE = {
-    "agent/config.py": 477, "agent/service.py": 511, "agent/store.py": 500, "gateway/cli.py": 465,
-    "gateway/intake/acceptance.py": 461, "provisioning/commission.py": 589, "testbed/stack.py": 612,
+    "provisioning/commission.py": 589,
+    "testbed/stack.py": 612,
 }
 
 
@@ -166,7 +166,7 @@ def test_the_store_room_rules_catch_a_violation(tmp_path: Path) -> None:
         "gateway/store/outbox.py": "\nfrom gateway.submit.intervals import plan\n",
         "gateway/store/fleet.py": "\nfrom gateway import web\n",
         "gateway/web.py": "\nimport sqlite3\n",
-        "gateway/cli.py": "\ndef _count(store):\n    return store.conn.execute('SELECT 1')\n",
+        "gateway/cli/reports.py": "\ndef _count(store):\n    return store.conn.execute('SELECT 1')\n",
         "gateway/intake/mqtt.py": "\nfrom psycopg import OperationalError\n",
     }
     for rel, text in breaches.items():
@@ -177,7 +177,7 @@ def test_the_store_room_rules_catch_a_violation(tmp_path: Path) -> None:
     assert "imports gateway.submit.intervals" in bad["gateway/store/outbox.py"]
     assert "imports gateway.web" in bad["gateway/store/fleet.py"]
     assert bad["gateway/web.py"] == ["imports sqlite3"]
-    assert bad["gateway/cli.py"][0].endswith("runs SQL")
+    assert bad["gateway/cli/reports.py"][0].endswith("runs SQL")
     assert "imports psycopg" in bad["gateway/intake/mqtt.py"]
 
 
