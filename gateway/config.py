@@ -230,9 +230,16 @@ class LimitsSection:
     # jitter; see gateway.intake.checks.MIN_READ_SPACING_MS). 100 = the agent's shortest poll interval (0.1 s), so any
     # poll interval an agent may use passes; raise it only if every agent polls slower.
     min_read_spacing_ms: int = 100
-    # Per-meter ingress token bucket (readings): a week's backlog at 10 s polling drains in ~1 min.
+    # Per-meter ingress token bucket (readings): a week's backlog at 10 s polling drains in ~1 min. Only NEW readings
+    # whose signature verified pay for it: forged ones on a meter's topic cannot spend it.
     ingress_rate_per_s: float = 1000.0
     ingress_burst: int = 10000
+    # Per-topic verify budget: signature checks no new authenticated reading paid for (a signature that failed, a
+    # replay of a handled reading, a reading over the meter's rate), ~45 us of CPU each. Beyond it the topic's
+    # readings are refused unverified (verify_budget_exceeded; not acked, the agent re-sends). All topics together
+    # get five times this (gateway.intake.budgets).
+    verify_budget_per_s: float = 1000.0
+    verify_budget_burst: int = 10000
     # Energy over a reading gap may exceed rated power by this much (meter accuracy class, rounding
     # of 1 Wh counters over short gaps) before it is called implausible.
     plausibility_margin_pct: int = 10
@@ -258,6 +265,7 @@ class LimitsSection:
         "future_skew_s": between(0, FUTURE_SKEW_S - 1), "acceptance_window_s": between(60, 10 * 365 * 86400),
         "min_read_spacing_ms": between(0, 3_600_000), "ingress_rate_per_s": between(0.001, 1e7),
         "ingress_burst": between(1, 10_000_000), "plausibility_margin_pct": between(0, 1000),
+        "verify_budget_per_s": between(1, 1e6), "verify_budget_burst": between(1, 10_000_000),
         "plausibility_slack_wh": between(0, 1_000_000), "gap_grace_s": between(0, 7 * 86400),
     }
 
@@ -376,9 +384,8 @@ def _cross_check(cfg: GatewayConfig) -> list[str]:
         (bool(d.username) != bool(d.password), "dashboard.password", "username and password go together"),
         (bool(d.tls_cert) != bool(d.tls_key), "dashboard.tls_key", "tls_cert and tls_key go together"),
         (http.enabled and not http.api_keys, "http.api_keys", "the HTTP ingest needs at least one API key"),
-        (bool(cfg.gateway.postgres_dsn) and (http.enabled or d.enabled), "gateway.postgres_dsn",
-         "the HTTP ingest and the dashboard run on the SQLite store only: disable [http] and [dashboard] on a "
-         "PostgreSQL gateway"),
+        (bool(cfg.gateway.postgres_dsn) and d.enabled, "gateway.postgres_dsn",
+         "the dashboard runs on the SQLite store only: disable [dashboard] on a PostgreSQL gateway"),
         (bool(http.tls_cert) != bool(http.tls_key), "http.tls_key", "tls_cert and tls_key go together"),
         (bool(mqtt.tls_cert) != bool(mqtt.tls_key), "mqtt.tls_key", "tls_cert and tls_key go together"),
         # the intake switches TLS on by tls_ca: else plain MQTT

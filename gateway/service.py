@@ -16,7 +16,6 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TypeVar
 
 from aiohttp import web
@@ -25,13 +24,14 @@ from base.sd_notify import sd_notify
 from gateway.config import ConfigError, GatewayConfig
 from gateway.health import Thresholds
 from gateway.intake.acceptance import Acceptance, IngressLimit
+from gateway.intake.budgets import VerifyBudget
 from gateway.intake.checks import Limits
 from gateway.intake.http import HttpIngest
 from gateway.intake.mqtt import Intake
 from gateway.intake.signatures import verify_pool
 from gateway.keys import load_key_file
 from gateway.metrics import Metrics
-from gateway.registry import Registry, registry_path
+from gateway.registry import Registry, open_registry, registry_path
 from gateway.store.retention import DEFAULT_PRUNE_INTERVAL_S
 from gateway.store.sqlite import Store
 from gateway.submit.submitter import Submitter
@@ -148,9 +148,9 @@ class Gateway:
         self.previous_failure = json.loads(stats_store.get_setting(LAST_FAILURE_SETTING) or "null")
         self.metrics.add_outbox_collector(lambda: stats_store.outbox_stats(int(time.time() * 1000)))
         if cfg.mqtt.enabled:
-            self._start_intake(reg_path)
+            self._start_intake()
         if cfg.http.enabled:
-            store, registry = self._own(open_store(cfg)), self._own(Registry(reg_path))
+            store, registry = self._own(open_store(cfg)), self._own(open_registry(cfg))
             ingest = HttpIngest(store, registry, limits_from(cfg), cfg.http.api_keys, self.metrics,
                                 max_body_bytes=cfg.http.max_body_bytes)
             tls = server_tls("http", cfg.http.tls_cert, cfg.http.tls_key)
@@ -166,7 +166,7 @@ class Gateway:
             app.router.add_get("/health", self.health)  # behind the dashboard's authentication
             self.runners.append(await _site(app, cfg.dashboard.listen, self.dashboard.ssl_context()))
         if cfg.chain.enabled:
-            self._start_submitter(reg_path)
+            self._start_submitter()
         self.spawn("retention", self._prune(stats_store, cfg.gateway.retention_days))
         sd_notify("READY=1")
         self.spawn("supervisor", self._supervise())
@@ -179,24 +179,26 @@ class Gateway:
         self._closers.append(obj.close)
         return obj
 
-    def _start_intake(self, reg_path: Path) -> None:
+    def _start_intake(self) -> None:
         cfg = self.cfg
         ack_key = load_key_file(cfg.gateway.ack_key_file)  # a bad key file fails before anything is opened
-        store, registry = self._own(open_store(cfg)), self._own(Registry(reg_path))
+        store, registry = self._own(open_store(cfg)), self._own(open_registry(cfg))
         pool = verify_pool(cfg.gateway.verify_workers or len(os.sched_getaffinity(0)))
         acc = Acceptance(store, registry, limits_from(cfg),
                          IngressLimit(cfg.limits.ingress_rate_per_s, cfg.limits.ingress_burst), self.metrics, pool,
                          topic_prefix=cfg.mqtt.topic_prefix, quarantine_bytes_per_s=cfg.limits.quarantine_bytes_per_s,
-                         quarantine_burst_bytes=cfg.limits.quarantine_burst_bytes)
+                         quarantine_burst_bytes=cfg.limits.quarantine_burst_bytes,
+                         verify_budget=VerifyBudget(time.time(), cfg.limits.verify_budget_per_s,
+                                                    cfg.limits.verify_budget_burst))
         self._closers.append(lambda: pool.shutdown(wait=True))
         self.intake = Intake(cfg.mqtt, acc, ack_key, self.metrics)
         self.intake.start()
 
-    def _start_submitter(self, reg_path: Path) -> None:
+    def _start_submitter(self) -> None:
         from gateway.oracle import OracleClient
 
         cfg = self.cfg
-        store, registry = self._own(open_store(cfg)), self._own(Registry(reg_path))
+        store, registry = self._own(open_store(cfg)), self._own(open_registry(cfg))
         tables = json.loads(store.get_setting("lookup_tables") or "[]")
         client = OracleClient.from_key_file(cfg.chain.rpc_url, cfg.chain.program_id, cfg.chain.authority_key_file,
                                             commitment=cfg.chain.commitment, lookup_tables=tables)

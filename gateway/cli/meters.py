@@ -32,14 +32,14 @@ def states(text: str) -> set[str]:
 
 
 def add(args: argparse.Namespace) -> int:
-    from gateway.registry import Registry, RegistryError, registry_path
+    from gateway.registry import RegistryError
 
     cfg = state_config(args)  # a bad config is reported before anything waits on stdin
     try:
         text = _read_record(args.record)
     except (OSError, ValueError) as exc:
         return fail(str(exc))
-    reg = Registry(registry_path(cfg.gateway.state_dir))
+    reg = open_registry(args, cfg)
     try:
         meter, action = reg.add(text, int(time.time() * 1000))
     except RegistryError as exc:
@@ -65,11 +65,10 @@ def _read_record(name: str) -> str:
 
 def list_meters(args: argparse.Namespace) -> int:
     """Registry plus health: state, last seen (ISO and age), lag, expected interval, counts."""
-    from gateway.registry import Registry, registry_path
     from gateway.store.sqlite import Store
 
     cfg = state_config(args)
-    reg = Registry(registry_path(cfg.gateway.state_dir))
+    reg = open_registry(args, cfg)
     try:
         meters = {m.meter_id: m for m in reg.all()}
     finally:

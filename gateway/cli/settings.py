@@ -40,7 +40,8 @@ def state_config(args: argparse.Namespace) -> GatewayConfig:
     return parse_config(data)
 
 
-def open_registry(args: argparse.Namespace) -> Registry:
-    from gateway.registry import Registry, registry_path
+def open_registry(args: argparse.Namespace, cfg: GatewayConfig | None = None) -> Registry:
+    """This gateway's registry file, or the fleet's registry in PostgreSQL (gateway.postgres_dsn)."""
+    from gateway import registry
 
-    return Registry(registry_path(state_config(args).gateway.state_dir))
+    return registry.open_registry(cfg or state_config(args))

@@ -3,8 +3,11 @@
 Transport-free (MQTT lives in mqtt.py): `process()` takes (topic, message bytes) pairs and returns
 the ack seq per meter AFTER everything is committed. Steps:
   1. decode the batch framing (framing errors quarantine the whole message);
-  2. per-meter ingress token bucket (budgets.py), envelope checks against the registry snapshot (cheap; before
-     any crypto);
+  2. envelope checks against the registry snapshot (cheap; before any crypto), then the verify gate
+     (budgets.py): a topic's signature checks are bounded by what its meter's rate may pay for plus the topic's
+     verify budget, which pays for every check no new authenticated reading paid for (failed, replayed, over
+     the meter's rate). The meter's own ingress bucket is charged only for NEW readings whose signature
+     verified, in step 4: forged readings on a meter's topic cannot spend it;
   3. Ed25519 verification of the survivors in worker processes (signatures.py): a chunk is sent as soon as its
      messages are decoded, and the next group is decoded while this one is committed (prepare/finish);
   4. one SQLite transaction: progress re-read (another gateway process of the share group may have
@@ -29,6 +32,8 @@ from gateway.intake.budgets import (
     DEFAULT_QUARANTINE_BYTES_PER_S,
     IngressLimit,
     QuarantineBudget,
+    VerifyBudget,
+    VerifyGate,
 )
 from gateway.intake.checks import (
     ACCEPTED,
@@ -57,6 +62,8 @@ log = logging.getLogger(__name__)
 
 BAD_SIGNATURE = Verdict(Outcome.REJECT, Reason.BAD_SIGNATURE, "signature does not verify against the registered key")
 INGRESS_RATE = Verdict(Outcome.REJECT, Reason.INGRESS_RATE, "per-meter ingress rate exceeded")
+VERIFY_BUDGET = Verdict(Outcome.REJECT, Reason.VERIFY_BUDGET, "this topic's signature checks are over budget "
+                        "(forged, replayed or over-rate readings): not verified")
 _VERIFIED = Verdict(Outcome.ACCEPT, None, "signature verified")
 
 
@@ -77,13 +84,15 @@ class Acceptance:
                  pool: Executor | None = None, *, topic_prefix: str = PREFIX,
                  clock: Callable[[], float] = time.time,
                  quarantine_bytes_per_s: float = DEFAULT_QUARANTINE_BYTES_PER_S,
-                 quarantine_burst_bytes: int = DEFAULT_QUARANTINE_BURST_BYTES) -> None:
+                 quarantine_burst_bytes: int = DEFAULT_QUARANTINE_BURST_BYTES,
+                 verify_budget: VerifyBudget | None = None) -> None:
         self.store, self.registry, self.limits, self.ingress = store, registry, limits, ingress
         self.metrics, self.prefix, self.clock = metrics, topic_prefix, clock
         self.verifier = Verifier(pool)
         self._meters: dict[str, Meter] = {}
         self._registry_version: tuple[int, int] | None = None
         self.budget = QuarantineBudget(quarantine_bytes_per_s, quarantine_burst_bytes, clock())
+        self.verify_budget = verify_budget or VerifyBudget(clock())
 
     @property
     def pool(self) -> Executor | None:
@@ -131,42 +140,49 @@ class Acceptance:
         items: list[Item] = []
         todo: list[Item] = []
         verifying = Verifying(self.verifier)
+        gate = VerifyGate(self.ingress, self.verify_budget, now_s)
         for topic, msg in messages:
             split = self._split(topic, msg)
             items += split
-            self._envelope(split, meters, now_s, todo, verifying)
+            self._envelope(split, meters, gate, todo, verifying)
         verifying.close()
         self.metrics.received.labels("mqtt").inc(len(items))
         return Prepared(items, meters, int(now_s * 1000), todo, verifying, time.perf_counter())
 
-    def _envelope(self, split: list[Item], meters: dict[str, Meter], now_s: float, todo: list[Item],
+    def _envelope(self, split: list[Item], meters: dict[str, Meter], gate: VerifyGate, todo: list[Item],
                   verifying: Verifying) -> None:
-        """Ingress cap and envelope checks of one message's items; those to verify are added to `todo`."""
+        """Envelope checks and the verify gate of one message's items; those to verify are added to `todo`.
+        (Registered meters only reach the gate: made-up topics cost no signature check and add no bucket.)"""
         mid = split[0].topic_meter_id
         if split[0].item is None or mid is None:
             return  # framing or topic refused: verdict set
         meter = meters.get(mid)
-        # buckets only for registered meters: made-up topics add none
-        passed = self.ingress.allow(mid, now_s, len(split)) if meter is not None else len(split)
-        for i, it in enumerate(split):
-            if i >= passed:
-                it.verdict = INGRESS_RATE
-            elif it.item is not None:
-                it.verdict = check_envelope(it.item, mid, meter, NO_PROGRESS, None)
-                if it.verdict is None and meter is not None:
-                    todo.append(it)
-                    verifying.add((meter.public_key, it.item.payload, it.item.signature))
-                elif (meter is not None and meter.status is MeterStatus.ACTIVE and it.item.signed is None
-                      and isinstance(it.item.error, InvalidFieldError)
-                      and (head := reading_head(it.item.payload)) is not None
-                      and head[:2] == (mid, meter.key_id)):
-                    it.head_seq = head[2]
-                    todo.append(it)
-                    verifying.add((meter.public_key, it.item.payload, it.item.signature))
+        for it in split:
+            if it.item is None:
+                continue
+            it.verdict = check_envelope(it.item, mid, meter, NO_PROGRESS, None)
+            if meter is None:
+                continue
+            if it.verdict is None:
+                pass
+            elif (meter.status is MeterStatus.ACTIVE and it.item.signed is None
+                  and isinstance(it.item.error, InvalidFieldError)
+                  and (head := reading_head(it.item.payload)) is not None and head[:2] == (mid, meter.key_id)):
+                it.head_seq = head[2]
+            else:
+                continue
+            if gate.admit(mid):
+                todo.append(it)
+                verifying.add((meter.public_key, it.item.payload, it.item.signature))
+            else:
+                it.verdict, it.head_seq = VERIFY_BUDGET, None
 
     def finish(self, p: Prepared) -> dict[str, int]:
         """Wait for the signatures, then decide and commit everything in one transaction."""
+        now_s = p.now_ms / 1000
         for it, ok in zip(p.todo, p.verifying.results(), strict=True):
+            if not ok and it.topic_meter_id is not None:
+                self.verify_budget.charge(it.topic_meter_id, now_s)  # a check no honest reading paid for
             if it.head_seq is not None:
                 it.head_verified = ok  # keeps its invalid_field verdict; authenticated if ok
             else:
@@ -219,8 +235,9 @@ class Acceptance:
             if r.seq <= prog.last_seq:  # only then can progress (re-read in this transaction) change the envelope
                 stored = w.payloads.get((mid, r.seq)) or self.store.handled_payload(mid, r.seq)
                 verdict = check_envelope(it.item, mid, meter, prog, stored) or verdict
-                if verdict is _VERIFIED and self._late(it, r, mid, w):
-                    return
+            verdict = self._paid(mid, verdict, w)
+            if verdict is _VERIFIED and r.seq <= prog.last_seq and self._late(it, r, mid, w):
+                return
             if verdict is _VERIFIED:
                 verdict = check_progress(r, meter, prog, w.now_ms, self.limits)
         if verdict is ACCEPTED:  # the common case, in short: stored, acked, progress moves to it
@@ -249,6 +266,16 @@ class Acceptance:
                 w.count(mid, "missing", verdict.gap[1] - verdict.gap[0] + 1)
             progress[mid] = advance(prog, r, verdict)
 
+    def _paid(self, mid: str, verdict: Verdict | None, w: GroupRows) -> Verdict | None:
+        """A verified reading: a new one is paid for by its meter's ingress bucket, or refused over the meter's
+        rate (not acked: the agent re-sends it); a replay of a handled one (duplicate) by the topic's verify
+        budget, like a reading over the rate."""
+        if verdict is _VERIFIED and self.ingress.take(mid, w.now_ms / 1000):
+            return verdict
+        if verdict is _VERIFIED or (verdict is not None and verdict.outcome is Outcome.DUPLICATE):
+            self.verify_budget.charge(mid, w.now_ms / 1000)
+        return INGRESS_RATE if verdict is _VERIFIED else verdict
+
     def _authentic_invalid(self, it: Item, item: BatchItem, mid: str, seq: int, progress: dict[str, Progress],
                            w: GroupRows) -> None:
         """The meter's own signed reading with a field no store can hold: an authenticated invalid_field rejection.
@@ -257,7 +284,9 @@ class Acceptance:
         w.ack.add(mid)
         if (w.payloads.get((mid, seq)) or self.store.handled_payload(mid, seq)) == item.payload:
             w.count(mid, "duplicates")  # a re-send of the same bytes
+            self.verify_budget.charge(mid, w.now_ms / 1000)
             return
+        self.ingress.take(mid, w.now_ms / 1000)  # the meter's own reading: acked and decided whatever its rate
         verdict = Verdict(Outcome.REJECT, Reason.INVALID_FIELD, f"{item.error} (signature verified)")
         w.reject(it, verdict, True, seq=seq, meter_id=mid)
         w.payloads[(mid, seq)] = item.payload

@@ -8,6 +8,8 @@ implements it; a second backend implements the same methods with the same semant
   are exact whichever process wrote the batch;
 - an ack is published only after `transaction()` committed;
 - outbox rows move pending -> sent -> confirmed | rejected, held never sent; `sent` is durable before the RPC;
+- GridTokenX HTTP readings of one meter are decided one at a time (`add_http_reading` checks duplicates and
+  order under the meter's lock, as `transaction()` does for MQTT batches);
 - `prune` never deletes a pending or sent outbox row, and `confirmed_count` survives pruning;
 - `data_version()` changes whenever another connection (process, host) committed a change: the dashboard
   recomputes and pushes a live update then.
@@ -25,6 +27,9 @@ from gateway.store.fleet import MeterLookup
 from gateway.store.outbox import OutboxRow, OutboxStatus
 from gateway.store.records import Planned, PlanState, Point, Progress
 from gateway.store.retention import Pruned
+
+# add_http_reading(checked_last_ms=UNCHECKED): the caller made no check against the meter's last timestamp
+UNCHECKED = -1
 
 
 class GatewayStore(Protocol):
@@ -44,7 +49,8 @@ class GatewayStore(Protocol):
 
     # GridTokenX HTTP ingest
     def add_http_reading(self, meter_id: str, timestamp_ms: int, import_mwh: int, export_mwh: int, body: bytes,
-                         reading_id: str, now_ms: int) -> tuple[str, str | None]: ...
+                         reading_id: str, now_ms: int, *, checked_last_ms: int | None = UNCHECKED
+                         ) -> tuple[str, str | None]: ...
     def last_http_timestamp_ms(self, meter_id: str) -> int | None: ...
     def http_reading_id(self, meter_id: str, timestamp_ms: int) -> str | None: ...
     def has_mqtt_readings(self, meter_id: str) -> bool: ...

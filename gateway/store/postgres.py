@@ -13,9 +13,11 @@ Same semantics as gateway.store.Store (gateway/store/api.py), the same SQL excep
 - exactly one active submitter: `SubmitterLease`, a session advisory lock held by the submitter's own
   connection. It is released by the server when that session ends (process killed, host gone: at once for a
   closed socket, after the TCP keepalive for a vanished host), and a standby gateway takes it on its next try;
+- the GridTokenX HTTP ingest: `add_http_reading` (Store's SQL) takes the same per-meter advisory lock first, so
+  two gateways receiving posts of one meter decide duplicates, order and running mWh sums one after the other;
+  the meter registry is in the same database (gateway.store.postgres_registry);
 - versioned schema migrations (gateway/store/migrations.py), applied under an advisory lock at start.
-Not on PostgreSQL yet: the GridTokenX HTTP ingest and the dashboard (they read SQLite); gateway.config refuses
-those with a PostgreSQL store.
+Not on PostgreSQL yet: the dashboard (it reads SQLite); gateway.config refuses it with a PostgreSQL store.
 """
 
 from __future__ import annotations
@@ -70,23 +72,36 @@ class PgConnection:
         self.raw.close()
 
 
+def open_pg(dsn: str) -> PgConnection:
+    """A connection to the fleet's database, its schema migrated to this gateway's version."""
+    try:
+        pg = PgConnection(dsn)
+    except psycopg.OperationalError as exc:  # one line naming the key (gateway.cli), never a traceback
+        raise ConfigError("gateway.postgres_dsn", f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
+    try:
+        apply_postgres(pg.raw, POSTGRES_MIGRATIONS)
+    except BaseException:
+        pg.close()
+        raise
+    return pg
+
+
 class PostgresStore(PostgresFleetViews, Store):
     """gateway.store.Store's methods over PostgreSQL; the ones whose SQL differs are overridden here (the read
     views' in gateway.store.fleet.PostgresFleetViews)."""
 
     def __init__(self, dsn: str) -> None:  # Store.__init__ opens SQLite: not called
         self.dsn = dsn
-        try:
-            pg = PgConnection(dsn)
-        except psycopg.OperationalError as exc:  # one line naming the key (gateway.cli), never a traceback
-            raise ConfigError("gateway.postgres_dsn", f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
-        apply_postgres(pg.raw, POSTGRES_MIGRATIONS)
-        self.conn = pg  # type: ignore[assignment]
+        self.conn = open_pg(dsn)  # type: ignore[assignment]
+
+    def lock_meter(self, meter_id: str) -> None:
+        """Within the caller's transaction: held until its COMMIT or ROLLBACK, on every host's connection."""
+        self.conn.execute("SELECT pg_advisory_xact_lock(?)", (_meter_lock_key(meter_id),))
 
     def load_progress(self, meter_ids: Iterable[str]) -> dict[str, Progress]:
         ids = sorted(set(meter_ids))
-        for mid in ids:  # within the caller's transaction: held until its COMMIT or ROLLBACK
-            self.conn.execute("SELECT pg_advisory_xact_lock(?)", (_meter_lock_key(mid),))
+        for mid in ids:  # sorted: two batches sharing meters never wait for each other in a cycle
+            self.lock_meter(mid)
         return super().load_progress(ids)
 
     def set_setting(self, name: str, value: str) -> None:
@@ -104,9 +119,6 @@ class PostgresStore(PostgresFleetViews, Store):
         with self.transaction() as c:
             _upsert_plan(c, "http_plan_state", meter_id, state)
             self.add_planned(c, OutboxSource.HTTP, planned, zone_id, now_ms)  # type: ignore[arg-type]
-
-    def add_http_reading(self, *args: object, **kwargs: object) -> tuple[str, str | None]:
-        raise NotImplementedError("the GridTokenX HTTP ingest runs on the SQLite store only (gateway.config)")
 
 
 _PLAN_COLS = ("meter_id", "baseline_set", "last_seq", "anchor_read_at_ms", "sub_import_wh", "sub_export_wh",

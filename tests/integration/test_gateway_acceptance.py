@@ -42,7 +42,7 @@ def test_ingress_rate_cap_per_meter(parts: tuple[Store, Registry, Metrics]) -> N
     t = 10**12 - 100_000
     acks = acc.process([(readings_topic("HOUSE-1"), batch(*[reading("HOUSE-1", s, t + s * 2000, s) for s in
                                                              range(1, 6)]))])
-    assert acks == {"HOUSE-1": 3}  # readings 4 and 5 were refused before verification: not authenticated
+    assert acks == {"HOUSE-1": 3}  # 4 and 5 verified but over the meter's rate: refused, not acked (re-sent later)
     assert [r[0] for r in store.conn.execute("SELECT reason FROM rejections")] == ["ingress_rate_exceeded"] * 2
 
 

@@ -62,8 +62,7 @@ def _reading(mid: str, seq: int, at_ms: int, imp: int, exp: int, status: str = "
 
 
 def _fill(store: Store) -> None:
-    """The same history on either backend, written through the store's own write methods (the HTTP ingest rows
-    directly: its write path on PostgreSQL is another change)."""
+    """The same history on either backend, written through the store's own write methods."""
     t = NOW_MS - 600_000
     readings = [_reading("HOUSE-1", s, t + s * 10_000, 1000 + 7 * s, 3 * s) for s in range(1, 31)]
     readings += [_reading("HOUSE-2", s, t + s * 10_000, 50 + s, 0) for s in (1, 2, 3, 6)]
@@ -96,12 +95,9 @@ def _fill(store: Store) -> None:
     store.set_outbox(["HOUSE-1:" + str((t + 200_000) // 1000)], OutboxStatus.SENT, NOW_MS - 300, attempt=True)
     # GridTokenX HTTP ingest: three readings of a consumption meter (sums in mWh), the first two planned
     for seq, (imp, exp) in enumerate([(1500, 200), (2250, 0), (999, 10)], start=1):
-        cum = store.conn.execute("SELECT COALESCE(SUM(import_mwh), 0), COALESCE(SUM(export_mwh), 0) FROM "
-                                 "http_ingest WHERE meter_id = ?", ("HTTP-1",)).fetchone()
-        store.conn.execute("INSERT INTO http_ingest VALUES (?,?,?,?,?,?,?,?,?,?)",
-                           ("HTTP-1", seq, f"00000000-0000-4000-8000-00000000000{seq}", t + seq * 60_000, imp, exp,
-                            int(cum[0]) + imp, int(cum[1]) + exp, b"{}", t + seq * 60_000 + 20))
-    store.conn.execute("INSERT INTO http_meters VALUES (?,?,?)", ("HTTP-1", 3, t + 180_020))
+        assert store.add_http_reading("HTTP-1", t + seq * 60_000, imp, exp, b"{}",
+                                      f"00000000-0000-4000-8000-00000000000{seq}", t + seq * 60_000 + 20) == \
+            ("stored", None)
     store.save_http_plan("HTTP-1", PlanState(True, 2, t + 120_000, 3, 0, 3, 0, t + 120_000, (t + 120_000) // 1000),
                          [Planned("HTTP-1", 0, 3, (t + 120_000) // 1000, 2)], 1, NOW_MS - 200)
 
