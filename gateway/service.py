@@ -16,6 +16,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from aiohttp import web
@@ -111,6 +112,21 @@ def open_store(cfg: GatewayConfig) -> Store:
     return Store(cfg.db_path)
 
 
+def _warn_registry_file_left(path: Path, cfg: GatewayConfig) -> None:
+    """A host moved to the fleet's registry (PostgreSQL) still has meters in its own file that the fleet's
+    registry lacks: their readings are refused as unknown_meter until imported. Said once, at start."""
+    local, fleet = Registry(path), open_registry(cfg)
+    try:
+        missing = sorted(set(local.snapshot()) - set(fleet.snapshot()))
+    finally:
+        local.close()
+        fleet.close()
+    if missing:
+        log.warning("%d meter(s) of %s are not in the fleet's registry in PostgreSQL (%s%s) and are refused as "
+                    "unknown_meter: gridmeter gateway meters import %s", len(missing), path, ", ".join(missing[:5]),
+                    ", ..." if len(missing) > 5 else "", path)
+
+
 @dataclass(frozen=True)
 class TaskFailure:
     task: str
@@ -145,6 +161,8 @@ class Gateway:
         cfg = self.cfg
         reg_path = registry_path(cfg.gateway.state_dir)
         stats_store = self._state = self._own(open_store(cfg))
+        if cfg.gateway.postgres_dsn and reg_path.exists():
+            _warn_registry_file_left(reg_path, cfg)
         self.previous_failure = json.loads(stats_store.get_setting(LAST_FAILURE_SETTING) or "null")
         self.metrics.add_outbox_collector(lambda: stats_store.outbox_stats(int(time.time() * 1000)))
         if cfg.mqtt.enabled:

@@ -2,7 +2,7 @@
 
 run.py      run, check-config                         the service, and the check that it could start
 keys.py     keygen, authority-key, gen-token          the gateway's key files and secrets
-meters.py   meters add|list|suspend|resume|retire     the meter registry and each meter's health
+meters.py   meters add|list|suspend|resume|retire|import  the meter registry and each meter's health
 reports.py  rejections, held, ingest-status, outbox   read-only reports on what became of the readings
 settings.py how commands read the config (read-only commands need no secrets); output.py what operators see
 
@@ -100,6 +100,10 @@ def _meter_commands(gsub: argparse._SubParsersAction) -> None:  # type: ignore[t
         c.add_argument("meter_id")
         c.add_argument("--config", default=DEFAULT_CONFIG_PATH)
         c.set_defaults(func=_guarded(meters.set_status), status=status)
+    c = msub.add_parser("import", help="copy a gateway's registry file into the fleet's registry (PostgreSQL)")
+    c.add_argument("file", help="the registry file, <state_dir>/registry.sqlite of a gateway host")
+    c.add_argument("--config", default=DEFAULT_CONFIG_PATH)
+    c.set_defaults(func=_guarded(meters.import_file))
 
 
 def _limit(text: str) -> int:

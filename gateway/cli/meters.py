@@ -124,3 +124,31 @@ def set_status(args: argparse.Namespace) -> int:
         reg.close()
     print(f"{m.meter_id}: {m.status.value}")
     return 0
+
+
+def import_file(args: argparse.Namespace) -> int:
+    """A host's registry file into the fleet's PostgreSQL registry (moving a fleet to one registry)."""
+    from pathlib import Path
+
+    from gateway.registry import Registry
+    from gateway.store.postgres_registry import PostgresRegistry
+
+    cfg = state_config(args)
+    if not cfg.gateway.postgres_dsn:
+        return fail("meters import copies a registry file into the fleet's registry in PostgreSQL: "
+                    "gateway.postgres_dsn is not set in this config")
+    if not Path(args.file).is_file():
+        return fail(f"{args.file}: no such registry file (a gateway's <state_dir>/registry.sqlite)")
+    source, fleet_registry = Registry(args.file), PostgresRegistry(cfg.gateway.postgres_dsn)
+    try:
+        done = fleet_registry.import_meters(source, int(time.time() * 1000))
+    finally:
+        source.close()
+        fleet_registry.close()
+    for outcome in ("imported", "same", "differs", "invalid"):
+        ids = getattr(done, outcome)
+        print(f"{outcome}: {len(ids)}" + (f" ({', '.join(ids[:20])}{', ...' if len(ids) > 20 else ''})" if ids else ""))
+    if done.differs:
+        print("differs: already in the fleet's registry with another record or status, left as they are: compare "
+              "with `meters list` and suspend, retire or add the newer record", file=sys.stderr)
+    return 1 if done.invalid else 0

@@ -15,14 +15,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.registry import Registry
+from gateway.registry import Meter, Registry
 from gateway.store.database import Transaction
 from gateway.store.postgres import open_pg
+from protocol import ProtocolError, parse_registration
 
 REGISTRY_LOCK = 0x6772_6964_6D74_7232  # "gridmtr2": the advisory lock of registry writes
 DEFAULT_REGISTRY_RELOAD_S = 1.0  # how stale another host's registry change may be in a gateway's MQTT intake
+
+
+@dataclass
+class Imported:
+    """What `import_meters` did, meter ids per outcome."""
+
+    imported: list[str] = field(default_factory=list)  # copied, with their status
+    same: list[str] = field(default_factory=list)  # already there with the same record and status
+    differs: list[str] = field(default_factory=list)  # already there, another record or status: left alone
+    invalid: list[str] = field(default_factory=list)  # record no longer verifies or names another key: skipped
 
 
 class PostgresRegistry(Registry):
@@ -51,3 +63,39 @@ class PostgresRegistry(Registry):
     def _log(self, meter_id: str, action: str, detail: str, now_ms: int) -> None:
         super()._log(meter_id, action, detail, now_ms)
         self.conn.execute("UPDATE registry_version SET version = version + 1")
+
+    def import_meters(self, source: Registry, now_ms: int) -> Imported:
+        """Moving a fleet from a registry file per host to this one: every meter of `source` (a host's
+        registry.sqlite) this registry lacks is copied as it is there (record in force, status, replacement
+        time), logged as `imported`; its record is verified again first (it is self-signed). A meter already
+        here is never changed: listed as `same`, or as `differs` for the operator to decide (suspend, retire,
+        or add the newer record). One transaction: all or nothing."""
+        out = Imported()
+        with self._transaction():
+            for m in source.all():
+                current = self.get(m.meter_id)
+                if current is not None:
+                    (out.same if (current.record, current.status) == (m.record, m.status) else out.differs).append(
+                        m.meter_id)
+                elif not _record_matches(m):
+                    out.invalid.append(m.meter_id)
+                else:
+                    self.conn.execute("INSERT INTO meters VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                      (m.meter_id, m.public_key, m.key_id, m.zone_id, m.profile, int(m.role),
+                                       m.status.value, m.rated_max_power_w, m.serial_number, m.installer_id,
+                                       m.registered_at_ms, m.replaced_at_ms, m.record, now_ms))
+                    self._log(m.meter_id, "imported", f"key_id={m.key_id.hex()} serial={m.serial_number} "
+                                                      f"status={m.status.value}", now_ms)
+                    out.imported.append(m.meter_id)
+        return out
+
+
+def _record_matches(m: Meter) -> bool:
+    """The stored record verifies and says what the row says (meter, key, zone, role, rated power, serial)."""
+    try:
+        reg = parse_registration(m.record).registration
+    except ProtocolError:
+        return False
+    return (reg.meter_id, reg.public_key, reg.zone_id, int(reg.role), reg.rated_max_power_w, reg.serial_number,
+            reg.created_at_ms) == (m.meter_id, m.public_key, m.zone_id, int(m.role), m.rated_max_power_w,
+                                   m.serial_number, m.registered_at_ms)

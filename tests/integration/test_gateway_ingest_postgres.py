@@ -234,3 +234,41 @@ async def test_checks_made_again_when_another_gateway_stored_in_between(pg_dsn: 
         await a.server.close()
         for closable in (a.store, a.registry, b_store, b_registry):
             closable.close()
+
+
+def test_connections_lost_are_opened_again(pg_dsn: str) -> None:
+    """A server-side end of every session (as a failover or a restart does): the store and the registry connect
+    again; a transaction cut in the middle leaves nothing and fails, the next one succeeds. Without this, the
+    HTTP ingest of a gateway answered 500 to every post after a PostgreSQL restart."""
+    import psycopg
+
+    store, registry = PostgresStore(pg_dsn), PostgresRegistry(pg_dsn, reload_s=0)
+    admin = psycopg.connect(pg_dsn, autocommit=True)
+
+    def cut_all() -> None:
+        n = admin.execute("SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+                          "current_database() AND pid <> pg_backend_pid()").fetchone()
+        assert n is not None and n[0] >= 1
+
+    try:
+        registry.add(record_for("LOST-1", rated_w=30_000), 0)
+        assert store.add_http_reading("LOST-1", 60_000, 5, 0, b"{}", "r1", 1, checked_last_ms=None) == ("stored", None)
+        cut_all()
+        assert store.add_http_reading("LOST-1", 120_000, 5, 0, b"{}", "r2", 2, checked_last_ms=60_000) == \
+            ("stored", None)  # met the loss at BEGIN: run again on a new connection
+        cut_all()
+        meter = registry.get("LOST-1")  # a SELECT outside a transaction: run again
+        assert meter is not None and meter.status is MeterStatus.ACTIVE
+        assert registry.data_version()[0] == 1
+        with pytest.raises(psycopg.OperationalError), store.transaction() as c:  # cut inside a transaction
+            c.execute("INSERT INTO settings VALUES ('half', 'done')")
+            cut_all()
+            c.execute("INSERT INTO settings VALUES ('other', 'half')")
+        assert store.get_setting("half") is None  # rolled back with its connection
+        registry.set_status("LOST-1", MeterStatus.SUSPENDED, 3)
+        assert [r[0] for r in store.conn.execute("SELECT reading_id FROM http_ingest ORDER BY seq")] == ["r1", "r2"]
+        assert registry.data_version()[0] == 2
+    finally:
+        admin.close()
+        store.close()
+        registry.close()
