@@ -75,8 +75,9 @@ def _run(args: argparse.Namespace) -> int:
 
     from agent.config import ConfigError
     from agent.keys import KeyFileError
-    from agent.service import TaskFailedError, build_service
+    from agent.service import build_service
     from agent.store import StoreError
+    from agent.supervision import TaskFailedError
 
     try:
         cfg = _config(args.config)

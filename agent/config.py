@@ -4,6 +4,10 @@ Unknown keys are rejected, every error names the key path and the value received
 (`buses[0].baudrate: must be one of 1200, 2400, ... (got 9601)`). Secrets may come from the environment
 (ENV_OVERRIDES) so they need not sit in a world-readable file. After load_config() the rest of the agent
 trusts the typed config and does no ad-hoc checks.
+
+What lives where: this module holds the typed sections ([agent], [clock], [mqtt], [store], [status],
+[homeassistant]) with their defaults and readers, parse_config / load_config and build_specs;
+agent.config_meters holds the [[buses]] and [[meters]] tables (MeterConfig) and the checks across them.
 """
 
 from __future__ import annotations
@@ -12,15 +16,15 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from agent.bus import BusSpec
+from agent.config_meters import MeterConfig, array_of_tables, cross_check, read_bus, read_meter
 from base.toml_table import Table, between, one_of, path_or_none
-from firmware_config.schema import BAUDRATES, PARITIES
 from protocol.errors import InvalidFieldError
-from protocol.identifiers import meter_id_problem, mqtt_username_problem
+from protocol.identifiers import mqtt_username_problem
 from protocol.signing import VerifyKey
 from protocol.topics import client_id_problem, prefix_problem
 
@@ -136,16 +140,6 @@ class HomeAssistantSection:
 
     def __repr__(self) -> str:  # never print the password
         return f"HomeAssistantSection(enabled={self.enabled}, host={self.host!r}, port={self.port})"
-
-
-@dataclass(frozen=True)
-class MeterConfig:
-    meter_id: str
-    bus: str
-    unit_id: int
-    profile: str
-    key_file: Path | None = None  # None: [agent].key_file
-    rated_max_power_w: int | None = None  # None: the profile's rated limit
 
 
 @dataclass(frozen=True)
@@ -319,96 +313,6 @@ def _homeassistant(t: Table, env: Mapping[str, str]) -> HomeAssistantSection:
     return h
 
 
-_BUS_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
-
-
-# Defaults of every [[buses]] key come from agent.bus.BusSpec (one place, with the reasons next to them).
-_BUS_DEFAULTS = {f.name: f.default for f in fields(BusSpec) if f.default is not MISSING}
-
-
-def _bus(t: Table) -> tuple[str, BusSpec | None]:
-    """(name, spec); spec is None when the table had errors (they are in t.errors)."""
-    n_errors = len(t.errors)
-    d = _BUS_DEFAULTS
-    kind = t.get("kind", str, check=one_of("rtu", "tcp", "rtu-over-tcp"))
-    name = t.get("name", str, check=lambda v: None if _BUS_NAME_RE.fullmatch(v) else "1-32 of A-Z a-z 0-9 . _ -")
-    values = {
-        "port": t.get("port", str, d["port"]),
-        "baudrate": t.get("baudrate", int, d["baudrate"], check=one_of(*BAUDRATES)),
-        "parity": t.get("parity", str, d["parity"], check=one_of(*PARITIES)),
-        "stopbits": t.get("stopbits", int, d["stopbits"], check=one_of(1, 2)),
-        "bytesize": t.get("bytesize", int, d["bytesize"], check=one_of(7, 8)),
-        "host": t.get("host", str, d["host"]),
-        "tcp_port": t.get("tcp_port", int, d["tcp_port"], check=between(1, 65535)),
-        "timeout_s": t.get("timeout_s", float, d["timeout_s"], check=between(0.05, 30)),
-        "retries": t.get("retries", int, d["retries"], check=between(0, 10)),
-        # absent: BusSpec's default for the kind (RTU needs a turnaround pause, TCP none)
-        "turnaround_ms": t.get("turnaround_ms", int, d["turnaround_ms"], check=between(0, 5000)),
-        "inter_request_delay_ms": t.get("inter_request_delay_ms", int, d["inter_request_delay_ms"],
-                                        check=between(0, 5000)),
-    }
-    if kind == "rtu" and not values["port"]:
-        t.errors.append(f"{t.path}.port: required for kind = \"rtu\" (serial device, e.g. /dev/ttyAMA0)")
-    if kind in ("tcp", "rtu-over-tcp") and not values["host"]:
-        t.errors.append(f"{t.path}.host: required for kind = {kind!r}")
-    t.done()
-    if len(t.errors) > n_errors:
-        return name or "", None
-    return name, BusSpec(name=name, kind=kind, **values)
-
-
-def _meter(t: Table, base: Path) -> MeterConfig:
-    key = t.get("key_file", str, "")
-    m = MeterConfig(
-        meter_id=t.get("meter_id", str, check=meter_id_problem),
-        bus=t.get("bus", str),
-        unit_id=t.get("unit_id", int, check=between(1, 247)),
-        profile=t.get("profile", str, check=lambda v: None if v else "must not be empty"),
-        key_file=base / key if key else None,
-        rated_max_power_w=t.get("rated_max_power_w", int, None, check=between(1, 10_000_000)),
-    )
-    t.done()
-    return m
-
-
-def _array(data: Mapping[str, Any], key: str, errors: list[str]) -> list[tuple[Any, str]]:
-    raw = data.get(key, [])
-    if not isinstance(raw, list):
-        errors.append(f"{key}: must be an array of tables ([[{key}]]) (got {type(raw).__name__})")
-        return []
-    return [(item, f"{key}[{i}]") for i, item in enumerate(raw)]
-
-
-def _cross_check(buses: list[tuple[str, BusSpec | None]], meters: tuple[MeterConfig, ...],
-                 errors: list[str]) -> None:
-    names: dict[str, int] = {}
-    endpoints: dict[str, int] = {}
-    for i, (name, b) in enumerate(buses):
-        if name in names:
-            errors.append(f"buses[{i}].name: duplicate of buses[{names[name]}] (got {name!r})")
-        names.setdefault(name, i)
-        if b is None:
-            continue
-        if b.key in endpoints:
-            errors.append(f"buses[{i}]: same device as buses[{endpoints[b.key]}] (got {b.key!r}); "
-                          "one bus per port, put all its meters on that bus")
-        endpoints.setdefault(b.key, i)
-    if not meters:
-        errors.append("meters: at least one [[meters]] entry is required")
-    ids: dict[str, int] = {}
-    units: dict[tuple[str, int], int] = {}
-    for i, m in enumerate(meters):
-        if m.meter_id in ids:
-            errors.append(f"meters[{i}].meter_id: duplicate of meters[{ids[m.meter_id]}] (got {m.meter_id!r})")
-        ids.setdefault(m.meter_id, i)
-        if m.bus is not None and m.bus not in names:
-            errors.append(f"meters[{i}].bus: no [[buses]] entry with this name (got {m.bus!r})")
-        if (m.bus, m.unit_id) in units:
-            errors.append(f"meters[{i}].unit_id: same bus and unit id as meters[{units[(m.bus, m.unit_id)]}] "
-                          f"(got {m.unit_id!r})")
-        units.setdefault((m.bus, m.unit_id), i)
-
-
 def parse_config(data: Mapping[str, Any], *, path: Path, env: Mapping[str, str] | None = None) -> AgentConfig:
     """Validate a parsed TOML document. Relative paths are relative to the config file's directory."""
     env = os.environ if env is None else env
@@ -424,10 +328,10 @@ def parse_config(data: Mapping[str, Any], *, path: Path, env: Mapping[str, str] 
     status = _status(sections["status"])
     homeassistant = _homeassistant(sections["homeassistant"], env)
     root.seen |= {"buses", "meters"}
-    buses = [_bus(Table(d, p, errors)) for d, p in _array(data, "buses", errors)]
-    meters = tuple(_meter(Table(d, p, errors), base) for d, p in _array(data, "meters", errors))
+    buses = [read_bus(Table(d, p, errors)) for d, p in array_of_tables(data, "buses", errors)]
+    meters = tuple(read_meter(Table(d, p, errors), base) for d, p in array_of_tables(data, "meters", errors))
     root.done()
-    _cross_check(buses, meters, errors)
+    cross_check(buses, meters, errors)
     if errors:
         raise ConfigError(f"{path}: invalid config:\n  " + "\n  ".join(errors))
     specs = tuple(b for _name, b in buses if b is not None)

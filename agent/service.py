@@ -6,12 +6,10 @@ read, never rewritten) that is committed in batches before the publisher may see
 a bad value or a full store is counted and logged, never fatal to the loop. SIGTERM/SIGINT stop cleanly
 (flush, offline status); sd_notify READY/WATCHDOG when NOTIFY_SOCKET is set.
 
-Supervision: every background task (publisher, pollers, flush, watchdog) is watched. One that ends before a stop
-was asked for (an exception, or returning) is a failure: it is logged with its traceback, shown in /health
-(`tasks`, `failed_task`), recorded in the store's event log, the watchdog is no longer pinged, and the service
-stops and run() raises TaskFailedError, so the CLI exits non-zero and systemd restarts the agent. A store whose
-file turns out corrupt while running is such a failure too (the flush task ends); at the next start the file is
-moved aside (agent.store.open_or_replace).
+Supervision: every background task (publisher, pollers, flush, watchdog) is watched; one that dies stops the
+service and run() raises TaskFailedError (agent.supervision: the Supervision mixin of AgentService). A store
+whose file turns out corrupt while running is such a failure too (the flush task ends); at the next start the
+file is moved aside (agent.store_recovery.open_or_replace).
 """
 
 from __future__ import annotations
@@ -32,7 +30,10 @@ from agent.keys import load_key_file
 from agent.plausibility import Baseline, check_counters
 from agent.publisher import Publisher, wall_ms
 from agent.status import Health, StatusServer
-from agent.store import LastGood, StoreCorruptError, StoreError, StoreFullError, open_or_replace
+from agent.store import LastGood, StoreError, StoreFullError
+from agent.store_recovery import open_or_replace
+from agent.store_schema import StoreCorruptError
+from agent.supervision import Supervision, TaskFailedError, task_state
 from base.sd_notify import Notifier
 from protocol.canonical import sign_reading
 from protocol.errors import InvalidFieldError
@@ -46,24 +47,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A crashed poller task is restarted after this delay (doubling, capped) instead of ending the agent.
-DEFAULT_POLLER_RESTART_S = 1.0
-MAX_POLLER_RESTART_S = 60.0
-# The watchdog is pinged only while every poller completes a cycle at least this often: a wedged
-# poller then gets the service restarted by systemd instead of silently reading nothing.
-LIVENESS_MIN_S = 60.0
 # On SIGTERM, wait at most this long for the last readings to be acked (systemd TimeoutStopSec is 20 s).
 DEFAULT_STOP_DRAIN_S = 5.0
 _INSTANT_NAMES = Instantaneous.names()
-TASK_FAILED_EVENT = "task_failed"
-
-
-class TaskFailedError(Exception):
-    """A supervised background task ended while the agent was running: the service stopped because of it."""
-
-    def __init__(self, task: str, reason: str) -> None:
-        super().__init__(f"background task {task!r} failed: {reason}")
-        self.task, self.reason = task, reason
 
 
 @dataclass
@@ -76,7 +62,7 @@ class DeviceCounters:
     last_glitch: str = ""
 
 
-class AgentService:
+class AgentService(Supervision):
     def __init__(self, cfg: AgentConfig, keys: dict[str, SigningKey], meters: list[MeterSpec],
                  buses: dict[str, Any]) -> None:
         self.cfg, self.keys, self.meters, self.bus_specs = cfg, keys, meters, buses
@@ -231,87 +217,6 @@ class AgentService:
                 await asyncio.wait_for(self._stop.wait(), interval)
             self._flush()
 
-    async def _supervise(self, poller: Poller, name: str) -> None:
-        delay = DEFAULT_POLLER_RESTART_S
-        while not self._stop.is_set():
-            try:
-                await poller.run(self.cfg.agent.poll_interval_s, self.on_sample, self.on_error)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("poller for bus %s crashed; restarting in %.0f s", name, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                delay = min(delay * 2, MAX_POLLER_RESTART_S)
-
-    def _supervised(self, name: str, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks[name] = task
-        task.add_done_callback(self._task_ended)
-        return task
-
-    def _task_ended(self, task: asyncio.Task[Any]) -> None:
-        """Done callback of every supervised task: ending before a stop was asked for is a failure."""
-        if self._stop.is_set() or self.failed_task is not None:
-            return
-        exc = None if task.cancelled() else task.exception()
-        reason = ("cancelled" if task.cancelled() else f"{type(exc).__name__}: {exc}" if exc is not None
-                  else "returned while the agent was running")
-        self.failed_task = {"task": task.get_name(), "reason": reason, "at_ms": wall_ms()}
-        log.error("background task %s died (%s): no more watchdog pings; stopping so systemd restarts the agent",
-                  task.get_name(), reason, exc_info=exc)
-        self._stop.set()
-
-    def _record_failure(self) -> None:
-        if self.failed_task is None:
-            return
-        try:
-            failed = self.failed_task
-            self.store.record_event(TASK_FAILED_EVENT, None, f"{failed['task']}: {failed['reason']}",
-                                    counter="task_failures")
-        except StoreError as exc:  # the failing task may be the store itself: the log line above still says why
-            log.error("could not record the task failure in the store: %s", exc)
-
-    def _last_task_failure(self) -> dict[str, Any] | None:
-        """The newest task_failed event (an earlier run's: shown in /health after systemd restarted us)."""
-        try:
-            for at_ms, kind, _meter, detail in self.store.events(limit=50):
-                if kind == TASK_FAILED_EVENT:
-                    task, _, reason = detail.partition(": ")
-                    return {"task": task, "reason": reason, "at_ms": at_ms}
-        except StoreError as exc:
-            log.warning("cannot read the store's event log: %s", exc)
-        return None
-
-    def _dead_task(self) -> str | None:
-        if self.failed_task is not None:
-            return str(self.failed_task["task"])
-        tasks = [*self._tasks.values(), *([self._publisher_task] if self._publisher_task is not None else [])]
-        return next((t.get_name() for t in tasks if t.done()), None)
-
-    async def _watchdog_loop(self, notifier: Notifier, interval_s: float) -> None:
-        """Ping only while every poller completes cycles (meters in backoff still count: their cycle runs
-        and skips them) and every supervised task runs, so a wedged bus loop or a dead task (e.g. the publisher:
-        readings would pile up unpublished) gets the service restarted; a dead meter does not."""
-        liveness = max(LIVENESS_MIN_S, 5 * self.cfg.agent.poll_interval_s)
-        last_cycles = [-1] * len(self._pollers)
-        last_change = [time.monotonic()] * len(self._pollers)
-        while not self._stop.is_set():
-            now = time.monotonic()
-            for i, p in enumerate(self._pollers):
-                if p.stats.cycles != last_cycles[i]:
-                    last_cycles[i], last_change[i] = p.stats.cycles, now
-            dead = self._dead_task()
-            if dead is not None:
-                log.error("task %s stopped: withholding the watchdog ping so systemd restarts the agent", dead)
-            elif all(now - t < liveness for t in last_change):
-                notifier.send("WATCHDOG=1")
-            else:
-                log.error("a poller made no progress for %.0f s: withholding the watchdog ping", liveness)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), interval_s)
-
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -429,7 +334,7 @@ class AgentService:
         ok = stats.connected and clock.synced and not failing and self._full_since is None and not self.commit_error
         h: Health = {
             "status": "failed" if self.failed_task else "ok" if ok else "degraded",
-            "tasks": {name: _task_state(t) for name, t in self._tasks.items()},
+            "tasks": {name: task_state(t) for name, t in self._tasks.items()},
             "failed_task": self.failed_task,
             "last_task_failure": self.last_task_failure,  # the newest an earlier run recorded, with its time
             "store_replaced": None if self.store_replaced is None else str(self.store_replaced),
@@ -459,15 +364,6 @@ class AgentService:
         }
         h["problems"] = explain(h)
         return h
-
-
-def _task_state(task: asyncio.Task[Any]) -> str:
-    if not task.done():
-        return "running"
-    if task.cancelled():
-        return "cancelled"
-    exc = task.exception()
-    return f"failed: {type(exc).__name__}: {exc}" if exc is not None else "ended"
 
 
 def _counters(sample: MeterSample, baseline: Baseline | None) -> tuple[int, int, Quality]:

@@ -56,7 +56,7 @@ class StoreError(Exception):
 
 class StoreCorruptError(StoreError):
     """The store file is damaged (SQLITE_CORRUPT / SQLITE_NOTADB, or PRAGMA quick_check found a problem).
-    Retrying cannot help: at start the file is moved aside (agent.store.open_or_replace)."""
+    Retrying cannot help: at start the file is moved aside (agent.store_recovery.open_or_replace)."""
 
 
 # SQLite primary result codes that mean "this file is damaged", not "try again": SQLITE_CORRUPT, SQLITE_NOTADB.

@@ -28,10 +28,12 @@ class Table:
     def _key(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
-    def fail(self, key: str, msg: str, value: Any) -> None:
-        self.errors.append(f"{self._key(key)}: {msg} (got {value!r})")
+    def fail(self, key: str, msg: str, value: Any, *, secret: bool = False) -> None:
+        """Record `key: msg (got value)`; a secret's value is never echoed (error messages reach logs)."""
+        self.errors.append(f"{self._key(key)}: {msg}" + ("" if secret else f" (got {value!r})"))
 
-    def get(self, key: str, typ: type | tuple[type, ...], default: Any = ..., *, check: Check | None = None) -> Any:
+    def get(self, key: str, typ: type | tuple[type, ...], default: Any = ..., *, check: Check | None = None,
+            secret: bool = False) -> Any:
         self.seen.add(key)
         if key not in self.data:
             if default is ...:
@@ -45,12 +47,12 @@ class Table:
             value, ok = float(value), True
         if not ok:
             names = " or ".join(TYPE_WORDS.get(t, t.__name__) for t in types)
-            self.fail(key, f"must be {names}", value)
+            self.fail(key, f"must be {names}", value, secret=secret)
             return None if default is ... else default
         if check is not None:
             msg = check(value)
             if msg:
-                self.fail(key, msg, value)
+                self.fail(key, msg, value, secret=secret)
                 return None if default is ... else default
         return value
 

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import MqttSection
-from gateway.intake.acceptance import Acceptance, IngressLimit, verify_pool
+from gateway.intake.acceptance import Acceptance, IngressLimit
 from gateway.intake.checks import Limits
 from gateway.intake.mqtt import Intake
+from gateway.intake.signatures import verify_pool
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store.sqlite import Store

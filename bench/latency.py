@@ -94,7 +94,7 @@ async def _one(work: Path, args: argparse.Namespace, gateways: int, dsn: str) ->
             cfg = gateway_config(work, name, broker_port=broker.port, dsn=dsn, rpc_url=rpc, program_id=program_id,
                                  authority_file=work / "authority.json", ack_key_file=work / "gateway.key",
                                  epoch_s=args.epoch_s)
-            register(work / name / "registry.sqlite", meters)
+            register(dsn or work / name / "registry.sqlite", meters)  # PostgreSQL: the fleet's one registry
             procs.append(start_gateway(cfg, work / f"{name}.log"))
         logs = [work / f"gw-{i + 1}.log" for i in range(gateways)]
         deadline = time.monotonic() + 120

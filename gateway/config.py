@@ -2,7 +2,7 @@
 
 Read through the strict TOML reader shared with the agent (base.toml_table): unknown keys are rejected, and
 every problem of the file is reported at once, each naming the key path and the value received
-(`limits.future_skew_s: must be in 0..59 (got 90)`; never the value of a secret). Secrets may come from the
+(`limits.future_skew_s: must be between 0 and 59 (got 90)`; never the value of a secret). Secrets may come from the
 environment instead of the file (see ENV_OVERRIDES) so the TOML can be world-readable. After `load_config`
 returns, the rest of the gateway trusts the typed values and does no ad-hoc checks of its own.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
-from base.toml_table import Table
+from base.toml_table import Check, Table, between, one_of
 from oracle_interface.layout import DEVNET_PROGRAM_ID, FUTURE_SKEW_S, account_key_problem
 from protocol.identifiers import client_id_problem, mqtt_username_problem
 from protocol.topics import prefix_problem
@@ -57,17 +57,6 @@ class ConfigError(Exception):
         path, _, problem = first.partition(": ")
         more = "".join(f"\n  {e}" for e in rest)
         return cls(path, problem + (f"\n{len(rest)} more problem(s):{more}" if rest else ""))
-
-
-Check = typing.Callable[[Any], "str | None"]
-
-
-def _range(lo: float, hi: float) -> Check:
-    return lambda v: None if lo <= v <= hi else f"must be in {lo}..{hi}"
-
-
-def _choice(*options: str) -> Check:
-    return lambda v: None if v in options else f"must be one of {', '.join(options)}"
 
 
 def _listen(v: str) -> str | None:
@@ -152,7 +141,7 @@ class GatewaySection:
     retention_days: int = 30  # decided rows older than this are pruned (gateway/store/retention.py)
     postgres_dsn: str = ""  # empty: SQLite in state_dir (one box); set: PostgreSQL shared by N gateways (fleet)
     checks: ClassVar[dict[str, Check]] = {"state_dir": _nonempty, "ack_key_file": _nonempty,
-                                          "verify_workers": _range(0, 64), "retention_days": _range(1, 3650)}
+                                          "verify_workers": between(0, 64), "retention_days": between(1, 3650)}
 
 
 @dataclass(frozen=True)
@@ -168,9 +157,9 @@ class ChainSection:
     sent_recheck_s: float = 120.0  # a `sent` row without a result is reconciled after this (blockhash expiry)
     checks: ClassVar[dict[str, Check]] = {
         "rpc_url": _url, "program_id": account_key_problem, "authority_key_file": _nonempty,
-        "commitment": _choice("processed", "confirmed", "finalized"),
-        "submit_interval_s": _range(0.05, 3600), "config_refresh_s": _range(1, 86400),
-        "max_backoff_s": _range(1, 3600), "sent_recheck_s": _range(1, 3600),
+        "commitment": one_of("processed", "confirmed", "finalized"),
+        "submit_interval_s": between(0.05, 3600), "config_refresh_s": between(1, 86400),
+        "max_backoff_s": between(1, 3600), "sent_recheck_s": between(1, 3600),
     }
 
 
@@ -192,10 +181,10 @@ class MqttSection:
     session_expiry_s: int = 0
     max_pending_messages: int = 2000  # bound of the receive queue; paho stops reading beyond it
     checks: ClassVar[dict[str, Check]] = {
-        "host": _nonempty, "port": _range(1, 65535), "client_id": client_id_problem, "share_group": client_id_problem,
+        "host": _nonempty, "port": between(1, 65535), "client_id": client_id_problem, "share_group": client_id_problem,
         "username": lambda v: mqtt_username_problem(v) if v else None, "password": _mqtt_password,
-        "topic_prefix": prefix_problem, "session_expiry_s": _range(0, 2**32 - 1),
-        "max_pending_messages": _range(1, 1_000_000),
+        "topic_prefix": prefix_problem, "session_expiry_s": between(0, 2**32 - 1),
+        "max_pending_messages": between(1, 1_000_000),
     }
 
 
@@ -211,7 +200,7 @@ class HttpSection:
     # a TLS reverse proxy: the X-API-KEY header must not cross a network in clear text.
     tls_cert: str = ""
     tls_key: str = ""
-    checks: ClassVar[dict[str, Check]] = {"listen": _listen, "max_body_bytes": _range(256, 1 << 20),
+    checks: ClassVar[dict[str, Check]] = {"listen": _listen, "max_body_bytes": between(256, 1 << 20),
                                           "api_keys": _api_keys}
 
 
@@ -241,9 +230,16 @@ class LimitsSection:
     # jitter; see gateway.intake.checks.MIN_READ_SPACING_MS). 100 = the agent's shortest poll interval (0.1 s), so any
     # poll interval an agent may use passes; raise it only if every agent polls slower.
     min_read_spacing_ms: int = 100
-    # Per-meter ingress token bucket (readings): a week's backlog at 10 s polling drains in ~1 min.
+    # Per-meter ingress token bucket (readings): a week's backlog at 10 s polling drains in ~1 min. Only NEW readings
+    # whose signature verified pay for it: forged ones on a meter's topic cannot spend it.
     ingress_rate_per_s: float = 1000.0
     ingress_burst: int = 10000
+    # Per-topic verify budget: signature checks no new authenticated reading paid for (a signature that failed, a
+    # replay of a handled reading, a reading over the meter's rate), ~45 us of CPU each. Beyond it the topic's
+    # readings are refused unverified (verify_budget_exceeded; not acked, the agent re-sends). All topics together
+    # get five times this (gateway.intake.budgets).
+    verify_budget_per_s: float = 1000.0
+    verify_budget_burst: int = 10000
     # Energy over a reading gap may exceed rated power by this much (meter accuracy class, rounding
     # of 1 Wh counters over short gaps) before it is called implausible.
     plausibility_margin_pct: int = 10
@@ -265,11 +261,12 @@ class LimitsSection:
     quarantine_bytes_per_s: int = 4096
     quarantine_burst_bytes: int = 8 * 1024 * 1024
     checks: ClassVar[dict[str, Check]] = {
-        "quarantine_bytes_per_s": _range(1, 1 << 30), "quarantine_burst_bytes": _range(1024, 1 << 34),
-        "future_skew_s": _range(0, FUTURE_SKEW_S - 1), "acceptance_window_s": _range(60, 10 * 365 * 86400),
-        "min_read_spacing_ms": _range(0, 3_600_000), "ingress_rate_per_s": _range(0.001, 1e7),
-        "ingress_burst": _range(1, 10_000_000), "plausibility_margin_pct": _range(0, 1000),
-        "plausibility_slack_wh": _range(0, 1_000_000), "gap_grace_s": _range(0, 7 * 86400),
+        "quarantine_bytes_per_s": between(1, 1 << 30), "quarantine_burst_bytes": between(1024, 1 << 34),
+        "future_skew_s": between(0, FUTURE_SKEW_S - 1), "acceptance_window_s": between(60, 10 * 365 * 86400),
+        "min_read_spacing_ms": between(0, 3_600_000), "ingress_rate_per_s": between(0.001, 1e7),
+        "ingress_burst": between(1, 10_000_000), "plausibility_margin_pct": between(0, 1000),
+        "verify_budget_per_s": between(1, 1e6), "verify_budget_burst": between(1, 10_000_000),
+        "plausibility_slack_wh": between(0, 1_000_000), "gap_grace_s": between(0, 7 * 86400),
     }
 
 
@@ -277,7 +274,7 @@ class LimitsSection:
 class IntervalsSection:
     # GridTokenX clears the market in 15-minute epochs; submissions close on epoch boundaries.
     epoch_s: int = 900
-    checks: ClassVar[dict[str, Check]] = {"epoch_s": _range(1, 86400)}
+    checks: ClassVar[dict[str, Check]] = {"epoch_s": between(1, 86400)}
 
 
 @dataclass(frozen=True)
@@ -288,8 +285,8 @@ class HealthSection:
     expected_interval_s: float = 10.0  # until a meter has sent two readings (the agent's default poll interval)
     late_margin_s: float = 10.0  # late after one interval + max(margin, half an interval) without a message
     silent_after_s: float = 300.0  # silent after max(this, 10 intervals)
-    checks: ClassVar[dict[str, Check]] = {"expected_interval_s": _range(0.1, 86400),
-                                          "late_margin_s": _range(0, 86400), "silent_after_s": _range(1, 30 * 86400)}
+    checks: ClassVar[dict[str, Check]] = {"expected_interval_s": between(0.1, 86400),
+                                          "late_margin_s": between(0, 86400), "silent_after_s": between(1, 30 * 86400)}
 
 
 @dataclass(frozen=True)
@@ -317,36 +314,51 @@ _TOML_TYPES: dict[object, type | tuple[type, ...]] = {bool: bool, int: int, floa
 
 def _section(name: str, data: object, errors: list[str]) -> Any:
     """One [section] through the shared strict reader: every problem is collected in `errors` (key path, problem,
-    the value received unless it is a secret); the section object, or None when it has problems."""
+    the value received unless it is a secret); the section object, or None when it has problems. A secret from
+    the environment (ENV_OVERRIDES) replaces the file's before it is checked."""
     cls = _SECTIONS[name]
+    if isinstance(data, dict):
+        data = {**data, **_env_secrets(name, typing.get_type_hints(cls))}
     t = Table(data, name, errors)
     before = len(errors)
     hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name not in t.data:
-            continue  # the default
-        value = t.get(f.name, _TOML_TYPES[hints[f.name]])
-        if value is None:
-            continue  # wrong type: recorded
-        if hints[f.name] == list[str] and not all(isinstance(v, str) for v in value):
-            t.fail(f.name, "must be a list of strings", value)
-            continue
-        values[f.name] = value
-    t.done(known=[f.name for f in fields(cls)])
-    for (sec, key), var in ENV_OVERRIDES.items():
-        if sec == name and var in os.environ:
-            raw = os.environ[var]
-            values[key] = [s.strip() for s in raw.split(",") if s.strip()] if hints[key] is not str else raw
     checks: dict[str, Check] = getattr(cls, "checks", {})
+    # a service that does not start uses no secret (read-only CLI commands disable them): its secrets go unchecked
+    values: dict[str, Any] = {}
+    if "enabled" in hints and isinstance(enabled := t.get("enabled", bool, None), bool):
+        values["enabled"] = enabled
     enabled = values.get("enabled", getattr(cls, "enabled", True))
-    for key, check in checks.items():
-        secret = (name, key) in ENV_OVERRIDES  # never echo a credential into logs
-        if secret and not enabled:
-            continue  # a service that does not start uses no secret (read-only CLI commands disable them)
-        if key in values and (problem := check(values[key])):
-            errors.append(str(ConfigError(f"{name}.{key}", problem, None if secret else values[key])))
+    for f in fields(cls):
+        if f.name not in t.data or f.name == "enabled":
+            continue  # the default; read above
+        secret = (name, f.name) in ENV_OVERRIDES  # never echo a credential into logs
+        check = None if secret and not enabled else checks.get(f.name)
+        if hints[f.name] == list[str]:
+            check = _strings_then(check)
+        value = t.get(f.name, _TOML_TYPES[hints[f.name]], check=check, secret=secret)
+        if value is not None:
+            values[f.name] = value
+    t.done(known=[f.name for f in fields(cls)])
     return cls(**values) if len(errors) == before else None
+
+
+def _env_secrets(section: str, hints: dict[str, Any]) -> dict[str, Any]:
+    """The secrets of `section` set in the environment; a list (http.api_keys) is comma-separated there."""
+    out: dict[str, Any] = {}
+    for (sec, key), var in ENV_OVERRIDES.items():
+        if sec == section and var in os.environ:
+            raw = os.environ[var]
+            out[key] = [s.strip() for s in raw.split(",") if s.strip()] if hints[key] is not str else raw
+    return out
+
+
+def _strings_then(check: Check | None) -> Check:
+    """A list of strings, then `check` of the list."""
+    def run(v: list[Any]) -> str | None:
+        if not all(isinstance(x, str) for x in v):
+            return "must be a list of strings"
+        return check(v) if check else None
+    return run
 
 
 def parse_config(data: dict[str, Any]) -> GatewayConfig:
@@ -356,31 +368,30 @@ def parse_config(data: dict[str, Any]) -> GatewayConfig:
         if key not in _SECTIONS:
             errors.append(f"{key}: unknown section (known: {', '.join(sorted(_SECTIONS))})")
     sections = {name: _section(name, data.get(name, {}), errors) for name in _SECTIONS}
+    if not errors:
+        errors = _cross_check(GatewayConfig(**sections))
     if errors:
         raise ConfigError.from_errors(errors)
-    return _cross_check(GatewayConfig(**sections))
+    return GatewayConfig(**sections)
 
 
-def _cross_check(cfg: GatewayConfig) -> GatewayConfig:
-    d = cfg.dashboard
-    if d.enabled and not d.token and not (d.username and d.password):
-        raise ConfigError("dashboard.token", "the dashboard needs a token or username + password (it shows fleet data)")
-    if bool(d.username) != bool(d.password):
-        raise ConfigError("dashboard.password", "username and password go together")
-    if bool(d.tls_cert) != bool(d.tls_key):
-        raise ConfigError("dashboard.tls_key", "tls_cert and tls_key go together")
-    if cfg.http.enabled and not cfg.http.api_keys:
-        raise ConfigError("http.api_keys", "the HTTP ingest needs at least one API key")
-    if cfg.gateway.postgres_dsn and (cfg.http.enabled or cfg.dashboard.enabled):
-        raise ConfigError("gateway.postgres_dsn", "the HTTP ingest and the dashboard run on the SQLite store only: "
-                          "disable [http] and [dashboard] on a PostgreSQL gateway")
-    if bool(cfg.http.tls_cert) != bool(cfg.http.tls_key):
-        raise ConfigError("http.tls_key", "tls_cert and tls_key go together")
-    if bool(cfg.mqtt.tls_cert) != bool(cfg.mqtt.tls_key):
-        raise ConfigError("mqtt.tls_key", "tls_cert and tls_key go together")
-    if cfg.mqtt.tls_cert and not cfg.mqtt.tls_ca:  # the intake switches TLS on by tls_ca: else plain MQTT
-        raise ConfigError("mqtt.tls_ca", "required with a client certificate (tls_cert)")
-    return cfg
+def _cross_check(cfg: GatewayConfig) -> list[str]:
+    """Rules between keys (and sections), every one that fails."""
+    d, http, mqtt = cfg.dashboard, cfg.http, cfg.mqtt
+    rules = [
+        (d.enabled and not d.token and not (d.username and d.password), "dashboard.token",
+         "the dashboard needs a token or username + password (it shows fleet data)"),
+        (bool(d.username) != bool(d.password), "dashboard.password", "username and password go together"),
+        (bool(d.tls_cert) != bool(d.tls_key), "dashboard.tls_key", "tls_cert and tls_key go together"),
+        (http.enabled and not http.api_keys, "http.api_keys", "the HTTP ingest needs at least one API key"),
+        (bool(cfg.gateway.postgres_dsn) and d.enabled, "gateway.postgres_dsn",
+         "the dashboard runs on the SQLite store only: disable [dashboard] on a PostgreSQL gateway"),
+        (bool(http.tls_cert) != bool(http.tls_key), "http.tls_key", "tls_cert and tls_key go together"),
+        (bool(mqtt.tls_cert) != bool(mqtt.tls_key), "mqtt.tls_key", "tls_cert and tls_key go together"),
+        # the intake switches TLS on by tls_ca: else plain MQTT
+        (bool(mqtt.tls_cert) and not mqtt.tls_ca, "mqtt.tls_ca", "required with a client certificate (tls_cert)"),
+    ]
+    return [f"{path}: {problem}" for failed, path, problem in rules if failed]
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -1,4 +1,7 @@
-"""Enrolled meters: meter_id -> Ed25519 public key, zone, profile, role, status, rated power (SQLite).
+"""Enrolled meters: meter_id -> Ed25519 public key, zone, profile, role, status, rated power.
+
+Where: a SQLite file in the gateway's state directory (one box), or, with gateway.postgres_dsn set, the fleet's
+PostgreSQL database shared by every gateway (gateway.store.postgres_registry): `open_registry` picks.
 
 A meter enters the registry ONLY from a verified registration record (protocol.registration): its
 self-signature proves possession of the key. Never from a reading. Rules for a record whose meter_id is
@@ -15,13 +18,18 @@ A suspended meter stays suspended through updates; `resume` makes it active agai
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gateway.store.database import Transaction, connect
 from protocol import MeterRole, ProtocolError, Registration, key_id, parse_registration
 from protocol.identifiers import validate_meter_id
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
 
 class MeterStatus(StrEnum):
@@ -82,6 +90,10 @@ _COLUMNS = ("meter_id, public_key, key_id, zone_id, profile, role, status, rated
             "installer_id, registered_at_ms, replaced_at_ms, record")
 
 
+_UPDATED = ("public_key", "key_id", "zone_id", "profile", "role", "status", "rated_max_power_w", "serial_number",
+            "installer_id", "registered_at_ms", "replaced_at_ms", "record", "updated_at_ms")
+
+
 def _row(r: tuple[object, ...]) -> Meter:
     return Meter(r[0], r[1], r[2], r[3], r[4], MeterRole(r[5]), MeterStatus(r[6]), r[7], r[8], r[9],  # type: ignore[arg-type]
                  r[10], r[11], r[12])  # type: ignore[arg-type]
@@ -102,6 +114,10 @@ class Registry:
         v: int = self.conn.execute("PRAGMA data_version").fetchone()[0]
         return v, self._writes
 
+    def _transaction(self) -> AbstractContextManager[Any]:
+        """A registry write: read the meter's record in force, decide, write, log (one writer at a time)."""
+        return Transaction(self.conn)
+
     def get(self, meter_id: str) -> Meter | None:
         r = self.conn.execute(f"SELECT {_COLUMNS} FROM meters WHERE meter_id = ?", (meter_id,)).fetchone()
         return _row(r) if r else None
@@ -121,7 +137,7 @@ class Registry:
             raise RegistryError(exc.reason, f"registration record refused: {exc}") from exc
         reg = signed.registration
         text = signed.to_text()
-        with Transaction(self.conn):
+        with self._transaction():
             current = self.get(reg.meter_id)
             action = self._decide(reg, current, text)
             if action != "unchanged":
@@ -160,7 +176,8 @@ class Registry:
         if action == "replaced":
             replaced = reg.created_at_ms
         self.conn.execute(
-            "INSERT OR REPLACE INTO meters VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO meters VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (meter_id) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in _UPDATED),
             (reg.meter_id, reg.public_key, key_id(reg.public_key), reg.zone_id, reg.profile, int(reg.role), status,
              reg.rated_max_power_w, reg.serial_number, reg.installer_id, reg.created_at_ms, replaced, text, now_ms),
         )
@@ -176,7 +193,7 @@ class Registry:
             validate_meter_id(meter_id)
         except ProtocolError as exc:
             raise RegistryError(exc.reason, str(exc)) from exc
-        with Transaction(self.conn):
+        with self._transaction():
             current = self.get(meter_id)
             if current is None:
                 raise RegistryError("unknown_meter", f"{meter_id}: not registered")
@@ -193,3 +210,12 @@ class Registry:
 def registry_path(state_dir: str | Path) -> Path:
     """Its own file, so PRAGMA data_version tells the intake exactly when the registry changed."""
     return Path(state_dir) / "registry.sqlite"
+
+
+def open_registry(cfg: GatewayConfig) -> Registry:
+    """The registry of this gateway: its own file in the state directory, or the fleet's (gateway.postgres_dsn)."""
+    if cfg.gateway.postgres_dsn:
+        from gateway.store.postgres_registry import PostgresRegistry
+
+        return PostgresRegistry(cfg.gateway.postgres_dsn)
+    return Registry(registry_path(cfg.gateway.state_dir))

@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway.registry import Registry
+from gateway.store.postgres_registry import PostgresRegistry
 from protocol import (
     Instantaneous,
     MeterRole,
@@ -41,10 +42,10 @@ def meter_key(meter_id: str) -> SigningKey:
     return SigningKey(hashlib.sha256(f"gridmeter-fleet:{meter_id}".encode()).digest())
 
 
-def register(registry_db: Path, meter_ids: list[str], rated_w: int = 30_000) -> None:
-    """Every meter in this gateway's registry (each gateway host keeps its own registry file)."""
+def register(registry: Path | str, meter_ids: list[str], rated_w: int = 30_000) -> None:
+    """Every meter in a registry: a gateway's SQLite file (a Path), or a fleet's PostgreSQL database (its DSN)."""
     now = int(time.time() * 1000)
-    reg = Registry(registry_db)
+    reg = PostgresRegistry(registry) if isinstance(registry, str) else Registry(registry)
     try:
         for m in meter_ids:
             k = meter_key(m)
@@ -57,12 +58,15 @@ def register(registry_db: Path, meter_ids: list[str], rated_w: int = 30_000) -> 
 
 def gateway_config(workdir: Path, name: str, *, broker_port: int, dsn: str, rpc_url: str, program_id: str,
                    authority_file: Path, ack_key_file: Path, epoch_s: int = 2, submit_interval_s: float = 0.2,
-                   sent_recheck_s: float = 5.0) -> Path:
-    """dsn "": the SQLite store in the gateway's state directory (one box)."""
+                   sent_recheck_s: float = 5.0, http_listen: str = "", http_api_key: str = "") -> Path:
+    """dsn "": the SQLite store in the gateway's state directory (one box). http_listen: the GridTokenX HTTP
+    ingest on that host:port with http_api_key (else off)."""
     state = workdir / name
     state.mkdir(parents=True, exist_ok=True)
     cfg = state / "gateway.toml"
     dsn_line = f'postgres_dsn = "{dsn}"\n' if dsn else ""
+    http = (f'enabled = true\nlisten = "{http_listen}"\napi_keys = ["{http_api_key}"]' if http_listen
+            else "enabled = false")
     cfg.write_text(f"""
 [gateway]
 state_dir = "{state}"
@@ -80,7 +84,7 @@ client_id = "{name}"
 [dashboard]
 enabled = false
 [http]
-enabled = false
+{http}
 [limits]
 min_read_spacing_ms = 100
 [intervals]

@@ -15,6 +15,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+from psycopg import sql
+
 from testbed.ports import free_port
 
 DB_USER = "gridmeter"
@@ -57,6 +60,12 @@ class PgCluster:
                   f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off "
                   "-c max_connections=200", "-l", f"{self.workdir}/log", "-w", "start")
         return self
+
+    def create_database(self, name: str) -> str:
+        """A new, empty database in this cluster (one per test: no state shared between tests); its DSN."""
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return f"postgresql://{DB_USER}@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
         if self.workdir is not None and (self.workdir / "data" / "postmaster.pid").exists():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from testbed.broker import Broker
+from testbed.postgres import PgCluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,6 +25,21 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         b.close()
 
 
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL cluster (initdb, free port) for the session's store tests; stopped at the end."""
+    with PgCluster() as c:
+        yield c
+
+
+@pytest.fixture
+def pg_dsn(pg_cluster: PgCluster) -> str:
+    """A fresh, empty database of that cluster for one test."""
+    _PG_DATABASES[0] += 1
+    return pg_cluster.create_database(f"test_{_PG_DATABASES[0]}")
+
+
+_PG_DATABASES = [0]
 ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots and figures for a reviewer (ignored by git)
 _SESSION_START = [0.0]
 

@@ -44,6 +44,7 @@ class Reason(StrEnum):
     KEY_MISMATCH = "key_mismatch"
     BAD_SIGNATURE = "bad_signature"
     INGRESS_RATE = "ingress_rate_exceeded"
+    VERIFY_BUDGET = "verify_budget_exceeded"  # the topic's signature checks over budget: refused unverified
     SEQ_NOT_INCREASING = "seq_not_increasing"
     READ_AT_NOT_INCREASING = "read_at_not_increasing"
     READ_AT_FUTURE = "read_at_future"

@@ -9,7 +9,9 @@ precision and consistency rules: gateway/ingest_payload.py.
 Status codes (as the GridTokenX bridge): 202 accepted, 400 malformed, 401 API key wrong or signature could not
 be checked (unknown meter), 403 signature invalid or meter suspended/retired, 409 replayed (timestamp not
 after the meter's last one); added: 408 body not received within DEFAULT_BODY_READ_TIMEOUT_S, 413 body over
-http.max_body_bytes, 429 when one client address exceeds its request rate. GET /health answers {"status": "ok"}.
+http.max_body_bytes, 429 when one client address exceeds its request rate, 503 `busy` when other gateways
+of a fleet kept storing readings of the meter while this one was checked (MAX_CHECK_ROUNDS).
+GET /health answers {"status": "ok"}.
 
 What 202 means here: the reading is committed, and its energy will reach the chain or its status will say why
 not. Readings are interval energies; each is added, in integer mWh, to its meter's running sums, and the
@@ -73,6 +75,9 @@ DEFAULT_MAX_CLIENTS_TRACKED = 10_000
 # A body is < 1 KiB: a client that has not sent all of it within this time stalled (or is holding
 # connections open on purpose). It gets 408 and the connection is closed.
 DEFAULT_BODY_READ_TIMEOUT_S = 10.0
+# Checks made against a meter's last reading are made again when another gateway stored one in between
+# (gateway.store add_http_reading "moved"); this many rounds at most.
+MAX_CHECK_ROUNDS = 5
 
 
 class HttpIngest:
@@ -159,10 +164,17 @@ class HttpIngest:
         if self.store.has_mqtt_readings(r.meter_id):
             raise IngestRefused(409, "source_conflict", f"{r.meter_id} already sends readings over MQTT: one meter, "
                                                         "one source (its submissions would collide on chain)")
-        self._time_checks(r, meter.rated_max_power_w)
         reading_id = str(uuid.uuid4())
-        outcome, original = self.store.add_http_reading(r.meter_id, r.timestamp_s * 1000, r.import_mwh, r.export_mwh,
-                                                        body, reading_id, int(self.clock() * 1000))
+        for _ in range(MAX_CHECK_ROUNDS):  # another gateway may store a reading of this meter meanwhile
+            last = self._time_checks(r, meter.rated_max_power_w)
+            outcome, original = self.store.add_http_reading(r.meter_id, r.timestamp_s * 1000, r.import_mwh,
+                                                            r.export_mwh, body, reading_id, int(self.clock() * 1000),
+                                                            checked_last_ms=last)
+            if outcome != "moved":
+                break
+        else:
+            raise IngestRefused(503, "busy", f"{r.meter_id}: its readings kept changing while this one was checked; "
+                                             "send it again")
         if outcome == "duplicate":
             raise IngestRefused(409, "duplicate", f"{r.meter_id}: timestamp {r.timestamp_s} already ingested",
                                 _original_id(original))
@@ -172,7 +184,8 @@ class HttpIngest:
             raise IngestRefused(400, "invalid_field", f"{r.meter_id}: running energy sum beyond 2^63 mWh")
         return _accepted_doc(reading_id, r, meter.role)
 
-    def _time_checks(self, r: IngestReading, rated_w: int) -> None:
+    def _time_checks(self, r: IngestReading, rated_w: int) -> int | None:
+        """Window, order and plausibility against the meter's last stored timestamp (returned: what was checked)."""
         now_ms, ts_ms = int(self.clock() * 1000), r.timestamp_s * 1000
         if window := read_at_window(ts_ms, now_ms, self.limits):
             raise IngestRefused(400, window[0].value, f"timestamp {r.timestamp_s}: {window[1]}")
@@ -188,6 +201,7 @@ class HttpIngest:
         for name, mwh in (("import", r.import_mwh), ("export", r.export_mwh)):
             if problem := implausible_energy(name, mwh, dt_ms, rated_w, self.limits):
                 raise IngestRefused(400, "implausible_energy", problem)
+        return last
 
     def _quarantine(self, body: bytes, exc: IngestRefused) -> None:
         self.metrics.rejected.labels("http", exc.reason).inc()

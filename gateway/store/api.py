@@ -7,6 +7,8 @@
   are exact whichever process wrote the batch;
 - an ack is published only after `transaction()` committed;
 - outbox rows move pending -> sent -> confirmed | rejected, held never sent; `sent` is durable before the RPC;
+- GridTokenX HTTP readings of one meter are decided one at a time (`add_http_reading` checks duplicates and
+  order under the meter's lock, as `transaction()` does for MQTT batches);
 - `prune` never deletes a pending or sent outbox row, and `confirmed_count` survives pruning.
 """
 
@@ -20,6 +22,9 @@ from gateway.intake.checks import Progress
 from gateway.store.outbox import OutboxRow, OutboxStatus
 from gateway.store.retention import Pruned
 from gateway.submit.intervals import Planned, PlanState, Point
+
+# add_http_reading(checked_last_ms=UNCHECKED): the caller made no check against the meter's last timestamp
+UNCHECKED = -1
 
 
 class GatewayStore(Protocol):
@@ -39,7 +44,8 @@ class GatewayStore(Protocol):
 
     # GridTokenX HTTP ingest
     def add_http_reading(self, meter_id: str, timestamp_ms: int, import_mwh: int, export_mwh: int, body: bytes,
-                         reading_id: str, now_ms: int) -> tuple[str, str | None]: ...
+                         reading_id: str, now_ms: int, *, checked_last_ms: int | None = UNCHECKED
+                         ) -> tuple[str, str | None]: ...
     def last_http_timestamp_ms(self, meter_id: str) -> int | None: ...
     def http_reading_id(self, meter_id: str, timestamp_ms: int) -> str | None: ...
     def has_mqtt_readings(self, meter_id: str) -> bool: ...

@@ -13,9 +13,11 @@ Same semantics as gateway.store.Store (gateway/store/api.py), the same SQL excep
 - exactly one active submitter: `SubmitterLease`, a session advisory lock held by the submitter's own
   connection. It is released by the server when that session ends (process killed, host gone: at once for a
   closed socket, after the TCP keepalive for a vanished host), and a standby gateway takes it on its next try;
+- the GridTokenX HTTP ingest: `add_http_reading` (Store's SQL) takes the same per-meter advisory lock first, so
+  two gateways receiving posts of one meter decide duplicates, order and running mWh sums one after the other;
+  the meter registry is in the same database (gateway.store.postgres_registry);
 - versioned schema migrations (gateway/store/migrations.py), applied under an advisory lock at start.
-Not on PostgreSQL yet: the GridTokenX HTTP ingest and the dashboard (they read SQLite); gateway.config refuses
-those with a PostgreSQL store.
+Not on PostgreSQL yet: the dashboard (it reads SQLite); gateway.config refuses it with a PostgreSQL store.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from gateway.config import ConfigError
 from gateway.intake.checks import Progress
@@ -39,6 +42,10 @@ log = logging.getLogger(__name__)
 
 SUBMITTER_LOCK = 0x6772_6964_6D74_7231  # "gridmtr1": the advisory lock key of the active submitter
 _QMARK = re.compile(r"\?")
+# libpq options for every store and registry connection, unless the DSN sets them: a dead peer is noticed in
+# about 11 s idle (keepalives), 15 s with data unacknowledged (tcp_user_timeout), 5 s to connect.
+_LIVENESS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+             "keepalives_count": 3, "tcp_user_timeout": 15_000}
 
 
 def _meter_lock_key(meter_id: str) -> int:
@@ -49,25 +56,70 @@ def _meter_lock_key(meter_id: str) -> int:
 class PgConnection:
     """The slice of sqlite3.Connection the store uses, over psycopg: qmark parameters become %s, SQLite's
     `BEGIN IMMEDIATE` a plain BEGIN (the advisory locks give the serialization), in autocommit mode so a
-    statement outside a transaction commits at once, as sqlite3 with isolation_level=None does."""
+    statement outside a transaction commits at once, as sqlite3 with isolation_level=None does.
+
+    A lost connection (server restarted, failover to the standby, idle connection cut) is opened again, never
+    inside a transaction: the statement that met the loss fails (its transaction's work is gone, nothing was
+    acked), and the next transaction or statement runs on a new connection. A BEGIN, or a SELECT outside a
+    transaction, that met the loss is run again at once on the new connection: nothing was done on the old one.
+    Keepalives (unless the DSN sets its own) notice a vanished host within seconds instead of TCP's minutes."""
 
     def __init__(self, dsn: str) -> None:
-        self.raw = psycopg.connect(dsn, autocommit=True)
+        self.dsn = dsn
+        given = conninfo_to_dict(dsn)
+        self._options = {k: v for k, v in _LIVENESS.items() if k not in given}
+        self.in_transaction = False
+        self.raw = self._connect()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(make_conninfo(self.dsn, **self._options), autocommit=True)
 
     @staticmethod
     def _sql(sql: str) -> str:
         return "BEGIN" if sql == "BEGIN IMMEDIATE" else _QMARK.sub("%s", sql)
 
+    def _usable(self, q: str) -> psycopg.Connection[Any]:
+        if self.raw.closed and (not self.in_transaction or q == "ROLLBACK"):
+            log.warning("PostgreSQL connection lost: connecting again")
+            self.raw, self.in_transaction = self._connect(), False
+        return self.raw
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
-        return self.raw.execute(self._sql(sql), tuple(params) or None)  # type: ignore[arg-type]
+        q, args = self._sql(sql), tuple(params) or None
+        try:
+            cur = self._usable(q).execute(q, args)  # type: ignore[arg-type]
+        except psycopg.OperationalError:
+            if not (self.raw.closed and (q == "BEGIN" or (not self.in_transaction and q.startswith("SELECT")))):
+                raise
+            cur = self._usable(q).execute(q, args)  # type: ignore[arg-type]
+        if q == "BEGIN":
+            self.in_transaction = True
+        elif q in ("COMMIT", "ROLLBACK"):
+            self.in_transaction = False
+        return cur
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
-        cur = self.raw.cursor()
-        cur.executemany(self._sql(sql), list(rows))  # type: ignore[arg-type]
+        q = self._sql(sql)
+        cur = self._usable(q).cursor()
+        cur.executemany(q, list(rows))  # type: ignore[arg-type]
         return cur
 
     def close(self) -> None:
         self.raw.close()
+
+
+def open_pg(dsn: str) -> PgConnection:
+    """A connection to the fleet's database, its schema migrated to this gateway's version."""
+    try:
+        pg = PgConnection(dsn)
+    except psycopg.OperationalError as exc:  # one line naming the key (gateway.cli), never a traceback
+        raise ConfigError("gateway.postgres_dsn", f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
+    try:
+        apply_postgres(pg.raw, POSTGRES_MIGRATIONS)
+    except BaseException:
+        pg.close()
+        raise
+    return pg
 
 
 class PostgresStore(Store):
@@ -75,17 +127,16 @@ class PostgresStore(Store):
 
     def __init__(self, dsn: str) -> None:  # Store.__init__ opens SQLite: not called
         self.dsn = dsn
-        try:
-            pg = PgConnection(dsn)
-        except psycopg.OperationalError as exc:  # one line naming the key (gateway.cli), never a traceback
-            raise ConfigError("gateway.postgres_dsn", f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
-        apply_postgres(pg.raw, POSTGRES_MIGRATIONS)
-        self.conn = pg  # type: ignore[assignment]
+        self.conn = open_pg(dsn)  # type: ignore[assignment]
+
+    def lock_meter(self, meter_id: str) -> None:
+        """Within the caller's transaction: held until its COMMIT or ROLLBACK, on every host's connection."""
+        self.conn.execute("SELECT pg_advisory_xact_lock(?)", (_meter_lock_key(meter_id),))
 
     def load_progress(self, meter_ids: Iterable[str]) -> dict[str, Progress]:
         ids = sorted(set(meter_ids))
-        for mid in ids:  # within the caller's transaction: held until its COMMIT or ROLLBACK
-            self.conn.execute("SELECT pg_advisory_xact_lock(?)", (_meter_lock_key(mid),))
+        for mid in ids:  # sorted: two batches sharing meters never wait for each other in a cycle
+            self.lock_meter(mid)
         return super().load_progress(ids)
 
     def set_setting(self, name: str, value: str) -> None:
@@ -103,9 +154,6 @@ class PostgresStore(Store):
         with self.transaction() as c:
             _upsert_plan(c, "http_plan_state", meter_id, state)
             self.add_planned(c, OutboxSource.HTTP, planned, zone_id, now_ms)  # type: ignore[arg-type]
-
-    def add_http_reading(self, *args: object, **kwargs: object) -> tuple[str, str | None]:
-        raise NotImplementedError("the GridTokenX HTTP ingest runs on the SQLite store only (gateway.config)")
 
 
 _PLAN_COLS = ("meter_id", "baseline_set", "last_seq", "anchor_read_at_ms", "sub_import_wh", "sub_export_wh",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from gateway.intake.checks import Progress
+from gateway.store.api import UNCHECKED
 from gateway.store.database import Transaction, connect
 from gateway.store.migrations import SqliteStep, apply_sqlite
 from gateway.store.outbox import Outbox, OutboxSource
@@ -341,17 +342,27 @@ class Store(Outbox):
             self.add_planned(c, OutboxSource.MQTT, planned, zone_id, now_ms)
 
     # ---- GridTokenX HTTP ingest ------------------------------------------------------------------------
+    def lock_meter(self, meter_id: str) -> None:
+        """Within the caller's transaction: this meter's intake decisions run one at a time across processes.
+        SQLite: BEGIN IMMEDIATE already holds the database's one write lock (PostgreSQL: an advisory lock)."""
+
     def add_http_reading(self, meter_id: str, timestamp_ms: int, import_mwh: int, export_mwh: int, body: bytes,
-                         reading_id: str, now_ms: int) -> tuple[str, str | None]:
+                         reading_id: str, now_ms: int, *,
+                         checked_last_ms: int | None = UNCHECKED) -> tuple[str, str | None]:
         """Store one accepted reading with its running sums, atomically with the per-meter order check.
-        Returns ("stored" | "duplicate" | "not_increasing" | "overflow", reading_id of a duplicate)."""
+        Returns ("stored" | "duplicate" | "not_increasing" | "overflow" | "moved", reading_id of a duplicate).
+        checked_last_ms: the meter's last timestamp the caller's checks (order, energy over the time since it)
+        were made against; "moved" when another process stored a reading of the meter since: check again."""
         with Transaction(self.conn) as c:
+            self.lock_meter(meter_id)
             dup = c.execute("SELECT reading_id FROM http_ingest WHERE meter_id = ? AND timestamp_ms = ?",
                             (meter_id, timestamp_ms)).fetchone()
             if dup or c.execute("SELECT 1 FROM http_readings WHERE meter_id = ? AND timestamp_ms = ?",
                                 (meter_id, timestamp_ms)).fetchone():
                 return "duplicate", dup[0] if dup else None
             last = self.last_http_timestamp_ms(meter_id)
+            if checked_last_ms != UNCHECKED and last != checked_last_ms:
+                return "moved", None
             if last is not None and timestamp_ms < last:
                 return "not_increasing", None
             prev = c.execute("SELECT seq, cum_import_mwh, cum_export_mwh FROM http_ingest WHERE meter_id = ? "
@@ -362,12 +373,14 @@ class Store(Outbox):
             c.execute("INSERT INTO http_ingest VALUES (?,?,?,?,?,?,?,?,?,?)",
                       (meter_id, prev[0] + 1, reading_id, timestamp_ms, import_mwh, export_mwh, cum_imp, cum_exp,
                        body, now_ms))
-            c.execute("INSERT OR REPLACE INTO http_meters VALUES (?,?,?)", (meter_id, prev[0] + 1, now_ms))
+            c.execute("INSERT INTO http_meters VALUES (?,?,?) ON CONFLICT (meter_id) DO UPDATE SET "
+                      "last_seq = excluded.last_seq, last_received_ms = excluded.last_received_ms",
+                      (meter_id, prev[0] + 1, now_ms))
         return "stored", None
 
     def last_http_timestamp_ms(self, meter_id: str) -> int | None:
         r = self.conn.execute("SELECT MAX(t) FROM (SELECT MAX(timestamp_ms) AS t FROM http_ingest WHERE meter_id = ? "
-                              "UNION ALL SELECT MAX(timestamp_ms) FROM http_readings WHERE meter_id = ?)",
+                              "UNION ALL SELECT MAX(timestamp_ms) FROM http_readings WHERE meter_id = ?) AS last",
                               (meter_id, meter_id)).fetchone()
         return r[0] if r else None
 

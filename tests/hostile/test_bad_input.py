@@ -285,7 +285,6 @@ listen = "127.0.0.1:{dash}"
 token = "{DASH_TOKEN}"
 [limits]
 min_read_spacing_ms = 0
-ingress_burst = 1000000
 """)
     roles = {"HTTP-1": MeterRole.CONSUMPTION, "HTTPSUSP-1": MeterRole.CONSUMPTION}
     for m, key in KEYS.items():

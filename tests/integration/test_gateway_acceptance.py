@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import gateway.intake.acceptance as acceptance_mod
-from gateway.intake.acceptance import Acceptance, IngressLimit, verify_pool
+import gateway.intake.budgets as budgets_mod
+from gateway.intake.acceptance import Acceptance, IngressLimit
 from gateway.intake.checks import Limits
+from gateway.intake.signatures import verify_pool
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store.sqlite import Store
@@ -41,15 +42,15 @@ def test_ingress_rate_cap_per_meter(parts: tuple[Store, Registry, Metrics]) -> N
     t = 10**12 - 100_000
     acks = acc.process([(readings_topic("HOUSE-1"), batch(*[reading("HOUSE-1", s, t + s * 2000, s) for s in
                                                              range(1, 6)]))])
-    assert acks == {"HOUSE-1": 3}  # readings 4 and 5 were refused before verification: not authenticated
+    assert acks == {"HOUSE-1": 3}  # 4 and 5 verified but over the meter's rate: refused, not acked (re-sent later)
     assert [r[0] for r in store.conn.execute("SELECT reason FROM rejections")] == ["ingress_rate_exceeded"] * 2
 
 
 def test_unauthenticated_flood_is_counted_not_stored(parts: tuple[Store, Registry, Metrics],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     store, registry, metrics = parts
-    monkeypatch.setattr(acceptance_mod, "DEFAULT_FLOOD_BURST", 5)
-    monkeypatch.setattr(acceptance_mod, "DEFAULT_FLOOD_RATE_PER_S", 0.001)
+    monkeypatch.setattr(budgets_mod, "DEFAULT_FLOOD_BURST", 5)
+    monkeypatch.setattr(budgets_mod, "DEFAULT_FLOOD_RATE_PER_S", 0.001)
     acc = Acceptance(store, registry, Limits(), IngressLimit(), metrics)
     now = int(time.time() * 1000)
     acc.process([(readings_topic(f"FAKE-{i}"), batch(reading(f"FAKE-{i}", 1, now, 1))) for i in range(20)])

@@ -55,11 +55,11 @@ async def test_fleet_on_postgres(broker: Broker, tmp_path: Path, gateways: int, 
     names = [f"gw-{i}" for i in range(1, gateways + 1)]
     logs = [tmp_path / f"{n}.log" for n in names]
     procs = {}
+    register(pg.dsn, METERS)  # the fleet's one registry, in PostgreSQL
     for n, log in zip(names, logs, strict=True):
         cfg = gateway_config(tmp_path, n, broker_port=broker.port, dsn=pg.dsn, rpc_url=srv.url,
                              program_id=str(srv.chain.program_id), authority_file=tmp_path / "authority.json",
                              ack_key_file=tmp_path / "gateway.key")
-        register(tmp_path / n / "registry.sqlite", METERS)
         procs[n] = start_gateway(cfg, log)
     pub = Publishers(broker.host, broker.port, METERS, gw_key.public_key)
     client = OracleClient(srv.url, str(srv.chain.program_id), authority)

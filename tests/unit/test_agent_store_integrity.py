@@ -15,16 +15,9 @@ import pytest
 
 from agent.decode import ENERGY_MAX, Invalid, decode_image, image_from_block
 from agent.decode import scale as scale_value
-from agent.store import (
-    KEEP_CORRUPT_COPIES,
-    STORE_REPLACED_EVENT,
-    LastGood,
-    Store,
-    StoreCorruptError,
-    StoreError,
-    open_or_replace,
-)
-from agent.store_schema import Transaction
+from agent.store import LastGood, Store, StoreError
+from agent.store_recovery import KEEP_CORRUPT_COPIES, STORE_REPLACED_EVENT, open_or_replace
+from agent.store_schema import StoreCorruptError, Transaction
 from firmware_config.loader import get_profile
 from firmware_config.schema import Register
 from protocol.canonical import Ack, encode_ack, sign_reading

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from agent.config import parse_config
-from agent.service import TASK_FAILED_EVENT, AgentService, TaskFailedError
+from agent.service import AgentService
+from agent.supervision import TASK_FAILED_EVENT, TaskFailedError
 from protocol.signing import SigningKey
 from testbed.ports import free_port
 

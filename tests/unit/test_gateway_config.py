@@ -29,9 +29,9 @@ def test_defaults() -> None:
 @pytest.mark.parametrize(("data", "message"), [
     ({"mqtt": {"prot": 1}}, "mqtt.prot: unknown key"),
     ({"nope": {}}, "nope: unknown section"),
-    ({"mqtt": {"port": 70000}}, "mqtt.port: must be in 1..65535 (got 70000)"),
+    ({"mqtt": {"port": 70000}}, "mqtt.port: must be between 1 and 65535 (got 70000)"),
     ({"mqtt": {"port": "1883"}}, "mqtt.port: must be an integer (got '1883')"),
-    ({"limits": {"future_skew_s": 90}}, "limits.future_skew_s: must be in 0..59 (got 90)"),
+    ({"limits": {"future_skew_s": 90}}, "limits.future_skew_s: must be between 0 and 59 (got 90)"),
     ({"chain": {"program_id": "xyz"}}, "chain.program_id: must be a base58 Solana public key"),
     ({"chain": {"rpc_url": "ftp://x"}}, "chain.rpc_url: must be an http(s):// URL"),
     ({"http": {"enabled": True}}, "http.api_keys: the HTTP ingest needs at least one API key"),
@@ -165,6 +165,27 @@ def test_every_problem_is_reported_at_once() -> None:
     msg = str(e.value)
     assert e.value.path == "nope" and msg.startswith("nope: unknown section (known: chain, dashboard,")
     for part in ("mqtt.port: must be an integer (got 'x')", "mqtt.prot: unknown key (known: client_id, enabled,",
-                 "limits.future_skew_s: must be in 0..59 (got 90)", "dashboard.password: is a placeholder"):
+                 "limits.future_skew_s: must be between 0 and 59 (got 90)", "dashboard.password: is a placeholder"):
         assert part in msg
     assert "4 more problem(s)" in msg and "password123456" not in msg
+
+
+def test_rules_between_keys_are_all_reported() -> None:
+    """The cross-key rules used to stop at the first that failed; now every one is named in one run."""
+    with pytest.raises(ConfigError) as e:
+        parse_config({"dashboard": {"username": "ops"}, "http": {"enabled": True},
+                      "mqtt": {"tls_cert": "c.pem", "tls_key": "k.pem"}})
+    msg = str(e.value)
+    for part in ("dashboard.token: the dashboard needs a token", "dashboard.password: username and password go "
+                 "together", "http.api_keys: the HTTP ingest needs at least one API key",
+                 "mqtt.tls_ca: required with a client certificate"):
+        assert part in msg
+    assert "3 more problem(s)" in msg
+
+
+def test_secret_of_the_wrong_type_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config({"dashboard": {"token": 12345678901234567890}, "http": {"api_keys": ["Zq3-vN8x_Lk2Rt7Wm5Yp", 7]}})
+    msg = str(e.value)
+    assert "dashboard.token: must be a string" in msg and "http.api_keys: must be a list of strings" in msg
+    assert "12345678901234567890" not in msg and "Zq3-vN8x" not in msg

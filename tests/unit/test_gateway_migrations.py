@@ -1,4 +1,4 @@
-"""Versioned migrations of the SQLite gateway store (PostgreSQL's: tests/system/test_gateway_fleet_postgres.py)."""
+"""Versioned migrations of the gateway store: SQLite files and PostgreSQL databases (a real throwaway cluster)."""
 
 from __future__ import annotations
 
@@ -47,3 +47,43 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     c.close()
     with pytest.raises(SchemaTooNew, match="schema version 99 is newer than this gateway's 1"):
         Store(tmp_path / "g.sqlite")
+
+
+def test_postgres_database_of_version_1_is_migrated(pg_dsn: str) -> None:
+    """A fleet database as the previous gateway version left it (v1: no registry tables, HTTP rows stored): the
+    next gateway to open it adds v2 (the shared registry) once and the HTTP books go on where they were."""
+    import psycopg
+
+    from gateway.store.migrations import POSTGRES_MIGRATIONS, apply_postgres
+    from gateway.store.postgres import PostgresStore
+    from gateway.store.postgres_registry import PostgresRegistry
+
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        assert apply_postgres(c, POSTGRES_MIGRATIONS[:1]) == 1
+        c.execute("INSERT INTO http_ingest VALUES ('M-1', 7, 'r7', 1000, 1500, 0, 91500, 250, '', 5000)")
+        c.execute("INSERT INTO http_meters VALUES ('M-1', 7, 5000)")
+        store, registry = PostgresStore(pg_dsn), PostgresRegistry(pg_dsn)
+        try:
+            assert [r[0] for r in c.execute("SELECT version FROM schema_migrations ORDER BY 1")] == [1, 2]
+            assert registry.data_version() == (0, 0) and registry.all() == []
+            assert store.add_http_reading("M-1", 2000, 1, 2, b"{}", "r8", 6000, checked_last_ms=1000) == \
+                ("stored", None)
+            assert c.execute("SELECT seq, cum_import_mwh, cum_export_mwh FROM http_ingest WHERE reading_id = 'r8'"
+                             ).fetchone() == (8, 91501, 252)
+        finally:
+            store.close()
+            registry.close()
+
+
+def test_postgres_newer_schema_is_refused(pg_dsn: str) -> None:
+    import psycopg
+
+    from gateway.store.postgres import PostgresStore
+    from gateway.store.postgres_registry import PostgresRegistry
+
+    PostgresStore(pg_dsn).close()
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        c.execute("INSERT INTO schema_migrations (version) VALUES (99)")
+    for opener in (PostgresStore, PostgresRegistry):
+        with pytest.raises(SchemaTooNew, match="schema version 99 is newer than this gateway's 2"):
+            opener(pg_dsn)

@@ -1,21 +1,37 @@
-"""gateway.registry: meters only from verified records; rotation needs the old key; statuses."""
+"""gateway.registry: meters only from verified records; rotation needs the old key; statuses. Every rule on both
+backends: a gateway's SQLite file and a fleet's PostgreSQL database (a real throwaway cluster)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.registry import MeterStatus, Registry, RegistryError
+from gateway.store.postgres_registry import PostgresRegistry
 from protocol import MeterRole, key_id
 from tests.gateway_support import T0_MS, key_for, record_for
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_reg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Registry]]:
+    """Opens another connection to one registry (as another process or host would)."""
+    opened: list[Registry] = []
+    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgres" else ""
+
+    def make() -> Registry:
+        opened.append(PostgresRegistry(dsn, reload_s=0) if dsn else Registry(tmp_path / "registry.sqlite"))
+        return opened[-1]
+
+    yield make
+    for r in opened:
+        r.close()
+
+
 @pytest.fixture
-def reg(tmp_path: Path) -> Registry:
-    r = Registry(tmp_path / "registry.sqlite")
-    yield r
-    r.close()
+def reg(open_reg: Callable[[], Registry]) -> Registry:
+    return open_reg()
 
 
 def test_add_from_record(reg: Registry) -> None:
@@ -65,7 +81,7 @@ def test_stale_record_and_replacement(reg: Registry) -> None:
     assert action == "replaced" and m.replaced_at_ms == T0_MS + 1
 
 
-def test_status_changes(reg: Registry) -> None:
+def test_status_changes(reg: Registry, open_reg: Callable[[], Registry]) -> None:
     reg.add(record_for("HOUSE-1"), T0_MS)
     v0 = reg.data_version()
     assert reg.set_status("HOUSE-1", MeterStatus.SUSPENDED, T0_MS).status is MeterStatus.SUSPENDED
@@ -77,10 +93,17 @@ def test_status_changes(reg: Registry) -> None:
         reg.add(record_for("HOUSE-1", created_ms=T0_MS + 5), T0_MS)
     with pytest.raises(RegistryError):
         reg.set_status("NOPE", MeterStatus.SUSPENDED, T0_MS)
-    other = Registry(reg.conn.execute("PRAGMA database_list").fetchone()[2])
+    v1 = reg.data_version()
+    other = open_reg()  # another process (or host) retires it again: this connection sees a change
     other.set_status("HOUSE-1", MeterStatus.RETIRED, T0_MS)
-    other.close()
-    assert reg.data_version() != v0
+    assert reg.data_version() not in (v0, v1)
+    log = reg.conn.execute("SELECT meter_id, action, detail FROM registry_log ORDER BY id").fetchall()
+    assert [tuple(r) for r in log] == [
+        ("HOUSE-1", "added", f"key_id={key_id(key_for('HOUSE-1').public_key).hex()} serial=SN-1"),
+        ("HOUSE-1", "suspended", "status active -> suspended"),
+        ("HOUSE-1", "updated", f"key_id={key_id(key_for('HOUSE-1').public_key).hex()} serial=SN-1"),
+        ("HOUSE-1", "retired", "status suspended -> retired"),
+        ("HOUSE-1", "retired", "status retired -> retired")]
 
 
 def test_database_path_with_uri_characters(tmp_path: Path) -> None:

@@ -12,10 +12,13 @@ TOKEN = "k3J9-vQ2x-Lp7w-Zr4m-Ty8n-Hb6c"
 
 
 def test_postgres_refuses_the_sqlite_only_parts() -> None:
-    with pytest.raises(ConfigError, match=r"gateway\.postgres_dsn: the HTTP ingest and the dashboard run on"):
+    with pytest.raises(ConfigError, match=r"gateway\.postgres_dsn: the dashboard runs on the SQLite store only"):
         parse_config({"gateway": {"postgres_dsn": DSN}, "dashboard": {"token": TOKEN}})
     cfg = parse_config({"gateway": {"postgres_dsn": DSN}, "dashboard": {"enabled": False}})
     assert cfg.gateway.postgres_dsn == DSN
+    cfg = parse_config({"gateway": {"postgres_dsn": DSN}, "dashboard": {"enabled": False},  # HTTP ingest: allowed
+                        "http": {"enabled": True, "api_keys": [TOKEN]}})
+    assert cfg.http.enabled and cfg.gateway.postgres_dsn == DSN
     assert parse_config({"dashboard": {"token": TOKEN}}).gateway.postgres_dsn == ""  # default: SQLite
 
 
