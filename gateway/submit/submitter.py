@@ -31,7 +31,8 @@ from gateway.oracle import MeterState, OracleConfig, Submission, SubmitResult
 from gateway.registry import MeterStatus, Registry
 from gateway.store.api import GatewayStore
 from gateway.store.outbox import OutboxRow, OutboxStatus
-from gateway.submit.intervals import MeterPlan, OracleLimits, oracle_verdict, plan, plan_http
+from gateway.store.records import MeterPlan
+from gateway.submit.intervals import OracleLimits, oracle_verdict, plan, plan_http
 from gateway.submit.profile import CycleProfile
 from oracle_interface.layout import FUTURE_SKEW_S
 
