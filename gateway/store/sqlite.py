@@ -100,6 +100,20 @@ CREATE TABLE IF NOT EXISTS http_readings (
 ) WITHOUT ROWID;
 """ + _HTTP_SCHEMA
 _INSERT_READING = "INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+# What add_http_reading decides on, in one query (one round trip to a PostgreSQL server): the reading_id already
+# stored at this timestamp, a row of the older http_readings table at it, that table's last timestamp, and the
+# meter's newest http_ingest row (seq, running sums, timestamp: timestamps increase with seq).
+_HTTP_BOOKS = """
+SELECT d.reading_id, (SELECT COUNT(*) FROM http_readings WHERE meter_id = ? AND timestamp_ms = ?),
+       (SELECT MAX(timestamp_ms) FROM http_readings WHERE meter_id = ?),
+       n.seq, n.cum_import_mwh, n.cum_export_mwh, n.timestamp_ms
+FROM (SELECT 1 AS one) AS o
+LEFT JOIN (SELECT seq, cum_import_mwh, cum_export_mwh, timestamp_ms FROM http_ingest WHERE meter_id = ?
+           ORDER BY seq DESC LIMIT 1) AS n ON TRUE
+LEFT JOIN http_ingest d ON d.meter_id = ? AND d.timestamp_ms = ?
+"""
+_HTTP_METERS_UPSERT = ("INSERT INTO http_meters VALUES (?,?,?) ON CONFLICT (meter_id) DO UPDATE SET "
+                       "last_seq = excluded.last_seq, last_received_ms = excluded.last_received_ms")
 _INSERT_REJECTION = ("INSERT INTO rejections (received_at_ms, source, topic_meter_id, meter_id, seq, reason, detail,"
                      " authenticated, payload, signature, payload_len, payload_sha256)"
                      " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
@@ -355,28 +369,26 @@ class Store(Outbox):
         were made against; "moved" when another process stored a reading of the meter since: check again."""
         with Transaction(self.conn) as c:
             self.lock_meter(meter_id)
-            dup = c.execute("SELECT reading_id FROM http_ingest WHERE meter_id = ? AND timestamp_ms = ?",
-                            (meter_id, timestamp_ms)).fetchone()
-            if dup or c.execute("SELECT 1 FROM http_readings WHERE meter_id = ? AND timestamp_ms = ?",
-                                (meter_id, timestamp_ms)).fetchone():
-                return "duplicate", dup[0] if dup else None
-            last = self.last_http_timestamp_ms(meter_id)
+            dup, legacy_dup, legacy_last, prev_seq, prev_imp, prev_exp, prev_ts = c.execute(
+                _HTTP_BOOKS, (meter_id, timestamp_ms, meter_id, meter_id, meter_id, timestamp_ms)).fetchone()
+            if dup or legacy_dup:
+                return "duplicate", dup
+            last = max((t for t in (prev_ts, legacy_last) if t is not None), default=None)
             if checked_last_ms != UNCHECKED and last != checked_last_ms:
                 return "moved", None
             if last is not None and timestamp_ms < last:
                 return "not_increasing", None
-            prev = c.execute("SELECT seq, cum_import_mwh, cum_export_mwh FROM http_ingest WHERE meter_id = ? "
-                             "ORDER BY seq DESC LIMIT 1", (meter_id,)).fetchone() or (0, 0, 0)
-            cum_imp, cum_exp = prev[1] + import_mwh, prev[2] + export_mwh
+            seq, cum_imp, cum_exp = (prev_seq or 0) + 1, (prev_imp or 0) + import_mwh, (prev_exp or 0) + export_mwh
             if max(cum_imp, cum_exp) > 2**63 - 1:
                 return "overflow", None
-            c.execute("INSERT INTO http_ingest VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (meter_id, prev[0] + 1, reading_id, timestamp_ms, import_mwh, export_mwh, cum_imp, cum_exp,
-                       body, now_ms))
-            c.execute("INSERT INTO http_meters VALUES (?,?,?) ON CONFLICT (meter_id) DO UPDATE SET "
-                      "last_seq = excluded.last_seq, last_received_ms = excluded.last_received_ms",
-                      (meter_id, prev[0] + 1, now_ms))
+            self.insert_http(c, (meter_id, seq, reading_id, timestamp_ms, import_mwh, export_mwh, cum_imp, cum_exp,
+                                 body, now_ms))
         return "stored", None
+
+    def insert_http(self, c: sqlite3.Connection, row: tuple[object, ...]) -> None:
+        """An accepted reading's http_ingest row and its meter's http_meters row (caller's transaction)."""
+        c.execute("INSERT INTO http_ingest VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+        c.execute(_HTTP_METERS_UPSERT, (row[0], row[1], row[9]))
 
     def last_http_timestamp_ms(self, meter_id: str) -> int | None:
         r = self.conn.execute("SELECT MAX(t) FROM (SELECT MAX(timestamp_ms) AS t FROM http_ingest WHERE meter_id = ? "

@@ -115,6 +115,24 @@ def test_store_rechecks_when_another_gateway_stored_meanwhile(backend: str, requ
         store.close()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_rows_of_the_older_table_still_count(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """http_readings (gateway versions that sent each reading on its own) still decides duplicates and order."""
+    store = PostgresStore(request.getfixturevalue("pg_dsn")) if backend == "postgres" else Store(tmp_path / "s.db")
+    try:
+        store.conn.execute("INSERT INTO http_readings VALUES ('M-1', 5000, ?, 1)", (b"{}",))
+        assert store.add_http_reading("M-1", 5000, 1, 0, b"{}", "r0", 2) == ("duplicate", None)
+        assert store.add_http_reading("M-1", 4000, 1, 0, b"{}", "r0", 2) == ("not_increasing", None)
+        assert store.add_http_reading("M-1", 6000, 1, 0, b"{}", "r1", 2, checked_last_ms=None) == ("moved", None)
+        assert store.add_http_reading("M-1", 6000, 1, 0, b"{}", "r1", 2, checked_last_ms=5000) == ("stored", None)
+        assert store.add_http_reading("M-1", 6000, 1, 0, b"{}", "r2", 2) == ("duplicate", "r1")
+        assert store.add_http_reading("M-1", 7000, 2**63 - 1, 0, b"{}", "r3", 2) == ("overflow", None)
+        assert _books(store, "M-1") == [(1, 6000, 1, 0, 1, 0)]
+        assert store.conn.execute("SELECT * FROM http_meters").fetchall() == [("M-1", 1, 2)]
+    finally:
+        store.close()
+
+
 def test_two_hosts_writing_one_meter_at_once(pg_dsn: str) -> None:
     """Two connections (two gateway hosts) store the same 150 readings of 3 meters at once, each reading offered
     by both: every timestamp stored once (seq 1..150, running sums exact), every second offer a duplicate naming
