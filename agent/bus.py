@@ -4,6 +4,15 @@ Every request holds the bus lock, waits the bus/device pauses, runs with a per-r
 translates pymodbus outcomes into our errors: BusTimeoutError (no reply), BusCorruptFrameError (bytes arrived but
 no valid frame: CRC), BusExceptionResponse(code), BusError (anything else). Buses come from `open_bus(spec)`,
 a registry keyed by device path / host:port: a second claim is an error (one owner per port, as in HA and evcc).
+
+Stale frames (RTU and RTU-over-TCP; Modbus TCP has transaction ids): RTU has no transaction id, so a reply that
+arrives after its request timed out could pass for the reply to the next request of the same shape, and a value of
+block A be published as block B. Never: bytes received while no request waits are swallowed and counted; after a
+failed attempt the next request waits out the line (the late frame plus t3.5 at the link's rate, extended while
+bytes arrive); a frame whose unit, function code or byte count does not fit the request on the line is cut out and
+counted; a request that could be confused with a late reply (even of the same block: an old value stamped now) is
+sent only after a resynchronising read (agent/rtu_sync.py). Counted in `BusStats.stale_frames` / `stale_reasons`,
+logged once per reason at WARNING.
 """
 
 from __future__ import annotations
@@ -18,7 +27,9 @@ from typing import Literal
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.framer import FramerType
+from pymodbus.framer import FramerRTU, FramerType
+
+from agent.rtu_sync import STALE_REASONS, LineSync, frame_len, reply_quiet_s, split_idle, stale_reason
 
 log = logging.getLogger(__name__)
 # pymodbus logs every timeout at ERROR with a dump of the last frames. We translate each outcome into our own
@@ -41,6 +52,7 @@ DEFAULT_TCP_TURNAROUND_MS = 0  # TCP has no shared line; gateways queue requests
 # unit-switch pause (mbmd: 200 ms when the slave id changes) come from the meter profiles via DeviceTiming.
 DEFAULT_INTER_REQUEST_DELAY_MS = 0
 PTY_MAJORS = range(136, 144)  # Unix98 pty slaves: parity is meaningless on them (see _open_serial)
+MAX_STALE_BUFFER = 4096  # bytes kept from a burst received while no request waited
 
 
 class BusError(Exception):
@@ -73,6 +85,19 @@ class BusExceptionResponse(BusError):
 
 class BusClaimedError(BusError):
     reason = "claimed"
+
+
+class BusStaleFrameError(BusTimeoutError):
+    """The reply pymodbus returned does not fit the request (unit, function code or register count)."""
+
+    reason = "stale_frame"
+
+
+class BusUnsyncedError(BusTimeoutError):
+    """A late reply of the request's shape may still arrive and the unit could not be resynchronised (or its
+    resynchronising read answered an exception); the request was not sent."""
+
+    reason = "unsynced"
 
 
 @dataclass(frozen=True)
@@ -125,6 +150,10 @@ class BusStats:
     retries: int = 0
     wait_s: float = 0.0  # time spent in pauses (not on the wire)
     last_request_s: float = field(default=0.0)  # duration of the last successful request (wire + overhead)
+    stale_frames: int = 0  # frames discarded as not the reply to the request on the line (RTU)
+    stale_bytes: int = 0  # bytes of those frames and of noise received while no request waited
+    stale_reasons: dict[str, int] = field(default_factory=dict)  # STALE_REASONS key -> frames (noise: bursts)
+    resyncs: int = 0  # resynchronising reads sent before an ambiguous request
 
 
 _REGISTRY: dict[str, Bus] = {}
@@ -152,8 +181,14 @@ class Bus:
         self._last_end = 0.0  # monotonic time of the end of the last transaction
         self._last_unit: int | None = None
         self._last_by_unit: dict[int, float] = {}
-        self._rx_bytes = 0
-        self._closed = False
+        self._rx_bytes, self._closed = 0, False
+        self._rtu = spec.kind != "tcp"  # RTU framing: no transaction id
+        self._pending: tuple[int, int, int] | None = None  # (unit, fc, count) of the request about to be sent
+        self._expect: tuple[int, int, int] | None = None  # the same once it is on the line
+        self._stale_rx = bytearray()  # received while no request waited
+        self._rx_last, self._logged = 0.0, set[str]()
+        self._dirty: tuple[float, float] | None = None  # (end of a failed attempt, quiet time its late frame needs)
+        self.sync = LineSync()
 
     def set_device_timing(self, unit_id: int, timing: DeviceTiming) -> None:
         self._timing[unit_id] = timing
@@ -161,9 +196,41 @@ class Bus:
     # ---- connection -----------------------------------------------------------------------------------------------
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
-        if not sending:
+        """pymodbus' packet hook: `data` is what goes on the wire, or its whole receive buffer (what we return is
+        what it decodes; the buffer is set to the same, so its cut stays consistent)."""
+        if sending:
+            self._expect = self._pending
+            return data
+        self._rx_last = time.monotonic()
+        ctx = self._client.ctx if self._client is not None else None
+        if not self._rtu:
             self._rx_bytes += len(data)
-        return data
+            return data
+        if self._expect is None:  # nobody asked: stale; accounted before the next request
+            self._stale_rx += data[:max(0, MAX_STALE_BUFFER - len(self._stale_rx))]
+            if ctx is not None:
+                ctx.recv_buffer = b""
+            return b""
+        buf = data
+        while (n := frame_len(buf, FramerRTU.check_CRC)) is not None and (
+                why := stale_reason(buf[:n], *self._expect)) is not None:
+            self._count_stale(why, buf[:n])
+            buf = buf[n:]
+        if buf is not data and ctx is not None:
+            ctx.recv_buffer = buf
+        self._rx_bytes += len(buf)
+        return buf
+
+    def _count_stale(self, reason: str, data: bytes) -> None:
+        self.stats.stale_frames += reason != "noise"
+        self.stats.stale_bytes += len(data)
+        self.stats.stale_reasons[reason] = self.stats.stale_reasons.get(reason, 0) + 1
+        if reason != "noise" and len(data) >= 5:
+            self.sync.discarded(data)
+        level = logging.DEBUG if reason in self._logged else logging.WARNING
+        self._logged.add(reason)
+        log.log(level, "bus %s: discarded %d bytes: %s (%s)", self.name, len(data), STALE_REASONS[reason],
+                data[:16].hex(" "))
 
     def _make_client(self, parity: str) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
         s = self.spec
@@ -277,6 +344,9 @@ class Bus:
                     self.stats.retries += 1
                 await self._pause(unit_id)
                 try:
+                    await self._settle()
+                    if self._rtu and self.sync.ambiguous(unit_id, function_code, count, time.monotonic()):
+                        await self._resync(unit_id, function_code, address, count, timeout)
                     return await self._request(unit_id, function_code, address, count, timeout)
                 except BusExceptionResponse:
                     raise
@@ -289,6 +359,40 @@ class Bus:
             assert last is not None
             raise last
 
+    # ---- stale frames (see the module docstring) ------------------------------------------------------------------
+
+    async def _settle(self) -> None:
+        """Before a request: after a failed attempt wait out the line (its late frame plus t3.5, extended while bytes
+        keep arriving), then account for and drop everything received while no request waited."""
+        if self._dirty is not None:
+            failed_at, quiet = self._dirty
+            while (delay := max(failed_at, self._rx_last) + quiet - time.monotonic()) > 0:
+                self.stats.wait_s += delay
+                await asyncio.sleep(delay)
+            self._dirty = None
+        if self._stale_rx:
+            for reason, data in split_idle(bytes(self._stale_rx), FramerRTU.check_CRC):
+                self._count_stale(reason, data)
+            self._stale_rx.clear()
+
+    async def _resync(self, unit_id: int, fc: int, address: int, count: int, timeout: float) -> None:
+        what = f"unit {unit_id} FC{fc:02d} {address:#06x}+{count}"
+        probe = self.sync.resync_read(unit_id, fc, address, count)
+        if probe is None:
+            raise BusUnsyncedError(self.name, f"{what}: a late reply of the same size may still arrive and every "
+                                              "read size that could resynchronise is taken by one too")
+        self.stats.resyncs += 1
+        try:
+            await self._request(unit_id, *probe, timeout)
+        except BusTimeoutError as e:  # the same class (reason), said to be the resynchronising read before `what`
+            raise type(e)(self.name, f"{what}: resynchronising read: {str(e).split(': ', 1)[-1]}") from None
+        except BusExceptionResponse as e:
+            raise BusUnsyncedError(self.name, f"{what}: resynchronising read FC{probe[0]:02d} {probe[1]:#06x}"
+                                              f"+{probe[2]} answered exception code {e.code}") from None
+        finally:
+            self._last_end = self._last_by_unit[unit_id] = time.monotonic()
+        await self._pause(unit_id)  # the line's turnaround between the resynchronising read and the request
+
     async def _request(self, unit_id: int, fc: int, address: int, count: int, timeout: float) -> list[int]:
         client = await self._connect()
         client.ctx.comm_params.timeout_connect = timeout
@@ -296,9 +400,26 @@ class Bus:
         self.stats.requests += 1
         started = time.monotonic()
         what = f"unit {unit_id} FC{fc:02d} {address:#06x}+{count}"
+        self._pending = (unit_id, fc, count)
+        answered = False
         try:
             call = client.read_holding_registers if fc == 3 else client.read_input_registers
             response = await asyncio.wait_for(call(address, count=count, device_id=unit_id), timeout + 1.0)
+            if response.isError():
+                answered = True
+                self.stats.exceptions += 1
+                if self._rtu and self.sync.in_doubt(unit_id):  # maybe a late answer to an earlier request
+                    self.sync.unanswered(unit_id, fc, address, count, time.monotonic())
+                code = int(getattr(response, "exception_code", 0))
+                raise BusExceptionResponse(self.name, code, f"{what}: exception code {code}")
+            regs = list(response.registers)
+            why = ("wrong_unit" if response.dev_id != unit_id else "wrong_function" if response.function_code != fc
+                   else "wrong_byte_count" if len(regs) != count else None)
+            if why is not None:
+                self._count_stale(why, b"")
+                raise BusStaleFrameError(self.name, f"{what}: {STALE_REASONS[why]} (unit {response.dev_id}, "
+                                                    f"FC{response.function_code:02d}, {len(regs)} registers)")
+            answered = True
         except (TimeoutError, ModbusIOException):
             if self._rx_bytes:
                 self.stats.crc_errors += 1
@@ -310,13 +431,14 @@ class Bus:
             raise BusError(self.name, f"{what}: connection lost: {e}") from None
         except ModbusException as e:
             raise BusError(self.name, f"{what}: {e}") from None
-        if response.isError():
-            self.stats.exceptions += 1
-            code = int(getattr(response, "exception_code", 0))
-            raise BusExceptionResponse(self.name, code, f"{what}: exception code {code}")
-        regs = list(response.registers)
-        if len(regs) != count:
-            raise BusError(self.name, f"{what}: {len(regs)} registers in reply")
+        finally:
+            self._pending = self._expect = None
+            if not answered and self._rtu:  # its reply may still come: wait out the line, and remember the request
+                s = self.spec
+                self._dirty = (time.monotonic(), reply_quiet_s(count, s.baudrate, s.parity, s.stopbits, s.bytesize))
+                self.sync.unanswered(unit_id, fc, address, count, time.monotonic())
+        if self._rtu:
+            self.sync.answered(unit_id, fc, address, count)
         self.stats.last_request_s = time.monotonic() - started
         return regs
 
@@ -324,3 +446,4 @@ class Bus:
         if self._client is not None:
             self._client.close()
             self._client = None
+        self._pending = self._expect = None

@@ -98,7 +98,9 @@ class Demo:
         self._stopping = True
 
     def run(self) -> int:
-        from testbed.stack import DASHBOARD_TOKEN, Stack, StackError, StackOptions, demo_meters
+        from testbed.stack import Stack, StackError, StackOptions
+        from testbed.stack_config import DASHBOARD_TOKEN
+        from testbed.stack_meters import demo_meters
 
         meters = demo_meters(self.n_meters)
         stack = Stack(self.work, meters, StackOptions(epoch_s=DEMO_INTERVAL_S, poll_interval_s=2.0), say=self._say)

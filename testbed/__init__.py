@@ -11,6 +11,10 @@ Modules (imported on demand: several start processes or pull in pymodbus/paho):
     acker          a stand-in gateway that verifies and acks readings
     ports          free_port / wait_port
     child_process  stop_child: terminate, wait with a deadline, kill
+    stack          Stack: the whole chain as real processes (agent, mosquitto, gateway, local chain)
+    stack_meters   the stack's simulated meters (StackMeter, demo_meters) and their servers (MeterServers)
+    stack_config   the config files the stack's processes read
+    stack_report   settle and the energy-conservation report of a stack run
 """
 
 __all__: list[str] = []  # nothing at package level: import the module you need (see above)

@@ -68,12 +68,18 @@ class Faults:
     exception_code: int | None = None  # answer every read with this Modbus exception
     delay_s: float = 0.0  # extra reply delay ("slow meter")
     garbage: bool = False  # reply replaced by noise of the same length (a babbling device, EMI on the line)
+    # a late reply: reads starting at late_address (None: every read) are answered late_s later, and while this
+    # is set the unit answers its requests in order (a meter handles one request at a time: later ones wait)
+    late_s: float = 0.0
+    late_address: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> Faults:
+        late_address = d.get("late_address")
         return cls(no_reply=bool(d.get("no_reply", False)), corrupt_crc=bool(d.get("corrupt_crc", False)),
                    exception_code=d.get("exception_code"), delay_s=float(d.get("delay_s", 0.0)),
-                   garbage=bool(d.get("garbage", False)))
+                   garbage=bool(d.get("garbage", False)), late_s=float(d.get("late_s", 0.0)),
+                   late_address=None if late_address is None else int(late_address))
 
 
 def runs(image: dict[int, int]) -> list[SimData]:
@@ -106,6 +112,8 @@ class MeterServer:
         self.rtu_frames, self.client_framing = rtu_frames, client_framing
         self.faults: dict[int, Faults] = {}
         self.dropped = 0  # replies not sent (silence): unknown ids, framing mismatch, no_reply
+        self.late_replies = 0  # reads answered late (Faults.late_s), counted as the reply goes out
+        self._in_order: dict[int, asyncio.Lock] = {}
         self._last_mismatch: tuple[int, Framing | None] | None = None
         self.comparable: Callable[[Framing], Framing] = lambda f: f  # what the link can observe of a framing
 
@@ -152,11 +160,23 @@ class MeterServer:
     async def _action(self, meter: SimulatedMeter, fc: int, start: int, address: int, count: int,
                       registers: list[int], values: list[int] | list[bool] | None) -> ExcCodes | None:
         fault = self.faults.get(meter.unit_id, Faults())
+        if not fault.late_s:
+            return await self._answer(meter, fault, fc, start, address, count, registers, values)
+        async with self._in_order.setdefault(meter.unit_id, asyncio.Lock()):
+            late = fault.late_address in (None, address)
+            result = await self._answer(meter, fault, fc, start, address, count, registers, values,
+                                        fault.late_s if late else 0.0)
+            self.late_replies += late
+            return result
+
+    async def _answer(self, meter: SimulatedMeter, fault: Faults, fc: int, start: int, address: int, count: int,
+                      registers: list[int], values: list[int] | list[bool] | None, late_s: float = 0.0
+                      ) -> ExcCodes | None:
         if not self.framing_ok(meter) or fault.no_reply:
             return None  # the reply is dropped in trace_packet; do not hold the line
         if values is not None:
             return ExcCodes.ILLEGAL_FUNCTION  # the simulated meters are read-only
-        delay = fault.delay_s + self.turnaround_ms / 1000
+        delay = fault.delay_s + late_s + self.turnaround_ms / 1000
         if fault.exception_code is not None:
             if self.line_timing:
                 delay += self.wire_time_s(meter, 5)

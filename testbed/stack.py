@@ -11,6 +11,10 @@ Used by `gridmeter demo` and by the fault suite (tests/fault): start, kill and r
 `settle()` (meters stop counting, everything drains) and `report()`: per meter the register movement, the
 on-chain MeterState totals, the readings read / published / acked / accepted / rejected, and whether energy was
 conserved (on-chain totals == register movement of the closed intervals, exactly, in integer Wh).
+
+What lives where: this module starts, kills and watches the processes (Stack, StackOptions); the meters and their
+servers are in testbed.stack_meters, the processes' config files in testbed.stack_config, settle and the report in
+testbed.stack_report.
 """
 
 from __future__ import annotations
@@ -33,48 +37,8 @@ from typing import Any
 from testbed import stack_report
 from testbed.broker import Broker
 from testbed.ports import free_port, wait_port
-
-DASHBOARD_TOKEN = "stack-dashboard-token-0123456789"  # local only; at least 16 characters
-_ROLES = {"grid": 0, "production": 1, "consumption": 2}
-
-
-@dataclass(frozen=True)
-class StackMeter:
-    meter_id: str
-    profile: str
-    link: str  # "rtu" | "tcp"
-    unit_id: int
-    role: str  # grid | production | consumption
-    power_w: int  # + imports, - exports
-    import_wh: int
-    export_wh: int
-
-
-# The demo's meters: three on one RS-485 line, then Modbus TCP. Float32 kWh registers (SDM630/SDM120) stay
-# below 8192 kWh so every whole Wh round-trips (see testbed.meter).
-_TEMPLATES = (
-    ("HOUSE", "eastron-sdm630", "grid", 4_200, 1_234_567, 89_012),
-    ("FLAT", "eastron-sdm120", "consumption", 1_800, 456_789, 0),
-    ("SHOP", "carlogavazzi-em340", "consumption", 7_500, 2_345_600, 0),
-    ("PV", "eastron-sdm630", "production", -5_400, 0, 3_210_987),
-    ("BAKERY", "eastron-sdm630", "consumption", 9_600, 3_100_000, 0),
-    ("ROOF", "eastron-sdm630", "grid", -3_000, 700_000, 1_500_000),
-)
-MAX_RTU_METERS = 3  # 9600 baud: three meters per line keep a poll cycle well under the demo's 2 s
-
-
-def demo_meters(n: int, *, rtu: bool = True) -> list[StackMeter]:
-    """n meters cycling through the templates; the first three on RS-485 when `rtu`, the rest Modbus TCP."""
-    out = []
-    tcp_unit = 0
-    for i in range(n):
-        name, profile, role, power, imp, exp = _TEMPLATES[i % len(_TEMPLATES)]
-        on_rtu = rtu and i < MAX_RTU_METERS
-        if not on_rtu:
-            tcp_unit += 1
-        out.append(StackMeter(f"{name}-{i + 1}", profile, "rtu" if on_rtu else "tcp",
-                              i + 1 if on_rtu else tcp_unit, role, power, imp + 1000 * i, exp + 1000 * i))
-    return out
+from testbed.stack_config import write_configs
+from testbed.stack_meters import ROLES, MeterServers, StackMeter
 
 
 @dataclass
@@ -91,39 +55,6 @@ class StackOptions:
     store_max_readings: int = 100_000
     rtu_timeout_s: float = 1.0
     gateway_verify_workers: int = 0  # 0 = one per core
-
-
-class MeterServers:
-    """The simulated meters' servers on their own event loop in a thread: they keep counting and answering
-    while the agent is killed, and the caller stays synchronous."""
-
-    def __init__(self, servers: list[Any]) -> None:
-        self.servers = servers
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="meter-servers", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        for s in self.servers:
-            asyncio.run_coroutine_threadsafe(s.start(), self._loop).result(60)
-
-    def stop(self) -> None:
-        if not self._thread.is_alive():
-            return
-        for s in reversed(self.servers):
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(s.stop(), self._loop).result(30)
-        asyncio.run_coroutine_threadsafe(self._cancel_rest(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    @staticmethod
-    async def _cancel_rest() -> None:
-        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for t in rest:
-            t.cancel()
-        await asyncio.gather(*rest, return_exceptions=True)
 
 
 class StackError(RuntimeError):
@@ -205,7 +136,7 @@ class Stack:
         self.broker.start()
         self.rpc_port, self.dash_port, self.status_port = self._ports(3)
         self.start_chain()
-        self._write_configs()
+        write_configs(self)
         self._register_meters()
         self.start_gateway()
         self._start_spy()
@@ -348,47 +279,7 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ---- configuration ---------------------------------------------------------------------------------
-    def _write_configs(self) -> None:
-        import tomli_w
-
-        from oracle_interface.layout import DEVNET_PROGRAM_ID  # what `chain serve` loads the program at by default
-
-        assert self.broker is not None
-        o = self.opts
-        gw = {
-            "gateway": {"state_dir": str(self.work / "gateway"), "ack_key_file": str(self.work / "gateway.key"),
-                        "verify_workers": o.gateway_verify_workers},
-            "chain": {"rpc_url": self.rpc_url, "program_id": DEVNET_PROGRAM_ID,
-                      "authority_key_file": str(self.work / "chain-bridge.json"),
-                      "submit_interval_s": o.submit_interval_s, "max_backoff_s": 5.0},
-            "mqtt": {"port": self.broker.port, "client_id": "gridmeter-stack-gateway"},
-            "dashboard": {"listen": f"127.0.0.1:{self.dash_port}", "token": DASHBOARD_TOKEN},
-            "limits": {"min_read_spacing_ms": o.min_read_spacing_ms},
-            "intervals": {"epoch_s": o.epoch_s},
-        }
-        buses: list[dict[str, Any]] = []
-        if self.rtu is not None:
-            buses.append({"name": "rs485-0", "kind": "rtu", "port": self.rtu.client_port, "baudrate": 9600,
-                          "parity": "N", "stopbits": 1, "timeout_s": o.rtu_timeout_s})
-        if self.tcp is not None:
-            buses.append({"name": "tcp-0", "kind": "tcp", "host": "127.0.0.1", "tcp_port": self.tcp.port})
-        agent: dict[str, Any] = {
-            "agent": {"state_dir": str(self.agent_state), "key_file": str(self.work / "device.key"),
-                      "poll_interval_s": o.poll_interval_s},
-            "clock": {"check": "always-synced"},  # a test box may not run NTP; production uses "auto"
-            "mqtt": {"port": self.broker.port, "client_id": "gridmeter-stack-agent",
-                     "gateway_public_key": self.gateway_key.public_key.hex(), "ack_timeout_s": o.ack_timeout_s,
-                     "reconnect_min_s": o.agent_reconnect_s[0], "reconnect_max_s": o.agent_reconnect_s[1]},
-            "store": {"flush_interval_ms": o.flush_interval_ms, "max_readings": o.store_max_readings},
-            "status": {"listen": f"127.0.0.1:{self.status_port}"},
-            "buses": buses,
-            "meters": [{"meter_id": m.meter_id, "bus": "rs485-0" if m.link == "rtu" else "tcp-0",
-                        "unit_id": m.unit_id, "profile": m.profile} for m in self.meters],
-        }
-        (self.work / "gateway.toml").write_text(tomli_w.dumps(gw))
-        (self.work / "agent.toml").write_text(tomli_w.dumps(agent))
-
+    # ---- registration (the config files: testbed.stack_config) ----------------------------------------
     def _register_meters(self) -> None:
         """Registration records signed by the device key, added with `gateway meters add` as an installer does."""
         from agent.keys import load_key_file
@@ -397,7 +288,7 @@ class Stack:
         key = load_key_file(self.work / "device.key")
         for m in self.meters:
             reg = Registration(meter_id=m.meter_id, public_key=key.public_key, profile=m.profile,
-                               serial_number=f"STACK-{m.unit_id:03d}-{m.link}", role=MeterRole(_ROLES[m.role]),
+                               serial_number=f"STACK-{m.unit_id:03d}-{m.link}", role=MeterRole(ROLES[m.role]),
                                zone_id=1, rated_max_power_w=50_000, installer_id="stack",
                                created_at_ms=time.time_ns() // 1_000_000)
             rec = self.work / f"{m.meter_id}.gmreg"

@@ -8,10 +8,10 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from testbed.stack_meters import ROLES
+
 if TYPE_CHECKING:
     from testbed.stack import Stack
-
-_ROLES = {"grid": 0, "production": 1, "consumption": 2}
 
 
 def register_values(self: Stack, meter_id: str) -> tuple[int, int]:
@@ -42,7 +42,7 @@ def expected(self: Stack) -> dict[str, tuple[int, int]]:
             continue
         imp, exp = register_values(self, m.meter_id)
         _, b_imp, b_exp = base[m.meter_id]
-        out[m.meter_id] = map_role(MeterRole(_ROLES[m.role]), imp - b_imp, exp - b_exp)
+        out[m.meter_id] = map_role(MeterRole(ROLES[m.role]), imp - b_imp, exp - b_exp)
     return out
 
 def settle(self: Stack, timeout_s: float) -> float:
@@ -101,7 +101,7 @@ def report(self: Stack) -> dict[str, Any]:
     meters: dict[str, Any] = {}
     all_ok = bool(self.meters)
     for m in self.meters:
-        mid, role = m.meter_id, MeterRole(_ROLES[m.role])
+        mid, role = m.meter_id, MeterRole(ROLES[m.role])
         end_imp, end_exp = register_values(self, mid)
         b = base.get(mid)
         c = closed.get(mid)

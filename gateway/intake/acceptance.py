@@ -65,6 +65,8 @@ INGRESS_RATE = Verdict(Outcome.REJECT, Reason.INGRESS_RATE, "per-meter ingress r
 VERIFY_BUDGET = Verdict(Outcome.REJECT, Reason.VERIFY_BUDGET, "this topic's signature checks are over budget "
                         "(forged, replayed or over-rate readings): not verified")
 _VERIFIED = Verdict(Outcome.ACCEPT, None, "signature verified")
+SOURCE_CONFLICT = Verdict(Outcome.REJECT, Reason.SOURCE_CONFLICT, "this meter's energy comes over the GridTokenX "
+                          "HTTP ingest: one meter, one source (its submissions would collide on chain)")
 
 
 @dataclass
@@ -163,14 +165,10 @@ class Acceptance:
             it.verdict = check_envelope(it.item, mid, meter, NO_PROGRESS, None)
             if meter is None:
                 continue
-            if it.verdict is None:
-                pass
-            elif (meter.status is MeterStatus.ACTIVE and it.item.signed is None
-                  and isinstance(it.item.error, InvalidFieldError)
-                  and (head := reading_head(it.item.payload)) is not None and head[:2] == (mid, meter.key_id)):
-                it.head_seq = head[2]
-            else:
-                continue
+            if it.verdict is not None:
+                it.head_seq = _own_head_seq(it.item, mid, meter)
+                if it.head_seq is None:
+                    continue  # refused before any crypto
             if gate.admit(mid):
                 todo.append(it)
                 verifying.add((meter.public_key, it.item.payload, it.item.signature))
@@ -207,9 +205,10 @@ class Acceptance:
         with self.store.transaction():
             mids = {it.topic_meter_id for it in items if it.topic_meter_id}
             progress = self.store.load_progress(mids)
+            http_sourced = self.store.http_sourced(mids) if mids else set()
             w = GroupRows(now_ms, self.budget.allows)
             for it in items:
-                self._decide(it, meters, progress, w)
+                self._decide(it, meters, progress, w, http_sourced)
             w.count_stored()
             self.store.write_batch(BatchWrite(w.readings, w.rejections, w.gaps, w.touched(progress, meters), w.counts,
                                               now_ms, (w.not_stored, w.not_stored_bytes)))
@@ -219,7 +218,8 @@ class Acceptance:
         acks = {m: self.store.ack_seq(m, progress[m].last_seq, open_after) for m in w.ack if m in progress}
         return {m: seq for m, seq in acks.items() if seq > 0}
 
-    def _decide(self, it: Item, meters: dict[str, Meter], progress: dict[str, Progress], w: GroupRows) -> None:
+    def _decide(self, it: Item, meters: dict[str, Meter], progress: dict[str, Progress], w: GroupRows,
+                http_sourced: set[str]) -> None:
         mid = it.topic_meter_id
         if it.head_verified and it.head_seq is not None and it.item is not None and mid is not None:
             self._authentic_invalid(it, it.item, mid, it.head_seq, progress, w)
@@ -236,6 +236,8 @@ class Acceptance:
                 stored = w.payloads.get((mid, r.seq)) or self.store.handled_payload(mid, r.seq)
                 verdict = check_envelope(it.item, mid, meter, prog, stored) or verdict
             verdict = self._paid(mid, verdict, w)
+            if verdict is _VERIFIED and mid in http_sourced:
+                verdict = SOURCE_CONFLICT  # authenticated: acked, so the agent stops re-sending it
             if verdict is _VERIFIED and r.seq <= prog.last_seq and self._late(it, r, mid, w):
                 return
             if verdict is _VERIFIED:
@@ -339,3 +341,12 @@ class Acceptance:
         m.duplicates.inc(sum(c.get("duplicates", 0) for c in w.counts.values()))
         m.gaps.inc(sum(c.get("missing", 0) for c in w.counts.values()))
 
+
+def _own_head_seq(item: BatchItem, mid: str, meter: Meter) -> int | None:
+    """The seq of a reading refused for a field value (invalid_field) whose head names this topic's active meter
+    and its key: worth verifying (the meter's own reading is acked, an authenticated refusal); else None."""
+    if meter.status is not MeterStatus.ACTIVE or item.signed is not None or not isinstance(item.error,
+                                                                                          InvalidFieldError):
+        return None
+    head = reading_head(item.payload)
+    return head[2] if head is not None and head[:2] == (mid, meter.key_id) else None

@@ -53,6 +53,7 @@ class Reason(StrEnum):
     COUNTER_DECREASED = "counter_decreased"
     IMPLAUSIBLE_ENERGY = "implausible_energy"
     QUALITY = "quality"  # HOLD; detail lists the flags
+    SOURCE_CONFLICT = "source_conflict"  # the meter's energy comes over the GridTokenX HTTP ingest
 
 
 _PROTOCOL_REASONS = {r.value for r in Reason}
@@ -275,7 +276,7 @@ def check_late(r: Reading, neighbors: Neighbors, now_ms: int, limits: Limits) ->
 
 _POST_VERIFY = frozenset({
     Reason.SEQ_NOT_INCREASING, Reason.READ_AT_NOT_INCREASING, Reason.READ_AT_FUTURE, Reason.READ_AT_TOO_OLD,
-    Reason.TOO_FREQUENT, Reason.COUNTER_DECREASED, Reason.IMPLAUSIBLE_ENERGY,
+    Reason.TOO_FREQUENT, Reason.COUNTER_DECREASED, Reason.IMPLAUSIBLE_ENERGY, Reason.SOURCE_CONFLICT,
 })
 
 

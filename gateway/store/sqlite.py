@@ -401,6 +401,18 @@ class Store(Outbox):
                               (meter_id, timestamp_ms)).fetchone()
         return r[0] if r else None
 
+    def http_sourced(self, meter_ids: Iterable[str]) -> set[str]:
+        """Of these meters, the ones whose energy comes over the GridTokenX HTTP ingest (one meter, one source;
+        http_readings: rows of older gateway versions)."""
+        ids, out = list(set(meter_ids)), set()
+        for i in range(0, len(ids), 250):
+            chunk = ids[i : i + 250]
+            marks = ",".join("?" * len(chunk))
+            q = (f"SELECT meter_id FROM http_meters WHERE meter_id IN ({marks}) "
+                 f"UNION SELECT DISTINCT meter_id FROM http_readings WHERE meter_id IN ({marks})")
+            out |= {m for (m,) in self.conn.execute(q, chunk + chunk)}
+        return out
+
     def has_mqtt_readings(self, meter_id: str) -> bool:
         return self.conn.execute("SELECT 1 FROM progress WHERE meter_id = ? AND last_read_at_ms IS NOT NULL",
                                  (meter_id,)).fetchone() is not None

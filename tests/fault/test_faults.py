@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from testbed.stack import Stack, StackMeter, StackOptions
+from testbed.stack import Stack, StackOptions
+from testbed.stack_meters import StackMeter
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 

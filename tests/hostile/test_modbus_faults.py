@@ -24,7 +24,7 @@ from testbed.acker import Acker
 from testbed.broker import Broker
 from testbed.meter import SimulatedMeter
 from testbed.rtu import VirtualRtuBus
-from testbed.stack import MeterServers
+from testbed.stack_meters import MeterServers
 from testbed.tcp import ModbusTcpMeters
 from tests.integration.agent_process import AgentProcess, AgentSetup, MeterEntry, wait_for
 

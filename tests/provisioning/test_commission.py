@@ -15,16 +15,8 @@ import pytest
 from firmware_config.loader import PROFILES_DIR, load_all
 from gridmeter.cli import main
 from provisioning.agent_toml import AgentTomlError, write_atomic
-from provisioning.commission import (
-    CommissionInputError,
-    CommissionOptions,
-    CommissionResult,
-    _confirm,
-    check_counters,
-    check_instantaneous,
-    compare_display,
-    parse_kwh,
-)
+from provisioning.commission import CommissionInputError, CommissionOptions, CommissionResult, _confirm, parse_kwh
+from provisioning.commission_checks import check_counters, check_instantaneous, compare_display
 from provisioning.probe import BusTarget
 from testbed.meter import SimulatedMeter
 from testbed.rtu import VirtualRtuBus
