@@ -101,10 +101,12 @@ CREATE TABLE IF NOT EXISTS http_readings (
 """ + _HTTP_SCHEMA
 _INSERT_READING = "INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 # What add_http_reading decides on, in one query (one round trip to a PostgreSQL server): the reading_id already
-# stored at this timestamp, a row of the older http_readings table at it, that table's last timestamp, and the
-# meter's newest http_ingest row (seq, running sums, timestamp: timestamps increase with seq).
+# stored at this timestamp, a row of the older http_readings table at it, whether MQTT readings of the meter were
+# accepted, that table's last timestamp, and the meter's newest http_ingest row (seq, running sums, timestamp:
+# timestamps increase with seq).
 _HTTP_BOOKS = """
 SELECT d.reading_id, (SELECT COUNT(*) FROM http_readings WHERE meter_id = ? AND timestamp_ms = ?),
+       (SELECT COUNT(*) FROM progress WHERE meter_id = ? AND last_read_at_ms IS NOT NULL),
        (SELECT MAX(timestamp_ms) FROM http_readings WHERE meter_id = ?),
        n.seq, n.cum_import_mwh, n.cum_export_mwh, n.timestamp_ms
 FROM (SELECT 1 AS one) AS o
@@ -364,15 +366,18 @@ class Store(Outbox):
                          reading_id: str, now_ms: int, *,
                          checked_last_ms: int | None = UNCHECKED) -> tuple[str, str | None]:
         """Store one accepted reading with its running sums, atomically with the per-meter order check.
-        Returns ("stored" | "duplicate" | "not_increasing" | "overflow" | "moved", reading_id of a duplicate).
+        Returns ("stored" | "duplicate" | "source_conflict" | "not_increasing" | "overflow" | "moved", reading_id
+        of a duplicate); source_conflict: the meter's readings come over MQTT (one meter, one source).
         checked_last_ms: the meter's last timestamp the caller's checks (order, energy over the time since it)
         were made against; "moved" when another process stored a reading of the meter since: check again."""
         with Transaction(self.conn) as c:
             self.lock_meter(meter_id)
-            dup, legacy_dup, legacy_last, prev_seq, prev_imp, prev_exp, prev_ts = c.execute(
-                _HTTP_BOOKS, (meter_id, timestamp_ms, meter_id, meter_id, meter_id, timestamp_ms)).fetchone()
+            dup, legacy_dup, mqtt, legacy_last, prev_seq, prev_imp, prev_exp, prev_ts = c.execute(
+                _HTTP_BOOKS, (meter_id, timestamp_ms, meter_id, meter_id, meter_id, meter_id, timestamp_ms)).fetchone()
             if dup or legacy_dup:
                 return "duplicate", dup
+            if mqtt:  # decided under the meter's lock: an MQTT batch of it cannot slip in between
+                return "source_conflict", None
             last = max((t for t in (prev_ts, legacy_last) if t is not None), default=None)
             if checked_last_ms != UNCHECKED and last != checked_last_ms:
                 return "moved", None
