@@ -177,7 +177,7 @@ class Gateway:
             h = cfg.health
             th = Thresholds(int(h.expected_interval_s * 1000), int(h.late_margin_s * 1000),
                             int(h.silent_after_s * 1000))
-            self.dashboard = Dashboard(cfg.dashboard, cfg.db_path, reg_path, self.metrics,
+            self.dashboard = Dashboard(cfg.dashboard, self._own(open_store(cfg)), reg_path, self.metrics,
                                        epoch_s=cfg.intervals.epoch_s, thresholds=th)
             self._closers.append(self.dashboard.close)
             app = self.dashboard.app()

@@ -56,7 +56,7 @@ from gateway.intake.http_payload import (
 )
 from gateway.metrics import Metrics
 from gateway.registry import MeterStatus, Registry
-from gateway.store import fleet
+from gateway.store.fleet import role_unsubmitted
 from gateway.store.sqlite import RejectionRow, Store
 from protocol import BadSignatureError, MeterRole, ProtocolError, VerifyKey
 from protocol.identifiers import validate_device_id
@@ -227,7 +227,7 @@ class HttpIngest:
             reading_id = str(uuid.UUID(req.match_info["reading_id"]))
         except ValueError:
             return web.json_response({"error": "reading_id: not a UUID"}, status=400)
-        doc = fleet.http_reading_status(self.store.conn, self.registry, reading_id)
+        doc = self.store.http_reading_status(self.registry, reading_id)
         if doc is None:
             return web.json_response({"error": f"reading {reading_id} not found"}, status=404)
         return web.json_response(doc)
@@ -244,7 +244,7 @@ class HttpIngest:
         meter = self.registry.get(meter_id)
         if meter is None:
             return web.json_response({"error": f"{meter_id} is not registered"}, status=404)
-        return web.json_response(fleet.http_meter_status(self.store.conn, meter))
+        return web.json_response(self.store.http_meter_status(meter))
 
 
 def _source_conflict(meter_id: str) -> IngestRefused:
@@ -261,7 +261,7 @@ def _accepted_doc(reading_id: str, r: IngestReading, role: MeterRole) -> dict[st
                            "timestamp_ms": r.timestamp_s * 1000, "import_wh": wh_text(r.import_mwh),
                            "export_wh": wh_text(r.export_mwh),
                            "status_url": READING_STATUS_PATH.format(reading_id=reading_id)}
-    unsubmitted = fleet.role_unsubmitted(role, r.import_mwh, r.export_mwh)
+    unsubmitted = role_unsubmitted(role, r.import_mwh, r.export_mwh)
     if unsubmitted is not None:
         doc["recorded_only"] = unsubmitted
     return doc

@@ -32,11 +32,11 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from gateway.config import ConfigError
-from gateway.intake.checks import Progress
+from gateway.store.fleet import PostgresFleetViews
 from gateway.store.migrations import POSTGRES_MIGRATIONS, apply_postgres
 from gateway.store.outbox import OutboxSource
+from gateway.store.records import Planned, PlanState, Progress
 from gateway.store.sqlite import Store
-from gateway.submit.intervals import Planned, PlanState
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,9 @@ def open_pg(dsn: str) -> PgConnection:
     return pg
 
 
-class PostgresStore(Store):
-    """gateway.store.Store's methods over PostgreSQL; the ones whose SQL differs are overridden here."""
+class PostgresStore(PostgresFleetViews, Store):
+    """gateway.store.Store's methods over PostgreSQL; the ones whose SQL differs are overridden here (the read
+    views' in gateway.store.fleet.PostgresFleetViews)."""
 
     def __init__(self, dsn: str) -> None:  # Store.__init__ opens SQLite: not called
         self.dsn = dsn

@@ -4,7 +4,8 @@ Durability order: a batch of readings is committed in ONE transaction (readings,
 progress) before any ack is published, so an ack always describes what is on disk. (meter_id, seq) is
 the primary key of the readings, so a resend after a crash cannot double-count.
 
-The outbox's states, keys and SQL are gateway/store/outbox.py (mixed in here); retention (what is pruned when) is
+The outbox's states, keys and SQL are gateway/store/outbox.py and the read-only views of the dashboard, the CLI and
+the status endpoints gateway/store/fleet.py (both mixed in here); retention (what is pruned when) is
 gateway/store/retention.py; the interface a second backend implements is gateway/store/api.py.
 """
 
@@ -18,17 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from gateway.intake.checks import Progress
 from gateway.store.api import UNCHECKED
 from gateway.store.database import Transaction, connect
+from gateway.store.fleet import FleetViews
 from gateway.store.migrations import SqliteStep, apply_sqlite
 from gateway.store.outbox import Outbox, OutboxSource
+from gateway.store.records import Planned, PlanState, Point, Progress, http_point
 from gateway.store.retention import DEFAULT_RETENTION_DAYS, Pruned, prune
-from gateway.submit.intervals import Planned, PlanState, Point, http_point
 
 # GridTokenX HTTP ingest (the older table http_readings holds rows of gateway versions that sent each
 # reading on its own; they still count for duplicate and order checks). Energies in integer mWh as received,
-# with the per-meter running sums the interval planner reads (intervals.http_point); http_plan_state is that
+# with the per-meter running sums the interval planner reads (records.http_point); http_plan_state is that
 # planner's state, as plan_state is for MQTT meters; http_meters, one row per meter, is what the submitter
 # scans every cycle (http_ingest grows by a row per reading and is only read by index).
 _HTTP_SCHEMA = """
@@ -207,7 +208,7 @@ def _v1(c: sqlite3.Connection) -> None:
 SQLITE_MIGRATIONS: list[tuple[int, SqliteStep]] = [(1, _v1)]  # gateway/store/migrations.py
 
 
-class Store(Outbox):
+class Store(Outbox, FleetViews):
     """The gateway's durable state in SQLite (gateway.store.api.GatewayStore is the interface)."""
 
     def __init__(self, path: str | Path) -> None:
