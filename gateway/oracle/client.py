@@ -124,10 +124,8 @@ class OracleClient(LookupTables):
         self.cu_price = cu_price_micro_lamports
         self.simulate_budget = simulate_budget
         self._cu_limit: dict[tuple[str, ...], int] = {}  # batch (submission keys) -> its limit, within one submit
-        # meter -> compute units its submit_meter_reading consumed in a simulation, once its MeterState existed
-        # (the program's log line per instruction): a batch of such meters gets its limit from their sum plus the
-        # margin without simulating again (one RPC and one execution less per transaction). Forgotten for a batch
-        # that runs out of compute (then simulated again).
+        # meter -> units its submit_meter_reading consumed in a simulation once its MeterState existed (the program's
+        # log line per instruction): a batch of such meters gets sum + margin without simulating (_budget_from_known)
         self._meter_cu: dict[str, int] = {}
         self._consumed_re = re.compile(rf"Program {self.program_id} consumed (\d+) of \d+ compute units")
         self.poll_s = poll_s
@@ -268,8 +266,7 @@ class OracleClient(LookupTables):
                 batches[:0] = await self._settle(subs, batch, landing, results)
 
     @contextlib.contextmanager
-    def _timed(self, name: str) -> Iterator[None]:
-        """Milliseconds spent in a part of submit, summed in `stats` (the submitter's profile reports them)."""
+    def _timed(self, name: str) -> Iterator[None]:  # ms per part of submit, in stats (the submitter's profile)
         t0 = time.perf_counter()
         try:
             yield

@@ -142,6 +142,12 @@ class PostgresStore(PostgresFleetViews, Store):
         self.conn.execute("SELECT COUNT(pg_advisory_xact_lock(k)) FROM (SELECT k FROM unnest(?::bigint[]) AS k "
                           "ORDER BY k) s", (keys,))
 
+    def insert_http(self, c: Any, row: tuple[object, ...]) -> None:
+        """Both rows in one statement: one round trip to the server instead of two."""
+        c.execute("WITH ins AS (INSERT INTO http_ingest VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING meter_id, seq, "
+                  "received_at_ms) INSERT INTO http_meters SELECT * FROM ins ON CONFLICT (meter_id) DO UPDATE SET "
+                  "last_seq = excluded.last_seq, last_received_ms = excluded.last_received_ms", row)
+
     def load_progress(self, meter_ids: Iterable[str]) -> dict[str, Progress]:
         ids = sorted(set(meter_ids))
         self.lock_meters(ids)

@@ -5,7 +5,6 @@ nothing from the rooms above it (tests/unit/test_layout.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -69,5 +68,5 @@ class MeterPlan:
 
     meter_id: str
     state: PlanState
-    planned: Sequence[Planned]
+    planned: list[Planned]
     zone_id: int

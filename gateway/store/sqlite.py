@@ -24,7 +24,8 @@ from gateway.store.database import Transaction, connect
 from gateway.store.fleet import FleetViews
 from gateway.store.migrations import SqliteStep, apply_sqlite
 from gateway.store.outbox import Outbox, OutboxSource
-from gateway.store.records import MeterPlan, Planned, PlanState, Point, Progress, http_point
+from gateway.store.planning import Planning
+from gateway.store.records import Planned, PlanState, Point, Progress, http_point
 from gateway.store.retention import DEFAULT_RETENTION_DAYS, Pruned, prune
 
 # GridTokenX HTTP ingest (the older table http_readings holds rows of gateway versions that sent each
@@ -101,6 +102,22 @@ CREATE TABLE IF NOT EXISTS http_readings (
 ) WITHOUT ROWID;
 """ + _HTTP_SCHEMA
 _INSERT_READING = "INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+# What add_http_reading decides on, in one query (one round trip to a PostgreSQL server): the reading_id already
+# stored at this timestamp, a row of the older http_readings table at it, whether MQTT readings of the meter were
+# accepted, that table's last timestamp, and the meter's newest http_ingest row (seq, running sums, timestamp:
+# timestamps increase with seq).
+_HTTP_BOOKS = """
+SELECT d.reading_id, (SELECT COUNT(*) FROM http_readings WHERE meter_id = ? AND timestamp_ms = ?),
+       (SELECT COUNT(*) FROM progress WHERE meter_id = ? AND last_read_at_ms IS NOT NULL),
+       (SELECT MAX(timestamp_ms) FROM http_readings WHERE meter_id = ?),
+       n.seq, n.cum_import_mwh, n.cum_export_mwh, n.timestamp_ms
+FROM (SELECT 1 AS one) AS o
+LEFT JOIN (SELECT seq, cum_import_mwh, cum_export_mwh, timestamp_ms FROM http_ingest WHERE meter_id = ?
+           ORDER BY seq DESC LIMIT 1) AS n ON TRUE
+LEFT JOIN http_ingest d ON d.meter_id = ? AND d.timestamp_ms = ?
+"""
+_HTTP_METERS_UPSERT = ("INSERT INTO http_meters VALUES (?,?,?) ON CONFLICT (meter_id) DO UPDATE SET "
+                       "last_seq = excluded.last_seq, last_received_ms = excluded.last_received_ms")
 _INSERT_REJECTION = ("INSERT INTO rejections (received_at_ms, source, topic_meter_id, meter_id, seq, reason, detail,"
                      " authenticated, payload, signature, payload_len, payload_sha256)"
                      " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
@@ -192,7 +209,7 @@ def _v1(c: sqlite3.Connection) -> None:
 SQLITE_MIGRATIONS: list[tuple[int, SqliteStep]] = [(1, _v1)]  # gateway/store/migrations.py
 
 
-class Store(Outbox, FleetViews):
+class Store(Outbox, Planning, FleetViews):
     """The gateway's durable state in SQLite (gateway.store.api.GatewayStore is the interface)."""
 
     def __init__(self, path: str | Path) -> None:
@@ -316,43 +333,6 @@ class Store(Outbox, FleetViews):
         with Transaction(self.conn) as c:
             c.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name, value))
 
-    # ---- planner --------------------------------------------------------------------------------
-    def meters_to_plan(self, epoch_s: int | None = None) -> list[str]:
-        """Meters with accepted readings the planner has not seen. With epoch_s: only those whose latest reading
-        lies in a later epoch than the one their last interval closed in (the others cannot close an interval
-        yet: planning them would only move their plan state), and those without a plan state (baseline)."""
-        closing = "" if epoch_s is None else "p.last_read_at_ms / ? > s.anchor_read_at_ms / ? AND "
-        q = ("SELECT p.meter_id FROM progress p LEFT JOIN plan_state s ON s.meter_id = p.meter_id "
-             f"WHERE p.last_read_at_ms IS NOT NULL AND (s.meter_id IS NULL OR {closing}s.last_seq < "
-             "(SELECT MAX(seq) FROM readings r WHERE r.meter_id = p.meter_id AND r.status = 'accepted'))")
-        params = () if epoch_s is None else (epoch_s * 1000, epoch_s * 1000)
-        return [r[0] for r in self.conn.execute(q, params)]
-
-    def plan_inputs(self, meter_id: str, limit: int = 100_000) -> tuple[PlanState, list[Point]]:
-        s = self.conn.execute("SELECT baseline_set, last_seq, anchor_read_at_ms, sub_import_wh, sub_export_wh, "
-                              "last_import_wh, last_export_wh, last_read_at_ms, last_ts FROM plan_state "
-                              "WHERE meter_id = ?", (meter_id,)).fetchone()
-        state = PlanState(bool(s[0]), *s[1:]) if s else PlanState()
-        pts = [Point(seq, at, imp, exp, bool(rb)) for seq, at, imp, exp, rb in self.conn.execute(
-            "SELECT seq, read_at_ms, import_wh, export_wh, rebaseline FROM readings WHERE meter_id = ? AND seq > ? "
-            "AND status = 'accepted' ORDER BY seq LIMIT ?", (meter_id, state.last_seq, limit))]
-        return state, pts
-
-    def save_plan(self, meter_id: str, state: PlanState, planned: Sequence[Planned], zone_id: int,
-                  now_ms: int) -> None:
-        self.save_plans([MeterPlan(meter_id, state, planned, zone_id)], now_ms)
-
-    def save_plans(self, plans: Sequence[MeterPlan], now_ms: int) -> None:
-        """Several meters' plans in ONE transaction (one commit per planner cycle, not one per meter)."""
-        with Transaction(self.conn) as c:
-            c.executemany("INSERT OR REPLACE INTO plan_state VALUES (?,?,?,?,?,?,?,?,?,?)",
-                          [(p.meter_id, int(p.state.baseline_set), p.state.last_seq, p.state.anchor_read_at_ms,
-                            p.state.sub_import_wh, p.state.sub_export_wh, p.state.last_import_wh,
-                            p.state.last_export_wh, p.state.last_read_at_ms, p.state.last_ts) for p in plans])
-            for p in plans:
-                if p.planned:
-                    self.add_planned(c, OutboxSource.MQTT, p.planned, p.zone_id, now_ms)
-
     # ---- GridTokenX HTTP ingest ------------------------------------------------------------------------
     def lock_meter(self, meter_id: str) -> None:
         """Within the caller's transaction: this meter's intake decisions run one at a time across processes.
@@ -362,33 +342,34 @@ class Store(Outbox, FleetViews):
                          reading_id: str, now_ms: int, *,
                          checked_last_ms: int | None = UNCHECKED) -> tuple[str, str | None]:
         """Store one accepted reading with its running sums, atomically with the per-meter order check.
-        Returns ("stored" | "duplicate" | "not_increasing" | "overflow" | "moved", reading_id of a duplicate).
+        Returns ("stored" | "duplicate" | "source_conflict" | "not_increasing" | "overflow" | "moved", reading_id
+        of a duplicate); source_conflict: the meter's readings come over MQTT (one meter, one source).
         checked_last_ms: the meter's last timestamp the caller's checks (order, energy over the time since it)
         were made against; "moved" when another process stored a reading of the meter since: check again."""
         with Transaction(self.conn) as c:
             self.lock_meter(meter_id)
-            dup = c.execute("SELECT reading_id FROM http_ingest WHERE meter_id = ? AND timestamp_ms = ?",
-                            (meter_id, timestamp_ms)).fetchone()
-            if dup or c.execute("SELECT 1 FROM http_readings WHERE meter_id = ? AND timestamp_ms = ?",
-                                (meter_id, timestamp_ms)).fetchone():
-                return "duplicate", dup[0] if dup else None
-            last = self.last_http_timestamp_ms(meter_id)
+            dup, legacy_dup, mqtt, legacy_last, prev_seq, prev_imp, prev_exp, prev_ts = c.execute(
+                _HTTP_BOOKS, (meter_id, timestamp_ms, meter_id, meter_id, meter_id, meter_id, timestamp_ms)).fetchone()
+            if dup or legacy_dup:
+                return "duplicate", dup
+            if mqtt:  # decided under the meter's lock: an MQTT batch of it cannot slip in between
+                return "source_conflict", None
+            last = max((t for t in (prev_ts, legacy_last) if t is not None), default=None)
             if checked_last_ms != UNCHECKED and last != checked_last_ms:
                 return "moved", None
             if last is not None and timestamp_ms < last:
                 return "not_increasing", None
-            prev = c.execute("SELECT seq, cum_import_mwh, cum_export_mwh FROM http_ingest WHERE meter_id = ? "
-                             "ORDER BY seq DESC LIMIT 1", (meter_id,)).fetchone() or (0, 0, 0)
-            cum_imp, cum_exp = prev[1] + import_mwh, prev[2] + export_mwh
+            seq, cum_imp, cum_exp = (prev_seq or 0) + 1, (prev_imp or 0) + import_mwh, (prev_exp or 0) + export_mwh
             if max(cum_imp, cum_exp) > 2**63 - 1:
                 return "overflow", None
-            c.execute("INSERT INTO http_ingest VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (meter_id, prev[0] + 1, reading_id, timestamp_ms, import_mwh, export_mwh, cum_imp, cum_exp,
-                       body, now_ms))
-            c.execute("INSERT INTO http_meters VALUES (?,?,?) ON CONFLICT (meter_id) DO UPDATE SET "
-                      "last_seq = excluded.last_seq, last_received_ms = excluded.last_received_ms",
-                      (meter_id, prev[0] + 1, now_ms))
+            self.insert_http(c, (meter_id, seq, reading_id, timestamp_ms, import_mwh, export_mwh, cum_imp, cum_exp,
+                                 body, now_ms))
         return "stored", None
+
+    def insert_http(self, c: sqlite3.Connection, row: tuple[object, ...]) -> None:
+        """An accepted reading's http_ingest row and its meter's http_meters row (caller's transaction)."""
+        c.execute("INSERT INTO http_ingest VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+        c.execute(_HTTP_METERS_UPSERT, (row[0], row[1], row[9]))
 
     def last_http_timestamp_ms(self, meter_id: str) -> int | None:
         r = self.conn.execute("SELECT MAX(t) FROM (SELECT MAX(timestamp_ms) AS t FROM http_ingest WHERE meter_id = ? "
