@@ -22,34 +22,13 @@ from typing import NamedTuple
 from gateway.store.api import UNCHECKED
 from gateway.store.database import Transaction, connect
 from gateway.store.fleet import FleetViews
+from gateway.store.http_tables import HTTP_BOOKS, HTTP_METERS_UPSERT, HTTP_SCHEMA
 from gateway.store.migrations import SqliteStep, apply_sqlite
 from gateway.store.outbox import Outbox, OutboxSource
 from gateway.store.planning import Planning
 from gateway.store.records import Planned, PlanState, Point, Progress, http_point
 from gateway.store.retention import DEFAULT_RETENTION_DAYS, Pruned, prune
 
-# GridTokenX HTTP ingest (the older table http_readings holds rows of gateway versions that sent each
-# reading on its own; they still count for duplicate and order checks). Energies in integer mWh as received,
-# with the per-meter running sums the interval planner reads (records.http_point); http_plan_state is that
-# planner's state, as plan_state is for MQTT meters; http_meters, one row per meter, is what the submitter
-# scans every cycle (http_ingest grows by a row per reading and is only read by index).
-_HTTP_SCHEMA = """
-CREATE TABLE IF NOT EXISTS http_ingest (
-    meter_id TEXT NOT NULL, seq INTEGER NOT NULL, reading_id TEXT NOT NULL UNIQUE, timestamp_ms INTEGER NOT NULL,
-    import_mwh INTEGER NOT NULL, export_mwh INTEGER NOT NULL, cum_import_mwh INTEGER NOT NULL,
-    cum_export_mwh INTEGER NOT NULL, body BLOB NOT NULL, received_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (meter_id, seq), UNIQUE (meter_id, timestamp_ms)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS http_meters (
-    meter_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL, last_received_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS http_plan_state (
-    meter_id TEXT PRIMARY KEY, baseline_set INTEGER NOT NULL, last_seq INTEGER NOT NULL,
-    anchor_read_at_ms INTEGER NOT NULL, sub_import_wh INTEGER NOT NULL, sub_export_wh INTEGER NOT NULL,
-    last_import_wh INTEGER NOT NULL, last_export_wh INTEGER NOT NULL, last_read_at_ms INTEGER NOT NULL,
-    last_ts INTEGER
-);
-"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
     meter_id TEXT NOT NULL, seq INTEGER NOT NULL, read_at_ms INTEGER NOT NULL,
@@ -100,24 +79,8 @@ CREATE TABLE IF NOT EXISTS http_readings (
     meter_id TEXT NOT NULL, timestamp_ms INTEGER NOT NULL, body BLOB NOT NULL, received_at_ms INTEGER NOT NULL,
     PRIMARY KEY (meter_id, timestamp_ms)
 ) WITHOUT ROWID;
-""" + _HTTP_SCHEMA
+""" + HTTP_SCHEMA
 _INSERT_READING = "INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-# What add_http_reading decides on, in one query (one round trip to a PostgreSQL server): the reading_id already
-# stored at this timestamp, a row of the older http_readings table at it, whether MQTT readings of the meter were
-# accepted, that table's last timestamp, and the meter's newest http_ingest row (seq, running sums, timestamp:
-# timestamps increase with seq).
-_HTTP_BOOKS = """
-SELECT d.reading_id, (SELECT COUNT(*) FROM http_readings WHERE meter_id = ? AND timestamp_ms = ?),
-       (SELECT COUNT(*) FROM progress WHERE meter_id = ? AND last_read_at_ms IS NOT NULL),
-       (SELECT MAX(timestamp_ms) FROM http_readings WHERE meter_id = ?),
-       n.seq, n.cum_import_mwh, n.cum_export_mwh, n.timestamp_ms
-FROM (SELECT 1 AS one) AS o
-LEFT JOIN (SELECT seq, cum_import_mwh, cum_export_mwh, timestamp_ms FROM http_ingest WHERE meter_id = ?
-           ORDER BY seq DESC LIMIT 1) AS n ON TRUE
-LEFT JOIN http_ingest d ON d.meter_id = ? AND d.timestamp_ms = ?
-"""
-_HTTP_METERS_UPSERT = ("INSERT INTO http_meters VALUES (?,?,?) ON CONFLICT (meter_id) DO UPDATE SET "
-                       "last_seq = excluded.last_seq, last_received_ms = excluded.last_received_ms")
 _INSERT_REJECTION = ("INSERT INTO rejections (received_at_ms, source, topic_meter_id, meter_id, seq, reason, detail,"
                      " authenticated, payload, signature, payload_len, payload_sha256)"
                      " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
@@ -349,7 +312,7 @@ class Store(Outbox, Planning, FleetViews):
         with Transaction(self.conn) as c:
             self.lock_meter(meter_id)
             dup, legacy_dup, mqtt, legacy_last, prev_seq, prev_imp, prev_exp, prev_ts = c.execute(
-                _HTTP_BOOKS, (meter_id, timestamp_ms, meter_id, meter_id, meter_id, meter_id, timestamp_ms)).fetchone()
+                HTTP_BOOKS, (meter_id, timestamp_ms, meter_id, meter_id, meter_id, meter_id, timestamp_ms)).fetchone()
             if dup or legacy_dup:
                 return "duplicate", dup
             if mqtt:  # decided under the meter's lock: an MQTT batch of it cannot slip in between
@@ -369,7 +332,7 @@ class Store(Outbox, Planning, FleetViews):
     def insert_http(self, c: sqlite3.Connection, row: tuple[object, ...]) -> None:
         """An accepted reading's http_ingest row and its meter's http_meters row (caller's transaction)."""
         c.execute("INSERT INTO http_ingest VALUES (?,?,?,?,?,?,?,?,?,?)", row)
-        c.execute(_HTTP_METERS_UPSERT, (row[0], row[1], row[9]))
+        c.execute(HTTP_METERS_UPSERT, (row[0], row[1], row[9]))
 
     def last_http_timestamp_ms(self, meter_id: str) -> int | None:
         r = self.conn.execute("SELECT MAX(t) FROM (SELECT MAX(timestamp_ms) AS t FROM http_ingest WHERE meter_id = ? "
