@@ -4,8 +4,8 @@ A gateway state directory with --meters registered meters (default 10,000), --re
 --readings readings each (half current, half stopped 2.5 min ago: late) is built through the real registry and
 intake. Then, five times each, in this process:
 
-- fleet_ms: gateway.store.fleet.fleet_health over all meters (every meter's state from SQLite: newest reading, one
-  some seqs earlier, recent rejections), CPU and wall;
+- fleet_ms: the store's fleet_health (gateway/store/fleet.py) over all meters (every meter's state from SQLite:
+  newest reading, one some seqs earlier, recent rejections), CPU and wall;
 - api_ms: GET /api/meters (health recomputed: the dashboard's clock is moved past its cache period), with
   filtering, sorting and one page of 100, over HTTP from aiohttp's client, wall; and its Server-Timing CPU;
 - reference_ms: reading the whole registry (Registry.snapshot) in the same run: the least any fleet view must do.
@@ -31,7 +31,6 @@ from gateway.intake.acceptance import Acceptance, IngressLimit
 from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
 from gateway.registry import Registry
-from gateway.store.fleet import fleet_health
 from gateway.store.sqlite import Store
 from gateway.web import DEFAULT_FLEET_CACHE_S, Dashboard
 from protocol import (
@@ -118,7 +117,7 @@ async def _measure(state: Path, now_s: float) -> dict[str, Any]:
             d.registry.snapshot()
             ref_wall.append((time.perf_counter() - w0) * 1000)
             w0, c0 = time.perf_counter(), time.thread_time()
-            rows = fleet_health(d.conn, meters, int(clock[0] * 1000), Thresholds())
+            rows = d.store.fleet_health(meters, int(clock[0] * 1000), Thresholds())
             fleet_wall.append((time.perf_counter() - w0) * 1000)
             fleet_cpu.append((time.thread_time() - c0) * 1000)
             assert len(rows) == len(meters)

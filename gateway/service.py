@@ -177,7 +177,7 @@ class Gateway:
             h = cfg.health
             th = Thresholds(int(h.expected_interval_s * 1000), int(h.late_margin_s * 1000),
                             int(h.silent_after_s * 1000))
-            self.dashboard = Dashboard(cfg.dashboard, cfg.db_path, reg_path, self.metrics,
+            self.dashboard = Dashboard(cfg.dashboard, self._own(open_store(cfg)), reg_path, self.metrics,
                                        epoch_s=cfg.intervals.epoch_s, thresholds=th)
             self._closers.append(self.dashboard.close)
             app = self.dashboard.app()
@@ -237,6 +237,9 @@ class Gateway:
             self.submitter.lease = lease.held
             self._closers.append(lease.close)
         self._async_closers.append(client.close)
+        if self.intake is not None:  # a committed batch starts the next cycle now (chain.submit_interval_s: at most)
+            submitter = self.submitter
+            self.intake.on_batch = lambda acks: submitter.wake() if acks else None
         self.spawn("submitter", self.submitter.run(self.stop_event, cfg.chain.submit_interval_s))
 
     async def _prune(self, store: Store, retention_days: int) -> None:

@@ -1,4 +1,5 @@
-"""Fleet dashboard for utility staff (aiohttp) + Prometheus /metrics. Static HTML/JS in gateway/web/.
+"""Fleet dashboard for utility staff (aiohttp) + Prometheus /metrics: the store's read-only views
+(gateway/store/fleet.py) over HTTP, static HTML/JS in gateway/web/.
 
 Every route requires authentication (it shows fleet data): `Authorization: Bearer <token>`, HTTP Basic
 user/password, or the session cookie set by `/login?token=<token>&next=/meter/ID` (or the form that /login
@@ -7,7 +8,7 @@ shows; for browsers: EventSource cannot send headers), which then returns to `ne
 TLS: set dashboard.tls_cert/tls_key to serve HTTPS directly, or keep listen on 127.0.0.1 behind a TLS reverse
 proxy (nginx `proxy_pass http://127.0.0.1:8090;` with `proxy_buffering off;` for the SSE stream at /api/events).
 Live updates: /api/events is a Server-Sent Events stream that says "update" whenever the gateway's
-database changed (PRAGMA data_version), so it also sees writes by other gateway processes, and at least every
+database changed (the store's data_version()), so it also sees writes by other gateway processes, and at least every
 DEFAULT_SSE_TICK_S (a meter that stops sending changes nothing in the database, but turns late as time passes).
 
 Fleet view at scale: /api/meters computes every meter's health (gateway.health) once per database change and
@@ -40,8 +41,9 @@ from gateway.config import DashboardSection
 from gateway.health import ChainFacts, State, Thresholds, chain_banner
 from gateway.metrics import FleetFigures, Metrics
 from gateway.registry import Meter, Registry
-from gateway.store import fleet, outbox
-from gateway.store.database import connect
+from gateway.store.api import GatewayStore
+from gateway.store.fleet import SORT_KEYS
+from gateway.store.sqlite import Store
 from protocol import validate_meter_id
 from protocol.errors import InvalidFieldError
 
@@ -86,13 +88,14 @@ def _same(given: str, expected: str) -> bool:
 
 
 class Dashboard:
-    def __init__(self, cfg: DashboardSection, db_path: Path, registry_path: Path, metrics: Metrics,
+    def __init__(self, cfg: DashboardSection, store: GatewayStore | str | Path, registry_path: Path, metrics: Metrics,
                  *, clock: Callable[[], float] = time.time, thresholds: Thresholds | None = None,
                  epoch_s: int = 900) -> None:
         self.cfg, self.metrics, self.clock = cfg, metrics, clock
         self.thresholds = thresholds or Thresholds()
         self.epoch_s = epoch_s
-        self.conn = connect(db_path)
+        self._own_store = isinstance(store, (str, Path))  # a SQLite file: the dashboard's own store, closed by close()
+        self.store: GatewayStore = Store(store) if isinstance(store, (str, Path)) else store
         self.registry = Registry(registry_path)
         self.sessions: dict[str, float] = {}
         self.sse_clients = 0
@@ -107,7 +110,8 @@ class Dashboard:
         metrics.add_fleet_collector(self.fleet_figures)
 
     def close(self) -> None:
-        self.conn.close()
+        if self._own_store:
+            self.store.close()
         self.registry.close()
 
     def app(self) -> web.Application:
@@ -231,14 +235,14 @@ class Dashboard:
         DEFAULT_FLEET_CACHE_S otherwise."""
         meters = self._registered()
         now = self.clock()
-        key = (self.conn.execute("PRAGMA data_version").fetchone()[0], self.registry.data_version(),
+        key = (self.store.data_version(), self.registry.data_version(),
                int(now // DEFAULT_FLEET_CACHE_S))
         self.fleet_cache_hit = self._fleet is not None and self._fleet[1] == key
         if self._fleet is not None and self.fleet_cache_hit:
             return self._fleet[2], self._fleet[3]
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         now_ms = int(now * 1000)
-        rows = fleet.fleet_health(self.conn, meters, now_ms, self.thresholds)
+        rows = self.store.fleet_health(meters, now_ms, self.thresholds)
         self.last_compute_ms = ((time.perf_counter() - wall0) * 1000, (time.thread_time() - cpu0) * 1000)
         self._fleet = (now, key, now_ms, rows)
         return now_ms, rows
@@ -331,8 +335,8 @@ class Dashboard:
             if bad:
                 raise ValueError(f"state: unknown {sorted(bad)} (known: {', '.join(s.value for s in State)})")
             sort = q.get("sort", "state")
-            if sort not in fleet.SORT_KEYS:
-                raise ValueError(f"sort: must be one of {', '.join(fleet.SORT_KEYS)} (got {sort!r})")
+            if sort not in SORT_KEYS:
+                raise ValueError(f"sort: must be one of {', '.join(SORT_KEYS)} (got {sort!r})")
             order = q.get("order", "asc")
             if order not in ("asc", "desc"):
                 raise ValueError(f"order: must be asc or desc (got {order!r})")
@@ -349,10 +353,10 @@ class Dashboard:
         held_by_reason = Counter(r["state_reason"] for r in rows if r["state"] == State.HELD)
         sel = [r for r in rows if (not states or r["state"] in states)
                and (not needle or needle in r["meter_id"].lower() or needle in (r["state_reason"] or ""))]
-        sel.sort(key=fleet.SORT_KEYS[sort], reverse=order == "desc")
+        sel.sort(key=SORT_KEYS[sort], reverse=order == "desc")
         pages = max(1, -(-len(sel) // per_page))
         shown = [dict(r) for r in sel[(page - 1) * per_page : page * per_page]]
-        chain = fleet.outbox_by_meters(self.conn, [r["meter_id"] for r in shown])
+        chain = self.store.outbox_by_meters([r["meter_id"] for r in shown])
         for r in shown:
             r["chain"] = chain.get(r["meter_id"], {})
         doc = {"now_ms": now_ms, "total": len(rows), "matched": len(sel), "page": page, "per_page": per_page,
@@ -370,8 +374,8 @@ class Dashboard:
 
     async def api_held(self, req: web.Request) -> web.Response:
         meter = req.query.get("meter") or None
-        return self._json({"readings": fleet.held_readings(self.conn, meter, 200),
-                           "intervals": fleet.held_intervals(self.conn, meter, 200)})
+        return self._json({"readings": self.store.held_readings(meter, 200),
+                           "intervals": self.store.held_intervals(meter, 200)})
 
     def _aggregates(self) -> dict[str, Any]:
         """Whole-table counts (outbox by status, rejections by reason): they scan an index, so they are taken
@@ -381,14 +385,14 @@ class Dashboard:
         key = self._fleet[1]
         if self._agg is None or self._agg[0] != key:
             self._agg = (key, {
-                "outbox": outbox.status_counts(self.conn),
-                "rejections": fleet.rejection_counts(self.conn),
-                "held_intervals": fleet.held_interval_counts(self.conn)})
+                "outbox": self.store.outbox_status_counts(),
+                "rejections": self.store.rejection_counts(),
+                "held_intervals": self.store.held_interval_counts()})
         return self._agg[1]
 
     def _outbox_stats(self, now_ms: int) -> dict[str, Any]:
         counts = self._aggregates()["outbox"]
-        oldest = outbox.oldest_undecided_ms(self.conn)
+        oldest = self.store.oldest_undecided_ms()
         return {"counts": counts, "oldest_age_s": None if oldest is None else (now_ms - oldest) // 1000}
 
     async def api_meter(self, req: web.Request) -> web.Response:
@@ -400,18 +404,18 @@ class Dashboard:
         if mid not in meters:
             raise web.HTTPNotFound(text=f"{mid} is not registered")
         now_ms = int(self.clock() * 1000)
-        overview = fleet.fleet_health(self.conn, {mid: meters[mid]}, now_ms, self.thresholds)[0]
-        overview["chain"] = fleet.outbox_by_meters(self.conn, [mid]).get(mid, {})
+        overview = self.store.fleet_health({mid: meters[mid]}, now_ms, self.thresholds)[0]
+        overview["chain"] = self.store.outbox_by_meters([mid]).get(mid, {})
         return self._json({"now_ms": now_ms, "meter": overview, "chain": self._chain_doc(now_ms),
-                           "held": fleet.held_readings(self.conn, mid, 50),
-                           "readings": fleet.meter_readings(self.conn, mid),
-                           "intervals": fleet.meter_intervals(self.conn, mid),
-                           "gaps": fleet.gaps(self.conn, mid),
-                           "rejections": fleet.rejections(self.conn, mid, 50)})
+                           "held": self.store.held_readings(mid, 50),
+                           "readings": self.store.meter_readings(mid),
+                           "intervals": self.store.meter_intervals(mid),
+                           "gaps": self.store.meter_gaps(mid),
+                           "rejections": self.store.rejections(mid, 50)})
 
     async def api_rejections(self, req: web.Request) -> web.Response:
         meter = req.query.get("meter") or None
-        return self._json({"rejections": fleet.rejections(self.conn, meter)})
+        return self._json({"rejections": self.store.rejections(meter)})
 
     async def prometheus(self, _req: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)
@@ -428,7 +432,7 @@ class Dashboard:
             version, quiet = None, 0.0
             await resp.write(b"retry: 2000\n\n")
             while self._authorized(req):  # a session that expires mid-stream ends the stream
-                v = (self.conn.execute("PRAGMA data_version").fetchone()[0], self.registry.data_version())
+                v = (self.store.data_version(), self.registry.data_version())
                 if v != version or quiet >= self.sse_tick_s:
                     version, quiet = v, 0.0
                     await resp.write(f"event: update\ndata: {json.dumps({'at_ms': int(self.clock() * 1000)})}\n\n"

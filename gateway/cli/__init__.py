@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 from collections.abc import Callable
 from functools import wraps
 
@@ -124,15 +123,18 @@ def _guarded(func: Handler) -> Handler:
     @wraps(func)
     def handler(args: argparse.Namespace) -> int:
         from gateway.config import ConfigError
+        from gateway.store.errors import database_error
 
         try:
             return func(args)
         except ConfigError as exc:
             return fail(str(exc))
-        except sqlite3.Error as exc:
-            return fail(f"database problem in the state directory ({exc}); check gateway.state_dir and "
-                        "its permissions")
         except OSError as exc:
             return fail(f"{exc.filename or 'I/O'}: {exc.strerror or exc}")
+        except Exception as exc:
+            if not database_error(exc):
+                raise
+            return fail(f"database problem in the state directory ({exc}); check gateway.state_dir and "
+                        "its permissions")
 
     return handler

@@ -65,7 +65,6 @@ def _read_record(name: str) -> str:
 
 def list_meters(args: argparse.Namespace) -> int:
     """Registry plus health: state, last seen (ISO and age), lag, expected interval, counts."""
-    from gateway.store import fleet
     from gateway.store.sqlite import Store
 
     cfg = state_config(args)
@@ -77,7 +76,7 @@ def list_meters(args: argparse.Namespace) -> int:
     store = Store(cfg.db_path)
     now_ms = int(time.time() * 1000)
     try:
-        health = fleet.fleet_health(store.conn, meters, now_ms, _thresholds(cfg))
+        health = store.fleet_health(meters, now_ms, _thresholds(cfg))
     finally:
         store.close()
     rows = []

@@ -11,14 +11,13 @@ from gateway.cli.settings import open_registry, state_config
 
 
 def rejections(args: argparse.Namespace) -> int:
-    from gateway.store import fleet
-    from gateway.store.database import connect
+    from gateway.store.sqlite import Store
 
-    conn = connect(state_config(args).db_path)
+    store = Store(state_config(args).db_path)
     try:
-        rows = fleet.rejections(conn, args.meter, args.limit, max_payload_bytes=None)
+        rows = store.rejections(args.meter, args.limit, max_payload_bytes=None)
     finally:
-        conn.close()
+        store.close()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -30,13 +29,12 @@ def rejections(args: argparse.Namespace) -> int:
 
 
 def held(args: argparse.Namespace) -> int:
-    from gateway.store import fleet
     from gateway.store.sqlite import Store
 
     store = Store(state_config(args).db_path)
     try:
-        readings = fleet.held_readings(store.conn, args.meter, args.limit)
-        intervals = fleet.held_intervals(store.conn, args.meter, args.limit)
+        readings = store.held_readings(args.meter, args.limit)
+        intervals = store.held_intervals(args.meter, args.limit)
     finally:
         store.close()
     if args.json:
@@ -54,24 +52,23 @@ def held(args: argparse.Namespace) -> int:
 
 
 def ingest_status(args: argparse.Namespace) -> int:
-    from gateway.store import fleet
-    from gateway.store.database import connect
+    from gateway.store.sqlite import Store
 
     if not args.meter_id and not args.reading:
         return fail("ingest-status: give a METER_ID or --reading READING_ID")
-    conn, reg = connect(state_config(args).db_path), open_registry(args)
+    store, reg = Store(state_config(args).db_path), open_registry(args)
     try:
         if args.reading:
-            doc = fleet.http_reading_status(conn, reg, args.reading)
+            doc = store.http_reading_status(reg, args.reading)
             if doc is None:
                 return fail(f"reading {args.reading!r}: not found")
         else:
             meter = reg.get(args.meter_id)
             if meter is None:
                 return fail(f"{args.meter_id!r}: not registered")
-            doc = fleet.http_meter_status(conn, meter)
+            doc = store.http_meter_status(meter)
     finally:
-        conn.close()
+        store.close()
         reg.close()
     if args.json:
         print(json.dumps(doc, indent=2))

@@ -21,6 +21,7 @@ from enum import StrEnum
 
 from base.plausibility import max_rise_mwh, mean_power_w
 from gateway.registry import Meter, MeterStatus
+from gateway.store.records import Progress
 from protocol import BadSignatureError, BatchItem, InvalidFieldError, Quality, Reading, VerifyKey
 
 
@@ -77,16 +78,6 @@ class Limits:
     plausibility_margin_pct: int = 10
     plausibility_slack_wh: int = 100
     gap_grace_ms: int = 900_000
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """Per-meter state the checks compare against. Counters/read_at are those of the last ACCEPTED reading."""
-
-    last_seq: int = 0  # highest seq of an authenticated reading (accepted, held or rejected after verify)
-    last_read_at_ms: int | None = None
-    last_import_wh: int | None = None
-    last_export_wh: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

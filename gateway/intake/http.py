@@ -56,7 +56,7 @@ from gateway.intake.http_payload import (
 )
 from gateway.metrics import Metrics
 from gateway.registry import MeterStatus, Registry
-from gateway.store import fleet
+from gateway.store.fleet import role_unsubmitted
 from gateway.store.sqlite import RejectionRow, Store
 from protocol import BadSignatureError, MeterRole, ProtocolError, VerifyKey
 from protocol.identifiers import validate_device_id
@@ -162,8 +162,7 @@ class HttpIngest:
             raise IngestRefused(403, f"meter_{meter.status.value}", f"{r.meter_id} is {meter.status.value}")
         check_consistency(payload, r)
         if self.store.has_mqtt_readings(r.meter_id):
-            raise IngestRefused(409, "source_conflict", f"{r.meter_id} already sends readings over MQTT: one meter, "
-                                                        "one source (its submissions would collide on chain)")
+            raise _source_conflict(r.meter_id)
         reading_id = str(uuid.uuid4())
         for _ in range(MAX_CHECK_ROUNDS):  # another gateway may store a reading of this meter meanwhile
             last = self._time_checks(r, meter.rated_max_power_w)
@@ -175,6 +174,8 @@ class HttpIngest:
         else:
             raise IngestRefused(503, "busy", f"{r.meter_id}: its readings kept changing while this one was checked; "
                                              "send it again")
+        if outcome == "source_conflict":  # an MQTT reading of it was accepted since the check above
+            raise _source_conflict(r.meter_id)
         if outcome == "duplicate":
             raise IngestRefused(409, "duplicate", f"{r.meter_id}: timestamp {r.timestamp_s} already ingested",
                                 _original_id(original))
@@ -226,7 +227,7 @@ class HttpIngest:
             reading_id = str(uuid.UUID(req.match_info["reading_id"]))
         except ValueError:
             return web.json_response({"error": "reading_id: not a UUID"}, status=400)
-        doc = fleet.http_reading_status(self.store.conn, self.registry, reading_id)
+        doc = self.store.http_reading_status(self.registry, reading_id)
         if doc is None:
             return web.json_response({"error": f"reading {reading_id} not found"}, status=404)
         return web.json_response(doc)
@@ -243,7 +244,12 @@ class HttpIngest:
         meter = self.registry.get(meter_id)
         if meter is None:
             return web.json_response({"error": f"{meter_id} is not registered"}, status=404)
-        return web.json_response(fleet.http_meter_status(self.store.conn, meter))
+        return web.json_response(self.store.http_meter_status(meter))
+
+
+def _source_conflict(meter_id: str) -> IngestRefused:
+    return IngestRefused(409, "source_conflict", f"{meter_id} already sends readings over MQTT: one meter, one source "
+                                                 "(its submissions would collide on chain)")
 
 
 def _original_id(reading_id: str | None) -> dict[str, str] | None:
@@ -255,7 +261,7 @@ def _accepted_doc(reading_id: str, r: IngestReading, role: MeterRole) -> dict[st
                            "timestamp_ms": r.timestamp_s * 1000, "import_wh": wh_text(r.import_mwh),
                            "export_wh": wh_text(r.export_mwh),
                            "status_url": READING_STATUS_PATH.format(reading_id=reading_id)}
-    unsubmitted = fleet.role_unsubmitted(role, r.import_mwh, r.export_mwh)
+    unsubmitted = role_unsubmitted(role, r.import_mwh, r.export_mwh)
     if unsubmitted is not None:
         doc["recorded_only"] = unsubmitted
     return doc

@@ -17,7 +17,6 @@ from __future__ import annotations
 import gc
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -33,6 +32,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gateway.config import MqttSection
 from gateway.intake.acceptance import Acceptance, Prepared
 from gateway.metrics import Metrics
+from gateway.store.errors import retryable
 from protocol import Ack, SigningKey, encode_ack
 from protocol.topics import ack_topic, shared_readings_filter
 
@@ -64,11 +64,6 @@ DEFAULT_IDLE_FULL_GC = 20
 
 class BrokerUnavailableError(Exception):
     pass
-
-
-def transient(exc: BaseException) -> bool:
-    """An error of the storage, not of a message: locked, full, read-only or failing database."""
-    return isinstance(exc, sqlite3.OperationalError)
 
 
 class Intake:
@@ -235,11 +230,11 @@ class Intake:
         self._done(group, acks)
 
     def _isolate(self, group: list[mqtt.MQTTMessage], exc: BaseException | None) -> None:
-        """The group failed as a whole. A transient storage error (locked database, disk full or failing:
-        sqlite3.OperationalError) is waited out and the same messages tried again, nothing acked meanwhile
-        (stopped, the agents re-send what was not acked). Any other error is a property of one message: the
-        group is halved until that message stands alone, it is quarantined with the error as its reason, and
-        every other message of the group is committed and acked without any waiting."""
+        """The group failed as a whole. A transient storage error (locked database, disk full or failing, a
+        lost database server: gateway.store.errors.retryable) is waited out and the same messages tried again,
+        nothing acked meanwhile (stopped, the agents re-send what was not acked). Any other error is a property
+        of one message: the group is halved until that message stands alone, it is quarantined with the error
+        as its reason, and every other message of the group is committed and acked without any waiting."""
         todo: list[tuple[list[mqtt.MQTTMessage], BaseException | None]] = [(group, exc)]
         while todo and not self._stop.is_set():
             part, failed = todo.pop()
@@ -251,7 +246,7 @@ class Intake:
                 else:
                     self._done(part, acks)
                     continue
-            if transient(failed):
+            if retryable(failed):
                 log.error("storage unavailable (%s: %s); retrying %d messages in %.0f s", type(failed).__name__,
                           failed, len(part), DEFAULT_RETRY_S)
                 self._stop.wait(DEFAULT_RETRY_S)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway.store.database import Transaction
-from gateway.submit.intervals import Planned
+from gateway.store.records import Planned
 
 
 class OutboxStatus(StrEnum):
@@ -70,7 +70,7 @@ def _row(r: tuple[str, str, int, int, int, int, str, str | None, str | None, int
 
 def status_counts(conn: sqlite3.Connection) -> dict[str, int]:
     """Rows by status, statuses without rows absent (an index scan: the dashboard caches it)."""
-    return dict(conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall())
+    return {st: int(n) for st, n in conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status")}
 
 
 def oldest_undecided_ms(conn: sqlite3.Connection) -> int | None:
@@ -133,3 +133,9 @@ class Outbox:
 
     def outbox_stats(self, now_ms: int) -> dict[str, object]:
         return outbox_stats(self.conn, now_ms)
+
+    def outbox_status_counts(self) -> dict[str, int]:
+        return status_counts(self.conn)
+
+    def oldest_undecided_ms(self) -> int | None:
+        return oldest_undecided_ms(self.conn)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from gateway.store.records import Planned, PlanState, Point
 from oracle_interface.layout import FUTURE_SKEW_S, U64_MAX, OracleConfig
 from protocol import MeterRole
 
@@ -68,44 +69,6 @@ def oracle_verdict(produced: int, consumed: int, ts: int, last_ts: int | None, l
         if lhs > rhs:
             return "AnomalousReading"
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class Point:
-    """An accepted reading, reduced to what the planner needs."""
-
-    seq: int
-    read_at_ms: int
-    import_wh: int
-    export_wh: int
-    rebaseline: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class PlanState:
-    """Per-meter planner state (persisted by the store)."""
-
-    baseline_set: bool = False
-    last_seq: int = 0  # highest seq consumed by the planner
-    anchor_read_at_ms: int = 0  # read_at of the baseline / last closing reading
-    sub_import_wh: int = 0  # import counter value up to which energy has been planned
-    sub_export_wh: int = 0
-    last_import_wh: int = 0  # counters of the last point seen
-    last_export_wh: int = 0
-    last_read_at_ms: int = 0  # read_at of the last point seen
-    last_ts: int | None = None  # reading_timestamp of the last submission planned for sending
-
-
-@dataclass(frozen=True, slots=True)
-class Planned:
-    meter_id: str
-    produced_wh: int
-    consumed_wh: int
-    reading_timestamp: int
-    closing_seq: int
-    part: int = 0  # 0..parts-1 when an interval was split
-    parts: int = 1
-    held_reason: str | None = None  # set: stored, never sent (its outbox key: gateway.store.outbox.outbox_key)
 
 
 def map_role(role: MeterRole, d_import: int, d_export: int) -> tuple[int, int]:
@@ -219,10 +182,6 @@ def _close(meter_id: str, role: MeterRole, state: PlanState, imp: int, exp: int,
 #   been quiet, the open interval is closed at the last reading's timestamp (`close_idle`).
 
 
-def http_point(seq: int, timestamp_ms: int, cum_import_mwh: int, cum_export_mwh: int) -> Point:
-    return Point(seq, timestamp_ms, cum_import_mwh // 1000, cum_export_mwh // 1000)
-
-
 def open_energy(role: MeterRole, state: PlanState, limits: OracleLimits) -> tuple[int, int]:
     """(produced, consumed) Wh received but not planned yet, that could be submitted now."""
     produced, consumed = map_role(role, state.last_import_wh - state.sub_import_wh,
@@ -266,8 +225,8 @@ def hold_open(meter_id: str, role: MeterRole, state: PlanState, reason: str) -> 
 def plan_http(meter_id: str, role: MeterRole, state: PlanState | None, points: list[Point], limits: OracleLimits,
               epoch_s: int, now_s: int, *, quiet: bool, chain_last_ts: int | None = None,
               retired: bool = False) -> tuple[PlanState, list[Planned]]:
-    """`plan` for interval-energy points (`http_point`), plus the idle close (`quiet`: no reading received
-    for a while) and, for a retired meter, holding what is still open (`meter_retired`)."""
+    """`plan` for interval-energy points (gateway.store.records.http_point), plus the idle close (`quiet`: no
+    reading received for a while) and, for a retired meter, holding what is still open (`meter_retired`)."""
     if state is None:
         if not points:
             return PlanState(), []

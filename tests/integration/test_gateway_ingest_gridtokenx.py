@@ -31,7 +31,6 @@ from gateway.intake.http import HttpIngest
 from gateway.metrics import Metrics
 from gateway.oracle import OracleClient
 from gateway.registry import MeterStatus, Registry
-from gateway.store import fleet
 from gateway.store.sqlite import Store
 from gateway.submit.submitter import Submitter
 from gateway.web import Dashboard
@@ -223,9 +222,9 @@ async def test_status_shows_anomalous_interval_and_retired_meter(env: Env, tmp_p
         [(4, 80, "anomalous_ratio")]
     assert await env.chain_totals("ODD-1") == (0, 0) == await env.chain_totals("GONE-1")
     # staff see the same (the dashboard's held list and `gridmeter gateway held` / `ingest-status` read these)
-    assert sorted((h["meter_id"], h["reason"]) for h in fleet.held_intervals(env.store.conn)) == \
+    assert sorted((h["meter_id"], h["reason"]) for h in env.store.held_intervals()) == \
         [("GONE-1", "meter_retired"), ("ODD-1", "anomalous_ratio")]
-    assert fleet.http_meter_status(env.store.conn, env.registry.get("GONE-1"))["not_submitted"][0]["reason"] == \
+    assert env.store.http_meter_status(env.registry.get("GONE-1"))["not_submitted"][0]["reason"] == \
         "meter_retired"  # type: ignore[arg-type]
     cfg = tmp_path / "gateway.toml"
     cfg.write_text(f'[gateway]\nstate_dir = "{tmp_path}"\n')
@@ -249,7 +248,7 @@ async def test_5_empty_and_oversized_posts_then_quarantine_views(env: Env, tmp_p
     async with env.session.post(env.url + INGEST_PATH, data=chunks(), headers={"X-API-KEY": API_KEY}) as r:
         chunked = r.status, json.loads(await r.text())
     # the quarantine views first: on the old code they raised TypeError (bytes(None)) for such rows
-    rows = fleet.rejections(env.store.conn)
+    rows = env.store.rejections()
     assert [(r["reason"], r["payload_hex"], r["payload_bytes"]) for r in rows] == \
         [("oversized", "", 0), ("oversized", "", 0), ("malformed", "", 0)]
     cfg = tmp_path / "gateway.toml"
@@ -291,4 +290,4 @@ async def test_6_stalled_body_gets_408_and_connection_closed(env: Env, caplog: p
     assert b'"reason": "body_timeout"' in reply
     assert time.monotonic() - started < 25  # the body timeout is 1 s here; a stalled read had none
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
-    assert [r["reason"] for r in fleet.rejections(env.store.conn)] == ["body_timeout"]
+    assert [r["reason"] for r in env.store.rejections()] == ["body_timeout"]

@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from gateway.submit.intervals import OracleLimits, Planned, PlanState, Point, http_point, oracle_verdict, plan_http
+from gateway.store.records import Planned, PlanState, Point, http_point
+from gateway.submit.intervals import OracleLimits, oracle_verdict, plan_http
 from protocol import MeterRole
 
 E = 900

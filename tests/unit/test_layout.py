@@ -98,3 +98,89 @@ def test_modules_stay_small() -> None:
     too_big = {m: n for m, n in sizes.items() if n > OVERSIZE.get(m, MAX_MODULE_LINES)}
     assert too_big == {}, f"split these modules (limit {MAX_MODULE_LINES} lines): {too_big}"
     assert set(OVERSIZE) <= set(sizes), "an OVERSIZE entry names a module that no longer exists: drop it"
+
+
+# ---- the gateway's store room (issue 10): the only SQL, and below the rooms that use it ----------------------------
+STORE = REPO / "gateway" / "store"
+ROOMS_ABOVE_THE_STORE = ("gateway.intake", "gateway.submit", "gateway.oracle", "gateway.web", "gateway.service",
+                         "gateway.cli")
+DATABASE_DRIVERS = {"sqlite3", "psycopg"}
+SQL_CALLS = {"execute", "executemany", "executescript"}
+# gateway/registry.py keeps its own SQLite tables until it moves behind the store (the registry on PostgreSQL).
+SQL_OUTSIDE_THE_STORE_ALLOWED = {"gateway/registry.py"}
+
+
+def _modules_imported(tree: ast.AST) -> set[str]:
+    """Every dotted name a module imports, `from a.b import c` as both a.b and a.b.c (c may be a module)."""
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def _sql_calls(tree: ast.AST) -> list[int]:
+    """Lines calling .execute / .executemany / .executescript on anything (a connection or a cursor)."""
+    return [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+            and n.func.attr in SQL_CALLS]
+
+
+def _store_room_violations(root: Path) -> dict[str, list[str]]:
+    """module -> what breaks the store room's rules, for every module of the gateway package under root."""
+    bad: dict[str, list[str]] = {}
+    for path in sorted((root / "gateway").rglob("*.py")):
+        rel = str(path.relative_to(root))
+        tree = ast.parse(path.read_text(), filename=rel)
+        imported = _modules_imported(tree)
+        found = []
+        if rel.startswith("gateway/store/"):
+            found += [f"imports {m}" for m in sorted(imported)
+                      if any(m == r or m.startswith(r + ".") for r in ROOMS_ABOVE_THE_STORE)]
+        elif rel not in SQL_OUTSIDE_THE_STORE_ALLOWED:
+            found += [f"imports {m}" for m in sorted(imported) if m.split(".")[0] in DATABASE_DRIVERS]
+            found += [f"line {n}: runs SQL" for n in _sql_calls(tree)]
+        if found:
+            bad[rel] = found
+    return bad
+
+
+def test_the_store_is_the_only_sql_and_imports_no_room_above_it() -> None:
+    """gateway/store/ imports nothing of the intake, the submitter, the chain client, the dashboard, the service or
+    the CLI (they use it, never the other way round); outside it, no gateway module imports a database driver or
+    runs SQL: the dashboard, the CLI and the status endpoints go through the store's methods."""
+    assert _store_room_violations(REPO) == {}
+
+
+def test_the_store_room_rules_catch_a_violation(tmp_path: Path) -> None:
+    """The rules above fail on each kind of breach (a copy of the package with one breach added per module)."""
+    import shutil
+
+    shutil.copytree(REPO / "gateway", tmp_path / "gateway", ignore=shutil.ignore_patterns("__pycache__", "web"))
+    assert _store_room_violations(tmp_path) == {}
+    breaches = {
+        "gateway/store/outbox.py": "\nfrom gateway.submit.intervals import plan\n",
+        "gateway/store/fleet.py": "\nfrom gateway import web\n",
+        "gateway/web.py": "\nimport sqlite3\n",
+        "gateway/cli/reports.py": "\ndef _count(store):\n    return store.conn.execute('SELECT 1')\n",
+        "gateway/intake/mqtt.py": "\nfrom psycopg import OperationalError\n",
+    }
+    for rel, text in breaches.items():
+        with (tmp_path / rel).open("a") as f:
+            f.write(text)
+    bad = _store_room_violations(tmp_path)
+    assert set(bad) == set(breaches)
+    assert "imports gateway.submit.intervals" in bad["gateway/store/outbox.py"]
+    assert "imports gateway.web" in bad["gateway/store/fleet.py"]
+    assert bad["gateway/web.py"] == ["imports sqlite3"]
+    assert bad["gateway/cli/reports.py"][0].endswith("runs SQL")
+    assert "imports psycopg" in bad["gateway/intake/mqtt.py"]
+
+
+def test_the_records_the_store_persists_are_pure_data() -> None:
+    """gateway/store/records.py (Progress, Point, PlanState, Planned) is what the pure checks and the pure planner
+    import from the store: it stays plain dataclasses, importing no I/O."""
+    tree = ast.parse((STORE / "records.py").read_text())
+    assert _modules_imported(tree) <= {"__future__", "__future__.annotations", "dataclasses", "dataclasses.dataclass"}
