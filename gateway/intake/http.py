@@ -162,8 +162,7 @@ class HttpIngest:
             raise IngestRefused(403, f"meter_{meter.status.value}", f"{r.meter_id} is {meter.status.value}")
         check_consistency(payload, r)
         if self.store.has_mqtt_readings(r.meter_id):
-            raise IngestRefused(409, "source_conflict", f"{r.meter_id} already sends readings over MQTT: one meter, "
-                                                        "one source (its submissions would collide on chain)")
+            raise _source_conflict(r.meter_id)
         reading_id = str(uuid.uuid4())
         for _ in range(MAX_CHECK_ROUNDS):  # another gateway may store a reading of this meter meanwhile
             last = self._time_checks(r, meter.rated_max_power_w)
@@ -175,6 +174,8 @@ class HttpIngest:
         else:
             raise IngestRefused(503, "busy", f"{r.meter_id}: its readings kept changing while this one was checked; "
                                              "send it again")
+        if outcome == "source_conflict":  # an MQTT reading of it was accepted since the check above
+            raise _source_conflict(r.meter_id)
         if outcome == "duplicate":
             raise IngestRefused(409, "duplicate", f"{r.meter_id}: timestamp {r.timestamp_s} already ingested",
                                 _original_id(original))
@@ -244,6 +245,11 @@ class HttpIngest:
         if meter is None:
             return web.json_response({"error": f"{meter_id} is not registered"}, status=404)
         return web.json_response(self.store.http_meter_status(meter))
+
+
+def _source_conflict(meter_id: str) -> IngestRefused:
+    return IngestRefused(409, "source_conflict", f"{meter_id} already sends readings over MQTT: one meter, one source "
+                                                 "(its submissions would collide on chain)")
 
 
 def _original_id(reading_id: str | None) -> dict[str, str] | None:

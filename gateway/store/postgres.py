@@ -135,6 +135,12 @@ class PostgresStore(PostgresFleetViews, Store):
         """Within the caller's transaction: held until its COMMIT or ROLLBACK, on every host's connection."""
         self.conn.execute("SELECT pg_advisory_xact_lock(?)", (_meter_lock_key(meter_id),))
 
+    def insert_http(self, c: Any, row: tuple[object, ...]) -> None:
+        """Both rows in one statement: one round trip to the server instead of two."""
+        c.execute("WITH ins AS (INSERT INTO http_ingest VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING meter_id, seq, "
+                  "received_at_ms) INSERT INTO http_meters SELECT * FROM ins ON CONFLICT (meter_id) DO UPDATE SET "
+                  "last_seq = excluded.last_seq, last_received_ms = excluded.last_received_ms", row)
+
     def load_progress(self, meter_ids: Iterable[str]) -> dict[str, Progress]:
         ids = sorted(set(meter_ids))
         for mid in ids:  # sorted: two batches sharing meters never wait for each other in a cycle

@@ -22,33 +22,12 @@ from typing import NamedTuple
 from gateway.store.api import UNCHECKED
 from gateway.store.database import Transaction, connect
 from gateway.store.fleet import FleetViews
+from gateway.store.http_tables import HTTP_BOOKS, HTTP_METERS_UPSERT, HTTP_SCHEMA
 from gateway.store.migrations import SqliteStep, apply_sqlite
 from gateway.store.outbox import Outbox, OutboxSource
 from gateway.store.records import Planned, PlanState, Point, Progress, http_point
 from gateway.store.retention import DEFAULT_RETENTION_DAYS, Pruned, prune
 
-# GridTokenX HTTP ingest (the older table http_readings holds rows of gateway versions that sent each
-# reading on its own; they still count for duplicate and order checks). Energies in integer mWh as received,
-# with the per-meter running sums the interval planner reads (records.http_point); http_plan_state is that
-# planner's state, as plan_state is for MQTT meters; http_meters, one row per meter, is what the submitter
-# scans every cycle (http_ingest grows by a row per reading and is only read by index).
-_HTTP_SCHEMA = """
-CREATE TABLE IF NOT EXISTS http_ingest (
-    meter_id TEXT NOT NULL, seq INTEGER NOT NULL, reading_id TEXT NOT NULL UNIQUE, timestamp_ms INTEGER NOT NULL,
-    import_mwh INTEGER NOT NULL, export_mwh INTEGER NOT NULL, cum_import_mwh INTEGER NOT NULL,
-    cum_export_mwh INTEGER NOT NULL, body BLOB NOT NULL, received_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (meter_id, seq), UNIQUE (meter_id, timestamp_ms)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS http_meters (
-    meter_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL, last_received_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS http_plan_state (
-    meter_id TEXT PRIMARY KEY, baseline_set INTEGER NOT NULL, last_seq INTEGER NOT NULL,
-    anchor_read_at_ms INTEGER NOT NULL, sub_import_wh INTEGER NOT NULL, sub_export_wh INTEGER NOT NULL,
-    last_import_wh INTEGER NOT NULL, last_export_wh INTEGER NOT NULL, last_read_at_ms INTEGER NOT NULL,
-    last_ts INTEGER
-);
-"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
     meter_id TEXT NOT NULL, seq INTEGER NOT NULL, read_at_ms INTEGER NOT NULL,
@@ -99,7 +78,7 @@ CREATE TABLE IF NOT EXISTS http_readings (
     meter_id TEXT NOT NULL, timestamp_ms INTEGER NOT NULL, body BLOB NOT NULL, received_at_ms INTEGER NOT NULL,
     PRIMARY KEY (meter_id, timestamp_ms)
 ) WITHOUT ROWID;
-""" + _HTTP_SCHEMA
+""" + HTTP_SCHEMA
 _INSERT_READING = "INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_REJECTION = ("INSERT INTO rejections (received_at_ms, source, topic_meter_id, meter_id, seq, reason, detail,"
                      " authenticated, payload, signature, payload_len, payload_sha256)"
@@ -351,33 +330,34 @@ class Store(Outbox, FleetViews):
                          reading_id: str, now_ms: int, *,
                          checked_last_ms: int | None = UNCHECKED) -> tuple[str, str | None]:
         """Store one accepted reading with its running sums, atomically with the per-meter order check.
-        Returns ("stored" | "duplicate" | "not_increasing" | "overflow" | "moved", reading_id of a duplicate).
+        Returns ("stored" | "duplicate" | "source_conflict" | "not_increasing" | "overflow" | "moved", reading_id
+        of a duplicate); source_conflict: the meter's readings come over MQTT (one meter, one source).
         checked_last_ms: the meter's last timestamp the caller's checks (order, energy over the time since it)
         were made against; "moved" when another process stored a reading of the meter since: check again."""
         with Transaction(self.conn) as c:
             self.lock_meter(meter_id)
-            dup = c.execute("SELECT reading_id FROM http_ingest WHERE meter_id = ? AND timestamp_ms = ?",
-                            (meter_id, timestamp_ms)).fetchone()
-            if dup or c.execute("SELECT 1 FROM http_readings WHERE meter_id = ? AND timestamp_ms = ?",
-                                (meter_id, timestamp_ms)).fetchone():
-                return "duplicate", dup[0] if dup else None
-            last = self.last_http_timestamp_ms(meter_id)
+            dup, legacy_dup, mqtt, legacy_last, prev_seq, prev_imp, prev_exp, prev_ts = c.execute(
+                HTTP_BOOKS, (meter_id, timestamp_ms, meter_id, meter_id, meter_id, meter_id, timestamp_ms)).fetchone()
+            if dup or legacy_dup:
+                return "duplicate", dup
+            if mqtt:  # decided under the meter's lock: an MQTT batch of it cannot slip in between
+                return "source_conflict", None
+            last = max((t for t in (prev_ts, legacy_last) if t is not None), default=None)
             if checked_last_ms != UNCHECKED and last != checked_last_ms:
                 return "moved", None
             if last is not None and timestamp_ms < last:
                 return "not_increasing", None
-            prev = c.execute("SELECT seq, cum_import_mwh, cum_export_mwh FROM http_ingest WHERE meter_id = ? "
-                             "ORDER BY seq DESC LIMIT 1", (meter_id,)).fetchone() or (0, 0, 0)
-            cum_imp, cum_exp = prev[1] + import_mwh, prev[2] + export_mwh
+            seq, cum_imp, cum_exp = (prev_seq or 0) + 1, (prev_imp or 0) + import_mwh, (prev_exp or 0) + export_mwh
             if max(cum_imp, cum_exp) > 2**63 - 1:
                 return "overflow", None
-            c.execute("INSERT INTO http_ingest VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (meter_id, prev[0] + 1, reading_id, timestamp_ms, import_mwh, export_mwh, cum_imp, cum_exp,
-                       body, now_ms))
-            c.execute("INSERT INTO http_meters VALUES (?,?,?) ON CONFLICT (meter_id) DO UPDATE SET "
-                      "last_seq = excluded.last_seq, last_received_ms = excluded.last_received_ms",
-                      (meter_id, prev[0] + 1, now_ms))
+            self.insert_http(c, (meter_id, seq, reading_id, timestamp_ms, import_mwh, export_mwh, cum_imp, cum_exp,
+                                 body, now_ms))
         return "stored", None
+
+    def insert_http(self, c: sqlite3.Connection, row: tuple[object, ...]) -> None:
+        """An accepted reading's http_ingest row and its meter's http_meters row (caller's transaction)."""
+        c.execute("INSERT INTO http_ingest VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+        c.execute(HTTP_METERS_UPSERT, (row[0], row[1], row[9]))
 
     def last_http_timestamp_ms(self, meter_id: str) -> int | None:
         r = self.conn.execute("SELECT MAX(t) FROM (SELECT MAX(timestamp_ms) AS t FROM http_ingest WHERE meter_id = ? "

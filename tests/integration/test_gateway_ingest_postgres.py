@@ -20,13 +20,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.intake.checks import Limits
+from gateway.intake.checks import Limits, Progress
 from gateway.intake.http import INGEST_PATH, HttpIngest
 from gateway.metrics import Metrics
 from gateway.registry import MeterStatus, Registry
 from gateway.store.postgres import PostgresStore
 from gateway.store.postgres_registry import PostgresRegistry
-from gateway.store.sqlite import Store
+from gateway.store.sqlite import BatchWrite, Store
 from tests.gateway_support import record_for
 from tests.gridtokenx_client import MeterClient
 
@@ -111,6 +111,43 @@ def test_store_rechecks_when_another_gateway_stored_meanwhile(backend: str, requ
         assert store.add_http_reading("M-1", 2_000_000, 5, 0, b"{}", "r2", 1, checked_last_ms=None) == ("moved", None)
         assert store.add_http_reading("M-1", 2_000_000, 5, 0, b"{}", "r2", 1, checked_last_ms=1_000_000) == \
             ("stored", None)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_rows_of_the_older_table_still_count(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """http_readings (gateway versions that sent each reading on its own) still decides duplicates and order."""
+    store = PostgresStore(request.getfixturevalue("pg_dsn")) if backend == "postgres" else Store(tmp_path / "s.db")
+    try:
+        store.conn.execute("INSERT INTO http_readings VALUES ('M-1', 5000, ?, 1)", (b"{}",))
+        assert store.add_http_reading("M-1", 5000, 1, 0, b"{}", "r0", 2) == ("duplicate", None)
+        assert store.add_http_reading("M-1", 4000, 1, 0, b"{}", "r0", 2) == ("not_increasing", None)
+        assert store.add_http_reading("M-1", 6000, 1, 0, b"{}", "r1", 2, checked_last_ms=None) == ("moved", None)
+        assert store.add_http_reading("M-1", 6000, 1, 0, b"{}", "r1", 2, checked_last_ms=5000) == ("stored", None)
+        assert store.add_http_reading("M-1", 6000, 1, 0, b"{}", "r2", 2) == ("duplicate", "r1")
+        assert store.add_http_reading("M-1", 7000, 2**63 - 1, 0, b"{}", "r3", 2) == ("overflow", None)
+        assert _books(store, "M-1") == [(1, 6000, 1, 0, 1, 0)]
+        assert store.conn.execute("SELECT * FROM http_meters").fetchall() == [("M-1", 1, 2)]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_mqtt_reading_accepted_meanwhile_is_a_source_conflict(backend: str, request: pytest.FixtureRequest,
+                                                               tmp_path: Path) -> None:
+    """The ingest checked that the meter sends nothing over MQTT; an MQTT batch of it committed before the post's
+    transaction took the meter's lock: the post is refused under the lock, not stored as a second source."""
+    store = PostgresStore(request.getfixturevalue("pg_dsn")) if backend == "postgres" else Store(tmp_path / "s.db")
+    try:
+        assert not store.has_mqtt_readings("BOTH-1")
+        with store.transaction():
+            store.load_progress(["BOTH-1"])
+            store.write_batch(BatchWrite([], [], [], {"BOTH-1": Progress(1, 1000, 5, 0)}, {"BOTH-1": {"accepted": 1}},
+                                         1000))
+        assert store.add_http_reading("BOTH-1", 60_000, 5, 0, b"{}", "r1", 2, checked_last_ms=None) == \
+            ("source_conflict", None)
+        assert _books(store, "BOTH-1") == []
     finally:
         store.close()
 

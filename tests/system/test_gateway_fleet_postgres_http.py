@@ -25,6 +25,7 @@ import aiohttp
 import psycopg
 import pytest
 
+from base.units import milli_text as wh
 from gateway.keys import create_key_file
 from gateway.oracle import OracleClient
 from gateway.oracle.authority_key import create_authority_key_file
@@ -117,6 +118,7 @@ async def test_two_gateways_http_ingest_same_meters(broker: Broker, tmp_path: Pa
                                                                    rated_w=30_000).encode())
         last_ts = dict.fromkeys((c.meter_id for c in meters), 0)
         answers: list[tuple[int, int, str, str]] = []  # (status a, status b, reason of the 409, reading_id match)
+        first_ids: dict[str, str] = {}
         async with aiohttp.ClientSession() as s:
             for k in range(14):
                 for i, c in enumerate(meters):
@@ -130,6 +132,7 @@ async def test_two_gateways_http_ingest_same_meters(broker: Broker, tmp_path: Pa
                                     "same" if refused.get("reading_id") == accepted.get("reading_id") else "other"))
                     if 202 in (sa, sb):
                         c.count_sent(body)
+                        first_ids.setdefault(c.meter_id, accepted["reading_id"])
                 await asyncio.sleep(0.35)
             # a zero-energy reading one epoch later closes each meter's last interval (its remainder stays open)
             for c in meters:
@@ -150,6 +153,18 @@ async def test_two_gateways_http_ingest_same_meters(broker: Broker, tmp_path: Pa
             await asyncio.sleep(0.5)
             totals = await on_chain()
         states = await fleet.client.fetch_meter_states([c.meter_id for c in meters])
+        async with aiohttp.ClientSession(headers={"X-API-KEY": API_KEY}) as s:  # the books, from either gateway
+            for i, c in enumerate(meters):
+                url = fleet.urls[f"gw-{1 + i % 2}"]
+                async with s.get(f"{url}/v1/private-network/meters/{c.meter_id}") as r:
+                    books = await r.json()
+                imp, exp = books["energy"]["import"], books["energy"]["export"]
+                assert (imp["received_wh"], exp["received_wh"]) == (wh(c.sent_import_mwh), wh(c.sent_export_mwh))
+                assert (imp["planned_wh"], exp["planned_wh"]) == expected[c.meter_id]
+                assert (imp["waiting_wh"], exp["waiting_wh"]) == (wh(c.sent_import_mwh % 1000),
+                                                                  wh(c.sent_export_mwh % 1000))
+                async with s.get(f"{url}/v1/private-network/readings/{first_ids[c.meter_id]}") as r:
+                    assert (await r.json())["status"] == "on_chain"
         with psycopg.connect(fleet.pg.dsn) as db:
             for c in meters:
                 rows = db.execute("SELECT seq, cum_import_mwh, cum_export_mwh FROM http_ingest WHERE meter_id = %s "
