@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sqlite3
 import subprocess
@@ -72,6 +73,32 @@ def _query(db: str, sql: str) -> list[tuple[Any, ...]]:
         c2.close()
 
 
+def _stages(timed: list[tuple[int, int, int, int]]) -> dict[str, list[int]]:
+    """[p50, p99] of each stage of an interval: publish -> intake (the gateway received the closing reading),
+    intake -> planned (committed, then the planner wrote the outbox row), planned -> confirmed on chain."""
+    out: dict[str, list[int]] = {}
+    for name, a, b in (("publish_to_intake", 0, 1), ("intake_to_planned", 1, 2), ("planned_to_confirmed", 2, 3)):
+        d = [r[b] - r[a] for r in timed]
+        out[name] = [_pct(d, 0.50), _pct(d, 0.99)]
+    return out
+
+
+def _profile(logs: list[Path]) -> dict[str, Any] | None:
+    """The last `submitter profile` line a gateway logged (gateway.submit.submitter.CycleProfile)."""
+    last = None
+    for p in logs:
+        for line in p.read_text(errors="replace").splitlines():
+            if "submitter profile: " in line:
+                last = line.split("submitter profile: ", 1)[1]
+    if last is None:
+        return None
+    try:
+        doc: dict[str, Any] = json.loads(last)
+    except ValueError:
+        return None
+    return doc
+
+
 async def _one(work: Path, args: argparse.Namespace, gateways: int, dsn: str) -> dict[str, Any]:
     meters = [f"LAT-{i:05d}" for i in range(args.meters)]
     authority = create_authority_key_file(work / "authority.json")
@@ -123,9 +150,13 @@ async def _one(work: Path, args: argparse.Namespace, gateways: int, dsn: str) ->
             states = await client.fetch_meter_states(meters)
             totals = {m: s.total_energy_consumed for m, s in states.items() if s is not None}
         energy_exact = totals == expected
-        rows = _query(db, "SELECT meter_id, closing_seq, updated_at_ms FROM outbox WHERE status = 'confirmed'")
-        lat = [int(t - pub.published_at[(m, s)]) for m, s, t in rows if (m, s) in pub.published_at]
-        span_s = (max(t for _, _, t in rows) - min(t for _, _, t in rows)) / 1000 if rows else 0.0
+        rows = _query(db, "SELECT o.meter_id, o.closing_seq, o.updated_at_ms, r.received_at_ms, o.created_at_ms "
+                      "FROM outbox o JOIN readings r ON r.meter_id = o.meter_id AND r.seq = o.closing_seq "
+                      "WHERE o.status = 'confirmed'")
+        timed = [(pub.published_at[(m, s)], rx, planned, t) for m, s, t, rx, planned in rows
+                 if (m, s) in pub.published_at]
+        lat = [t - pubd for pubd, _, _, t in timed]
+        span_s = (max(r[2] for r in rows) - min(r[2] for r in rows)) / 1000 if rows else 0.0
         states = await client.fetch_meter_states(meters)
         on_chain = sum(s.total_readings for s in states.values() if s is not None)
         outdated = _query(db, "SELECT COUNT(*) FROM outbox WHERE status = 'rejected' AND reason LIKE "
@@ -143,6 +174,7 @@ async def _one(work: Path, args: argparse.Namespace, gateways: int, dsn: str) ->
         lost = sum(m.seq - m.acked for m in pub.meters.values())
         await client.close()
         return {"p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99), "max_ms": max(lat, default=-1),
+                "stages_ms": _stages(timed), "submitter_profile": _profile(logs),
                 "intervals": len(lat),
                 "submissions_per_s": round(len(rows) / span_s) if span_s > 0 else None,
                 "readings_per_s": round(burst_n / burst_s), "readings_lost": lost,

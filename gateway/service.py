@@ -228,6 +228,9 @@ class Gateway:
             self.submitter.lease = lease.held
             self._closers.append(lease.close)
         self._async_closers.append(client.close)
+        if self.intake is not None:  # a committed batch starts the next cycle now (chain.submit_interval_s: at most)
+            submitter = self.submitter
+            self.intake.on_batch = lambda acks: submitter.wake() if acks else None
         self.spawn("submitter", self.submitter.run(self.stop_event, cfg.chain.submit_interval_s))
 
     async def _prune(self, store: Store, retention_days: int) -> None:

@@ -128,9 +128,15 @@ class _Meter:
     acked: int = 0
 
 
+MAX_RESEND_AFTER_S = 60.0
+
+
 class Publishers:
     """One MQTT client publishing signed readings for many meters (QoS 1), checking the gateway's signed acks,
-    re-sending every reading above a meter's ack after `resend_after_s` (the agent's behaviour)."""
+    re-sending every reading above a meter's ack after `resend_after_s`, doubling that wait after each resend
+    without ack progress up to MAX_RESEND_AFTER_S (the agent's behaviour: agent/publisher.py; without the
+    back-off, a gateway that falls behind by more than resend_after_s gets every unacked reading again and
+    again, and the re-sends alone outrun it)."""
 
     def __init__(self, host: str, port: int, meter_ids: list[str], gateway_key: bytes, *, client_id: str = "meters",
                  resend_after_s: float = 3.0) -> None:
@@ -144,6 +150,7 @@ class Publishers:
         self.resent = 0
         self.lock = threading.Lock()
         self._last_ack_ms: dict[str, float] = {}
+        self._wait_s: dict[str, float] = {}  # current resend wait per meter (backs off, reset on progress)
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=MQTTProtocolVersion.MQTTv5)
         self.client.max_inflight_messages_set(1000)
@@ -172,6 +179,7 @@ class Publishers:
                 for s in [s for s in m.sent if s <= ack.acked_seq]:
                     del m.sent[s]
                 self._last_ack_ms[ack.meter_id] = time.monotonic()
+                self._wait_s.pop(ack.meter_id, None)
 
     def publish_round(self, energy_wh: int, now_ms: int | None = None) -> int:
         """One new reading per meter (import register + energy_wh). Returns messages published."""
@@ -203,9 +211,11 @@ class Publishers:
         todo: list[tuple[str, bytes]] = []
         with self.lock:
             for mid, m in self.meters.items():
-                if m.sent and now - self._last_ack_ms.get(mid, 0.0) >= self.resend_after_s:
+                wait = self._wait_s.get(mid, self.resend_after_s)
+                if m.sent and now - self._last_ack_ms.get(mid, 0.0) >= wait:
                     todo += [(mid, msg) for _, msg in sorted(m.sent.items())]
                     self._last_ack_ms[mid] = now
+                    self._wait_s[mid] = min(MAX_RESEND_AFTER_S, wait * 2)
         for mid, msg in todo:
             self.client.publish(readings_topic(mid), msg, qos=1)
         self.resent += len(todo)

@@ -36,7 +36,7 @@ from gateway.config import ConfigError
 from gateway.store.fleet import PostgresFleetViews
 from gateway.store.migrations import POSTGRES_MIGRATIONS, apply_postgres
 from gateway.store.outbox import OutboxSource
-from gateway.store.records import Planned, PlanState, Progress
+from gateway.store.records import MeterPlan, Planned, PlanState, Progress
 from gateway.store.sqlite import Store
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,14 @@ class PostgresStore(PostgresFleetViews, Store):
         """Within the caller's transaction: held until its COMMIT or ROLLBACK, on every host's connection."""
         self.conn.execute("SELECT pg_advisory_xact_lock(?)", (_meter_lock_key(meter_id),))
 
+    def lock_meters(self, meter_ids: Iterable[str]) -> None:
+        """lock_meter for several meters in ONE statement (a round trip per meter made a 200-meter group wait 200
+        round trips, holding the earlier locks meanwhile), in ascending key order on every host: two
+        transactions sharing meters never wait for each other in a cycle."""
+        keys = sorted({_meter_lock_key(m) for m in meter_ids})
+        self.conn.execute("SELECT COUNT(pg_advisory_xact_lock(k)) FROM (SELECT k FROM unnest(?::bigint[]) AS k "
+                          "ORDER BY k) s", (keys,))
+
     def insert_http(self, c: Any, row: tuple[object, ...]) -> None:
         """Both rows in one statement: one round trip to the server instead of two."""
         c.execute("WITH ins AS (INSERT INTO http_ingest VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING meter_id, seq, "
@@ -143,8 +151,7 @@ class PostgresStore(PostgresFleetViews, Store):
 
     def load_progress(self, meter_ids: Iterable[str]) -> dict[str, Progress]:
         ids = sorted(set(meter_ids))
-        for mid in ids:  # sorted: two batches sharing meters never wait for each other in a cycle
-            self.lock_meter(mid)
+        self.lock_meters(ids)
         return super().load_progress(ids)
 
     def set_setting(self, name: str, value: str) -> None:
@@ -156,6 +163,13 @@ class PostgresStore(PostgresFleetViews, Store):
         with self.transaction() as c:
             _upsert_plan(c, "plan_state", meter_id, state)
             self.add_planned(c, OutboxSource.MQTT, planned, zone_id, now_ms)  # type: ignore[arg-type]
+
+    def save_plans(self, plans: Sequence[MeterPlan], now_ms: int) -> None:
+        with self.transaction() as c:
+            for p in plans:
+                _upsert_plan(c, "plan_state", p.meter_id, p.state)
+                if p.planned:
+                    self.add_planned(c, OutboxSource.MQTT, p.planned, p.zone_id, now_ms)  # type: ignore[arg-type]
 
     def save_http_plan(self, meter_id: str, state: PlanState, planned: Sequence[Planned], zone_id: int,
                        now_ms: int) -> None:

@@ -60,3 +60,13 @@ class Planned:
     part: int = 0  # 0..parts-1 when an interval was split
     parts: int = 1
     held_reason: str | None = None  # set: stored, never sent (its outbox key: gateway.store.outbox.outbox_key)
+
+
+@dataclass(frozen=True, slots=True)
+class MeterPlan:
+    """One meter's planner result, saved with others in one transaction (store.save_plans)."""
+
+    meter_id: str
+    state: PlanState
+    planned: list[Planned]
+    zone_id: int

@@ -25,6 +25,7 @@ from gateway.store.fleet import FleetViews
 from gateway.store.http_tables import HTTP_BOOKS, HTTP_METERS_UPSERT, HTTP_SCHEMA
 from gateway.store.migrations import SqliteStep, apply_sqlite
 from gateway.store.outbox import Outbox, OutboxSource
+from gateway.store.planning import Planning
 from gateway.store.records import Planned, PlanState, Point, Progress, http_point
 from gateway.store.retention import DEFAULT_RETENTION_DAYS, Pruned, prune
 
@@ -171,7 +172,7 @@ def _v1(c: sqlite3.Connection) -> None:
 SQLITE_MIGRATIONS: list[tuple[int, SqliteStep]] = [(1, _v1)]  # gateway/store/migrations.py
 
 
-class Store(Outbox, FleetViews):
+class Store(Outbox, Planning, FleetViews):
     """The gateway's durable state in SQLite (gateway.store.api.GatewayStore is the interface)."""
 
     def __init__(self, path: str | Path) -> None:
@@ -294,32 +295,6 @@ class Store(Outbox, FleetViews):
     def set_setting(self, name: str, value: str) -> None:
         with Transaction(self.conn) as c:
             c.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name, value))
-
-    # ---- planner --------------------------------------------------------------------------------
-    def meters_to_plan(self) -> list[str]:
-        q = ("SELECT p.meter_id FROM progress p LEFT JOIN plan_state s ON s.meter_id = p.meter_id "
-             "WHERE p.last_read_at_ms IS NOT NULL AND (s.meter_id IS NULL OR s.last_seq < "
-             "(SELECT MAX(seq) FROM readings r WHERE r.meter_id = p.meter_id AND r.status = 'accepted'))")
-        return [r[0] for r in self.conn.execute(q)]
-
-    def plan_inputs(self, meter_id: str, limit: int = 100_000) -> tuple[PlanState, list[Point]]:
-        s = self.conn.execute("SELECT baseline_set, last_seq, anchor_read_at_ms, sub_import_wh, sub_export_wh, "
-                              "last_import_wh, last_export_wh, last_read_at_ms, last_ts FROM plan_state "
-                              "WHERE meter_id = ?", (meter_id,)).fetchone()
-        state = PlanState(bool(s[0]), *s[1:]) if s else PlanState()
-        pts = [Point(seq, at, imp, exp, bool(rb)) for seq, at, imp, exp, rb in self.conn.execute(
-            "SELECT seq, read_at_ms, import_wh, export_wh, rebaseline FROM readings WHERE meter_id = ? AND seq > ? "
-            "AND status = 'accepted' ORDER BY seq LIMIT ?", (meter_id, state.last_seq, limit))]
-        return state, pts
-
-    def save_plan(self, meter_id: str, state: PlanState, planned: Sequence[Planned], zone_id: int,
-                  now_ms: int) -> None:
-        with Transaction(self.conn) as c:
-            c.execute("INSERT OR REPLACE INTO plan_state VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (meter_id, int(state.baseline_set), state.last_seq, state.anchor_read_at_ms,
-                       state.sub_import_wh, state.sub_export_wh, state.last_import_wh, state.last_export_wh,
-                       state.last_read_at_ms, state.last_ts))
-            self.add_planned(c, OutboxSource.MQTT, planned, zone_id, now_ms)
 
     # ---- GridTokenX HTTP ingest ------------------------------------------------------------------------
     def lock_meter(self, meter_id: str) -> None:

@@ -20,7 +20,6 @@ RPC failures back off exponentially (capped); rows are never lost: they stay pen
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter, defaultdict
@@ -32,7 +31,9 @@ from gateway.oracle import MeterState, OracleConfig, Submission, SubmitResult
 from gateway.registry import MeterStatus, Registry
 from gateway.store.api import GatewayStore
 from gateway.store.outbox import OutboxRow, OutboxStatus
+from gateway.store.records import MeterPlan
 from gateway.submit.intervals import OracleLimits, oracle_verdict, plan, plan_http
+from gateway.submit.profile import CycleProfile
 from oracle_interface.layout import FUTURE_SKEW_S
 
 log = logging.getLogger(__name__)
@@ -92,16 +93,55 @@ class Submitter:
         # Several gateways on one PostgreSQL store: a cycle runs only while this says True
         # (gateway.store.postgres.SubmitterLease); None: the only submitter (SQLite, one box).
         self.lease: Callable[[], bool] | None = None
+        self.profile = CycleProfile()
+        self._cycle_states: dict[str, MeterState | None] = {}
+        # Set (from any thread, through wake()) when the intake committed a reading: the next cycle starts at
+        # once instead of after the cycle interval, so an interval-closing reading is planned and sent within
+        # one cycle of its commit. The interval stays the upper bound (HTTP idle close, retries, other hosts).
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._woken = False  # the cycle about to run was started by wake()
         metrics.chain.start(epoch_s)
 
+    def wake(self) -> None:
+        """Start the next cycle now (thread-safe; a no-op before run() started)."""
+        loop, ev = self._loop, self._wake
+        if loop is None or ev is None or loop.is_closed():
+            return
+        try:
+            if asyncio.get_running_loop() is loop:
+                ev.set()
+                return
+        except RuntimeError:
+            pass
+        loop.call_soon_threadsafe(ev.set)
+
+    async def _sleep(self, stop: asyncio.Event, delay_s: float, *, wakeable: bool) -> None:
+        """Until stop, the delay, or (wakeable) a wake-up. A wake-up during a cycle starts the next one at once."""
+        assert self._wake is not None
+        with self.profile.phase("wait"):
+            waits = [asyncio.ensure_future(stop.wait())]
+            if wakeable:
+                waits.append(asyncio.ensure_future(self._wake.wait()))
+            _done, pending = await asyncio.wait(waits, timeout=delay_s, return_when=asyncio.FIRST_COMPLETED)
+            for f in pending:
+                f.cancel()
+            self._woken = wakeable and self._wake.is_set()
+            self.profile.woken += self._woken
+            self._wake.clear()
+
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
         while not stop.is_set():
-            if self.lease is not None and not await asyncio.to_thread(self.lease):
-                with contextlib.suppress(TimeoutError):  # standby: another gateway submits
-                    await asyncio.wait_for(stop.wait(), interval_s)
-                continue
+            if self.lease is not None:
+                with self.profile.phase("lease"):
+                    held = await asyncio.to_thread(self.lease)
+                if not held:  # standby: another gateway submits
+                    await self._sleep(stop, interval_s, wakeable=False)
+                    continue
             try:
-                stats = await self.run_once()
+                self.profile.cycles += 1
+                stats = await self.run_once(woken=self._woken)
                 if self.on_cycle is not None:
                     self.on_cycle()
                 if stats.get("retry"):
@@ -111,9 +151,9 @@ class Submitter:
             except Exception as exc:  # RPC down, chain not initialised: back off, keep the outbox
                 self.metrics.chain.cycle_failed(exc)
                 self._failed(f"{type(exc).__name__}: {exc}")
-            delay = max(interval_s, self.backoff_s)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            self.profile.maybe_log(getattr(self.client, "stats", None))
+            # backing off (RPC down): only the timer; else a committed reading starts the next cycle at once
+            await self._sleep(stop, max(interval_s, self.backoff_s), wakeable=self.backoff_s == 0)
 
     def _failed(self, error: str) -> None:
         if error != self.last_error:
@@ -121,16 +161,25 @@ class Submitter:
         self.last_error = error
         self.backoff_s = min(self.max_backoff_s, max(DEFAULT_FIRST_BACKOFF_S, self.backoff_s * 2))
 
-    async def run_once(self) -> dict[str, int]:
-        cfg = await self.client.fetch_config()
+    async def run_once(self, *, woken: bool = False) -> dict[str, int]:
+        """One cycle. woken (an intake commit started it): if no meter can close an interval and no row is due,
+        it ends at once, without any RPC (the timer's cycles still check the chain, HTTP meters, retries)."""
+        self._cycle_states = {}
+        plan_ids = self.store.meters_to_plan(self.epoch_s)
+        if woken and not plan_ids and self.limits is not None and self.last_error is None \
+                and not self.store.outbox_due(int(self.clock() * 1000), 1):
+            return {}
+        with self.profile.phase("config"):
+            cfg = await self.client.fetch_config()
         self.limits = OracleLimits.from_config(cfg)
         if self.authority is not None and str(cfg.chain_bridge) != self.authority:
             raise ChainNotReady("not_chain_bridge", f"this gateway's authority {self.authority} is not the oracle's "
                                 f"chain_bridge {cfg.chain_bridge}: every submission would fail (UnauthorizedGateway)")
         if not self.limits.active:
             raise ChainNotReady("oracle_inactive", "the oracle is inactive (update_oracle_status): submissions wait")
-        await self._plan(self.limits)
-        await self._plan_http(self.limits)
+        with self.profile.phase("plan"):
+            await self._plan(self.limits, plan_ids)
+            await self._plan_http(self.limits)
         stats = await self._submit_due(self.limits)
         if self.last_error is not None and not stats.get("retry"):
             log.info("submitter recovered")
@@ -139,12 +188,15 @@ class Submitter:
             self.backoff_s = 0.0
         return stats
 
-    async def _plan(self, limits: OracleLimits) -> None:
-        meter_ids = self.store.meters_to_plan()
+    async def _plan(self, limits: OracleLimits, meter_ids: list[str] | None = None) -> None:
+        if meter_ids is None:
+            meter_ids = self.store.meters_to_plan(self.epoch_s)
         if not meter_ids:
             return
-        states = await self.client.fetch_meter_states(meter_ids)
+        with self.profile.phase("plan_rpc"):
+            states = await self._states(meter_ids)
         now_ms = int(self.clock() * 1000)
+        plans: list[MeterPlan] = []
         for mid in meter_ids:
             meter = self.registry.get(mid)
             if meter is None:
@@ -153,7 +205,17 @@ class Submitter:
             chain = states.get(mid)
             new_state, planned = plan(mid, meter.role, state, points, limits, self.epoch_s,
                                       chain.last_reading_timestamp if chain is not None else None)
-            self.store.save_plan(mid, new_state, planned, meter.zone_id, now_ms)
+            plans.append(MeterPlan(mid, new_state, planned, meter.zone_id))
+        with self.profile.phase("plan_save"):
+            self.store.save_plans(plans, now_ms)  # one commit for the cycle (one per meter held the intake back)
+
+    async def _states(self, meter_ids: Sequence[str]) -> dict[str, MeterState | None]:
+        """Chain states of these meters, read at most once per cycle (the planner and the due rows want the same
+        meters; only this submitter writes them while it holds the lease, and it has sent nothing in between)."""
+        missing = [m for m in meter_ids if m not in self._cycle_states]
+        if missing:
+            self._cycle_states.update(await self.client.fetch_meter_states(missing))
+        return {m: self._cycle_states.get(m) for m in meter_ids}
 
     async def _plan_http(self, limits: OracleLimits) -> None:
         """GridTokenX ingest readings (interval energies in mWh) through the same planner (intervals.plan_http)."""
@@ -177,10 +239,28 @@ class Submitter:
                 self.store.save_http_plan(mid, new_state, planned, meter.zone_id, now_ms)
 
     async def _submit_due(self, limits: OracleLimits) -> dict[str, int]:
+        with self.profile.phase("due"):
+            to_send = await self._due(limits)
+        if not to_send:
+            return {}
+        now_ms = int(self.clock() * 1000)
+        self.store.set_outbox([r.key for r in to_send], OutboxStatus.SENT, now_ms, attempt=True,
+                              next_attempt_ms=now_ms + int(self.sent_recheck_s * 1000))
+        self.profile.rows += len(to_send)
+        with self.profile.phase("submit"):
+            results = await self.client.submit([Submission(
+                key=r.key, meter_id=r.meter_id, produced_wh=r.produced_wh, consumed_wh=r.consumed_wh,
+                reading_timestamp=r.reading_timestamp, zone_id=r.zone_id) for r in to_send])
+        with self.profile.phase("record"):  # the outbox's updated_at_ms: when the results were known
+            return self._record(results, int(self.clock() * 1000))
+
+    async def _due(self, limits: OracleLimits) -> list[OutboxRow]:
+        """Rows to send now, in order per meter: due, not behind an unresolved `sent` row, reconciled with the
+        chain, and passing the oracle's checks (the others are held or wait, recorded here)."""
         now = self.clock()
         rows = self.store.outbox_due(int(now * 1000), DEFAULT_MAX_ROWS_PER_CYCLE)
         if not rows:
-            return {}
+            return []
         by_meter: dict[str, list[OutboxRow]] = defaultdict(list)
         for r in rows:
             by_meter[r.meter_id].append(r)
@@ -193,7 +273,7 @@ class Submitter:
                           if r.key not in due]
             if unresolved:
                 by_meter[mid] = [r for r in by_meter[mid] if r.reading_timestamp < min(unresolved)]
-        states = await self.client.fetch_meter_states([m for m, mrows in by_meter.items() if mrows])
+        states = await self._states([m for m, mrows in by_meter.items() if mrows])
         chain_now_s = await self.client.fetch_chain_time()
         to_send: list[OutboxRow] = []
         for mid, mrows in by_meter.items():
@@ -203,15 +283,7 @@ class Submitter:
             if meter is not None and meter.status is MeterStatus.RETIRED:
                 mrows = self._hold_retired(mrows, int(now * 1000))
             to_send += self._prepare(mid, mrows, states.get(mid), limits, int(now), chain_now_s)
-        if not to_send:
-            return {}
-        now_ms = int(self.clock() * 1000)
-        self.store.set_outbox([r.key for r in to_send], OutboxStatus.SENT, now_ms, attempt=True,
-                              next_attempt_ms=now_ms + int(self.sent_recheck_s * 1000))
-        results = await self.client.submit([Submission(
-            key=r.key, meter_id=r.meter_id, produced_wh=r.produced_wh, consumed_wh=r.consumed_wh,
-            reading_timestamp=r.reading_timestamp, zone_id=r.zone_id) for r in to_send])
-        return self._record(results, now_ms)
+        return to_send
 
     def _prepare(self, mid: str, rows: list[OutboxRow], chain: MeterState | None, limits: OracleLimits,
                  now_s: int, chain_now_s: int) -> list[OutboxRow]:
@@ -262,10 +334,11 @@ class Submitter:
         stats: Counter[str] = Counter()
         per_tx: Counter[str] = Counter()
         retry: list[str] = []
+        confirmed: dict[str | None, list[str]] = defaultdict(list)  # by transaction: one commit each, not per row
         for res in results:
             stats[res.status] += 1
             if res.status == "confirmed":
-                self.store.set_outbox([res.key], OutboxStatus.CONFIRMED, now_ms, signature=res.signature)
+                confirmed[res.signature].append(res.key)
                 if res.signature:
                     per_tx[res.signature] += 1
             elif res.status == "rejected":
@@ -274,6 +347,8 @@ class Submitter:
                 self.metrics.tx_failed.labels(res.error or "unknown").inc()
             else:
                 retry.append(res.key)
+        for sig, keys in confirmed.items():
+            self.store.set_outbox(keys, OutboxStatus.CONFIRMED, now_ms, signature=sig)
         self.metrics.submitted.inc(stats["confirmed"])
         self.metrics.chain.submitted(stats["confirmed"])
         for n in per_tx.values():
