@@ -384,8 +384,6 @@ def _cross_check(cfg: GatewayConfig) -> list[str]:
         (bool(d.username) != bool(d.password), "dashboard.password", "username and password go together"),
         (bool(d.tls_cert) != bool(d.tls_key), "dashboard.tls_key", "tls_cert and tls_key go together"),
         (http.enabled and not http.api_keys, "http.api_keys", "the HTTP ingest needs at least one API key"),
-        (bool(cfg.gateway.postgres_dsn) and d.enabled, "gateway.postgres_dsn",
-         "the dashboard runs on the SQLite store only: disable [dashboard] on a PostgreSQL gateway"),
         (bool(http.tls_cert) != bool(http.tls_key), "http.tls_key", "tls_cert and tls_key go together"),
         (bool(mqtt.tls_cert) != bool(mqtt.tls_key), "mqtt.tls_key", "tls_cert and tls_key go together"),
         # the intake switches TLS on by tls_ca: else plain MQTT

@@ -33,6 +33,7 @@ from gateway.intake.signatures import verify_pool
 from gateway.keys import load_key_file
 from gateway.metrics import Metrics
 from gateway.registry import Registry, open_registry, registry_path
+from gateway.store.api import open_store
 from gateway.store.retention import DEFAULT_PRUNE_INTERVAL_S
 from gateway.store.sqlite import Store
 from gateway.submit.submitter import Submitter
@@ -103,15 +104,6 @@ async def _site(app: web.Application, listen: str, ssl_context: object = None) -
     return runner
 
 
-def open_store(cfg: GatewayConfig) -> Store:
-    """SQLite in the state directory, or the PostgreSQL store a fleet's gateways share (gateway.postgres_dsn)."""
-    if cfg.gateway.postgres_dsn:
-        from gateway.store.postgres import PostgresStore
-
-        return PostgresStore(cfg.gateway.postgres_dsn)
-    return Store(cfg.db_path)
-
-
 def _warn_registry_file_left(path: Path, cfg: GatewayConfig) -> None:
     """A host moved to the fleet's registry (PostgreSQL) still has meters in its own file that the fleet's
     registry lacks: their readings are refused as unknown_meter until imported. Said once, at start."""
@@ -177,9 +169,8 @@ class Gateway:
             h = cfg.health
             th = Thresholds(int(h.expected_interval_s * 1000), int(h.late_margin_s * 1000),
                             int(h.silent_after_s * 1000))
-            self.dashboard = Dashboard(cfg.dashboard, self._own(open_store(cfg)), reg_path, self.metrics,
-                                       epoch_s=cfg.intervals.epoch_s, thresholds=th)
-            self._closers.append(self.dashboard.close)
+            self.dashboard = Dashboard(cfg.dashboard, self._own(open_store(cfg)), self._own(open_registry(cfg)),
+                                       self.metrics, epoch_s=cfg.intervals.epoch_s, thresholds=th)
             app = self.dashboard.app()
             app.router.add_get("/health", self.health)  # behind the dashboard's authentication
             self.runners.append(await _site(app, cfg.dashboard.listen, self.dashboard.ssl_context()))

@@ -88,15 +88,16 @@ def _same(given: str, expected: str) -> bool:
 
 
 class Dashboard:
-    def __init__(self, cfg: DashboardSection, store: GatewayStore | str | Path, registry_path: Path, metrics: Metrics,
-                 *, clock: Callable[[], float] = time.time, thresholds: Thresholds | None = None,
+    def __init__(self, cfg: DashboardSection, store: GatewayStore | str | Path, registry: Registry | str | Path,
+                 metrics: Metrics, *, clock: Callable[[], float] = time.time, thresholds: Thresholds | None = None,
                  epoch_s: int = 900) -> None:
         self.cfg, self.metrics, self.clock = cfg, metrics, clock
         self.thresholds = thresholds or Thresholds()
         self.epoch_s = epoch_s
-        self._own_store = isinstance(store, (str, Path))  # a SQLite file: the dashboard's own store, closed by close()
+        # the gateway's store and registry (SQLite or PostgreSQL), or the SQLite files of both, opened here
         self.store: GatewayStore = Store(store) if isinstance(store, (str, Path)) else store
-        self.registry = Registry(registry_path)
+        self.registry = Registry(registry) if isinstance(registry, (str, Path)) else registry
+        self._closers = [o.close for o, arg in ((self.store, store), (self.registry, registry)) if o is not arg]
         self.sessions: dict[str, float] = {}
         self.sse_clients = 0
         self.sse_tick_s = DEFAULT_SSE_TICK_S
@@ -110,9 +111,8 @@ class Dashboard:
         metrics.add_fleet_collector(self.fleet_figures)
 
     def close(self) -> None:
-        if self._own_store:
-            self.store.close()
-        self.registry.close()
+        for close in self._closers:
+            close()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])  # type: ignore[list-item]  # aiohttp's Protocol names the args

@@ -65,7 +65,7 @@ def _read_record(name: str) -> str:
 
 def list_meters(args: argparse.Namespace) -> int:
     """Registry plus health: state, last seen (ISO and age), lag, expected interval, counts."""
-    from gateway.store.sqlite import Store
+    from gateway.store.api import open_store
 
     cfg = state_config(args)
     reg = open_registry(args, cfg)
@@ -73,7 +73,7 @@ def list_meters(args: argparse.Namespace) -> int:
         meters = {m.meter_id: m for m in reg.all()}
     finally:
         reg.close()
-    store = Store(cfg.db_path)
+    store = open_store(cfg)
     now_ms = int(time.time() * 1000)
     try:
         health = store.fleet_health(meters, now_ms, _thresholds(cfg))

@@ -11,9 +11,9 @@ from gateway.cli.settings import open_registry, state_config
 
 
 def rejections(args: argparse.Namespace) -> int:
-    from gateway.store.sqlite import Store
+    from gateway.store.api import open_store
 
-    store = Store(state_config(args).db_path)
+    store = open_store(state_config(args))
     try:
         rows = store.rejections(args.meter, args.limit, max_payload_bytes=None)
     finally:
@@ -29,9 +29,9 @@ def rejections(args: argparse.Namespace) -> int:
 
 
 def held(args: argparse.Namespace) -> int:
-    from gateway.store.sqlite import Store
+    from gateway.store.api import open_store
 
-    store = Store(state_config(args).db_path)
+    store = open_store(state_config(args))
     try:
         readings = store.held_readings(args.meter, args.limit)
         intervals = store.held_intervals(args.meter, args.limit)
@@ -52,11 +52,11 @@ def held(args: argparse.Namespace) -> int:
 
 
 def ingest_status(args: argparse.Namespace) -> int:
-    from gateway.store.sqlite import Store
+    from gateway.store.api import open_store
 
     if not args.meter_id and not args.reading:
         return fail("ingest-status: give a METER_ID or --reading READING_ID")
-    store, reg = Store(state_config(args).db_path), open_registry(args)
+    store, reg = open_store(state_config(args)), open_registry(args)
     try:
         if args.reading:
             doc = store.http_reading_status(reg, args.reading)
@@ -97,11 +97,11 @@ def _print_meter_books(doc: dict[str, Any]) -> None:
 
 
 def outbox(args: argparse.Namespace) -> int:
+    from gateway.store.api import open_store
     from gateway.store.outbox import OutboxStatus
-    from gateway.store.sqlite import Store
 
     status = None if args.status is None else OutboxStatus(args.status)
-    store = Store(state_config(args).db_path)
+    store = open_store(state_config(args))
     try:
         rows = store.outbox_rows(args.meter, status, args.limit)
     finally:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.health import Thresholds
 from gateway.registry import Meter
@@ -27,6 +27,10 @@ from gateway.store.fleet import MeterLookup
 from gateway.store.outbox import OutboxRow, OutboxStatus
 from gateway.store.records import MeterPlan, Planned, PlanState, Point, Progress
 from gateway.store.retention import Pruned
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+    from gateway.store.sqlite import Store
 
 # add_http_reading(checked_last_ms=UNCHECKED): the caller made no check against the meter's last timestamp
 UNCHECKED = -1
@@ -101,3 +105,15 @@ class GatewayStore(Protocol):
     def set_setting(self, name: str, value: str) -> None: ...
     def prune(self, now_ms: int, retention_days: int = ...) -> Pruned: ...
     def close(self) -> None: ...
+
+
+def open_store(cfg: GatewayConfig) -> Store:
+    """The store a config names: SQLite in the state directory, or the PostgreSQL database a fleet's gateways
+    share (gateway.postgres_dsn). The service, the dashboard and the CLI's reports all open it here."""
+    if cfg.gateway.postgres_dsn:
+        from gateway.store.postgres import PostgresStore
+
+        return PostgresStore(cfg.gateway.postgres_dsn)
+    from gateway.store.sqlite import Store
+
+    return Store(cfg.db_path)

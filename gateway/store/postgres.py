@@ -16,8 +16,9 @@ Same semantics as gateway.store.Store (gateway/store/api.py), the same SQL excep
 - the GridTokenX HTTP ingest: `add_http_reading` (Store's SQL) takes the same per-meter advisory lock first, so
   two gateways receiving posts of one meter decide duplicates, order and running mWh sums one after the other;
   the meter registry is in the same database (gateway.store.postgres_registry);
-- versioned schema migrations (gateway/store/migrations.py), applied under an advisory lock at start.
-Not on PostgreSQL yet: the dashboard (it reads SQLite); gateway.config refuses it with a PostgreSQL store.
+- versioned schema migrations (gateway/store/migrations.py), applied under an advisory lock at start;
+- the read-only views of the dashboard, the CLI and the status endpoints: gateway.store.fleet's, three
+  statements worded for PostgreSQL (PostgresFleetViews); every gateway's dashboard shows the whole fleet.
 """
 
 from __future__ import annotations

@@ -1,25 +1,35 @@
 """The store's read-only views (gateway/store/fleet.py: what the dashboard, the CLI and the HTTP status endpoints
 call) on both backends: the same rows written to a SQLite file and to a real PostgreSQL (a throwaway cluster,
 testbed/postgres.py) give the same answers, value for value, and every answer is plain JSON (no driver types
-such as PostgreSQL's NUMERIC sums). Plus data_version(), which moves when another connection commits."""
+such as PostgreSQL's NUMERIC sums). Then the same through the dashboard's HTTP API (real aiohttp server) and the
+CLI's reports with a PostgreSQL config. Plus data_version(), which moves when another connection commits."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from collections.abc import Iterator
+from contextlib import redirect_stdout
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psycopg
 import pytest
+from aiohttp.test_utils import TestServer
 
+from gateway.config import DashboardSection
 from gateway.health import Thresholds
+from gateway.metrics import Metrics
 from gateway.registry import Meter, Registry
 from gateway.store.outbox import OutboxStatus
 from gateway.store.postgres import PostgresStore
+from gateway.store.postgres_registry import PostgresRegistry
 from gateway.store.records import Planned, PlanState, Progress
 from gateway.store.sqlite import BatchWrite, ReadingRow, RejectionRow, Store
+from gateway.web import Dashboard
+from gridmeter.cli import main
 from protocol import MeterRole
 from testbed.postgres import PgCluster
 from tests.gateway_support import record_for
@@ -46,11 +56,15 @@ def _pg_database(cluster: PgCluster) -> str:
     return cluster.dsn.rsplit("/", 1)[0] + f"/{name}"
 
 
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    reg = Registry(tmp_path / "registry.sqlite")
+def _register(reg: Registry) -> Registry:
     for mid, role in METERS.items():
         reg.add(record_for(mid, role=role, zone=3 if mid == "PV-1" else 1), NOW_MS - 86_400_000)
+    return reg
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    reg = _register(Registry(tmp_path / "registry.sqlite"))
     yield reg
     reg.close()
 
@@ -193,3 +207,70 @@ def test_data_version_moves_when_another_connection_commits(tmp_path: Path, pg: 
     finally:
         reader.close()
         writer.close()
+
+
+async def _dashboard_api(store: Store, registry: Registry) -> dict[str, Any]:
+    """What the dashboard's browser pages fetch, over HTTP from a real aiohttp server."""
+    d = Dashboard(DashboardSection(token="views-token-3Kq9-vT2x"), store, registry, Metrics(),
+                  clock=lambda: NOW_MS / 1000)
+    srv = TestServer(d.app(), host="127.0.0.1")
+    await srv.start_server()
+    out: dict[str, Any] = {}
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": "Bearer views-token-3Kq9-vT2x"}) as s:
+            for path in ("/api/meters?sort=meter", "/api/meters?state=rejecting,held", "/api/meters/HOUSE-2",
+                         "/api/meters/HTTP-1", "/api/held", "/api/rejections?meter=HOUSE-2"):
+                async with s.get(srv.make_url(path)) as r:
+                    assert r.status == 200, (path, await r.text())
+                    out[path] = await r.json()
+    finally:
+        await srv.close()
+        d.close()
+    return out
+
+
+def _cli(argv: list[str]) -> Any:
+    buf = StringIO()
+    with redirect_stdout(buf):
+        assert main(argv) == 0
+    return json.loads(buf.getvalue())
+
+
+async def test_dashboard_and_cli_reports_on_postgresql(tmp_path: Path, pg: PgCluster, registry: Registry) -> None:
+    """A PostgreSQL gateway's dashboard and CLI reports show what a SQLite gateway's show for the same history:
+    they read the fleet's database through the store (and the fleet's registry)."""
+    dsn = _pg_database(pg)
+    lite, pgs, pg_registry = Store(tmp_path / "gateway.sqlite"), PostgresStore(dsn), _register(PostgresRegistry(dsn))
+    try:
+        for s in (lite, pgs):
+            _fill(s)
+        on_sqlite, on_pg = await _dashboard_api(lite, registry), await _dashboard_api(pgs, pg_registry)
+    finally:
+        lite.close()
+        pgs.close()
+        pg_registry.close()
+    for path in on_sqlite:
+        assert on_pg[path] == on_sqlite[path], path
+    page = on_pg["/api/meters?sort=meter"]
+    assert [m["meter_id"] for m in page["meters"]] == sorted(METERS)
+    assert page["counts"]["rejecting"] == 1 and page["counts"]["held"] == 0
+    assert page["outbox"] == {"counts": {"confirmed": 1, "sent": 1, "held": 2, "pending": 1}, "oldest_age_s": 0}
+    assert page["meters"][0]["chain"]["confirmed_produced_wh"] == 30  # HOUSE-1's confirmed interval
+    assert [m["meter_id"] for m in on_pg["/api/meters?state=rejecting,held"]["meters"]] == ["HOUSE-2"]
+    house2 = on_pg["/api/meters/HOUSE-2"]
+    assert house2["gaps"] == [{"first_seq": 4, "last_seq": 5, "detected_at_ms": NOW_MS - 535_000}]
+    assert [r["reason"] for r in house2["rejections"]] == ["not_increasing", "bad_signature"]
+    assert [r["seq"] for r in on_pg["/api/held"]["readings"]] == [7]
+
+    sqlite_cfg, pg_cfg = tmp_path / "sqlite.toml", tmp_path / "pg.toml"
+    sqlite_cfg.write_text(f'[gateway]\nstate_dir = "{tmp_path}"\n')
+    pg_cfg.write_text(f'[gateway]\nstate_dir = "{tmp_path / "pg-host"}"\npostgres_dsn = "{dsn}"\n')
+    for argv in (["rejections", "--json"], ["held", "--json"], ["ingest-status", "HTTP-1", "--json"],
+                 ["ingest-status", "--reading", "00000000-0000-4000-8000-000000000002", "--json"]):
+        from_pg = _cli(["gateway", *argv, "--config", str(pg_cfg)])
+        assert from_pg == _cli(["gateway", *argv, "--config", str(sqlite_cfg)]), argv
+        assert from_pg, argv  # not an empty report: the rows are the fleet database's
+    listed = _cli(["gateway", "meters", "list", "--json", "--config", str(pg_cfg)])
+    assert {(m["meter_id"], m["accepted"], m["held"], m["rejected"]) for m in listed} == {
+        ("HOUSE-1", 30, 0, 0), ("HOUSE-2", 4, 1, 2), ("PV-1", 5, 0, 0), ("HTTP-1", 0, 0, 0), ("QUIET-1", 0, 0, 0)}
+    assert not (tmp_path / "pg-host" / "gateway.sqlite").exists()  # nothing read from (or made in) a SQLite file

@@ -20,7 +20,7 @@ SUMMARY = re.compile(
 
 
 def test_demo_moves_energy_from_simulated_meters_to_the_chain(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "gridmeter.cli", "demo", "--duration", "35", "--workdir",
+    out = subprocess.run([sys.executable, "-m", "gridmeter.cli", "demo", "--duration", "15", "--workdir",
                           str(tmp_path)], capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = {m["meter"]: {k: int(v) for k, v in m.groupdict().items() if k != "meter"}

@@ -1,6 +1,7 @@
-"""Several gateway processes on one share group (real mosquitto) and one PostgreSQL store (a throwaway cluster
-made with initdb), submitting to the local chain (LiteSVM behind JSON-RPC); meters are lightweight publishers
-that sign real readings and re-send what is not acked, as the agent does (testbed/gateway_fleet.py).
+"""Several gateway processes on one share group (real mosquitto) and one PostgreSQL store (a fresh database in the
+session's throwaway cluster made with initdb: tests/conftest.py pg_dsn), submitting to the local chain (LiteSVM
+behind JSON-RPC); meters are lightweight publishers that sign real readings and re-send what is not acked, as the
+agent does (testbed/gateway_fleet.py).
 
 Checked whichever gateway receives a batch, with one gateway killed -9 mid-stream or the submitter's gateway
 killed -9: every honest reading accepted exactly once (seqs 1..N per meter, no gap left, no rejection), acks
@@ -24,7 +25,6 @@ from gateway.oracle.authority_key import create_authority_key_file
 from localchain.server import LocalChainServer
 from testbed.broker import Broker
 from testbed.gateway_fleet import Publishers, gateway_config, kill_gateway, register, start_gateway, stop_gateway
-from testbed.postgres import PgCluster
 from tests.gateway_support import set_oracle_fields
 
 pytestmark = pytest.mark.system
@@ -45,19 +45,19 @@ async def _wait(cond: object, timeout_s: float, what: str, logs: list[Path]) -> 
 
 
 @pytest.mark.parametrize(("gateways", "kill"), [(2, None), (3, "other"), (2, "submitter")])
-async def test_fleet_on_postgres(broker: Broker, tmp_path: Path, gateways: int, kill: str | None) -> None:
+async def test_fleet_on_postgres(broker: Broker, pg_dsn: str, tmp_path: Path, gateways: int, kill: str | None
+                                 ) -> None:
     authority = create_authority_key_file(tmp_path / "authority.json")
     gw_key = create_key_file(tmp_path / "gateway.key")
-    pg = PgCluster().start()
     srv = LocalChainServer(chain_bridge=authority.pubkey())
     await srv.start()
     set_oracle_fields(srv, min_reading_interval=2)
     names = [f"gw-{i}" for i in range(1, gateways + 1)]
     logs = [tmp_path / f"{n}.log" for n in names]
     procs = {}
-    register(pg.dsn, METERS)  # the fleet's one registry, in PostgreSQL
+    register(pg_dsn, METERS)  # the fleet's one registry, in PostgreSQL
     for n, log in zip(names, logs, strict=True):
-        cfg = gateway_config(tmp_path, n, broker_port=broker.port, dsn=pg.dsn, rpc_url=srv.url,
+        cfg = gateway_config(tmp_path, n, broker_port=broker.port, dsn=pg_dsn, rpc_url=srv.url,
                              program_id=str(srv.chain.program_id), authority_file=tmp_path / "authority.json",
                              ack_key_file=tmp_path / "gateway.key")
         procs[n] = start_gateway(cfg, log)
@@ -96,7 +96,7 @@ async def test_fleet_on_postgres(broker: Broker, tmp_path: Path, gateways: int, 
             states = await client.fetch_meter_states(METERS)
             totals = {m: s.total_energy_consumed for m, s in states.items() if s is not None}
         states = await client.fetch_meter_states(METERS)
-        with psycopg.connect(pg.dsn) as db:
+        with psycopg.connect(pg_dsn) as db:
             accepted = dict(db.execute("SELECT meter_id, array_agg(seq ORDER BY seq) FROM readings "
                                        "WHERE status = 'accepted' GROUP BY meter_id").fetchall())
             for m in METERS:
@@ -125,4 +125,3 @@ async def test_fleet_on_postgres(broker: Broker, tmp_path: Path, gateways: int, 
                 with contextlib.suppress(Exception):
                     kill_gateway(p)
         await srv.stop()
-        pg.stop()
