@@ -221,8 +221,9 @@ class Gateway:
 
         self.submitter.on_cycle = persist_tables
         self.submitter.sent_recheck_s = cfg.chain.sent_recheck_s
+        notifier = None
         if cfg.gateway.postgres_dsn:
-            from gateway.store.notices import ReadingNotices
+            from gateway.store.notices import ReadingNotices, ReadingNotifier
             from gateway.store.postgres import SubmitterLease
 
             lease = SubmitterLease(cfg.gateway.postgres_dsn)
@@ -231,10 +232,19 @@ class Gateway:
             # readings another gateway of the fleet committed wake this one's submitter too
             notices = ReadingNotices(cfg.gateway.postgres_dsn, self.submitter.wake).start()
             self._closers.append(notices.close)
+            notifier = ReadingNotifier(cfg.gateway.postgres_dsn)
+            self._closers.append(notifier.close)
         self._async_closers.append(client.close)
         if self.intake is not None:  # a committed batch starts the next cycle now (chain.submit_interval_s: at most)
             submitter = self.submitter
-            self.intake.on_batch = lambda acks: submitter.wake() if acks else None
+
+            def committed(acks: dict[str, int]) -> None:
+                if acks:
+                    submitter.wake()
+                    if notifier is not None:
+                        notifier.notify()
+
+            self.intake.on_batch = committed
         self.spawn("submitter", self.submitter.run(self.stop_event, cfg.chain.submit_interval_s))
 
     async def _prune(self, store: Store, retention_days: int) -> None:

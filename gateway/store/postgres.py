@@ -35,10 +35,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from gateway.config import ConfigError
 from gateway.store.fleet import PostgresFleetViews
 from gateway.store.migrations import POSTGRES_MIGRATIONS, apply_postgres
-from gateway.store.notices import NOTIFY_SQL
 from gateway.store.outbox import OutboxSource
 from gateway.store.records import MeterPlan, Planned, PlanState, Progress
-from gateway.store.sqlite import BatchWrite, Store
+from gateway.store.sqlite import Store
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +148,6 @@ class PostgresStore(PostgresFleetViews, Store):
         c.execute("WITH ins AS (INSERT INTO http_ingest VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING meter_id, seq, "
                   "received_at_ms) INSERT INTO http_meters SELECT * FROM ins ON CONFLICT (meter_id) DO UPDATE SET "
                   "last_seq = excluded.last_seq, last_received_ms = excluded.last_received_ms", row)
-
-    def write_batch(self, w: BatchWrite) -> None:
-        super().write_batch(w)
-        if w.readings:  # delivered at COMMIT: wakes the active submitter, on whichever host (gateway/store/notices.py)
-            self.conn.execute(NOTIFY_SQL)
 
     def load_progress(self, meter_ids: Iterable[str]) -> dict[str, Progress]:
         ids = sorted(set(meter_ids))

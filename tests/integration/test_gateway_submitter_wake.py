@@ -1,7 +1,7 @@
 """The submitter starts a cycle when the intake commits readings, not only on its timer (issue 11's latency):
 a reading that closes an interval is on chain long before a one-hour cycle interval would have sent it; a
 wake-up with nothing to close makes no RPC at all; on PostgreSQL, readings another gateway committed wake it
-through LISTEN/NOTIFY (gateway/store/notices.py), and a batch that stored no reading sends no notice."""
+through LISTEN/NOTIFY (gateway/store/notices.py), a burst of commits sending one notice."""
 
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
 from gateway.oracle import MeterState, OracleClient, OracleConfig, Submission, SubmitResult
 from gateway.registry import Registry
-from gateway.store.notices import ReadingNotices
-from gateway.store.postgres import PostgresStore
+from gateway.store.notices import ReadingNotices, ReadingNotifier
 from gateway.store.sqlite import Store
 from gateway.submit.submitter import Submitter
 from localchain.server import LocalChainServer
@@ -124,9 +123,10 @@ async def test_a_closing_reading_wakes_the_submitter(tmp_path: Path,
         registry.close()
 
 
-def test_notices_cross_gateways_only_for_stored_readings(tmp_path: Path, pg_dsn: str) -> None:
-    """Gateway A's intake commits; gateway B's listener hears it. Notices arrive in commit order, so once the
-    notice of the third batch is in, one from the second (rejections only) would have been too."""
+def test_a_gateways_notice_wakes_the_others(pg_dsn: str) -> None:
+    """Gateway A's notifier (called after each committed batch) is heard by gateway B's listener; notices closer
+    together than the notifier's minimum gap are one. Notices arrive in the order they were sent, so once the
+    last one is in, an extra one from the burst would have been too."""
     heard: list[float] = []
     got = threading.Event()
 
@@ -135,25 +135,18 @@ def test_notices_cross_gateways_only_for_stored_readings(tmp_path: Path, pg_dsn:
         got.set()
 
     listener = ReadingNotices(pg_dsn, on_notice).start()
-    store, registry = PostgresStore(pg_dsn), Registry(tmp_path / "r.sqlite")
-    pool = ThreadPoolExecutor(1)
+    notifier = ReadingNotifier(pg_dsn, min_gap_s=5.0)
     try:
         assert listener.wait_listening(30)
-        now_ms = int(time.time() * 1000)
-        registry.add(record_for("NOTE-1"), now_ms)
-        acc = Acceptance(store, registry, Limits(), IngressLimit(), Metrics(), pool)
-        assert acc.process([_msg("NOTE-1", 1, now_ms - 60_000, 500)]) == {"NOTE-1": 1}
+        for _ in range(5):  # one burst of committed batches: one notice
+            notifier.notify()
         assert got.wait(30)
         got.clear()
-        forged = reading("NOTE-1", 2, now_ms - 50_000, 501)
-        bad = batch(forged)[:-1] + bytes([batch(forged)[-1] ^ 1])  # the signature no longer verifies
-        acc.process([(readings_topic("NOTE-1"), bad)])  # quarantined as bad_signature: no reading stored
-        assert acc.process([_msg("NOTE-1", 2, now_ms - 40_000, 502)]) == {"NOTE-1": 2}
+        notifier.min_gap_s = 0.0
+        notifier.notify()
         assert got.wait(30)
         time.sleep(0.2)
-        assert len(heard) == 2 == listener.received
+        assert len(heard) == 2 == listener.received == notifier.sent
     finally:
+        notifier.close()
         listener.close()
-        pool.shutdown()
-        store.close()
-        registry.close()
