@@ -158,6 +158,8 @@ class Submitter:
             self.profile.maybe_log(getattr(self.client, "stats", None))
             # backing off (RPC down): only the timer; else a committed reading starts the next cycle at once
             await self._sleep(stop, max(interval_s, self.backoff_s), wakeable=self.backoff_s == 0)
+        if self.profile.cycles:
+            self.profile.maybe_log(getattr(self.client, "stats", None), force=True)  # the whole run's totals
 
     def _failed(self, error: str) -> None:
         if error != self.last_error:
