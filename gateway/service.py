@@ -222,11 +222,15 @@ class Gateway:
         self.submitter.on_cycle = persist_tables
         self.submitter.sent_recheck_s = cfg.chain.sent_recheck_s
         if cfg.gateway.postgres_dsn:
+            from gateway.store.notices import ReadingNotices
             from gateway.store.postgres import SubmitterLease
 
             lease = SubmitterLease(cfg.gateway.postgres_dsn)
             self.submitter.lease = lease.held
             self._closers.append(lease.close)
+            # readings another gateway of the fleet committed wake this one's submitter too
+            notices = ReadingNotices(cfg.gateway.postgres_dsn, self.submitter.wake).start()
+            self._closers.append(notices.close)
         self._async_closers.append(client.close)
         if self.intake is not None:  # a committed batch starts the next cycle now (chain.submit_interval_s: at most)
             submitter = self.submitter

@@ -35,9 +35,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from gateway.config import ConfigError
 from gateway.store.fleet import PostgresFleetViews
 from gateway.store.migrations import POSTGRES_MIGRATIONS, apply_postgres
+from gateway.store.notices import NOTIFY_SQL
 from gateway.store.outbox import OutboxSource
 from gateway.store.records import MeterPlan, Planned, PlanState, Progress
-from gateway.store.sqlite import Store
+from gateway.store.sqlite import BatchWrite, Store
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,11 @@ class PostgresStore(PostgresFleetViews, Store):
                   "received_at_ms) INSERT INTO http_meters SELECT * FROM ins ON CONFLICT (meter_id) DO UPDATE SET "
                   "last_seq = excluded.last_seq, last_received_ms = excluded.last_received_ms", row)
 
+    def write_batch(self, w: BatchWrite) -> None:
+        super().write_batch(w)
+        if w.readings:  # delivered at COMMIT: wakes the active submitter, on whichever host (gateway/store/notices.py)
+            self.conn.execute(NOTIFY_SQL)
+
     def load_progress(self, meter_ids: Iterable[str]) -> dict[str, Progress]:
         ids = sorted(set(meter_ids))
         self.lock_meters(ids)
@@ -165,9 +171,14 @@ class PostgresStore(PostgresFleetViews, Store):
             self.add_planned(c, OutboxSource.MQTT, planned, zone_id, now_ms)  # type: ignore[arg-type]
 
     def save_plans(self, plans: Sequence[MeterPlan], now_ms: int) -> None:
+        sets = ", ".join(f"{col} = excluded.{col}" for col in _PLAN_COLS[1:])
         with self.transaction() as c:
+            c.executemany(f"INSERT INTO plan_state VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (meter_id) DO UPDATE SET "
+                          f"{sets}", [(p.meter_id, int(p.state.baseline_set), p.state.last_seq,
+                                       p.state.anchor_read_at_ms, p.state.sub_import_wh, p.state.sub_export_wh,
+                                       p.state.last_import_wh, p.state.last_export_wh, p.state.last_read_at_ms,
+                                       p.state.last_ts) for p in plans])
             for p in plans:
-                _upsert_plan(c, "plan_state", p.meter_id, p.state)
                 if p.planned:
                     self.add_planned(c, OutboxSource.MQTT, p.planned, p.zone_id, now_ms)  # type: ignore[arg-type]
 

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FIRST_BACKOFF_S = 1.0
 DEFAULT_MAX_ROWS_PER_CYCLE = 5000  # bounds one cycle's RPC work; the rest follows in the next cycle
+DEFAULT_SENT_SCAN = 20_000  # `sent` rows read in one query per cycle (more: read per meter)
 # The oracle allows reading_timestamp up to its clock + 60 s (oracle_interface.layout.FUTURE_SKEW_S); a row is
 # sent only within 60 - 5 s of the cluster clock read at the start of the cycle (the cycle takes time, and the
 # bank that executes the transaction may lag the one that answered), else it waits for the cluster clock.
@@ -101,6 +102,7 @@ class Submitter:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._woken = False  # the cycle about to run was started by wake()
+        self.sleeping = False  # between cycles
         metrics.chain.start(epoch_s)
 
     def wake(self) -> None:
@@ -123,7 +125,9 @@ class Submitter:
             waits = [asyncio.ensure_future(stop.wait())]
             if wakeable:
                 waits.append(asyncio.ensure_future(self._wake.wait()))
+            self.sleeping = True
             _done, pending = await asyncio.wait(waits, timeout=delay_s, return_when=asyncio.FIRST_COMPLETED)
+            self.sleeping = False
             for f in pending:
                 f.cancel()
             self._woken = wakeable and self._wake.is_set()
@@ -197,11 +201,12 @@ class Submitter:
             states = await self._states(meter_ids)
         now_ms = int(self.clock() * 1000)
         plans: list[MeterPlan] = []
+        inputs = self.store.plan_inputs_many(meter_ids)
         for mid in meter_ids:
             meter = self.registry.get(mid)
             if meter is None:
                 continue
-            state, points = self.store.plan_inputs(mid)
+            state, points = inputs[mid]
             chain = states.get(mid)
             new_state, planned = plan(mid, meter.role, state, points, limits, self.epoch_s,
                                       chain.last_reading_timestamp if chain is not None else None)
@@ -268,11 +273,15 @@ class Submitter:
         # first, they would land and put its timestamp below the chain's, so if it never landed (killed before
         # the RPC) it could never be sent and reconcile would hold it as a mismatch, its energy off chain.
         due = {r.key for r in rows}
-        for mid in by_meter:
-            unresolved = [r.reading_timestamp for r in self.store.outbox_rows(mid, OutboxStatus.SENT)
-                          if r.key not in due]
-            if unresolved:
-                by_meter[mid] = [r for r in by_meter[mid] if r.reading_timestamp < min(unresolved)]
+        sent = self.store.outbox_rows(status=OutboxStatus.SENT, limit=DEFAULT_SENT_SCAN)  # one query, not per meter
+        if len(sent) >= DEFAULT_SENT_SCAN:  # more in flight than one query returns: ask per meter
+            sent = [r for mid in by_meter for r in self.store.outbox_rows(mid, OutboxStatus.SENT)]
+        unresolved: dict[str, list[int]] = defaultdict(list)
+        for r in sent:
+            if r.key not in due and r.meter_id in by_meter:
+                unresolved[r.meter_id].append(r.reading_timestamp)
+        for mid, stamps in unresolved.items():
+            by_meter[mid] = [r for r in by_meter[mid] if r.reading_timestamp < min(stamps)]
         states = await self._states([m for m, mrows in by_meter.items() if mrows])
         chain_now_s = await self.client.fetch_chain_time()
         to_send: list[OutboxRow] = []
