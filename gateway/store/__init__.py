@@ -10,4 +10,5 @@ nothing else imports a database driver or runs a statement; this package imports
   GridTokenX HTTP ingest's tables; retention.py: what is pruned when.
 - fleet.py: the read-only views of the dashboard, the CLI and the HTTP status endpoints (both backends).
 - errors.py: what a store error means to its caller (retryable, database_error), whichever driver raised it.
+- notices.py: PostgreSQL LISTEN/NOTIFY: stored readings wake the active submitter on any gateway.
 """
