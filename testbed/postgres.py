@@ -56,10 +56,18 @@ class PgCluster:
         self.port = self.port or free_port()
         b = pg_bin_dir()
         self._run(str(b / "initdb"), "-D", f"{self.workdir}/data", "-A", "trust", "-U", DB_USER)
-        self._run(str(b / "pg_ctl"), "-D", f"{self.workdir}/data", "-o",
+        self.start_server()
+        return self
+
+    def start_server(self) -> None:
+        """Start the server on its data directory (again, after stop_server: same port, same data)."""
+        self._run(str(pg_bin_dir() / "pg_ctl"), "-D", f"{self.workdir}/data", "-o",
                   f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off "
                   "-c max_connections=200", "-l", f"{self.workdir}/log", "-w", "start")
-        return self
+
+    def stop_server(self) -> None:
+        """Stop the server, keeping its data (as a restart or a failover does to the gateways' sessions)."""
+        self._run(str(pg_bin_dir() / "pg_ctl"), "-D", f"{self.workdir}/data", "-m", "fast", "-w", "stop")
 
     def create_database(self, name: str) -> str:
         """A new, empty database in this cluster (one per test: no state shared between tests); its DSN."""

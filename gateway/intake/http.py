@@ -10,7 +10,8 @@ Status codes (as the GridTokenX bridge): 202 accepted, 400 malformed, 401 API ke
 be checked (unknown meter), 403 signature invalid or meter suspended/retired, 409 replayed (timestamp not
 after the meter's last one); added: 408 body not received within DEFAULT_BODY_READ_TIMEOUT_S, 413 body over
 http.max_body_bytes, 429 when one client address exceeds its request rate, 503 `busy` when other gateways
-of a fleet kept storing readings of the meter while this one was checked (MAX_CHECK_ROUNDS).
+of a fleet kept storing readings of the meter while this one was checked (MAX_CHECK_ROUNDS), 503
+`store_unavailable` (Retry-After) when the database failed (counted and logged; nothing to quarantine it in).
 GET /health answers {"status": "ok"}.
 
 What 202 means here: the reading is committed, and its energy will reach the chain or its status will say why
@@ -34,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -56,6 +58,7 @@ from gateway.intake.http_payload import (
 )
 from gateway.metrics import Metrics
 from gateway.registry import MeterStatus, Registry
+from gateway.store.errors import retryable
 from gateway.store.fleet import role_unsubmitted
 from gateway.store.sqlite import RejectionRow, Store
 from protocol import BadSignatureError, MeterRole, ProtocolError, VerifyKey
@@ -63,6 +66,8 @@ from protocol.identifiers import validate_device_id
 
 __all__ = ["EXPORT_OBIS", "IMPORT_OBIS", "INGEST_PATH", "HttpIngest", "IngestRefused", "rust_f64_display",
            "signed_message"]
+
+log = logging.getLogger(__name__)
 
 INGEST_PATH = "/v1/private-network/ingest"
 READING_STATUS_PATH = "/v1/private-network/readings/{reading_id}"
@@ -75,6 +80,7 @@ DEFAULT_MAX_CLIENTS_TRACKED = 10_000
 # A body is < 1 KiB: a client that has not sent all of it within this time stalled (or is holding
 # connections open on purpose). It gets 408 and the connection is closed.
 DEFAULT_BODY_READ_TIMEOUT_S = 10.0
+STORE_RETRY_AFTER_S = 5  # Retry-After of a 503 store_unavailable
 # Checks made against a meter's last reading are made again when another gateway stored one in between
 # (gateway.store add_http_reading "moved"); this many rounds at most.
 MAX_CHECK_ROUNDS = 5
@@ -116,6 +122,20 @@ class HttpIngest:
 
     # ---- ingest ---------------------------------------------------------------------------------------
     async def ingest(self, req: web.Request) -> web.Response:
+        try:
+            return await self._ingest(req)
+        except Exception as exc:
+            if not retryable(exc):
+                raise
+            # the storage failed, not the reading (a fleet's database failing over, a locked or full disk)
+            self.metrics.rejected.labels("http", "store_unavailable").inc()
+            log.warning("HTTP ingest: the store failed (%s: %s): answered 503", type(exc).__name__, exc)
+            return web.json_response({"status": "rejected", "reason": "store_unavailable",
+                                      "error": "the gateway's database is not available: send the reading again "
+                                               "(one already stored is answered 409 duplicate with its reading_id)"},
+                                     status=503, headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
+
+    async def _ingest(self, req: web.Request) -> web.Response:
         self.metrics.received.labels("http").inc()
         body = b""
         try:

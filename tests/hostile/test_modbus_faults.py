@@ -32,6 +32,7 @@ pytestmark = pytest.mark.integration
 
 GATEWAY = SigningKey(bytes(range(11, 43)))
 RTU_TIMEOUT_S = 0.5
+TCP_TIMEOUT_S = RTU_TIMEOUT_S  # a loopback TCP reply is faster than one through socat; was 1.0 (3 s per failed read)
 # (meter_id, link, unit): RTU-2 and TCP-1 get the faults, RTU-1 and RTU-3 share RTU-2's line and stay healthy
 METERS = [("RTU-1", "rtu", 1), ("RTU-2", "rtu", 2), ("RTU-3", "rtu", 3), ("TCP-1", "tcp", 1)]
 # fault -> reasons the agent may give for it (a garbled frame is a CRC error; noise that never completes a frame
@@ -86,7 +87,7 @@ def rig(tmp_path: Path, broker: Broker) -> Iterator[Rig]:
     setup = AgentSetup(
         tmp_path / "agent", broker, GATEWAY,
         [{"name": "rs485-0", "kind": "rtu", "port": rtu.client_port, "baudrate": 19200, "timeout_s": RTU_TIMEOUT_S},
-         {"name": "tcp-0", "kind": "tcp", "host": "127.0.0.1", "tcp_port": tcp.port, "timeout_s": 1.0}],
+         {"name": "tcp-0", "kind": "tcp", "host": "127.0.0.1", "tcp_port": tcp.port, "timeout_s": TCP_TIMEOUT_S}],
         [MeterEntry(m, "rs485-0" if link == "rtu" else "tcp-0", unit, "eastron-sdm630") for m, link, unit in METERS],
         poll_interval_s=0.3)
     agent = AgentProcess(setup.write(), tmp_path / "agent.log")

@@ -27,6 +27,7 @@ from gateway.registry import MeterStatus, Registry
 from gateway.store.postgres import PostgresStore
 from gateway.store.postgres_registry import PostgresRegistry
 from gateway.store.sqlite import BatchWrite, Store
+from testbed.postgres import PgCluster
 from tests.gateway_support import record_for
 from tests.gridtokenx_client import MeterClient
 
@@ -309,3 +310,38 @@ def test_connections_lost_are_opened_again(pg_dsn: str) -> None:
         admin.close()
         store.close()
         registry.close()
+
+
+async def test_database_down_is_503_then_posts_are_accepted_again(tmp_path: Path) -> None:
+    """PostgreSQL stopped under a running ingest: a post is answered 503 store_unavailable (counted, Retry-After),
+    not 500; once the server is back (same data), the post is accepted on a new connection, and its re-send is a
+    409 duplicate naming it."""
+    with PgCluster() as pg:
+        dsn = pg.create_database("restart")
+        store, registry = PostgresStore(dsn), PostgresRegistry(dsn)
+        gw = Gateway(store, registry)
+        c = MeterClient("PG-DOWN-1")
+        registry.add(record_for(c.meter_id, key=c.key, rated_w=30_000), 0)
+        await gw.server.start_server()
+        try:
+            async with aiohttp.ClientSession() as s:
+                first = c.body(T0_S, 2.5, 0)
+                status, doc = await gw.post(s, first)
+                assert status == 202, doc
+                pg.stop_server()
+                async with s.post(str(gw.server.make_url(INGEST_PATH)), data=c.body(T0_S + 900, 1.0, 0),
+                                  headers={"X-API-KEY": API_KEY}) as r:
+                    assert (r.status, (await r.json())["reason"], r.headers["Retry-After"]) == \
+                        (503, "store_unavailable", "5")
+                pg.start_server()
+                second = c.body(T0_S + 900, 1.0, 0)
+                status, doc = await gw.post(s, second)
+                assert status == 202, doc
+                status, again = await gw.post(s, second)  # the client's re-send of an answer it did not get
+                assert (status, again["reason"], again["reading_id"]) == (409, "duplicate", doc["reading_id"])
+            assert gw.ingest.metrics.rejected.labels("http", "store_unavailable")._value.get() == 1
+            assert [r[1] // 1000 - T0_S for r in _books(store, c.meter_id)] == [0, 900]
+        finally:
+            await gw.server.close()
+            store.close()
+            registry.close()
