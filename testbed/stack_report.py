@@ -57,10 +57,17 @@ def settle(self: Stack, timeout_s: float) -> float:
         self.check_alive("agent", "gateway", "chain")
         totals = self.chain_totals()
         exp = expected(self)
-        if all(totals[m][:2] == exp[m] for m in exp) and not outbox_busy(self):
+        if all(totals[m][:2] == exp[m] for m in exp) and not outbox_busy(self) and acks_caught_up(self):
             break
         time.sleep(0.5)
     return time.monotonic() - t0
+
+def acks_caught_up(self: Stack) -> bool:
+    """Every reading the gateway accepted has had its ack seen on the broker (the report's acked >= accepted:
+    without this wait the last ack could still be in flight when the figures were taken)."""
+    accepted = dict(self.gw_query("SELECT meter_id, accepted FROM progress"))
+    with self._spy_lock:
+        return all(self.acked.get(m, 0) >= n for m, n in accepted.items())
 
 def outbox_busy(self: Stack) -> bool:
     return bool(self.gw_query("SELECT 1 FROM outbox WHERE status IN ('pending', 'sent') LIMIT 1"))
