@@ -200,8 +200,13 @@ class HttpSection:
     # a TLS reverse proxy: the X-API-KEY header must not cross a network in clear text.
     tls_cert: str = ""
     tls_key: str = ""
+    # A client that stopped posting leaves its last interval open: once that interval's epoch is over and no
+    # reading came for this long, the gateway closes it without waiting for a next reading. 60 s = four missed
+    # readings of a client posting every 15 s; shorter closes intervals sooner but may close one a slow client
+    # would still have added to (its later reading then starts the next interval: energy is never lost).
+    idle_close_s: int = 60
     checks: ClassVar[dict[str, Check]] = {"listen": _listen, "max_body_bytes": between(256, 1 << 20),
-                                          "api_keys": _api_keys}
+                                          "api_keys": _api_keys, "idle_close_s": between(1, 86_400)}
 
 
 @dataclass(frozen=True)

@@ -221,6 +221,7 @@ class Gateway:
 
         self.submitter.on_cycle = persist_tables
         self.submitter.sent_recheck_s = cfg.chain.sent_recheck_s
+        self.submitter.http_idle_close_s = cfg.http.idle_close_s
         notifier = None
         if cfg.gateway.postgres_dsn:
             from gateway.store.notices import ReadingNotices, ReadingNotifier

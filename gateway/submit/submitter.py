@@ -53,8 +53,9 @@ DEFAULT_FUTURE_MARGIN_S = 5
 DEFAULT_SENT_RECHECK_S = 120
 # A GridTokenX HTTP client that stopped posting leaves its last interval open: once that interval's epoch is
 # over and no reading came for this long, it is closed without waiting for a next reading (intervals.close_idle).
-# 60 s = four missed readings of a client posting every 15 s; a client catching up on old readings posts
-# faster than that, so its back-filled readings are still binned per epoch.
+# The gateway sets it from http.idle_close_s (default 60 s = four missed readings of a client posting every
+# 15 s; a client catching up on old readings posts faster than that, so its back-filled readings are still
+# binned per epoch).
 DEFAULT_HTTP_IDLE_CLOSE_S = 60
 # Readings of one meter planned per cycle (a backlog after a chain outage: ~17 days of 15-s readings); the idle
 # close waits until a meter's backlog is all planned.

@@ -5,7 +5,7 @@ Three meters (grid, production, consumption) post exactly like the contract's cl
 fractional Wh with 3 decimals, float-formatted kWh such as 0.019999999999999997, energy_generated/consumed) one
 reading every 15 s of simulated time for 3.5 market epochs of 15 minutes (the readings are timestamped in the
 recent past and posted as fast as the gateway answers: the gateway bins by the readings' timestamps). The last,
-half epoch is closed by the gateway once the clients have been quiet (submitter.DEFAULT_HTTP_IDLE_CLOSE_S).
+half epoch is closed by the gateway once the clients have been quiet for http.idle_close_s (IDLE_CLOSE_S here).
 Checks: on-chain totals equal the energy sent to within 1 Wh per meter (exactly floor(sent mWh / 1000)); every
 outbox row confirmed, 0 held (none for RateLimitExceeded); at most one submission per meter and epoch; the
 production meter's import recorded, not submitted; status endpoint and staff CLI agree; 0 failed transactions.
@@ -29,7 +29,6 @@ import pytest
 
 from gateway.oracle import OracleClient
 from gateway.oracle.authority_key import create_authority_key_file
-from gateway.submit.submitter import DEFAULT_HTTP_IDLE_CLOSE_S
 from localchain.server import LocalChainServer
 from protocol import MeterRole
 from testbed.ports import free_port, wait_port
@@ -41,6 +40,7 @@ pytestmark = pytest.mark.system
 
 API_KEY = "gridtokenx-head-end-key-0123456789"
 EPOCH_S = 900
+IDLE_CLOSE_S = 10  # the clients post back-dated readings back to back, then all stop: 10 s quiet = stopped
 METERS = {"METER-001": MeterRole.GRID, "PV-001": MeterRole.PRODUCTION, "SHOP-001": MeterRole.CONSUMPTION}
 
 
@@ -74,6 +74,7 @@ submit_interval_s = 0.5
 enabled = false
 [http]
 enabled = true
+idle_close_s = {IDLE_CLOSE_S}
 listen = "127.0.0.1:{http_port}"
 api_keys = ["{API_KEY}"]
 [dashboard]
@@ -125,7 +126,7 @@ enabled = false
                 expected[mid] = (0 if role is MeterRole.PRODUCTION else c.sent_import_mwh // 1000,
                                  0 if role is MeterRole.CONSUMPTION else c.sent_export_mwh // 1000)
             got: dict[str, tuple[int, int]] = {}
-            deadline = time.monotonic() + DEFAULT_HTTP_IDLE_CLOSE_S + 120
+            deadline = time.monotonic() + IDLE_CLOSE_S + 120
             # on chain first, then the gateway's books: a row is 'sent' until the submitter sees it confirmed
             while got != expected or q(db, "SELECT COUNT(*) FROM outbox WHERE status != 'confirmed'") != [(0,)]:
                 assert gw.poll() is None, gw_log.read_text(errors="replace")[-3000:]

@@ -24,6 +24,7 @@ def test_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults() -> None:
     cfg = parse_config(AUTH)
     assert cfg.limits.future_skew_s == 30 and cfg.chain.rpc_url.startswith("http")
+    assert cfg.http.idle_close_s == 60
 
 
 @pytest.mark.parametrize(("data", "message"), [
@@ -36,6 +37,7 @@ def test_defaults() -> None:
     ({"chain": {"rpc_url": "ftp://x"}}, "chain.rpc_url: must be an http(s):// URL"),
     ({"http": {"enabled": True}}, "http.api_keys: the HTTP ingest needs at least one API key"),
     ({"dashboard": {"listen": "8090"}}, "dashboard.listen: must be HOST:PORT"),
+    ({"http": {"idle_close_s": 0}}, "http.idle_close_s: must be between 1 and 86400 (got 0)"),
 ])
 def test_errors_name_path_and_value(data: dict, message: str) -> None:  # type: ignore[type-arg]
     merged = {**AUTH, **data}
