@@ -30,7 +30,7 @@ from gateway.health import Thresholds
 from gateway.intake.acceptance import Acceptance, IngressLimit
 from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
-from gateway.registry import Registry
+from gateway.store.registry import Registry
 from gateway.store.sqlite import Store
 from gateway.web import DEFAULT_FLEET_CACHE_S, Dashboard
 from protocol import (

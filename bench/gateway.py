@@ -29,7 +29,7 @@ from gateway.intake.checks import Limits
 from gateway.intake.mqtt import Intake
 from gateway.intake.signatures import verify_pool
 from gateway.metrics import Metrics
-from gateway.registry import Registry
+from gateway.store.registry import Registry
 from gateway.store.sqlite import Store
 from gateway.submit.intervals import Planned, PlanState
 from protocol import (

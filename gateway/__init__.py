@@ -13,7 +13,7 @@ from typing import Any
 _EXPORTS = {
     "GatewayConfig": "gateway.config", "ConfigError": "gateway.config", "load_config": "gateway.config",
     "parse_config": "gateway.config",
-    "Registry": "gateway.registry", "RegistryError": "gateway.registry", "Meter": "gateway.registry",
+    "Registry": "gateway.store.registry", "RegistryError": "gateway.registry", "Meter": "gateway.registry",
     "MeterStatus": "gateway.registry",
     "OracleLimits": "gateway.submit.intervals", "Planned": "gateway.submit.intervals",
     "PlanState": "gateway.submit.intervals", "Point": "gateway.submit.intervals", "plan": "gateway.submit.intervals",

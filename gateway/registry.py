@@ -1,7 +1,9 @@
 """Enrolled meters: meter_id -> Ed25519 public key, zone, profile, role, status, rated power.
 
-Where: a SQLite file in the gateway's state directory (one box), or, with gateway.postgres_dsn set, the fleet's
-PostgreSQL database shared by every gateway (gateway.store.postgres_registry): `open_registry` picks.
+What a meter is and the rules of enrolment live here (pure); where the meters are kept is the store's business:
+a SQLite file in the gateway's state directory (gateway.store.registry, one box), or, with gateway.postgres_dsn
+set, the fleet's PostgreSQL database shared by every gateway (gateway.store.postgres_registry): `open_registry`
+picks.
 
 A meter enters the registry ONLY from a verified registration record (protocol.registration): its
 self-signature proves possession of the key. Never from a reading. Rules for a record whose meter_id is
@@ -18,18 +20,16 @@ A suspended meter stays suspended through updates; `resume` makes it active agai
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from gateway.store.database import Transaction, connect
-from protocol import MeterRole, ProtocolError, Registration, key_id, parse_registration
-from protocol.identifiers import validate_meter_id
+from protocol import MeterRole, Registration
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
+    from gateway.store.registry import Registry
 
 
 class MeterStatus(StrEnum):
@@ -61,150 +61,30 @@ class Meter:
     record: str  # the GMREG1 text in force (proof, kept for audit)
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meters (
-    meter_id TEXT PRIMARY KEY,
-    public_key BLOB NOT NULL,
-    key_id BLOB NOT NULL,
-    zone_id INTEGER NOT NULL,
-    profile TEXT NOT NULL,
-    role INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('active', 'suspended', 'retired')),
-    rated_max_power_w INTEGER NOT NULL,
-    serial_number TEXT NOT NULL,
-    installer_id TEXT NOT NULL,
-    registered_at_ms INTEGER NOT NULL,
-    replaced_at_ms INTEGER,
-    record TEXT NOT NULL,
-    updated_at_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS registry_log (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    meter_id TEXT NOT NULL,
-    action TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    at_ms INTEGER NOT NULL
-);
-"""
-_COLUMNS = ("meter_id, public_key, key_id, zone_id, profile, role, status, rated_max_power_w, serial_number, "
-            "installer_id, registered_at_ms, replaced_at_ms, record")
-
-
-_UPDATED = ("public_key", "key_id", "zone_id", "profile", "role", "status", "rated_max_power_w", "serial_number",
-            "installer_id", "registered_at_ms", "replaced_at_ms", "record", "updated_at_ms")
-
-
-def _row(r: tuple[object, ...]) -> Meter:
-    return Meter(r[0], r[1], r[2], r[3], r[4], MeterRole(r[5]), MeterStatus(r[6]), r[7], r[8], r[9],  # type: ignore[arg-type]
-                 r[10], r[11], r[12])  # type: ignore[arg-type]
-
-
-class Registry:
-    def __init__(self, path: str | Path) -> None:
-        self.conn = connect(path)
-        self.conn.executescript(_SCHEMA)
-        self._writes = 0
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def data_version(self) -> tuple[int, int]:
-        """Changes whenever anyone committed to the registry (PRAGMA data_version sees other connections,
-        e.g. the CLI; the counter sees this one): time to reload a cache."""
-        v: int = self.conn.execute("PRAGMA data_version").fetchone()[0]
-        return v, self._writes
-
-    def _transaction(self) -> AbstractContextManager[Any]:
-        """A registry write: read the meter's record in force, decide, write, log (one writer at a time)."""
-        return Transaction(self.conn)
-
-    def get(self, meter_id: str) -> Meter | None:
-        r = self.conn.execute(f"SELECT {_COLUMNS} FROM meters WHERE meter_id = ?", (meter_id,)).fetchone()
-        return _row(r) if r else None
-
-    def all(self) -> list[Meter]:
-        return [_row(r) for r in self.conn.execute(f"SELECT {_COLUMNS} FROM meters ORDER BY meter_id")]
-
-    def snapshot(self) -> dict[str, Meter]:
-        return {m.meter_id: m for m in self.all()}
-
-    def add(self, record_text: str, now_ms: int) -> tuple[Meter, str]:
-        """Verify and apply a registration record; returns (meter, action). Raises RegistryError."""
-        try:
-            signed = parse_registration(record_text)
-            validate_meter_id(signed.registration.meter_id)  # the one meter_id rule (protocol.identifiers)
-        except ProtocolError as exc:
-            raise RegistryError(exc.reason, f"registration record refused: {exc}") from exc
-        reg = signed.registration
-        text = signed.to_text()
-        with self._transaction():
-            current = self.get(reg.meter_id)
-            action = self._decide(reg, current, text)
-            if action != "unchanged":
-                self._write(reg, current, text, action, now_ms)
-        meter = self.get(reg.meter_id)
-        assert meter is not None
-        return meter, action
-
-    @staticmethod
-    def _decide(reg: Registration, current: Meter | None, text: str) -> str:
-        mid = reg.meter_id
-        if current is None:
-            if reg.previous_public_key is not None:
-                raise RegistryError("rotation_for_unknown_meter",
-                                    f"{mid}: record rotates a key but the meter is not registered")
-            return "added"
-        if current.status is MeterStatus.RETIRED:
-            raise RegistryError("meter_retired", f"{mid}: retired meters cannot be re-registered")
-        if text == current.record:
-            return "unchanged"
-        if reg.created_at_ms <= current.registered_at_ms:
-            raise RegistryError("stale_record", f"{mid}: record created_at_ms {reg.created_at_ms} is not newer "
-                                                f"than the one in force ({current.registered_at_ms})")
-        if reg.public_key != current.public_key:
-            if reg.previous_public_key != current.public_key:
-                raise RegistryError("key_change_not_authorised",
-                                    f"{mid}: a new key must be vouched for by the current key (rotation record)")
-            return "rotated"
-        if reg.serial_number != current.serial_number:
-            return "replaced"
-        return "updated"
-
-    def _write(self, reg: Registration, current: Meter | None, text: str, action: str, now_ms: int) -> None:
-        status = current.status.value if current else MeterStatus.ACTIVE.value
-        replaced = current.replaced_at_ms if current else None
-        if action == "replaced":
-            replaced = reg.created_at_ms
-        self.conn.execute(
-            "INSERT INTO meters VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (meter_id) DO UPDATE SET "
-            + ", ".join(f"{c} = excluded.{c}" for c in _UPDATED),
-            (reg.meter_id, reg.public_key, key_id(reg.public_key), reg.zone_id, reg.profile, int(reg.role), status,
-             reg.rated_max_power_w, reg.serial_number, reg.installer_id, reg.created_at_ms, replaced, text, now_ms),
-        )
-        self._log(reg.meter_id, action, f"key_id={key_id(reg.public_key).hex()} serial={reg.serial_number}", now_ms)
-
-    def _log(self, meter_id: str, action: str, detail: str, now_ms: int) -> None:
-        self._writes += 1
-        self.conn.execute("INSERT INTO registry_log (meter_id, action, detail, at_ms) VALUES (?,?,?,?)",
-                          (meter_id, action, detail, now_ms))
-
-    def set_status(self, meter_id: str, status: MeterStatus, now_ms: int) -> Meter:
-        try:
-            validate_meter_id(meter_id)
-        except ProtocolError as exc:
-            raise RegistryError(exc.reason, str(exc)) from exc
-        with self._transaction():
-            current = self.get(meter_id)
-            if current is None:
-                raise RegistryError("unknown_meter", f"{meter_id}: not registered")
-            if current.status is MeterStatus.RETIRED and status is not MeterStatus.RETIRED:
-                raise RegistryError("meter_retired", f"{meter_id}: retired is final")
-            self.conn.execute("UPDATE meters SET status = ?, updated_at_ms = ? WHERE meter_id = ?",
-                              (status.value, now_ms, meter_id))
-            self._log(meter_id, status.value, f"status {current.status.value} -> {status.value}", now_ms)
-        meter = self.get(meter_id)
-        assert meter is not None
-        return meter
+def decide(reg: Registration, current: Meter | None, text: str) -> str:
+    """What a verified registration record does to the meter in force (the rules above): the action, or
+    RegistryError."""
+    mid = reg.meter_id
+    if current is None:
+        if reg.previous_public_key is not None:
+            raise RegistryError("rotation_for_unknown_meter",
+                                f"{mid}: record rotates a key but the meter is not registered")
+        return "added"
+    if current.status is MeterStatus.RETIRED:
+        raise RegistryError("meter_retired", f"{mid}: retired meters cannot be re-registered")
+    if text == current.record:
+        return "unchanged"
+    if reg.created_at_ms <= current.registered_at_ms:
+        raise RegistryError("stale_record", f"{mid}: record created_at_ms {reg.created_at_ms} is not newer "
+                                            f"than the one in force ({current.registered_at_ms})")
+    if reg.public_key != current.public_key:
+        if reg.previous_public_key != current.public_key:
+            raise RegistryError("key_change_not_authorised",
+                                f"{mid}: a new key must be vouched for by the current key (rotation record)")
+        return "rotated"
+    if reg.serial_number != current.serial_number:
+        return "replaced"
+    return "updated"
 
 
 def registry_path(state_dir: str | Path) -> Path:
@@ -218,4 +98,6 @@ def open_registry(cfg: GatewayConfig) -> Registry:
         from gateway.store.postgres_registry import PostgresRegistry
 
         return PostgresRegistry(cfg.gateway.postgres_dsn)
+    from gateway.store.registry import Registry
+
     return Registry(registry_path(cfg.gateway.state_dir))

@@ -32,8 +32,9 @@ from gateway.intake.mqtt import Intake
 from gateway.intake.signatures import verify_pool
 from gateway.keys import load_key_file
 from gateway.metrics import Metrics
-from gateway.registry import Registry, open_registry, registry_path
+from gateway.registry import open_registry, registry_path
 from gateway.store.api import open_store
+from gateway.store.registry import Registry
 from gateway.store.retention import DEFAULT_PRUNE_INTERVAL_S
 from gateway.store.sqlite import Store
 from gateway.submit.submitter import Submitter

@@ -1,5 +1,4 @@
-"""Fleet dashboard for utility staff (aiohttp) + Prometheus /metrics: the store's read-only views
-(gateway/store/fleet.py) over HTTP, static HTML/JS in gateway/web/.
+"""Fleet dashboard for staff (aiohttp) + Prometheus /metrics: the store's views over HTTP, HTML/JS in gateway/web/.
 
 Every route requires authentication (it shows fleet data): `Authorization: Bearer <token>`, HTTP Basic
 user/password, or the session cookie set by `/login?token=<token>&next=/meter/ID` (or the form that /login
@@ -40,9 +39,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.config import DashboardSection
 from gateway.health import ChainFacts, State, Thresholds, chain_banner
 from gateway.metrics import FleetFigures, Metrics
-from gateway.registry import Meter, Registry
+from gateway.registry import Meter
 from gateway.store.api import GatewayStore
 from gateway.store.fleet import SORT_KEYS
+from gateway.store.registry import Registry
 from gateway.store.sqlite import Store
 from protocol import validate_meter_id
 from protocol.errors import InvalidFieldError

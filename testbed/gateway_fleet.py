@@ -18,8 +18,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from gateway.registry import Registry
 from gateway.store.postgres_registry import PostgresRegistry
+from gateway.store.registry import Registry
 from protocol import (
     Instantaneous,
     MeterRole,

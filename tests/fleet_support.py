@@ -9,7 +9,8 @@ from pathlib import Path
 from gateway.intake.acceptance import Acceptance, IngressLimit
 from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
-from gateway.registry import MeterStatus, Registry
+from gateway.registry import MeterStatus
+from gateway.store.registry import Registry
 from gateway.store.sqlite import Store
 from protocol.topics import readings_topic
 from tests.gateway_support import batch, reading, record_for

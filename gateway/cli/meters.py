@@ -130,8 +130,8 @@ def import_file(args: argparse.Namespace) -> int:
     """A host's registry file into the fleet's PostgreSQL registry (moving a fleet to one registry)."""
     from pathlib import Path
 
-    from gateway.registry import Registry
     from gateway.store.postgres_registry import PostgresRegistry
+    from gateway.store.registry import Registry
 
     cfg = state_config(args)
     if not cfg.gateway.postgres_dsn:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
-    from gateway.registry import Registry
+    from gateway.store.registry import Registry
 
 
 def full_config(args: argparse.Namespace) -> GatewayConfig:

@@ -52,7 +52,8 @@ from gateway.intake.checks import (
 from gateway.intake.group import GroupRows, Item
 from gateway.intake.signatures import Verifier, Verifying
 from gateway.metrics import Metrics
-from gateway.registry import Meter, MeterStatus, Registry
+from gateway.registry import Meter, MeterStatus
+from gateway.store.registry import Registry
 from gateway.store.sqlite import BatchWrite, RejectionRow, Store, quarantine_cost
 from protocol import BatchItem, InvalidFieldError, ProtocolError, Reading, decode_batch
 from protocol.canonical import reading_head

@@ -57,9 +57,10 @@ from gateway.intake.http_payload import (
     wh_text,
 )
 from gateway.metrics import Metrics
-from gateway.registry import MeterStatus, Registry
+from gateway.registry import MeterStatus
 from gateway.store.errors import retryable
 from gateway.store.fleet import role_unsubmitted
+from gateway.store.registry import Registry
 from gateway.store.sqlite import RejectionRow, Store
 from protocol import BadSignatureError, MeterRole, ProtocolError, VerifyKey
 from protocol.identifiers import validate_device_id

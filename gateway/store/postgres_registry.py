@@ -1,6 +1,6 @@
 """The meter registry of a fleet, in its PostgreSQL database: one registry for every gateway (issue 11).
 
-Same interface, rules and audit log (registry_log) as gateway.registry.Registry, whose SQL it runs over the
+Same interface, rules and audit log (registry_log) as gateway.store.registry.Registry, whose SQL it runs over the
 store's PostgreSQL connection (gateway.store.postgres.PgConnection). What differs:
 - registry writes (`add`, `set_status`, from any host's CLI) run one at a time under a transaction-scoped
   advisory lock, so two hosts registering or retiring the same meter decide on what the other committed;
@@ -18,9 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.registry import Meter, Registry
+from gateway.registry import Meter
 from gateway.store.database import Transaction
 from gateway.store.postgres import open_pg
+from gateway.store.registry import Registry
 from protocol import ProtocolError, parse_registration
 
 REGISTRY_LOCK = 0x6772_6964_6D74_7232  # "gridmtr2": the advisory lock of registry writes

@@ -28,10 +28,11 @@ from typing import Protocol
 
 from gateway.metrics import Metrics
 from gateway.oracle import MeterState, OracleConfig, Submission, SubmitResult
-from gateway.registry import MeterStatus, Registry
+from gateway.registry import MeterStatus
 from gateway.store.api import GatewayStore
 from gateway.store.outbox import OutboxRow, OutboxStatus
 from gateway.store.records import MeterPlan
+from gateway.store.registry import Registry
 from gateway.submit.intervals import OracleLimits, oracle_verdict, plan, plan_http
 from gateway.submit.profile import CycleProfile
 from oracle_interface.layout import FUTURE_SKEW_S

@@ -13,7 +13,7 @@ from gateway.intake.acceptance import Acceptance, IngressLimit
 from gateway.intake.checks import Limits
 from gateway.intake.signatures import verify_pool
 from gateway.metrics import Metrics
-from gateway.registry import Registry
+from gateway.store.registry import Registry
 from gateway.store.sqlite import Store
 from protocol.topics import readings_topic
 from tests.gateway_support import batch, key_for, reading, record_for

@@ -20,7 +20,7 @@ from gateway.intake.acceptance import Acceptance, IngressLimit
 from gateway.intake.checks import Limits
 from gateway.intake.mqtt import BrokerUnavailableError, Intake
 from gateway.metrics import Metrics
-from gateway.registry import Registry
+from gateway.store.registry import Registry
 from gateway.store.sqlite import Store
 from protocol import SigningKey, VerifyKey, decode_ack
 from protocol.topics import ack_topic, readings_topic

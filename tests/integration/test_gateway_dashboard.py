@@ -16,7 +16,7 @@ from gateway.config import DashboardSection
 from gateway.intake.acceptance import Acceptance, IngressLimit
 from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
-from gateway.registry import Registry
+from gateway.store.registry import Registry
 from gateway.store.sqlite import Store
 from gateway.web import Dashboard
 from protocol.topics import readings_topic

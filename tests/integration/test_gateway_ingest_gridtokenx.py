@@ -30,7 +30,8 @@ from gateway.intake.checks import Limits
 from gateway.intake.http import HttpIngest
 from gateway.metrics import Metrics
 from gateway.oracle import OracleClient
-from gateway.registry import MeterStatus, Registry
+from gateway.registry import MeterStatus
+from gateway.store.registry import Registry
 from gateway.store.sqlite import Store
 from gateway.submit.submitter import Submitter
 from gateway.web import Dashboard

@@ -17,7 +17,8 @@ from gateway.intake import http as ingest_http
 from gateway.intake.checks import Limits
 from gateway.intake.http import INGEST_PATH, HttpIngest, rust_f64_display, signed_message
 from gateway.metrics import Metrics
-from gateway.registry import MeterStatus, Registry
+from gateway.registry import MeterStatus
+from gateway.store.registry import Registry
 from gateway.store.sqlite import Store
 from protocol import SigningKey
 from tests.gateway_support import record_for

@@ -23,9 +23,10 @@ from aiohttp.test_utils import TestServer
 from gateway.intake.checks import Limits, Progress
 from gateway.intake.http import INGEST_PATH, HttpIngest
 from gateway.metrics import Metrics
-from gateway.registry import MeterStatus, Registry
+from gateway.registry import MeterStatus
 from gateway.store.postgres import PostgresStore
 from gateway.store.postgres_registry import PostgresRegistry
+from gateway.store.registry import Registry
 from gateway.store.sqlite import BatchWrite, Store
 from testbed.postgres import PgCluster
 from tests.gateway_support import record_for

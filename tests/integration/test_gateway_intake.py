@@ -19,7 +19,7 @@ from gateway.intake.acceptance import Acceptance, IngressLimit
 from gateway.intake.checks import Limits
 from gateway.intake.mqtt import Intake
 from gateway.metrics import Metrics
-from gateway.registry import Registry
+from gateway.store.registry import Registry
 from gateway.store.sqlite import Store
 from protocol import Ack, Reading, SigningKey, VerifyKey, decode_ack, encode_reading
 from protocol.topics import readings_topic

@@ -26,7 +26,7 @@ from gateway.intake.checks import Limits
 from gateway.intake.http import INGEST_PATH, HttpIngest, rust_f64_display, signed_message
 from gateway.intake.mqtt import Intake
 from gateway.metrics import Metrics
-from gateway.registry import Registry
+from gateway.store.registry import Registry
 from gateway.store.sqlite import Store
 from protocol import SigningKey, VerifyKey, decode_ack, decode_batch
 from protocol.topics import readings_topic

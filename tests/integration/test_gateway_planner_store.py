@@ -15,9 +15,9 @@ import pytest
 from gateway.intake.acceptance import Acceptance, IngressLimit
 from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
-from gateway.registry import Registry
 from gateway.store.postgres import PostgresStore
 from gateway.store.records import MeterPlan, Planned, PlanState
+from gateway.store.registry import Registry
 from gateway.store.sqlite import Store
 from protocol.topics import readings_topic
 from tests.gateway_support import batch, reading, record_for

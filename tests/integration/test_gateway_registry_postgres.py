@@ -13,8 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from gateway.registry import MeterStatus, Registry
+from gateway.registry import MeterStatus
 from gateway.store.postgres_registry import PostgresRegistry
+from gateway.store.registry import Registry
 from tests.gateway_support import T0_MS, key_for, record_for
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ from gateway.intake.acceptance import Acceptance, IngressLimit
 from gateway.intake.checks import Limits
 from gateway.intake.mqtt import Intake
 from gateway.metrics import Metrics
-from gateway.registry import Registry
+from gateway.store.registry import Registry
 from gateway.store.sqlite import Store
 from protocol import SigningKey, VerifyKey, decode_ack
 from protocol.topics import readings_topic

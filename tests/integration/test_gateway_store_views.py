@@ -22,11 +22,12 @@ from aiohttp.test_utils import TestServer
 from gateway.config import DashboardSection
 from gateway.health import Thresholds
 from gateway.metrics import Metrics
-from gateway.registry import Meter, Registry
+from gateway.registry import Meter
 from gateway.store.outbox import OutboxStatus
 from gateway.store.postgres import PostgresStore
 from gateway.store.postgres_registry import PostgresRegistry
 from gateway.store.records import Planned, PlanState, Progress
+from gateway.store.registry import Registry
 from gateway.store.sqlite import BatchWrite, ReadingRow, RejectionRow, Store
 from gateway.web import Dashboard
 from gridmeter.cli import main

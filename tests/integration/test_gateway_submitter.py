@@ -18,7 +18,7 @@ from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
 from gateway.oracle import OracleClient
 from gateway.oracle.submission import Submission
-from gateway.registry import Registry
+from gateway.store.registry import Registry
 from gateway.store.sqlite import Store
 from gateway.submit.submitter import Submitter
 from localchain.server import LocalChainServer

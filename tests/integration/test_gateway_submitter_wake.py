@@ -19,8 +19,8 @@ from gateway.intake.acceptance import Acceptance, IngressLimit
 from gateway.intake.checks import Limits
 from gateway.metrics import Metrics
 from gateway.oracle import MeterState, OracleClient, OracleConfig, Submission, SubmitResult
-from gateway.registry import Registry
 from gateway.store.notices import ReadingNotices, ReadingNotifier
+from gateway.store.registry import Registry
 from gateway.store.sqlite import Store
 from gateway.submit.submitter import Submitter
 from localchain.server import LocalChainServer

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from gateway.intake.checks import Limits
 from gateway.intake.http import INGEST_PATH, HttpIngest
 from gateway.metrics import Metrics
-from gateway.registry import Registry
+from gateway.store.registry import Registry
 from gateway.store.sqlite import Store
 
 pytestmark = pytest.mark.integration

@@ -180,7 +180,8 @@ def test_rotate_key_needs_previous_record(keyed: Path, capsys: pytest.CaptureFix
 
 def test_gateway_registry_accepts_record_then_rotation(keyed: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The records provisioning writes are what the gateway's registry takes: added, then rotated."""
-    from gateway.registry import Registry, registry_path
+    from gateway.registry import registry_path
+    from gateway.store.registry import Registry
 
     assert run(capsys, *register_args(keyed))[0] == 0
     reg = Registry(registry_path(keyed / "gw"))

@@ -24,7 +24,7 @@ from gateway.metrics import Metrics
 from gateway.oracle import OracleClient, Submission
 from gateway.oracle.client import CU_LIMIT_CAP, DEFAULT_CU_MARGIN_PCT, DEFAULT_CU_MARGIN_UNITS, OUT_OF_COMPUTE
 from gateway.oracle.instructions import DEFAULT_CU_NONCE_RANGE, estimate_compute_units
-from gateway.registry import Registry
+from gateway.store.registry import Registry
 from gateway.store.sqlite import Store
 from gateway.submit.intervals import Planned, PlanState
 from gateway.submit.submitter import Submitter

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.registry import MeterStatus, Registry, RegistryError
+from gateway.registry import MeterStatus, RegistryError
 from gateway.store.postgres_registry import PostgresRegistry
+from gateway.store.registry import Registry
 from protocol import MeterRole, key_id
 from tests.gateway_support import T0_MS, key_for, record_for
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.registry import Registry, RegistryError
+from gateway.registry import RegistryError
+from gateway.store.registry import Registry
 from tests.unit.test_protocol_integer_domain import registration_text
 
 STRONG = "Zq3-vN8x_Lk2Rt7Wm5Yp"

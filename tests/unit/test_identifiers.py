@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from agent.config import ConfigError, parse_config
-from gateway.registry import MeterStatus, Registry, RegistryError
+from gateway.registry import MeterStatus, RegistryError
+from gateway.store.registry import Registry
 from gridmeter.cli import main
 from protocol import InvalidFieldError, ProtocolError, SigningKey, decode_batch, decode_reading, encode_reading
 from protocol.canonical import BATCH_MAGIC

@@ -106,8 +106,8 @@ ROOMS_ABOVE_THE_STORE = ("gateway.intake", "gateway.submit", "gateway.oracle", "
                          "gateway.cli")
 DATABASE_DRIVERS = {"sqlite3", "psycopg"}
 SQL_CALLS = {"execute", "executemany", "executescript"}
-# gateway/registry.py keeps its own SQLite tables until it moves behind the store (the registry on PostgreSQL).
-SQL_OUTSIDE_THE_STORE_ALLOWED = {"gateway/registry.py"}
+
+SQL_OUTSIDE_THE_STORE_ALLOWED: set[str] = set()
 
 
 def _modules_imported(tree: ast.AST) -> set[str]:
