@@ -4,7 +4,6 @@ verifying every signature and acking."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import json
@@ -28,6 +27,7 @@ from testbed.acker import Acker
 from testbed.broker import Broker
 from testbed.meter import SimulatedMeter
 from testbed.rtu import VirtualRtuBus
+from testbed.stack_meters import MeterServers
 from testbed.tcp import ModbusTcpMeters
 from tests.integration.agent_process import AgentProcess, AgentSetup, MeterEntry, wait_for
 
@@ -41,37 +41,6 @@ METERS = [
     ("PV-1", "rs485-0", 3, "eastron-sdm630", 10_000, 876_543, -7_200),
     ("SHOP-1", "tcp-0", 1, "eastron-sdm630", 5_000_000, 3, 18_000),
 ]
-
-
-class ServerThread:
-    """Meter servers on their own event loop in a thread: they keep counting while the agent is killed."""
-
-    def __init__(self, *servers: VirtualRtuBus | ModbusTcpMeters) -> None:
-        self.servers = servers
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="meter-servers", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        for s in self.servers:
-            asyncio.run_coroutine_threadsafe(s.start(), self._loop).result(30)
-
-    def stop(self) -> None:
-        for s in reversed(self.servers):
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(s.stop(), self._loop).result(30)
-        asyncio.run_coroutine_threadsafe(self._cancel_rest(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    @staticmethod
-    async def _cancel_rest() -> None:
-        """Request handlers interrupted by a killed agent may still wait: end them before closing the loop."""
-        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for t in rest:
-            t.cancel()
-        await asyncio.gather(*rest, return_exceptions=True)
 
 
 @dataclass
@@ -125,7 +94,7 @@ def rig(tmp_path: Path, broker: Broker) -> Iterator[Rig]:
     rtu = VirtualRtuBus([meters[m[0]] for m in METERS if m[1] == "rs485-0"], baudrate=9600,
                         workdir=tmp_path / "rtu")
     tcp = ModbusTcpMeters([meters["SHOP-1"]])
-    servers = ServerThread(rtu, tcp)
+    servers = MeterServers([rtu, tcp])
     servers.start()
     setup = AgentSetup(
         workdir=tmp_path / "agent", broker=broker, gateway=GATEWAY,

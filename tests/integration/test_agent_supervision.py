@@ -30,9 +30,9 @@ from protocol.signing import SigningKey, VerifyKey
 from testbed.acker import Acker
 from testbed.broker import Broker
 from testbed.meter import SimulatedMeter
+from testbed.stack_meters import MeterServers
 from testbed.tcp import ModbusTcpMeters
 from tests.integration.agent_process import AgentProcess, AgentSetup, MeterEntry, wait_for
-from tests.integration.test_agent_end_to_end import ServerThread
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +93,7 @@ def make_rig(tmp_path: Path, broker: Broker, meters: list[tuple[str, int, str, i
     sims = {mid: SimulatedMeter(get_profile(prof), unit, import_wh=imp, power_w=p, live=True)
             for mid, unit, prof, imp, p in meters}
     tcp = ModbusTcpMeters(list(sims.values()))
-    servers = ServerThread(tcp)
+    servers = MeterServers([tcp])
     servers.start()
     setup = AgentSetup(workdir=tmp_path / "agent", broker=broker, gateway=GATEWAY,
                        buses=[{"name": "tcp-0", "kind": "tcp", "host": "127.0.0.1", "tcp_port": tcp.port}],
