@@ -3,7 +3,7 @@ nothing else imports a database driver or runs a statement; this package imports
 
 - api.py: the interface both backends implement (GatewayStore), and open_store(cfg), the backend a config names.
 - sqlite.py: the embedded default for one box (WAL, synchronous=FULL); postgres.py: the fleet backend;
-  postgres_registry.py: a fleet's one meter registry.
+  registry.py: the meter registry's SQLite tables (one box); postgres_registry.py: a fleet's one meter registry.
 - database.py: SQLite connections and transactions; migrations.py: versioned schemas for both backends.
 - records.py: the plain records it persists (Progress, Point, PlanState, Planned, MeterPlan).
 - outbox.py: submission rows, their states and keys; planning.py: the planner's SQL; http_tables.py: the
