@@ -5,7 +5,7 @@ rows they produced, many meters in one transaction."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gateway.store.database import Transaction
 from gateway.store.outbox import OutboxSource
@@ -16,10 +16,8 @@ class Planning:
     """Mixed into gateway.store.Store AFTER Outbox, whose add_planned is the one that runs."""
 
     conn: sqlite3.Connection
-
-    def add_planned(self, c: sqlite3.Connection, source: OutboxSource, planned: Sequence[Planned], zone_id: int,
-                    now_ms: int) -> None:
-        raise NotImplementedError("gateway.store.outbox.Outbox.add_planned (Outbox comes first in Store's bases)")
+    # provided by gateway.store.outbox.Outbox (declared here for the type checker; no body to shadow it)
+    add_planned: Callable[[sqlite3.Connection, OutboxSource, Sequence[Planned], int, int], None]
 
     def meters_to_plan(self, epoch_s: int | None = None) -> list[str]:
         """Meters with accepted readings the planner has not seen. With epoch_s: only those whose latest reading
